@@ -1,0 +1,161 @@
+// The Backend interface: device memory, weight preparation (quantization happens here, on the device) and
+// the ops a transformer forward pass is made of. Model code says what to compute; a backend says how.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/dtype.h"
+#include "kernels/precision.h"
+
+namespace qs {
+
+// T = tokens in the batch, C = channels, N = output features, K = input features, NH = query heads,
+// NKV = key/value heads, HD = head dim, S = sequences, V = vocab.
+
+// A host tensor in its stored dtype (F32, F16 or BF16), row-major, outermost dimension first.
+struct HostTensor {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t rows = 0;   // for a Linear weight: N (out features)
+  int64_t cols = 1;   // for a Linear weight: K (in features); 1 for vectors
+  int64_t numel() const { return rows * cols; }
+};
+
+// A 2-D activation on the backend's device: rows x cols, contiguous rows, in the backend's activation dtype.
+struct Tensor {
+  void* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  DType dtype = DType::F32;
+  Tensor slice_rows(int64_t first, int64_t count) const;   // a view of rows [first, first+count)
+};
+
+// Device memory that frees itself.
+class DeviceBuffer {
+ public:
+  virtual ~DeviceBuffer() = default;
+  virtual void* data() = 0;
+  virtual size_t bytes() const = 0;
+};
+
+// A dense weight kept in float form on the device (norm weights and biases, embedding tables).
+struct DenseWeight {
+  std::unique_ptr<DeviceBuffer> buffer;
+  DType dtype = DType::F32;   // storage: F32, F16 or BF16
+  int64_t rows = 0, cols = 0;
+  size_t bytes() const { return buffer ? buffer->bytes() : 0; }
+};
+
+// A Linear layer's weight (N x K) and optional bias (N) in a backend- and precision-specific form.
+class LinearWeight {
+ public:
+  virtual ~LinearWeight() = default;
+  int64_t out_features = 0;       // N
+  int64_t in_features = 0;        // K
+  Precision precision = Precision::kFp32;
+  size_t weight_bytes = 0;        // device bytes of the weight, scales and zero points (bias excluded)
+  size_t original_bytes = 0;      // bytes of the weight as it would be in fp32
+  QuantError error;               // against the fp32 original; zero for fp32
+};
+
+// Tuning knobs for quantized linears that some precisions need (outlier threshold, smoothing).
+struct LinearOptions {
+  float outlier_threshold = 6.0f;           // int8-mixed: |activation| above this goes through the float path
+  const float* input_smoothing = nullptr;   // int8-smooth: per-input-channel divisor already folded upstream (K)
+  bool compute_error = true;                // measure QuantError at load
+};
+
+enum class Activation { kNone, kGeluTanh, kGeluErf, kRelu, kSilu };
+
+// The tokens of one forward pass. Tokens of one sequence are consecutive and in position order.
+struct BatchLayout {
+  std::vector<int32_t> token_ids;      // [T]
+  std::vector<int32_t> positions;      // [T] position of each token in its sequence
+  std::vector<int32_t> seq_of_token;   // [T] index into the sequences below
+  std::vector<int32_t> logit_rows;     // [L] rows of the hidden state whose logits are wanted
+  // Per sequence: KV-cache block table and the sequence length after this pass (cached + new tokens).
+  std::vector<std::vector<int32_t>> block_tables;   // [S][blocks]
+  std::vector<int32_t> seq_lens;                    // [S]
+  int64_t num_tokens() const { return int64_t(token_ids.size()); }
+};
+
+// Paged key/value memory for all layers: per layer, K and V pools of [num_blocks, block_size, NKV, HD].
+struct KvCacheConfig {
+  int64_t num_layers = 0;
+  int64_t num_blocks = 0;
+  int64_t block_size = 16;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+};
+class KvCache {
+ public:
+  virtual ~KvCache() = default;
+  virtual const KvCacheConfig& config() const = 0;
+  virtual size_t bytes() const = 0;
+};
+
+struct MemoryInfo {
+  std::string device;          // "cpu", "cuda:0"
+  size_t used_bytes = 0;       // by this process on the device (RSS on the CPU)
+  size_t total_bytes = 0;
+  size_t peak_bytes = 0;       // peak allocated by this backend
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;                    // "cpu", "cuda:0"
+  virtual DType activation_dtype() const = 0;              // F32 on the CPU
+  virtual bool supports(Precision p) const = 0;
+  virtual MemoryInfo memory_info() const = 0;
+
+  // Memory.
+  virtual std::unique_ptr<DeviceBuffer> allocate(size_t bytes) = 0;
+  virtual void copy_to_host(void* dst, const void* device_src, size_t bytes) = 0;
+  virtual void synchronize() = 0;
+  Tensor new_tensor(std::unique_ptr<DeviceBuffer>& holder, int64_t rows, int64_t cols);
+
+  // Weights, quantized on the device from the host copy in its stored dtype.
+  virtual std::unique_ptr<LinearWeight> make_linear(const HostTensor& weight, const HostTensor* bias,
+                                                    Precision precision, const LinearOptions& options) = 0;
+  virtual DenseWeight make_dense(const HostTensor& tensor, DType storage) = 0;
+  virtual std::unique_ptr<KvCache> make_kv_cache(const KvCacheConfig& config) = 0;
+
+  // Per forward pass: makes the batch's ids, positions and block tables visible to the ops below.
+  virtual void begin_batch(const BatchLayout& layout) = 0;
+
+  // Ops. Outputs first, then inputs, then weights (llm.c order). `out` may alias an input where noted.
+  // out[T, C] = table[token_ids]; then, if positions_table, out += positions_table[positions].
+  virtual void embedding(Tensor out, const DenseWeight& table, const DenseWeight* positions_table) = 0;
+  // out[T, N] = act(in[T, K] @ W^T + b).
+  virtual void linear(Tensor out, Tensor in, const LinearWeight& weight, Activation act) = 0;
+  virtual void layernorm(Tensor out, Tensor in, const DenseWeight& weight, const DenseWeight* bias, float eps) = 0;
+  virtual void rmsnorm(Tensor out, Tensor in, const DenseWeight& weight, float eps) = 0;
+  // out = a + b (out may alias a or b).
+  virtual void add(Tensor out, Tensor a, Tensor b) = 0;
+  // out[T, F] = silu(gate_up[T, :F]) * gate_up[T, F:].
+  virtual void silu_mul(Tensor out, Tensor gate_up) = 0;
+  // Rotary embedding on the q and k heads of qkv[T, (NH + 2 NKV) HD], in place, rotate_half convention,
+  // over the first rotary_dim dims of each head, at the batch's positions.
+  virtual void rope(Tensor qkv, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, int64_t rotary_dim,
+                    float theta) = 0;
+  // Writes k, v of qkv into the cache for this layer, then out[T, NH HD] = causal softmax(q k^T / sqrt(HD)) v
+  // over each token's sequence (cached tokens and this pass's up to its own position); GQA by head groups.
+  virtual void attention(Tensor out, Tensor qkv, KvCache& cache, int64_t layer, int64_t num_heads,
+                         int64_t num_kv_heads, int64_t head_dim) = 0;
+  // out[L, C] = in[logit_rows of the batch].
+  virtual void gather_logit_rows(Tensor out, Tensor in) = 0;
+};
+
+// The CPU backend (always built). `threads` 0 means all cores.
+std::unique_ptr<Backend> make_cpu_backend(int threads = 0);
+// The CUDA backend for `device`; throws kUnsupported where this build or machine has none.
+std::unique_ptr<Backend> make_cuda_backend(int device = 0);
+bool cuda_available();
+// "cpu", "cuda", "cuda:N" or "auto" (CUDA when a device is present, else CPU).
+std::unique_ptr<Backend> make_backend(const std::string& device);
+
+}  // namespace qs
