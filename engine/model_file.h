@@ -14,6 +14,12 @@ namespace qs {
 
 // One stored tensor. Shape is in PyTorch order (outermost first): a Linear weight is [out, in].
 // `data` points into the memory-mapped file (or into an owned buffer the ModelFile keeps alive).
+// Names and layouts are those of the Hugging Face checkpoint whatever the format, so architecture code has one
+// naming: GPT-2 "transformer.h.N.attn.c_attn.weight" (Conv1D layout [in, out], "transformer." added when the
+// file lacks it), GPT-NeoX "gpt_neox.layers.N...." (fused QKV interleaved per head), Llama "model.layers.N....".
+// GGUF tensors are renamed to these; where llama.cpp's converter reordered data (Llama Q/K rows for its
+// interleaved RoPE, NeoX fused QKV, GPT-2 transposed Conv1D weights) the loader undoes it, and those tensors
+// come out as F32 in a buffer the ModelFile owns.
 struct StoredTensor {
   std::string name;                 // canonical Hugging Face name, e.g. "model.layers.0.self_attn.q_proj.weight"
   DType dtype = DType::F32;         // as stored: F32, F16, BF16, Q8_0, Q4_0, Q4_1
@@ -51,6 +57,12 @@ class ModelFile {
   TokenizerSpec tokenizer_spec_;
   std::vector<StoredTensor> tensors_;
   std::map<std::string, size_t> index_;   // name -> position in tensors_
+  // Tensors the file holds but this loader does not (e.g. an I64 buffer): name -> why. get() reports the reason
+  // (kUnsupported) instead of calling them missing; find() returns nullptr for them.
+  std::map<std::string, std::string> unsupported_;
+  // Whatever `tensors_[i].data` points into: file mappings and buffers the loader materialised (e.g. GGUF Q/K
+  // weights un-permuted to F32). Released with the ModelFile.
+  std::vector<std::shared_ptr<const void>> storage_;
 };
 
 }  // namespace qs
