@@ -128,8 +128,9 @@ class Backend {
   virtual void begin_batch(const BatchLayout& layout) = 0;
 
   // Ops. Outputs first, then inputs, then weights (llm.c order). `out` may alias an input where noted.
-  // out[T, C] = table[token_ids]; then, if positions_table, out += positions_table[positions].
-  virtual void embedding(Tensor out, const DenseWeight& table, const DenseWeight* positions_table) = 0;
+  // out[T, C] = table[token_ids] (rows of a Linear's weight, dequantized: the embedding table is stored as a
+  // LinearWeight so a tied LM head shares it); then, if positions_table, out += positions_table[positions].
+  virtual void embedding(Tensor out, const LinearWeight& table, const DenseWeight* positions_table) = 0;
   // out[T, N] = act(in[T, K] @ W^T + b).
   virtual void linear(Tensor out, Tensor in, const LinearWeight& weight, Activation act) = 0;
   virtual void layernorm(Tensor out, Tensor in, const DenseWeight& weight, const DenseWeight* bias, float eps) = 0;

@@ -1,0 +1,413 @@
+// The CPU backend: oneDNN GEMMs (fp32 sgemm, u8s8s32 for W8A8), AVX-512 GEMV for low-precision weights at
+// small batch, and the reference ops of cpu_ops.cpp. Activations are fp32.
+#include <omp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+
+#include <oneapi/dnnl/dnnl.h>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/gemv.h"
+#include "kernels/cpu/quantize.h"
+#include "kernels/error.h"
+
+namespace qs {
+namespace {
+
+// N = out features, K = in features, T = tokens.
+
+class CpuBuffer final : public DeviceBuffer {
+ public:
+  explicit CpuBuffer(size_t bytes) : bytes_(bytes) {
+    data_ = std::aligned_alloc(64, std::max<size_t>(64, (bytes + 63) / 64 * 64));
+    QS_CHECK(data_ != nullptr, ErrorCode::kResourceExhausted, "out of host memory allocating ", bytes, " bytes");
+  }
+  ~CpuBuffer() override { std::free(data_); }
+  void* data() override { return data_; }
+  size_t bytes() const override { return bytes_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+template <typename T>
+std::vector<T> to_vector(const T* p, int64_t n) {
+  return std::vector<T>(p, p + n);
+}
+
+class CpuLinear final : public LinearWeight {
+ public:
+  std::vector<float> w_f32;       // fp32: (N, K)
+  std::vector<uint16_t> w_half;   // fp16 / bf16: (N, K)
+  std::vector<int8_t> w_i8;       // int8 modes: (N, K), scales in row_scale (N)
+  std::vector<uint8_t> w_u8;      // int8-naive: (N, K), one scale and zero point
+  std::vector<float> row_scale;   // (N)
+  std::vector<int32_t> row_sum;   // int8 W8A8: sum_k w_i8[n, k], for the +128 shift of activations (N)
+  float tensor_scale = 1.0f;      // int8-naive
+  int32_t zero_point = 0;         // int8-naive
+  std::vector<float> bias;        // (N) or empty
+  float outlier_threshold = 6.0f; // int8-mixed
+
+  void dequantize_row(int64_t n, float* dst) const {
+    const int64_t K = in_features;
+    switch (precision) {
+      case Precision::kFp32:
+        std::memcpy(dst, w_f32.data() + n * K, size_t(K) * 4);
+        break;
+      case Precision::kFp16:
+        for (int64_t k = 0; k < K; ++k) dst[k] = f16_to_f32(w_half[size_t(n * K + k)]);
+        break;
+      case Precision::kBf16:
+        for (int64_t k = 0; k < K; ++k) dst[k] = bf16_to_f32(w_half[size_t(n * K + k)]);
+        break;
+      case Precision::kInt8Naive:
+        for (int64_t k = 0; k < K; ++k) {
+          dst[k] = tensor_scale * float(int32_t(w_u8[size_t(n * K + k)]) - zero_point);
+        }
+        break;
+      default:  // int8, int8-weight-only, int8-mixed, int8-smooth
+        for (int64_t k = 0; k < K; ++k) dst[k] = row_scale[size_t(n)] * float(w_i8[size_t(n * K + k)]);
+        break;
+    }
+  }
+
+  cpu::WeightType gemv_type() const {
+    switch (precision) {
+      case Precision::kFp16: return cpu::WeightType::kF16;
+      case Precision::kBf16: return cpu::WeightType::kBF16;
+      case Precision::kInt8Naive: return cpu::WeightType::kU8;
+      default: return cpu::WeightType::kI8;
+    }
+  }
+  const void* gemv_weights() const {
+    switch (precision) {
+      case Precision::kFp16: case Precision::kBf16: return w_half.data();
+      case Precision::kInt8Naive: return w_u8.data();
+      default: return w_i8.data();
+    }
+  }
+};
+
+class CpuKvCache final : public KvCache {
+ public:
+  explicit CpuKvCache(const KvCacheConfig& config) : config_(config) {
+    const size_t per_layer = size_t(config.num_blocks * config.block_size * config.num_kv_heads * config.head_dim);
+    k_.resize(size_t(config.num_layers));
+    v_.resize(size_t(config.num_layers));
+    for (auto& pool : k_) pool.assign(per_layer, 0.0f);
+    for (auto& pool : v_) pool.assign(per_layer, 0.0f);
+  }
+  const KvCacheConfig& config() const override { return config_; }
+  size_t bytes() const override { return k_.size() * 2 * (k_.empty() ? 0 : k_[0].size()) * sizeof(float); }
+  float* k(int64_t layer) { return k_[size_t(layer)].data(); }
+  float* v(int64_t layer) { return v_[size_t(layer)].data(); }
+
+ private:
+  KvCacheConfig config_;
+  std::vector<std::vector<float>> k_, v_;
+};
+
+void check_dnnl(dnnl_status_t status, const char* what) {
+  QS_CHECK(status == dnnl_success, ErrorCode::kInternal, "oneDNN ", what, " failed with status ", int(status));
+}
+
+size_t read_proc_kb(const char* file, const char* key) {
+  std::ifstream in(file);
+  std::string line;
+  const size_t key_len = std::strlen(key);
+  while (std::getline(in, line)) {
+    if (line.compare(0, key_len, key) == 0) return size_t(std::strtoull(line.c_str() + key_len, nullptr, 10)) * 1024;
+  }
+  return 0;
+}
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int threads) : avx512_(cpu::gemv_avx512_available()) {
+    if (threads > 0) omp_set_num_threads(threads);
+  }
+
+  std::string name() const override { return "cpu"; }
+  DType activation_dtype() const override { return DType::F32; }
+  bool supports(Precision) const override { return true; }
+
+  MemoryInfo memory_info() const override {
+    MemoryInfo info;
+    info.device = "cpu";
+    info.used_bytes = read_proc_kb("/proc/self/status", "VmRSS:");
+    info.peak_bytes = read_proc_kb("/proc/self/status", "VmHWM:");
+    info.total_bytes = read_proc_kb("/proc/meminfo", "MemTotal:");
+    return info;
+  }
+
+  std::unique_ptr<DeviceBuffer> allocate(size_t bytes) override { return std::make_unique<CpuBuffer>(bytes); }
+  void copy_to_host(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void synchronize() override {}
+
+  std::unique_ptr<LinearWeight> make_linear(const HostTensor& weight, const HostTensor* bias, Precision precision,
+                                            const LinearOptions& options) override {
+    const int64_t N = weight.rows, K = weight.cols;
+    auto lin = std::make_unique<CpuLinear>();
+    lin->out_features = N;
+    lin->in_features = K;
+    lin->precision = precision;
+    lin->original_bytes = size_t(N * K) * 4;
+    lin->outlier_threshold = options.outlier_threshold;
+    std::vector<float> w(size_t(N * K));
+    convert_to_f32(w.data(), weight.data, weight.dtype, N * K);
+    if (bias) {
+      QS_CHECK(bias->numel() == N, ErrorCode::kInvalidModel, "bias has ", bias->numel(), " elements, expected ", N);
+      lin->bias.resize(size_t(N));
+      convert_to_f32(lin->bias.data(), bias->data, bias->dtype, N);
+    }
+    switch (precision) {
+      case Precision::kFp32:
+        lin->w_f32 = std::move(w);
+        lin->weight_bytes = lin->w_f32.size() * 4;
+        return lin;
+      case Precision::kFp16:
+      case Precision::kBf16: {
+        lin->w_half.resize(size_t(N * K));
+        for (size_t i = 0; i < w.size(); ++i) {
+          lin->w_half[i] = precision == Precision::kFp16 ? f32_to_f16(w[i]) : f32_to_bf16(w[i]);
+        }
+        lin->weight_bytes = lin->w_half.size() * 2;
+        break;
+      }
+      case Precision::kInt8Naive:
+        lin->w_u8.resize(size_t(N * K));
+        cpu::quantize_per_tensor_uint8(lin->w_u8.data(), &lin->tensor_scale, &lin->zero_point, w.data(), N * K);
+        lin->weight_bytes = lin->w_u8.size() + sizeof(float) + sizeof(int32_t);
+        break;
+      default: {  // int8 family: symmetric per-output-channel
+        lin->w_i8.resize(size_t(N * K));
+        lin->row_scale.resize(size_t(N));
+        cpu::quantize_per_channel_int8(lin->w_i8.data(), lin->row_scale.data(), w.data(), N, K);
+        lin->weight_bytes = lin->w_i8.size() + lin->row_scale.size() * 4;
+        if (precision != Precision::kInt8WeightOnly) {
+          lin->row_sum.resize(size_t(N));
+          for (int64_t n = 0; n < N; ++n) {
+            int32_t s = 0;
+            for (int64_t k = 0; k < K; ++k) s += lin->w_i8[size_t(n * K + k)];
+            lin->row_sum[size_t(n)] = s;
+          }
+        }
+        break;
+      }
+    }
+    if (options.compute_error) {
+      std::vector<float> deq(size_t(N * K));
+#pragma omp parallel for schedule(static)
+      for (int64_t n = 0; n < N; ++n) lin->dequantize_row(n, deq.data() + n * K);
+      lin->error = measure_quant_error(w.data(), deq.data(), N * K);
+    }
+    return lin;
+  }
+
+  DenseWeight make_dense(const HostTensor& tensor, DType storage) override {
+    // The CPU keeps dense weights (norms, biases, position tables) in fp32 whatever is asked: they are small.
+    DenseWeight d;
+    d.rows = tensor.rows;
+    d.cols = tensor.cols;
+    d.dtype = DType::F32;
+    d.buffer = allocate(size_t(tensor.numel()) * 4);
+    convert_to_f32(static_cast<float*>(d.buffer->data()), tensor.data, tensor.dtype, tensor.numel());
+    return d;
+  }
+
+  std::unique_ptr<KvCache> make_kv_cache(const KvCacheConfig& config) override {
+    return std::make_unique<CpuKvCache>(config);
+  }
+
+  void begin_batch(const BatchLayout& layout) override { batch_ = &layout; }
+
+  void embedding(Tensor out, const LinearWeight& table, const DenseWeight* positions_table) override {
+    const auto& lin = static_cast<const CpuLinear&>(table);
+    const int64_t T = out.rows, C = out.cols;
+    QS_CHECK(C == lin.in_features && T == batch_->num_tokens(), ErrorCode::kInternal, "embedding shape mismatch");
+    float* y = f32(out);
+    for (int64_t t = 0; t < T; ++t) {
+      const int32_t id = batch_->token_ids[size_t(t)];
+      QS_CHECK(id >= 0 && id < lin.out_features, ErrorCode::kInvalidArgument, "token id ", id,
+               " is outside the vocabulary (", lin.out_features, " tokens)");
+      lin.dequantize_row(id, y + t * C);
+    }
+    if (positions_table) {
+      for (int64_t t = 0; t < T; ++t) {
+        QS_CHECK(batch_->positions[size_t(t)] < positions_table->rows, ErrorCode::kInvalidArgument, "position ",
+                 batch_->positions[size_t(t)], " is beyond the model's ", positions_table->rows, " positions");
+      }
+      cpu::embedding_add_positions(y, dense(*positions_table), batch_->positions.data(), T, C);
+    }
+  }
+
+  void linear(Tensor out, Tensor in, const LinearWeight& weight, Activation act) override {
+    const auto& lin = static_cast<const CpuLinear&>(weight);
+    const int64_t T = in.rows, K = in.cols, N = lin.out_features;
+    QS_CHECK(K == lin.in_features && out.rows == T && out.cols == N, ErrorCode::kInternal, "linear shape mismatch: in (",
+             T, ", ", K, "), weight (", N, ", ", lin.in_features, "), out (", out.rows, ", ", out.cols, ")");
+    const float* x = f32(in);
+    float* y = f32(out);
+    if (T == 0) return;
+    switch (lin.precision) {
+      case Precision::kFp32:
+        check_dnnl(dnnl_sgemm('N', 'T', T, N, K, 1.0f, x, K, lin.w_f32.data(), K, 0.0f, y, N), "sgemm");
+        break;
+      case Precision::kInt8:
+      case Precision::kInt8Smooth:
+        linear_w8a8(y, x, lin, T, N, K);
+        break;
+      case Precision::kInt8Mixed:
+        linear_mixed(y, x, lin, T, N, K);
+        break;
+      default:  // weights in low precision, activations in fp32
+        if (T <= cpu::kGemvMaxRows && avx512_) {
+          const float zp = lin.precision == Precision::kInt8Naive ? float(lin.zero_point) : 0.0f;
+          const float* scales = lin.row_scale.empty() ? nullptr : lin.row_scale.data();
+          cpu::gemv_avx512(y, x, lin.gemv_weights(), lin.gemv_type(), scales, zp, T, N, K);
+          if (lin.precision == Precision::kInt8Naive) {
+            for (int64_t i = 0; i < T * N; ++i) y[i] *= lin.tensor_scale;
+          }
+        } else {
+          linear_dequantize_sgemm(y, x, lin, T, N, K);
+        }
+        break;
+    }
+    epilogue(y, lin, T, N, act);
+  }
+
+  void layernorm(Tensor out, Tensor in, const DenseWeight& w, const DenseWeight* b, float eps) override {
+    cpu::layernorm_forward(f32(out), f32(in), dense(w), b ? dense(*b) : nullptr, in.rows, in.cols, eps);
+  }
+  void rmsnorm(Tensor out, Tensor in, const DenseWeight& w, float eps) override {
+    cpu::rmsnorm_forward(f32(out), f32(in), dense(w), in.rows, in.cols, eps);
+  }
+  void add(Tensor out, Tensor a, Tensor b) override {
+    QS_CHECK(a.rows == b.rows && a.cols == b.cols, ErrorCode::kInternal, "add shape mismatch");
+    cpu::add_forward(f32(out), f32(a), f32(b), a.rows * a.cols);
+  }
+  void silu_mul(Tensor out, Tensor gate_up) override {
+    cpu::silu_mul_forward(f32(out), f32(gate_up), gate_up.rows, gate_up.cols / 2);
+  }
+  void rope(Tensor qkv, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, int64_t rotary_dim,
+            float theta) override {
+    cpu::rope_forward(f32(qkv), batch_->positions.data(), qkv.rows, num_heads, num_kv_heads, head_dim, rotary_dim,
+                      theta);
+  }
+  void attention(Tensor out, Tensor qkv, KvCache& cache, int64_t layer, int64_t num_heads, int64_t num_kv_heads,
+                 int64_t head_dim) override {
+    auto& kv = static_cast<CpuKvCache&>(cache);
+    cpu::attention_forward(f32(out), f32(qkv), kv.k(layer), kv.v(layer), *batch_, kv.config().block_size, num_heads,
+                           num_kv_heads, head_dim);
+  }
+  void gather_logit_rows(Tensor out, Tensor in) override {
+    const float* x = f32(in);
+    float* y = f32(out);
+    for (size_t i = 0; i < batch_->logit_rows.size(); ++i) {
+      std::memcpy(y + int64_t(i) * in.cols, x + int64_t(batch_->logit_rows[i]) * in.cols, size_t(in.cols) * 4);
+    }
+  }
+
+ private:
+  static float* f32(Tensor t) { return static_cast<float*>(t.data); }
+  static const float* dense(const DenseWeight& w) { return static_cast<const float*>(w.buffer->data()); }
+
+  static void epilogue(float* y, const CpuLinear& lin, int64_t T, int64_t N, Activation act) {
+    if (!lin.bias.empty()) {
+      for (int64_t t = 0; t < T; ++t) {
+        for (int64_t n = 0; n < N; ++n) y[t * N + n] += lin.bias[size_t(n)];
+      }
+    }
+    cpu::apply_activation(y, T * N, act);
+  }
+
+  // Low-precision weights at larger batch: dequantize a block of rows to fp32, multiply with sgemm.
+  void linear_dequantize_sgemm(float* y, const float* x, const CpuLinear& lin, int64_t T, int64_t N, int64_t K) {
+    constexpr int64_t kBlockRows = 256;
+    scratch_w_.resize(size_t(std::min(kBlockRows, N) * K));
+    for (int64_t n0 = 0; n0 < N; n0 += kBlockRows) {
+      const int64_t nb = std::min(kBlockRows, N - n0);
+#pragma omp parallel for schedule(static)
+      for (int64_t n = 0; n < nb; ++n) lin.dequantize_row(n0 + n, scratch_w_.data() + n * K);
+      check_dnnl(dnnl_sgemm('N', 'T', T, nb, K, 1.0f, x, K, scratch_w_.data(), K, 0.0f, y + n0, N), "sgemm");
+    }
+  }
+
+  // W8A8: activations quantized per token to int8 and shifted by +128 to uint8 (VNNI multiplies u8 x s8);
+  // the shift is undone with the weights' row sums: (x + 128) . w = x . w + 128 * sum(w).
+  void linear_w8a8(float* y, const float* x, const CpuLinear& lin, int64_t T, int64_t N, int64_t K) {
+    scratch_q_.resize(size_t(T * K));
+    scratch_scale_.resize(size_t(T));
+    scratch_acc_.resize(size_t(T * N));
+    cpu::quantize_per_token_int8(reinterpret_cast<int8_t*>(scratch_q_.data()), scratch_scale_.data(), x, T, K);
+    for (auto& v : scratch_q_) v = uint8_t(int(int8_t(v)) + 128);
+    const int32_t c_offset = 0;
+    check_dnnl(dnnl_gemm_u8s8s32('N', 'T', 'F', T, N, K, 1.0f, scratch_q_.data(), K, 0, lin.w_i8.data(), K, 0, 0.0f,
+                                 scratch_acc_.data(), N, &c_offset),
+               "gemm_u8s8s32");
+#pragma omp parallel for schedule(static) if (T * N > 16384)
+    for (int64_t t = 0; t < T; ++t) {
+      const float st = scratch_scale_[size_t(t)];
+      for (int64_t n = 0; n < N; ++n) {
+        const int32_t acc = scratch_acc_[size_t(t * N + n)] - 128 * lin.row_sum[size_t(n)];
+        y[t * N + n] = float(acc) * st * lin.row_scale[size_t(n)];
+      }
+    }
+  }
+
+  // LLM.int8(): input columns whose magnitude exceeds the threshold in any token are multiplied in float
+  // (against the dequantized int8 weights of those columns); the rest goes through W8A8 with those columns
+  // zeroed, so the outliers no longer inflate the per-token scales.
+  void linear_mixed(float* y, const float* x, const CpuLinear& lin, int64_t T, int64_t N, int64_t K) {
+    outlier_cols_.clear();
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t t = 0; t < T; ++t) {
+        if (std::fabs(x[t * K + k]) > lin.outlier_threshold) {
+          outlier_cols_.push_back(k);
+          break;
+        }
+      }
+    }
+    if (outlier_cols_.empty()) {
+      linear_w8a8(y, x, lin, T, N, K);
+      return;
+    }
+    scratch_x_.assign(x, x + T * K);
+    for (int64_t k : outlier_cols_) {
+      for (int64_t t = 0; t < T; ++t) scratch_x_[size_t(t * K + k)] = 0.0f;
+    }
+    linear_w8a8(y, scratch_x_.data(), lin, T, N, K);
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      const int8_t* wn = lin.w_i8.data() + n * K;
+      const float s = lin.row_scale[size_t(n)];
+      for (int64_t t = 0; t < T; ++t) {
+        float acc = 0;
+        for (int64_t k : outlier_cols_) acc += x[t * K + k] * float(wn[k]);
+        y[t * N + n] += acc * s;
+      }
+    }
+  }
+
+  bool avx512_;
+  const BatchLayout* batch_ = nullptr;
+  std::vector<float> scratch_w_, scratch_scale_, scratch_x_;
+  std::vector<uint8_t> scratch_q_;
+  std::vector<int32_t> scratch_acc_;
+  std::vector<int64_t> outlier_cols_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int threads) { return std::make_unique<CpuBackend>(threads); }
+
+}  // namespace qs

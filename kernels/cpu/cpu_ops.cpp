@@ -1,0 +1,184 @@
+// The CPU reference ops (see cpu_ops.h), parallel over tokens with OpenMP.
+#include "kernels/cpu/cpu_ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace qs::cpu {
+
+void layernorm_forward(float* out, const float* in, const float* weight, const float* bias, int64_t T, int64_t C,
+                       float eps) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < T; ++t) {
+    const float* x = in + t * C;
+    float* y = out + t * C;
+    float mean = 0;
+    for (int64_t c = 0; c < C; ++c) mean += x[c];
+    mean /= float(C);
+    float var = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const float d = x[c] - mean;
+      var += d * d;
+    }
+    var /= float(C);
+    const float rstd = 1.0f / std::sqrt(var + eps);
+    for (int64_t c = 0; c < C; ++c) {
+      y[c] = (x[c] - mean) * rstd * weight[c] + (bias ? bias[c] : 0.0f);
+    }
+  }
+}
+
+void rmsnorm_forward(float* out, const float* in, const float* weight, int64_t T, int64_t C, float eps) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < T; ++t) {
+    const float* x = in + t * C;
+    float* y = out + t * C;
+    float ss = 0;
+    for (int64_t c = 0; c < C; ++c) ss += x[c] * x[c];
+    const float rms = 1.0f / std::sqrt(ss / float(C) + eps);
+    for (int64_t c = 0; c < C; ++c) y[c] = weight[c] * (x[c] * rms);
+  }
+}
+
+void add_forward(float* out, const float* a, const float* b, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+namespace {
+inline float gelu_tanh(float x) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f;
+  return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x)));
+}
+inline float gelu_erf(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.7071067811865476f)); }
+inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
+}  // namespace
+
+void apply_activation(float* x, int64_t n, Activation act) {
+  switch (act) {
+    case Activation::kNone:
+      return;
+    case Activation::kGeluTanh:
+#pragma omp parallel for schedule(static) if (n > 16384)
+      for (int64_t i = 0; i < n; ++i) x[i] = gelu_tanh(x[i]);
+      return;
+    case Activation::kGeluErf:
+#pragma omp parallel for schedule(static) if (n > 16384)
+      for (int64_t i = 0; i < n; ++i) x[i] = gelu_erf(x[i]);
+      return;
+    case Activation::kRelu:
+      for (int64_t i = 0; i < n; ++i) x[i] = std::max(x[i], 0.0f);
+      return;
+    case Activation::kSilu:
+#pragma omp parallel for schedule(static) if (n > 16384)
+      for (int64_t i = 0; i < n; ++i) x[i] = silu(x[i]);
+      return;
+  }
+}
+
+void silu_mul_forward(float* out, const float* gate_up, int64_t T, int64_t F) {
+#pragma omp parallel for schedule(static) if (T * F > 16384)
+  for (int64_t t = 0; t < T; ++t) {
+    const float* g = gate_up + t * 2 * F;
+    const float* u = g + F;
+    float* y = out + t * F;
+    for (int64_t f = 0; f < F; ++f) y[f] = silu(g[f]) * u[f];
+  }
+}
+
+void rope_forward(float* qkv, const int32_t* positions, int64_t T, int64_t NH, int64_t NKV, int64_t HD,
+                  int64_t rotary_dim, float theta) {
+  const int64_t half = rotary_dim / 2;
+  // inv_freq as Hugging Face computes it, in float32: 1 / theta^(2i / rotary_dim).
+  std::vector<float> inv_freq(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) {
+    inv_freq[size_t(i)] = 1.0f / std::pow(theta, float(2 * i) / float(rotary_dim));
+  }
+  const int64_t row = (NH + 2 * NKV) * HD;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<float> cos_v(static_cast<size_t>(half)), sin_v(static_cast<size_t>(half));
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = float(positions[t]) * inv_freq[size_t(i)];
+      cos_v[size_t(i)] = float(std::cos(double(angle)));
+      sin_v[size_t(i)] = float(std::sin(double(angle)));
+    }
+    float* base = qkv + t * row;
+    for (int64_t h = 0; h < NH + NKV; ++h) {  // q heads, then k heads (they are adjacent in qkv)
+      float* x = base + h * HD;
+      for (int64_t i = 0; i < half; ++i) {
+        const float x1 = x[i], x2 = x[i + half];
+        x[i] = x1 * cos_v[size_t(i)] - x2 * sin_v[size_t(i)];
+        x[i + half] = x2 * cos_v[size_t(i)] + x1 * sin_v[size_t(i)];
+      }
+    }
+  }
+}
+
+namespace {
+inline int64_t cache_slot(const BatchLayout& batch, int64_t seq, int64_t pos, int64_t BS) {
+  return int64_t(batch.block_tables[size_t(seq)][size_t(pos / BS)]) * BS + pos % BS;
+}
+}  // namespace
+
+void attention_forward(float* out, const float* qkv, float* k_pool, float* v_pool, const BatchLayout& batch,
+                       int64_t BS, int64_t NH, int64_t NKV, int64_t HD) {
+  const int64_t T = batch.num_tokens();
+  const int64_t row = (NH + 2 * NKV) * HD;
+  const int64_t kv_row = NKV * HD;
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t slot = cache_slot(batch, batch.seq_of_token[size_t(t)], batch.positions[size_t(t)], BS);
+    std::memcpy(k_pool + slot * kv_row, qkv + t * row + NH * HD, size_t(kv_row) * sizeof(float));
+    std::memcpy(v_pool + slot * kv_row, qkv + t * row + (NH + NKV) * HD, size_t(kv_row) * sizeof(float));
+  }
+  const int64_t group = NH / NKV;
+  const float scale = 1.0f / std::sqrt(float(HD));
+#pragma omp parallel
+  {
+    std::vector<float> scores;
+    std::vector<float> acc(static_cast<size_t>(HD));
+#pragma omp for schedule(dynamic, 4) collapse(2)
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t h = 0; h < NH; ++h) {
+        const int64_t seq = batch.seq_of_token[size_t(t)];
+        const int64_t len = batch.positions[size_t(t)] + 1;   // causal: positions 0..own
+        const int64_t kvh = h / group;
+        const float* q = qkv + t * row + h * HD;
+        scores.resize(size_t(len));
+        float max_score = -INFINITY;
+        for (int64_t j = 0; j < len; ++j) {
+          const float* k = k_pool + cache_slot(batch, seq, j, BS) * kv_row + kvh * HD;
+          float dot = 0;
+          for (int64_t d = 0; d < HD; ++d) dot += q[d] * k[d];
+          scores[size_t(j)] = dot * scale;
+          max_score = std::max(max_score, scores[size_t(j)]);
+        }
+        float sum = 0;
+        for (int64_t j = 0; j < len; ++j) {
+          scores[size_t(j)] = std::exp(scores[size_t(j)] - max_score);
+          sum += scores[size_t(j)];
+        }
+        const float inv_sum = 1.0f / sum;
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (int64_t j = 0; j < len; ++j) {
+          const float* v = v_pool + cache_slot(batch, seq, j, BS) * kv_row + kvh * HD;
+          const float p = scores[size_t(j)] * inv_sum;
+          for (int64_t d = 0; d < HD; ++d) acc[size_t(d)] += p * v[d];
+        }
+        std::memcpy(out + t * NH * HD + h * HD, acc.data(), size_t(HD) * sizeof(float));
+      }
+    }
+  }
+}
+
+void embedding_add_positions(float* out, const float* pos_table, const int32_t* positions, int64_t T, int64_t C) {
+  for (int64_t t = 0; t < T; ++t) {
+    const float* p = pos_table + int64_t(positions[t]) * C;
+    float* y = out + t * C;
+    for (int64_t c = 0; c < C; ++c) y[c] += p[c];
+  }
+}
+
+}  // namespace qs::cpu

@@ -1,0 +1,18 @@
+// Small-batch GEMV over low-precision weights, dequantized in registers (the memory-bound decode path).
+#pragma once
+#include <cstdint>
+
+namespace qs::cpu {
+
+enum class WeightType { kI8, kU8, kF16, kBF16 };
+
+// Rows of x this kernel handles per call; larger batches go through dequantize-and-sgemm.
+constexpr int64_t kGemvMaxRows = 4;
+
+bool gemv_avx512_available();
+// out[t, n] = row_scale[n] * (sum_k x[t, k] * w[n, k] - zero_point * sum_k x[t, k]), for T <= kGemvMaxRows.
+// x (T, K) f32, w (N, K) of `type`, row_scale (N) or null for 1. Requires gemv_avx512_available().
+void gemv_avx512(float* out, const float* x, const void* w, WeightType type, const float* row_scale,
+                 float zero_point, int64_t T, int64_t N, int64_t K);
+
+}  // namespace qs::cpu
