@@ -16,12 +16,15 @@ struct TokenizerSpec {
   std::vector<std::string> tokens;                              // id -> token string
   std::vector<std::pair<std::string, std::string>> merges;     // in rank order
   std::vector<int32_t> special_ids;   // added/control tokens matched verbatim in text (e.g. <|im_start|>)
+  std::vector<int32_t> added_ids;     // non-special added tokens: matched verbatim even when parse_special is
+                                      // false, and kept by decode(skip_special) (HF "special": false)
   // Pre-tokenizer: "gpt2" (the GPT-2 regex), "gpt2-digits" (GPT-2 regex after splitting every digit on its
   // own, as SmolLM2 does), "llama3" (the Llama-3 regex). The loader picks it from tokenizer.json or GGUF.
   std::string pretokenizer = "gpt2";
   int32_t bos_id = -1;
   int32_t eos_id = -1;
   bool add_bos = false;                // prepend BOS when encoding a prompt
+  bool ignore_merges = false;          // a pre-token that is itself in the vocab is taken whole (Llama 3)
   bool empty() const { return tokens.empty(); }
 };
 
@@ -30,6 +33,9 @@ struct TokenizerSpec {
 TokenizerSpec read_tokenizer_json(const std::string& path);
 // Reads GPT-2-style vocab.json + merges.txt.
 TokenizerSpec read_vocab_merges(const std::string& vocab_path, const std::string& merges_path);
+// Checks that a spec is usable (ids in range, merges name known tokens whose concatenation is a token, known
+// pre-tokenizer); throws qs::Error(kInvalidModel) starting with `source` (a file name) otherwise.
+void validate_tokenizer_spec(const TokenizerSpec& spec, const std::string& source);
 
 class Tokenizer {
  public:

@@ -100,6 +100,9 @@ HAND = [
     "日本語とEnglishの混在", "Ḽơᶉëᶆ ȋṕšᶙṁ", "ℌ𝔢𝔩𝔩𝔬 𝔴𝔬𝔯𝔩𝔡", "𝕳𝖊𝖑𝖑𝖔", "e\u0301 combining acute",
     "zero\u200bwidth\u200bspace", "non\u00a0breaking\u00a0space", "ideographic\u3000space", "em\u2003space",
     "nel\u0085char", "line\u2028separator", "mongolian\u180evowel", "soft\u00adhyphen", "\ufeffBOM start",
+    # which characters count as whitespace (Onig's \s is Unicode White_Space)
+    " \u0085x", "a \u0085\u0085 b", "a \u00a0b", "a\u00a0\u00a0b", "a \u3000b", " \u180ex", "x \u2028 y",
+    "\u200b \u200bz", "a \u1680b", "a \u2009\u200ab", "a \u202f\u205fb", "tab\t\u00a0x", "\x1c\x1d\x1e\x1f sep",
     # emoji
     "😀", "😀😃😄", "I love 🍕 and 🍣!", "👍🏽", "👨‍👩‍👧‍👦 family", "🇺🇸🇯🇵 flags", "❤️", "✨ sparkles ✨",
     "🤖 robots 🤖🤖", "emoji at end 🎉", " 🎉 spaced 🎉 ", "🏳️‍🌈", "a😀b", "😀a😀", "🙂🙃🙂🙃🙂🙃",
