@@ -36,6 +36,9 @@ TokenizerSpec read_vocab_merges(const std::string& vocab_path, const std::string
 // Checks that a spec is usable (ids in range, merges name known tokens whose concatenation is a token, known
 // pre-tokenizer); throws qs::Error(kInvalidModel) starting with `source` (a file name) otherwise.
 void validate_tokenizer_spec(const TokenizerSpec& spec, const std::string& source);
+// TokenizerSpec::pretokenizer for a GGUF's tokenizer.ggml.pre (llama.cpp's names: "smollm" -> "gpt2-digits",
+// "gpt-2" -> "gpt2", "llama-bpe" -> "llama3", ...); nullopt for one this tokenizer does not implement.
+std::optional<std::string> pretokenizer_for_gguf(std::string_view ggml_pre);
 
 class Tokenizer {
  public:

@@ -117,6 +117,17 @@ void read_tokenizer_config(const std::string& tokenizer_path, TokenizerSpec& spe
 
 }  // namespace
 
+std::optional<std::string> pretokenizer_for_gguf(std::string_view pre) {
+  // Grouped as llama.cpp's llm_tokenizer_bpe groups them by the regexes they use.
+  for (const char* name : {"gpt-2", "gpt2", "mpt", "olmo", "jais", "trillion"})
+    if (pre == name) return "gpt2";
+  for (const char* name : {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"})
+    if (pre == name) return "gpt2-digits";  // "\p{N}" first, then the GPT-2 regex
+  for (const char* name : {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "smaug-bpe", "dbrx", "pixtral"})
+    if (pre == name) return "llama3";
+  return std::nullopt;
+}
+
 TokenizerSpec read_tokenizer_json(const std::string& path) {
   json root = parse_json(path, "tokenizer.json");
   QS_CHECK(root.is_object(), ErrorCode::kInvalidModel, path, ": tokenizer.json is not a JSON object");

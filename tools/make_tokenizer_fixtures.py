@@ -6,6 +6,9 @@ Writes, under tests/fixtures/tokenizer/:
   smollm2/cases.json       reference ids for every test string (add_special_tokens=False)
   tiny/cases.json          the same for the tiny GPT-2-regex tokenizer in tests/fixtures/models/
                            (trained by tools/make_fixtures.py; that file is the tokenizer under test)
+  llama3/tokenizer.json    the tiny vocabulary with Llama 3's pre-tokenizer (Split on its regex, then
+                           ByteLevel without regex) and ignore_merges, as Llama 3's tokenizer.json has them
+  llama3/cases.json        reference ids for it
 
 Each cases.json holds: "encode": [{text, ids, ids_no_special?}], "decode": [{ids, text, text_skip_special}].
 The strings are generated deterministically (fixed seed), so rerunning gives identical files.
@@ -74,6 +77,24 @@ def build_smollm2(gguf_path: Path) -> Tokenizer:
     tok.add_special_tokens(control)
     for t in control:
         assert tok.token_to_id(t.content) == vocab[t.content]
+    return tok
+
+
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def build_llama3_style(tiny_path: Path) -> Tokenizer:
+    from tokenizers import Regex
+
+    spec = json.loads(tiny_path.read_text())
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in spec["model"]["merges"]]
+    tok = Tokenizer(models.BPE(vocab=spec["model"]["vocab"], merges=merges, ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t["content"], special=True, normalized=False) for t in spec["added_tokens"]])
     return tok
 
 
@@ -237,6 +258,12 @@ def main():
     sha = hashlib.sha256(TINY.read_bytes()).hexdigest()
     write_json(OUT / "tiny" / "cases.json",
                {"tokenizer": "tests/fixtures/models/tokenizer.json", "tokenizer_sha256": sha, **cases(tiny, strings)})
+
+    llama3 = build_llama3_style(TINY)
+    (OUT / "llama3").mkdir(parents=True, exist_ok=True)
+    llama3.save(str(OUT / "llama3" / "tokenizer.json"), pretty=False)
+    write_json(OUT / "llama3" / "cases.json",
+               {"tokenizer": "tests/fixtures/tokenizer/llama3/tokenizer.json", **cases(llama3, strings)})
 
 
 if __name__ == "__main__":
