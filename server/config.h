@@ -1,0 +1,48 @@
+// What `quantserve serve` is told: the models to serve, where to listen, and the request limits.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace qs::server {
+
+// Request limits; over any of them a request is refused at once with a clear status.
+struct ServerLimits {
+  int64_t max_queued = 256;            // requests waiting for a place in the running batch
+  int64_t max_batch_size = 32;         // running sequences per decode step
+  int64_t max_batch_tokens = 512;      // tokens per forward pass
+  int64_t max_prompt_tokens = 4096;
+  int64_t max_new_tokens = 2048;
+  int64_t max_message_bytes = 4 << 20; // gRPC receive limit
+  int64_t kv_cache_tokens = 0;         // 0 = the engine's default
+};
+
+// One served model: the name requests use and the file or directory it is loaded from.
+struct ModelSpec {
+  std::string name;
+  std::string path;
+};
+
+struct ServeOptions {
+  std::vector<ModelSpec> models;       // the first is the default for requests with an empty model
+  std::string precision;               // empty = fp32 on the CPU, int8 on CUDA
+  std::string device = "auto";
+  std::string listen = "0.0.0.0:50051";
+  std::string metrics_listen = "0.0.0.0:9090";
+  ServerLimits limits;
+  double drain_grace_seconds = 30;
+  int threads = 0;                     // CPU backend threads; 0 = all cores
+  double step_delay_ms = 0;            // tests only: sleep between engine steps to mimic a slow device
+};
+
+// "name=PATH" or "PATH" (named after the file stem or directory name).
+ModelSpec parse_model_spec(const std::string& arg);
+// A name for a model path: "models/SmolLM2-135M-Instruct.Q4_1.gguf" -> "SmolLM2-135M-Instruct.Q4_1".
+std::string model_name_from_path(const std::string& path);
+// The default model (models/SmolLM2-135M-Instruct.Q4_1.gguf) resolved against the working directory and the
+// source tree; throws qs::Error(kNotFound) telling to run scripts/setup.sh when it is in neither.
+std::string default_model_path();
+// Checks names are unique and limits positive; throws qs::Error(kInvalidArgument) naming the flag.
+void validate(const ServeOptions& options);
+
+}  // namespace qs::server

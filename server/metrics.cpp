@@ -1,0 +1,153 @@
+// Prometheus families for quantserve (names and labels exactly as deploy/METRICS.md lists them).
+#include "server/metrics.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "kernels/error.h"
+#include "server/status.h"
+
+namespace qs::server {
+
+namespace {
+
+// 1 ms .. 60 s: token latencies on a GPU are ms, long generations on a CPU tens of seconds.
+const prometheus::Histogram::BucketBoundaries kLatencyBuckets = {
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+
+const grpc::StatusCode kStatuses[] = {
+    grpc::StatusCode::OK,          grpc::StatusCode::INVALID_ARGUMENT,   grpc::StatusCode::NOT_FOUND,
+    grpc::StatusCode::RESOURCE_EXHAUSTED, grpc::StatusCode::DEADLINE_EXCEEDED, grpc::StatusCode::CANCELLED,
+    grpc::StatusCode::UNAVAILABLE, grpc::StatusCode::INTERNAL,           grpc::StatusCode::FAILED_PRECONDITION,
+    grpc::StatusCode::UNIMPLEMENTED};
+const FinishReason kReasons[] = {FinishReason::kLength, FinishReason::kEos,   FinishReason::kStop,
+                                 FinishReason::kCancelled, FinishReason::kError, FinishReason::kNone};
+
+}  // namespace
+
+void ModelMetrics::count_request(grpc::StatusCode status, FinishReason reason) {
+  auto it = requests.find({status, reason});
+  if (it == requests.end()) it = requests.find({grpc::StatusCode::INTERNAL, FinishReason::kError});
+  it->second->Increment();
+}
+
+Metrics::Metrics(const std::string& listen) : registry_(std::make_shared<prometheus::Registry>()) {
+  using namespace prometheus;
+  auto& r = *registry_;
+  ttft_ = &BuildHistogram().Name("quantserve_time_to_first_token_seconds")
+               .Help("Request arrival to the first generated token, including queue time and prefill").Register(r);
+  itl_ = &BuildHistogram().Name("quantserve_inter_token_latency_seconds")
+              .Help("Time between two consecutive generated tokens of one request").Register(r);
+  duration_ = &BuildHistogram().Name("quantserve_request_duration_seconds")
+                   .Help("Request arrival to the last token or final status").Register(r);
+  queue_ = &BuildHistogram().Name("quantserve_queue_duration_seconds")
+                .Help("Time a request waited before it was admitted to the running batch").Register(r);
+  prompt_tokens_ = &BuildCounter().Name("quantserve_prompt_tokens_total")
+                        .Help("Prompt tokens of admitted requests").Register(r);
+  generated_tokens_ = &BuildCounter().Name("quantserve_generated_tokens_total")
+                           .Help("Tokens generated (sampled)").Register(r);
+  requests_ = &BuildCounter().Name("quantserve_requests_total")
+                   .Help("Finished requests by gRPC status and finish reason").Register(r);
+  running_ = &BuildGauge().Name("quantserve_requests_running").Help("Requests in the running batch").Register(r);
+  waiting_ = &BuildGauge().Name("quantserve_requests_waiting")
+                  .Help("Requests queued, not yet admitted to the running batch").Register(r);
+  batch_size_ = &BuildGauge().Name("quantserve_batch_size").Help("Sequences in the last decode step").Register(r);
+  kv_used_ = &BuildGauge().Name("quantserve_kv_cache_blocks_used").Help("KV-cache blocks allocated").Register(r);
+  kv_total_ = &BuildGauge().Name("quantserve_kv_cache_blocks_total").Help("KV-cache blocks in total").Register(r);
+  device_used_ = &BuildGauge().Name("quantserve_device_memory_used_bytes")
+                      .Help("Memory in use on the device (host RSS on CPU hosts)").Register(r);
+  device_total_ = &BuildGauge().Name("quantserve_device_memory_total_bytes")
+                       .Help("Memory the device has in total").Register(r);
+  weight_bytes_ = &BuildGauge().Name("quantserve_model_weight_bytes")
+                       .Help("Bytes of the loaded (quantized) weights").Register(r);
+  load_seconds_ = &BuildGauge().Name("quantserve_model_load_seconds").Help("Wall time of the last model load").Register(r);
+  quantize_seconds_ = &BuildGauge().Name("quantserve_model_quantize_seconds")
+                           .Help("Part of the model load spent quantizing").Register(r);
+  resident_bytes_ = &BuildGauge().Name("process_resident_memory_bytes")
+                         .Help("Resident memory size in bytes").Register(r).Add({});
+  unknown_ = &make_model("unknown", "", false);
+  update_process_memory();
+
+  if (!listen.empty()) {
+    try {
+      exposer_ = std::make_unique<Exposer>(listen, 2);
+    } catch (const std::exception& e) {
+      QS_FAIL(ErrorCode::kUnavailable, "cannot serve metrics on ", listen, " (--metrics-listen): ", e.what());
+    }
+    exposer_->RegisterCollectable(registry_);
+  }
+}
+
+Metrics::~Metrics() = default;
+
+ModelMetrics& Metrics::make_model(const std::string& model, const std::string& precision, bool with_model_gauges) {
+  auto m = std::make_unique<ModelMetrics>();
+  m->model = model;
+  const prometheus::Labels labels{{"model", model}};
+  m->time_to_first_token = &ttft_->Add(labels, kLatencyBuckets);
+  m->inter_token_latency = &itl_->Add(labels, kLatencyBuckets);
+  m->request_duration = &duration_->Add(labels, kLatencyBuckets);
+  m->queue_duration = &queue_->Add(labels, kLatencyBuckets);
+  m->prompt_tokens = &prompt_tokens_->Add(labels);
+  m->generated_tokens = &generated_tokens_->Add(labels);
+  m->requests_running = &running_->Add(labels);
+  m->requests_waiting = &waiting_->Add(labels);
+  m->batch_size = &batch_size_->Add(labels);
+  m->kv_blocks_used = &kv_used_->Add(labels);
+  m->kv_blocks_total = &kv_total_->Add(labels);
+  for (grpc::StatusCode status : kStatuses) {
+    for (FinishReason reason : kReasons) {
+      m->requests[{status, reason}] = &requests_->Add(
+          {{"model", model}, {"status", grpc_code_name(status)}, {"finish_reason", finish_reason_name(reason)}});
+    }
+  }
+  if (with_model_gauges) {
+    const prometheus::Labels with_precision{{"model", model}, {"precision", precision}};
+    m->weight_bytes = &weight_bytes_->Add(with_precision);
+    m->load_seconds = &load_seconds_->Add(with_precision);
+    m->quantize_seconds = &quantize_seconds_->Add(with_precision);
+  }
+  auto& ref = *m;
+  models_[model] = std::move(m);
+  return ref;
+}
+
+ModelMetrics& Metrics::add_model(const std::string& model, const std::string& precision) {
+  QS_CHECK(!models_.count(model), ErrorCode::kInvalidArgument, "model name '", model, "' is used twice");
+  return make_model(model, precision, true);
+}
+
+void Metrics::register_device(const std::string& device) {
+  std::lock_guard<std::mutex> lock(devices_mutex_);
+  if (devices_.count(device)) return;
+  devices_[device] = {&device_used_->Add({{"device", device}}), &device_total_->Add({{"device", device}})};
+}
+
+void Metrics::set_device_memory(const std::string& device, double used_bytes, double total_bytes) {
+  std::pair<prometheus::Gauge*, prometheus::Gauge*> gauges{nullptr, nullptr};
+  {
+    std::lock_guard<std::mutex> lock(devices_mutex_);
+    auto it = devices_.find(device);
+    if (it == devices_.end()) return;
+    gauges = it->second;
+  }
+  gauges.first->Set(used_bytes);
+  gauges.second->Set(total_bytes);
+}
+
+void Metrics::update_process_memory() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (!f) return;
+  unsigned long size_pages = 0, resident_pages = 0;
+  if (std::fscanf(f, "%lu %lu", &size_pages, &resident_pages) == 2) {
+    resident_bytes_->Set(double(resident_pages) * double(sysconf(_SC_PAGESIZE)));
+  }
+  std::fclose(f);
+}
+
+std::vector<int> Metrics::listening_ports() const {
+  return exposer_ ? exposer_->GetListeningPorts() : std::vector<int>{};
+}
+
+}  // namespace qs::server

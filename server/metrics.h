@@ -1,0 +1,94 @@
+// Prometheus metrics (deploy/METRICS.md is the contract): families built once at start-up, labelled children
+// kept by reference, so the request path only observes, increments and sets.
+#pragma once
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <grpcpp/support/status.h>
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include "engine/engine.h"
+
+namespace qs::server {
+
+// The series of one served model.
+struct ModelMetrics {
+  std::string model;
+  prometheus::Histogram* time_to_first_token = nullptr;
+  prometheus::Histogram* inter_token_latency = nullptr;
+  prometheus::Histogram* request_duration = nullptr;
+  prometheus::Histogram* queue_duration = nullptr;
+  prometheus::Counter* prompt_tokens = nullptr;
+  prometheus::Counter* generated_tokens = nullptr;
+  prometheus::Gauge* requests_running = nullptr;
+  prometheus::Gauge* requests_waiting = nullptr;
+  prometheus::Gauge* batch_size = nullptr;
+  prometheus::Gauge* kv_blocks_used = nullptr;
+  prometheus::Gauge* kv_blocks_total = nullptr;
+  prometheus::Gauge* weight_bytes = nullptr;
+  prometheus::Gauge* load_seconds = nullptr;
+  prometheus::Gauge* quantize_seconds = nullptr;
+  // quantserve_requests_total{status, finish_reason}, every combination pre-created.
+  std::map<std::pair<grpc::StatusCode, FinishReason>, prometheus::Counter*> requests;
+
+  void count_request(grpc::StatusCode status, FinishReason reason);
+};
+
+class Metrics {
+ public:
+  // Builds every family; `listen` ("HOST:PORT") starts the /metrics endpoint, empty = none (tests).
+  explicit Metrics(const std::string& listen);
+  ~Metrics();
+
+  // Start-up only: the children of one model (labels model, precision).
+  ModelMetrics& add_model(const std::string& model, const std::string& precision);
+  // Requests for models that do not exist (NOT_FOUND) are counted under model="unknown".
+  ModelMetrics& unknown_model() { return *unknown_; }
+  // Device memory gauges for `device` ("cpu", "cuda:0"); children made on first use at start-up.
+  void register_device(const std::string& device);
+  void set_device_memory(const std::string& device, double used_bytes, double total_bytes);
+  // Reads /proc/self/statm into process_resident_memory_bytes.
+  void update_process_memory();
+  std::vector<int> listening_ports() const;
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  prometheus::Family<prometheus::Histogram>* ttft_ = nullptr;
+  prometheus::Family<prometheus::Histogram>* itl_ = nullptr;
+  prometheus::Family<prometheus::Histogram>* duration_ = nullptr;
+  prometheus::Family<prometheus::Histogram>* queue_ = nullptr;
+  prometheus::Family<prometheus::Counter>* prompt_tokens_ = nullptr;
+  prometheus::Family<prometheus::Counter>* generated_tokens_ = nullptr;
+  prometheus::Family<prometheus::Counter>* requests_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* running_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* waiting_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* batch_size_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* kv_used_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* kv_total_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* device_used_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* device_total_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* weight_bytes_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* load_seconds_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* quantize_seconds_ = nullptr;
+  prometheus::Gauge* resident_bytes_ = nullptr;
+
+  std::mutex devices_mutex_;   // guards the map's structure only; gauges are thread-safe
+  std::map<std::string, std::pair<prometheus::Gauge*, prometheus::Gauge*>> devices_;
+  std::map<std::string, std::unique_ptr<ModelMetrics>> models_;
+  ModelMetrics* unknown_ = nullptr;
+
+  ModelMetrics& make_model(const std::string& model, const std::string& precision, bool with_model_gauges);
+};
+
+}  // namespace qs::server

@@ -1,0 +1,128 @@
+// One engine thread per model: it owns the Engine (not thread-safe) and runs step() in a loop. RPC threads only
+// post work to its inbox (submit, cancel, small tasks) and receive events through the callbacks they passed.
+#pragma once
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/engine.h"
+#include "kernels/backend.h"
+#include "kernels/error.h"
+#include "server/config.h"
+#include "server/metrics.h"
+
+namespace qs::server {
+
+using Clock = std::chrono::steady_clock;
+
+// One generation request as the engine thread sees it. The callbacks run on the engine thread; after the
+// final event (finish != kNone) or on_error, neither is called again.
+struct GenerationJob {
+  std::string request_id;              // "req-17", for logs and error messages
+  std::string prompt;                  // text, or empty with prompt_ids
+  std::vector<int32_t> prompt_ids;
+  bool chat = false;
+  std::string system_prompt;
+  SamplingParams params;
+  Clock::time_point arrival = Clock::now();
+
+  // Timings the server measures (arrival-based), filled by the worker before on_event is called.
+  double queue_seconds = 0;
+  double first_token_seconds = 0;
+  double total_seconds = 0;
+
+  std::function<void(const GenerationEvent&)> on_event;
+  std::function<void(const Error&)> on_error;   // refused at submit: nothing else follows
+
+  std::atomic<bool> cancel_requested{false};
+  std::atomic<bool> cancelled_by_server{false};  // shutdown past its grace period
+
+  // Engine thread only.
+  uint64_t engine_id = 0;
+  Clock::time_point submitted;
+  Clock::time_point last_token;
+  bool got_first_token = false;
+  bool queue_observed = false;
+  bool done = false;                   // the final event or the error has been delivered
+};
+
+// The limits and timings the worker needs.
+struct WorkerOptions {
+  ServerLimits limits;
+  double step_delay_ms = 0;
+};
+
+class ModelWorker {
+ public:
+  ModelWorker(std::string name, std::unique_ptr<Backend> backend, std::unique_ptr<Engine> engine,
+              ModelMetrics& metrics, Metrics& all_metrics, const WorkerOptions& options);
+  ~ModelWorker();
+  ModelWorker(const ModelWorker&) = delete;
+  ModelWorker& operator=(const ModelWorker&) = delete;
+
+  const std::string& name() const { return name_; }
+  // Read-only after construction; safe from any thread (the engine never changes its model or tokenizer).
+  const Model& model() const { return *model_; }
+  int64_t vocab_size() const { return vocab_size_; }
+  int64_t kv_blocks_total() const { return kv_blocks_total_; }
+  ModelMetrics& metrics() { return metrics_; }
+
+  void start();
+  // Cancels whatever is left, stops the engine thread and joins it.
+  void stop();
+
+  // Admission against --max-queued (requests posted but not yet running). Call release() if the request is
+  // not submitted after all; submitted requests release themselves when they finish.
+  bool try_reserve();
+  void release();
+  int64_t outstanding() const { return outstanding_.load(); }
+
+  void submit(std::shared_ptr<GenerationJob> job);
+  void cancel(std::shared_ptr<GenerationJob> job);
+  // Server shutdown past the grace period: every request finishes now with kCancelled.
+  void cancel_all();
+  // Runs `task` on the engine thread (tokenization, chat templates: anything that touches the Engine).
+  void post(std::function<void(Engine&)> task);
+
+ private:
+  void run();
+  void do_submit(const std::shared_ptr<GenerationJob>& job);
+  void handle_event(const std::shared_ptr<GenerationJob>& job, const GenerationEvent& event);
+  void update_gauges(bool memory);
+  void fail_all(const std::string& why);
+
+  std::string name_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<Engine> engine_;
+  const Model* model_ = nullptr;
+  int64_t vocab_size_ = 0;
+  int64_t kv_blocks_total_ = 0;
+  ModelMetrics& metrics_;
+  Metrics& all_metrics_;
+  WorkerOptions options_;
+  std::string device_;
+
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<std::function<void(Engine&)>> inbox_;
+  bool stopping_ = false;
+
+  std::atomic<int64_t> outstanding_{0};   // reserved, not yet finished
+  std::atomic<int64_t> running_{0};       // as of the last step
+  // Engine thread only.
+  std::unordered_map<uint64_t, std::shared_ptr<GenerationJob>> active_;
+  std::vector<uint64_t> finished_;     // retired during this iteration, erased from active_ after it
+  bool cancel_everything_ = false;     // shutdown: requests still arriving are cancelled at once
+  std::thread thread_;
+};
+
+}  // namespace qs::server

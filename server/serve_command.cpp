@@ -1,0 +1,270 @@
+// `quantserve serve`: loads the models, starts one engine thread per model, the gRPC server (Inference, health,
+// reflection) and the /metrics endpoint, and drains on SIGTERM/SIGINT.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <thread>
+
+#include "engine/engine.h"
+#include "engine/model.h"
+#include "engine/model_file.h"
+#include "engine/tokenizer.h"
+#include "kernels/error.h"
+#include "server/commands.h"
+#include "server/config.h"
+#include "server/metrics.h"
+#include "server/scheduler.h"
+#include "server/service.h"
+
+namespace qs::cli {
+
+namespace {
+
+using server::Clock;
+
+struct LoadedModel {
+  std::unique_ptr<ModelFile> file;   // kept open: the weights may be views into its mapping
+  std::unique_ptr<server::ModelWorker> worker;
+};
+
+std::string resolve_precision(const std::string& requested, const Backend& backend) {
+  if (!requested.empty()) return requested;
+  return backend.name().rfind("cuda", 0) == 0 ? "fp16" : "fp32";
+}
+
+// Shows the seconds spent while a model loads, on a terminal only (logs stay one line per event).
+class LoadProgress {
+ public:
+  explicit LoadProgress(std::string label) : label_(std::move(label)), start_(Clock::now()) {
+    if (!isatty(fileno(stderr))) return;
+    thread_ = std::thread([this] {
+      while (!done_) {
+        double s = std::chrono::duration<double>(Clock::now() - start_).count();
+        std::fprintf(stderr, "\rquantserve: loading %s ... %.1fs", label_.c_str(), s);
+        std::fflush(stderr);
+        for (int i = 0; i < 4 && !done_; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+      std::fprintf(stderr, "\r\033[K");
+    });
+  }
+  ~LoadProgress() {
+    done_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  std::string label_;
+  Clock::time_point start_;
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
+
+LoadedModel load_model(const server::ModelSpec& spec, const server::ServeOptions& options, server::Metrics& metrics) {
+  LoadedModel loaded;
+  std::unique_ptr<Backend> backend;
+  const bool cpu = options.device == "cpu" || (options.device == "auto" && !cuda_available());
+  backend = cpu ? make_cpu_backend(options.threads) : make_backend(options.device);
+  std::string precision_text = resolve_precision(options.precision, *backend);
+  auto precision = parse_precision(precision_text);
+  QS_CHECK(precision.has_value(), ErrorCode::kInvalidArgument, "--precision '", precision_text,
+           "' is not one of: ", precision_list());
+
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+  {
+    LoadProgress progress(spec.name + " (" + precision_text + " on " + backend->name() + ")");
+    loaded.file = ModelFile::open(spec.path);
+    LoadOptions load_options;
+    load_options.precision = *precision;
+    model = Model::load(*loaded.file, *backend, load_options);
+    tokenizer = std::make_unique<Tokenizer>(loaded.file->tokenizer_spec());
+  }
+  const LoadReport& report = model->report();
+  std::fprintf(stderr, "quantserve: loaded %s from %s: %s, %s on %s, %.1f MiB of weights, %.2fs (quantize %.2fs)\n",
+               spec.name.c_str(), spec.path.c_str(), architecture_name(model->config().arch),
+               precision_name(report.precision), backend->name().c_str(), double(report.weight_bytes) / (1 << 20),
+               report.load_seconds, report.quantize_seconds);
+
+  EngineOptions engine_options;
+  engine_options.max_batch_size = options.limits.max_batch_size;
+  engine_options.max_batch_tokens = options.limits.max_batch_tokens;
+  engine_options.prefill_chunk = std::min<int64_t>(engine_options.prefill_chunk, options.limits.max_batch_tokens);
+  engine_options.kv_cache_tokens = options.limits.kv_cache_tokens;
+  auto engine = std::make_unique<Engine>(std::move(model), std::move(tokenizer), engine_options);
+
+  server::ModelMetrics& model_metrics = metrics.add_model(spec.name, precision_name(report.precision));
+  server::WorkerOptions worker_options;
+  worker_options.limits = options.limits;
+  worker_options.step_delay_ms = options.step_delay_ms;
+  loaded.worker = std::make_unique<server::ModelWorker>(spec.name, std::move(backend), std::move(engine),
+                                                        model_metrics, metrics, worker_options);
+  return loaded;
+}
+
+int64_t total_outstanding(const std::vector<LoadedModel>& models) {
+  int64_t n = 0;
+  for (const auto& m : models) n += m.worker->outstanding();
+  return n;
+}
+
+// Waits up to `seconds` for SIGTERM/SIGINT (blocked in every thread); true when one arrived.
+bool wait_signal(const sigset_t& signals, double seconds, int* which) {
+  timespec ts;
+  ts.tv_sec = time_t(seconds);
+  ts.tv_nsec = long((seconds - double(ts.tv_sec)) * 1e9);
+  int sig = sigtimedwait(&signals, nullptr, &ts);
+  if (sig > 0) {
+    *which = sig;
+    return true;
+  }
+  return false;
+}
+
+void run_serve(server::ServeOptions options, const std::vector<std::string>& model_args, const std::string& name) {
+  for (const std::string& arg : model_args) options.models.push_back(server::parse_model_spec(arg));
+  if (options.models.empty()) {
+    std::string path = server::default_model_path();
+    options.models.push_back({server::model_name_from_path(path), path});
+  }
+  if (!name.empty()) {
+    QS_CHECK(model_args.size() <= 1, ErrorCode::kInvalidArgument,
+             "--name names a single model; with several, write --model NAME=PATH");
+    options.models.front().name = name;
+  }
+  server::validate(options);
+
+  // Every thread started from here on inherits the blocked signals; the main thread takes them with sigwait.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  server::Metrics metrics(options.metrics_listen);
+  std::vector<LoadedModel> models;
+  for (const auto& spec : options.models) models.push_back(load_model(spec, options, metrics));
+
+  std::vector<server::ModelWorker*> workers;
+  for (auto& m : models) workers.push_back(m.worker.get());
+  server::InferenceService service(workers, options, metrics);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(int(options.limits.max_message_bytes));
+  std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
+  QS_CHECK(grpc_server && port != 0, ErrorCode::kUnavailable, "cannot listen on ", options.listen,
+           " (--listen): the address is invalid or the port is in use");
+  for (auto& m : models) m.worker->start();
+  grpc::HealthCheckServiceInterface* health = grpc_server->GetHealthCheckService();
+  if (health) {
+    health->SetServingStatus(true);
+    health->SetServingStatus("quantserve.v1.Inference", true);
+  }
+  std::string metrics_where = options.metrics_listen.empty() ? "off" : "http://" + options.metrics_listen + "/metrics";
+  std::fprintf(stderr, "quantserve: serving %zu model(s) on %s (gRPC port %d), metrics %s\n", models.size(),
+               options.listen.c_str(), port, metrics_where.c_str());
+
+  int sig = 0;
+  while (!wait_signal(signals, 3600, &sig)) {
+  }
+  std::fprintf(stderr, "quantserve: %s: draining (%lld requests in flight, grace %.0fs)\n",
+               sig == SIGTERM ? "SIGTERM" : "SIGINT", (long long)total_outstanding(models), options.drain_grace_seconds);
+  if (health) health->SetServingStatus(false);
+  service.start_draining();
+
+  const auto grace_end = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                            std::chrono::duration<double>(options.drain_grace_seconds));
+  bool forced = false;
+  while (total_outstanding(models) > 0 && Clock::now() < grace_end) {
+    if (wait_signal(signals, 0.05, &sig)) {
+      std::fprintf(stderr, "quantserve: second signal: cancelling the remaining requests now\n");
+      forced = true;
+      break;
+    }
+  }
+  if (total_outstanding(models) > 0) {
+    if (!forced) std::fprintf(stderr, "quantserve: grace period over: cancelling the remaining requests\n");
+    for (auto& m : models) m.worker->cancel_all();
+    const auto cancel_end = Clock::now() + std::chrono::seconds(5);
+    while (total_outstanding(models) > 0 && Clock::now() < cancel_end) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  for (auto& m : models) m.worker->stop();
+  grpc_server->Wait();
+  std::fprintf(stderr, "quantserve: stopped\n");
+}
+
+}  // namespace
+
+void add_serve_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("serve", "Serve models over gRPC (quantserve.v1.Inference) with Prometheus metrics");
+  auto options = std::make_shared<server::ServeOptions>();
+  auto model_args = std::make_shared<std::vector<std::string>>();
+  auto name = std::make_shared<std::string>();
+  auto& l = options->limits;
+  cmd->add_option("--model", *model_args,
+                  "Model to serve: PATH or NAME=PATH (a HF directory or a .gguf), repeatable; the first is the default "
+                  "(default: models/SmolLM2-135M-Instruct.Q4_1.gguf)")
+      ->envname("QUANTSERVE_MODEL")
+      ->delimiter(',');
+  cmd->add_option("--name", *name, "Name of the (single) model in requests and metrics (default: file stem)")
+      ->envname("QUANTSERVE_NAME");
+  cmd->add_option("--precision", options->precision,
+                  "Weight precision: " + precision_list() + " (default: fp32 on CPU, fp16 on CUDA)")
+      ->envname("QUANTSERVE_PRECISION");
+  cmd->add_option("--device", options->device, "cpu, cuda, cuda:N or auto")
+      ->envname("QUANTSERVE_DEVICE")
+      ->capture_default_str();
+  cmd->add_option("--listen", options->listen, "gRPC address HOST:PORT")
+      ->envname("QUANTSERVE_LISTEN")
+      ->capture_default_str();
+  cmd->add_option("--metrics-listen", options->metrics_listen, "Prometheus /metrics address HOST:PORT")
+      ->envname("QUANTSERVE_METRICS_LISTEN")
+      ->capture_default_str();
+  cmd->add_option("--max-queued", l.max_queued, "Requests waiting for the running batch before RESOURCE_EXHAUSTED")
+      ->envname("QUANTSERVE_MAX_QUEUED")
+      ->capture_default_str();
+  cmd->add_option("--max-batch-size", l.max_batch_size, "Sequences per decode step")
+      ->envname("QUANTSERVE_MAX_BATCH_SIZE")
+      ->capture_default_str();
+  cmd->add_option("--max-batch-tokens", l.max_batch_tokens, "Tokens per forward pass (prefill chunks + decodes)")
+      ->envname("QUANTSERVE_MAX_BATCH_TOKENS")
+      ->capture_default_str();
+  cmd->add_option("--max-prompt-tokens", l.max_prompt_tokens, "Longest prompt accepted")
+      ->envname("QUANTSERVE_MAX_PROMPT_TOKENS")
+      ->capture_default_str();
+  cmd->add_option("--max-new-tokens", l.max_new_tokens, "Largest max_new_tokens a request may ask for")
+      ->envname("QUANTSERVE_MAX_NEW_TOKENS")
+      ->capture_default_str();
+  cmd->add_option("--max-message-bytes", l.max_message_bytes, "Largest gRPC request message")
+      ->envname("QUANTSERVE_MAX_MESSAGE_BYTES")
+      ->capture_default_str();
+  cmd->add_option("--kv-cache-tokens", l.kv_cache_tokens, "KV-cache capacity in tokens (0 = engine default)")
+      ->envname("QUANTSERVE_KV_CACHE_TOKENS")
+      ->capture_default_str();
+  cmd->add_option("--drain-grace-seconds", options->drain_grace_seconds,
+                  "On SIGTERM, how long running requests may take to finish")
+      ->envname("QUANTSERVE_DRAIN_GRACE_SECONDS")
+      ->capture_default_str();
+  cmd->add_option("--threads", options->threads, "CPU backend threads (0 = all cores)")
+      ->envname("QUANTSERVE_THREADS")
+      ->capture_default_str();
+  // Tests only (hidden): slows every engine step so cancellation and drain can be observed on tiny models.
+  cmd->add_option("--step-delay-ms", options->step_delay_ms)->envname("QUANTSERVE_STEP_DELAY_MS")->group("");
+  cmd->callback([options, model_args, name] { run_serve(*options, *model_args, *name); });
+}
+
+}  // namespace qs::cli
