@@ -99,8 +99,22 @@ GgufValue read_value(Reader& r, GgufValueType type, const std::string& path, con
       QS_CHECK(count <= r.remaining() / scalar_size(v.array_type), ErrorCode::kInvalidModel, path, ": ", what,
                " claims ", count, " elements of type ", gguf_value_type_name(v.array_type),
                ", more than the rest of the file can hold", kCorrupt);
-      v.array.reserve(size_t(count));
-      for (uint64_t k = 0; k < count; ++k) v.array.push_back(read_value(r, v.array_type, path, what, depth + 1));
+      QS_CHECK(count <= kGgufMaxArrayElements, ErrorCode::kInvalidModel, path, ": ", what, " claims ", count,
+               " elements, more than any model's metadata holds", kCorrupt);
+      for (uint64_t k = 0; k < count; ++k) {
+        GgufValue e = read_value(r, v.array_type, path, what, depth + 1);
+        if (e.is_integer()) {
+          v.ints.push_back(e.i);
+        } else if (e.type == GgufValueType::kBool) {
+          v.ints.push_back(e.b ? 1 : 0);
+        } else if (e.is_float()) {
+          v.floats.push_back(e.f);
+        } else if (e.is_string()) {
+          v.strings.push_back(std::move(e.s));
+        } else {
+          v.arrays.push_back(std::move(e));
+        }
+      }
       break;
     }
   }

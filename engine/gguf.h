@@ -17,8 +17,9 @@ enum class GgufValueType : uint32_t {
 };
 const char* gguf_value_type_name(GgufValueType t);
 
-// One metadata value. Integers land in `i` (and `u` for the unsigned ones), floats in `f`, strings in `s`;
-// arrays keep their element type and elements (arrays of arrays nest).
+// One metadata value. Scalars: integers in `i` (and `u` for the unsigned ones), floats in `f`, bools in `b`,
+// strings in `s`. Arrays keep their element type and hold their elements compactly by kind: integers and bools in
+// `ints`, floats in `floats`, strings in `strings`, nested arrays in `arrays`.
 struct GgufValue {
   GgufValueType type = GgufValueType::kUint8;
   int64_t i = 0;
@@ -27,13 +28,20 @@ struct GgufValue {
   bool b = false;
   std::string s;
   GgufValueType array_type = GgufValueType::kUint8;
-  std::vector<GgufValue> array;
+  std::vector<int64_t> ints;
+  std::vector<double> floats;
+  std::vector<std::string> strings;
+  std::vector<GgufValue> arrays;
 
   bool is_integer() const;
   bool is_float() const { return type == GgufValueType::kFloat32 || type == GgufValueType::kFloat64; }
   bool is_string() const { return type == GgufValueType::kString; }
   bool is_array() const { return type == GgufValueType::kArray; }
+  size_t array_size() const { return ints.size() + floats.size() + strings.size() + arrays.size(); }
 };
+
+// No metadata array in a real model comes near this (vocabularies are < 1M); larger counts are corruption.
+constexpr uint64_t kGgufMaxArrayElements = uint64_t(1) << 24;
 
 struct GgufTensorInfo {
   std::string name;

@@ -197,6 +197,8 @@ void unpermute_rope_rows(float* out, const float* in, int64_t n_heads, int64_t h
 
 class ModelFileLoader : public ModelFile {
  public:
+  // What ModelFile::open does, less the out-of-memory translation.
+  static std::unique_ptr<ModelFile> open_any(const std::string& path);
   void load_hf(const std::string& dir, const std::vector<std::string>& weight_files, const std::string& index_file);
   void load_gguf(const std::string& path);
 
@@ -429,9 +431,7 @@ void ModelFileLoader::load_gguf_tokenizer(const GgufFile& g) {
     if (v == nullptr) return out;
     QS_CHECK(v->is_array() && v->array_type == GgufValueType::kString, ErrorCode::kInvalidModel, file,
              ": metadata '", key, "' is not an array of strings", kCorrupt);
-    out.reserve(v->array.size());
-    for (const GgufValue& e : v->array) out.push_back(e.s);
-    return out;
+    return v->strings;
   };
   TokenizerSpec& spec = tokenizer_spec_;
   spec.tokens = string_array("tokenizer.ggml.tokens", true);
@@ -444,12 +444,11 @@ void ModelFileLoader::load_gguf_tokenizer(const GgufFile& g) {
     spec.merges.emplace_back(m.substr(0, space), m.substr(space + 1));
   }
   if (const GgufValue* types = g.find("tokenizer.ggml.token_type")) {
-    QS_CHECK(types->is_array() && int64_t(types->array.size()) == n_tokens &&
-                 std::all_of(types->array.begin(), types->array.end(), [](const GgufValue& e) { return e.is_integer(); }),
+    QS_CHECK(types->is_array() && int64_t(types->ints.size()) == n_tokens && int64_t(types->array_size()) == n_tokens,
              ErrorCode::kInvalidModel, file, ": metadata 'tokenizer.ggml.token_type' is not ", n_tokens,
              " integers (one per token)", kCorrupt);
     for (int64_t i = 0; i < n_tokens; ++i) {
-      const int64_t t = types->array[size_t(i)].i;
+      const int64_t t = types->ints[size_t(i)];
       if (t == 3 || t == 4) spec.special_ids.push_back(int32_t(i));   // control, user-defined
     }
   }
@@ -474,6 +473,7 @@ void ModelFileLoader::load_gguf_tokenizer(const GgufFile& g) {
   config_.bos_token_id = spec.bos_id;
   config_.eos_token_id = spec.eos_id;
   config_.chat_template = g.get_string("tokenizer.chat_template", "");
+  validate_tokenizer_spec(spec, file);
 }
 
 void ModelFileLoader::load_gguf(const std::string& path) {
@@ -520,7 +520,7 @@ void ModelFileLoader::load_gguf(const std::string& path) {
       QS_CHECK(t.shape.size() == (is_bias ? 1u : 2u) && rows == heads * c.head_dim && c.head_dim % 2 == 0,
                ErrorCode::kInvalidModel, where, " has shape ", shape_string(t.shape), ", expected ", heads * c.head_dim,
                " rows (", heads, " heads of ", c.head_dim, ")", kCorrupt);
-      std::vector<float> permuted(size_t(t.numel()));
+      std::vector<float> permuted(static_cast<size_t>(t.numel()));
       convert_to_f32(permuted.data(), t.data, t.dtype, t.numel());
       float* out = materialise_f32(t, t.shape);
       unpermute_rope_rows(out, permuted.data(), heads, c.head_dim, cols);
@@ -529,7 +529,7 @@ void ModelFileLoader::load_gguf(const std::string& path) {
       // llama.cpp transposed GPT-2's Conv1D weights to [out, in]; HF keeps them [in, out].
       QS_CHECK(t.shape.size() == 2, ErrorCode::kInvalidModel, where, " has shape ", shape_string(t.shape),
                ", expected a matrix", kCorrupt);
-      std::vector<float> linear(size_t(t.numel()));
+      std::vector<float> linear(static_cast<size_t>(t.numel()));
       convert_to_f32(linear.data(), t.data, t.dtype, t.numel());
       float* out = materialise_f32(t, {cols, rows});
       for (int64_t o = 0; o < rows; ++o) {
@@ -540,7 +540,7 @@ void ModelFileLoader::load_gguf(const std::string& path) {
       const int64_t C = c.num_heads * c.head_dim;
       QS_CHECK(t.shape.size() == (is_bias ? 1u : 2u) && rows == 3 * C, ErrorCode::kInvalidModel, where,
                " has shape ", shape_string(t.shape), ", expected ", 3 * C, " rows", kCorrupt);
-      std::vector<float> grouped(size_t(t.numel()));
+      std::vector<float> grouped(static_cast<size_t>(t.numel()));
       convert_to_f32(grouped.data(), t.data, t.dtype, t.numel());
       float* out = materialise_f32(t, t.shape);
       for (int64_t p = 0; p < 3; ++p) {
@@ -587,6 +587,14 @@ int64_t StoredTensor::numel() const {
 std::unique_ptr<ModelFile> ModelFile::open(const std::string& path) {
   QS_CHECK(!path.empty(), ErrorCode::kNotFound, "no model path given");
   QS_CHECK(path_exists(path), ErrorCode::kNotFound, path, ": no such file or directory");
+  try {
+    return ModelFileLoader::open_any(path);
+  } catch (const std::bad_alloc&) {
+    QS_FAIL(ErrorCode::kResourceExhausted, path, ": out of memory while loading the model");
+  }
+}
+
+std::unique_ptr<ModelFile> ModelFileLoader::open_any(const std::string& path) {
   auto model = std::make_unique<ModelFileLoader>();
   model->path_ = path;
   if (is_directory(path)) {
@@ -640,7 +648,7 @@ const StoredTensor& ModelFile::get(const std::string& name, const std::vector<in
 
 std::vector<float> ModelFile::get_f32(const std::string& name, const std::vector<int64_t>& shape) const {
   const StoredTensor& t = get(name, shape);
-  std::vector<float> out(size_t(t.numel()));
+  std::vector<float> out(static_cast<size_t>(t.numel()));
   convert_to_f32(out.data(), t.data, t.dtype, t.numel());
   return out;
 }

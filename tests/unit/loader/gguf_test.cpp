@@ -25,9 +25,14 @@ TEST(Gguf, ParsesMetadataOfEveryKind) {
   const GgufValue* tags = g.find("general.tags");
   ASSERT_NE(tags, nullptr);
   ASSERT_TRUE(tags->is_array());
-  ASSERT_EQ(tags->array.size(), 2u);
-  ASSERT_TRUE(tags->array[1].is_array());
-  EXPECT_EQ(tags->array[1].array[1].s, "strings");
+  ASSERT_EQ(tags->arrays.size(), 2u);
+  ASSERT_EQ(tags->array_size(), 2u);
+  ASSERT_TRUE(tags->arrays[1].is_array());
+  EXPECT_EQ(tags->arrays[1].strings.at(1), "strings");
+  const GgufValue* types = g.find("tokenizer.ggml.token_type");
+  ASSERT_NE(types, nullptr);
+  EXPECT_EQ(types->ints.size(), 259u);
+  EXPECT_EQ(types->ints[258], 3);
   EXPECT_EQ(g.tensors.size(), 11u);
   // GGUF stores dims innermost-first; the reader gives PyTorch order.
   for (const StoredTensor& t : g.tensors) {
