@@ -1,0 +1,362 @@
+// The generation engine: admission against the KV-cache block pool, iteration-level (continuous) batching
+// of prefill chunks and decode tokens in one forward pass, sampling, stop conditions, events.
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <deque>
+#include <map>
+#include <random>
+
+#include "engine/kv_cache.h"
+#include "engine/sampler.h"
+#include "kernels/error.h"
+
+namespace qs {
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::kNone: return "none";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kEos: return "eos";
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kCancelled: return "cancelled";
+    case FinishReason::kError: return "error";
+  }
+  return "none";
+}
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double seconds_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+// Length of the longest suffix of `text` that is a proper prefix of some stop string: text that must be held
+// back because the next token might complete a stop sequence.
+size_t stop_prefix_holdback(const std::string& text, size_t from, const std::vector<std::string>& stops) {
+  size_t hold = 0;
+  for (const auto& s : stops) {
+    const size_t max_len = std::min(s.size() - 1, text.size() - from);
+    for (size_t len = max_len; len > hold; --len) {
+      if (text.compare(text.size() - len, len, s, 0, len) == 0) {
+        hold = len;
+        break;
+      }
+    }
+  }
+  return hold;
+}
+}  // namespace
+
+struct Sequence {
+  uint64_t id = 0;
+  std::vector<int32_t> tokens;         // prompt then generated
+  int32_t prompt_len = 0;
+  int64_t num_computed = 0;            // tokens already in the KV cache
+  SamplingParams params;
+  EventCallback on_event;
+  std::vector<int32_t> block_table;
+  std::mt19937_64 rng;
+  std::unique_ptr<StreamingDecoder> decoder;
+  std::string text;                    // decoded generated text so far
+  size_t emitted = 0;                  // bytes of `text` already sent
+  bool cancel_requested = false;
+  Clock::time_point submitted, scheduled, first_token;
+  bool has_first_token = false;
+  int32_t generated() const { return int32_t(tokens.size()) - prompt_len; }
+};
+
+struct Engine::Impl {
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+  EngineOptions options;
+  std::unique_ptr<KvCache> cache;
+  std::unique_ptr<KvBlockManager> blocks;
+  std::deque<std::unique_ptr<Sequence>> waiting;
+  std::vector<std::unique_ptr<Sequence>> running;
+  uint64_t next_id = 1;
+  EngineStats stats;
+  BatchLayout batch;
+  std::vector<float> logits;
+
+  void emit(Sequence& s, GenerationEvent& ev, FinishReason finish) {
+    const auto now = Clock::now();
+    ev.request_id = s.id;
+    ev.finish = finish;
+    ev.prompt_tokens = s.prompt_len;
+    ev.generated_tokens = s.generated();
+    ev.queue_seconds = s.scheduled.time_since_epoch().count() ? seconds_between(s.submitted, s.scheduled) : 0;
+    ev.first_token_seconds = s.has_first_token ? seconds_between(s.submitted, s.first_token) : 0;
+    ev.total_seconds = seconds_between(s.submitted, now);
+    if (s.on_event) s.on_event(ev);
+  }
+
+  void finish(Sequence& s, FinishReason reason, const std::string& error = "") {
+    GenerationEvent ev;
+    if (reason != FinishReason::kStop && reason != FinishReason::kCancelled && reason != FinishReason::kError) {
+      s.text += s.decoder->flush();
+      ev.text = s.text.substr(s.emitted);
+      s.emitted = s.text.size();
+    }
+    ev.error = error;
+    blocks->release(s.block_table);
+    emit(s, ev, reason);
+  }
+
+  // Appends a sampled token; returns the finish reason (kNone to go on). Fills ev with the new text.
+  FinishReason accept_token(Sequence& s, const SampleResult& r, GenerationEvent& ev) {
+    const int32_t tok = r.token;
+    s.tokens.push_back(tok);
+    ev.token_ids.push_back(tok);
+    if (s.params.logprobs > 0) {
+      ev.logprobs.push_back({tok, r.logprob});
+      ev.top_logprobs.push_back(r.top);
+    }
+    const bool is_eos = tok == tokenizer->eos_id() || tok == model->config().eos_token_id;
+    if (is_eos && !s.params.ignore_eos) return FinishReason::kEos;
+    if (std::find(s.params.stop_token_ids.begin(), s.params.stop_token_ids.end(), tok) !=
+        s.params.stop_token_ids.end()) {
+      return FinishReason::kStop;
+    }
+    s.text += s.decoder->push(tok);
+    const size_t search_from = s.emitted;
+    for (const auto& stop : s.params.stop) {
+      const size_t pos = s.text.find(stop, search_from > stop.size() ? search_from - stop.size() : 0);
+      if (pos != std::string::npos && pos + stop.size() > s.emitted) {
+        // The stop sequence and anything after it is not output.
+        ev.text = s.text.substr(s.emitted, pos > s.emitted ? pos - s.emitted : 0);
+        s.emitted = s.text.size();
+        return FinishReason::kStop;
+      }
+    }
+    if (s.generated() >= s.params.max_new_tokens) return FinishReason::kLength;
+    const size_t hold = s.params.stop.empty() ? 0 : stop_prefix_holdback(s.text, s.emitted, s.params.stop);
+    const size_t ready = s.text.size() - hold;
+    if (ready > s.emitted) {
+      ev.text = s.text.substr(s.emitted, ready - s.emitted);
+      s.emitted = ready;
+    }
+    return FinishReason::kNone;
+  }
+
+  void admit() {
+    while (!waiting.empty() && int64_t(running.size()) < options.max_batch_size) {
+      Sequence& s = *waiting.front();
+      // Reserve the whole request (prompt + max_new_tokens) up front: a running request never waits for
+      // memory, so there is no preemption and no deadlock; the cost is admitting fewer long requests.
+      if (!blocks->reserve(s.block_table, int64_t(s.prompt_len) + s.params.max_new_tokens)) break;
+      s.scheduled = Clock::now();
+      running.push_back(std::move(waiting.front()));
+      waiting.pop_front();
+    }
+  }
+
+  void drop_cancelled() {
+    for (auto& sp : running) {
+      if (sp && sp->cancel_requested) {
+        finish(*sp, FinishReason::kCancelled);
+        sp.reset();
+      }
+    }
+    std::erase(running, nullptr);
+  }
+
+  void step() {
+    drop_cancelled();
+    admit();
+    if (running.empty()) return;
+    // Decode tokens first (one per running stream keeps inter-token latency flat), then prefill chunks.
+    std::stable_sort(running.begin(), running.end(), [](const auto& a, const auto& b) {
+      const bool ad = int64_t(a->tokens.size()) - a->num_computed == 1;
+      const bool bd = int64_t(b->tokens.size()) - b->num_computed == 1;
+      return ad && !bd;
+    });
+    batch.token_ids.clear();
+    batch.positions.clear();
+    batch.seq_of_token.clear();
+    batch.logit_rows.clear();
+    batch.block_tables.clear();
+    batch.seq_lens.clear();
+    std::vector<Sequence*> in_batch, wants_logits;
+    int64_t budget = options.max_batch_tokens;
+    for (auto& sp : running) {
+      Sequence& s = *sp;
+      const int64_t remaining = int64_t(s.tokens.size()) - s.num_computed;
+      const int64_t chunk = std::min({remaining, budget, remaining == 1 ? int64_t(1) : options.prefill_chunk});
+      if (chunk <= 0) continue;
+      const int32_t seq_index = int32_t(in_batch.size());
+      for (int64_t i = 0; i < chunk; ++i) {
+        batch.token_ids.push_back(s.tokens[size_t(s.num_computed + i)]);
+        batch.positions.push_back(int32_t(s.num_computed + i));
+        batch.seq_of_token.push_back(seq_index);
+      }
+      batch.block_tables.push_back(s.block_table);
+      batch.seq_lens.push_back(int32_t(s.num_computed + chunk));
+      if (s.num_computed + chunk == int64_t(s.tokens.size())) {
+        batch.logit_rows.push_back(int32_t(batch.token_ids.size()) - 1);
+        wants_logits.push_back(&s);
+      }
+      s.num_computed += chunk;
+      in_batch.push_back(&s);
+      budget -= chunk;
+      if (budget == 0) break;
+    }
+    stats.last_batch_size = int64_t(in_batch.size());
+    stats.last_batch_tokens = batch.num_tokens();
+    ++stats.steps;
+    if (in_batch.empty()) return;
+    try {
+      model->forward(batch, *cache, logits);
+    } catch (const Error& e) {
+      // A failed pass fails the requests in it, not the engine.
+      for (Sequence* s : in_batch) {
+        s->cancel_requested = false;
+        finish(*s, FinishReason::kError, e.what());
+      }
+      std::erase_if(running, [&](const auto& sp) {
+        return std::find(in_batch.begin(), in_batch.end(), sp.get()) != in_batch.end();
+      });
+      return;
+    }
+    const int64_t V = model->config().vocab_size;
+    std::vector<Sequence*> finished;
+    for (size_t i = 0; i < wants_logits.size(); ++i) {
+      Sequence& s = *wants_logits[i];
+      if (s.cancel_requested) continue;   // dropped at the next step
+      const SampleResult r = sample_token(logits.data() + int64_t(i) * V, V, s.params, s.tokens, s.rng);
+      if (!s.has_first_token) {
+        s.has_first_token = true;
+        s.first_token = Clock::now();
+      }
+      GenerationEvent ev;
+      const FinishReason reason = accept_token(s, r, ev);
+      if (reason == FinishReason::kNone) {
+        emit(s, ev, FinishReason::kNone);
+      } else {
+        // The final event carries this step's token and text too.
+        GenerationEvent last = ev;
+        if (reason == FinishReason::kLength || reason == FinishReason::kEos) {
+          s.text += s.decoder->flush();
+          last.text += s.text.substr(s.emitted);
+          s.emitted = s.text.size();
+        }
+        blocks->release(s.block_table);
+        emit(s, last, reason);
+        finished.push_back(&s);
+      }
+    }
+    std::erase_if(running, [&](const auto& sp) {
+      return std::find(finished.begin(), finished.end(), sp.get()) != finished.end();
+    });
+  }
+};
+
+Engine::Engine(std::unique_ptr<Model> model, std::unique_ptr<Tokenizer> tokenizer, const EngineOptions& options)
+    : impl_(std::make_unique<Impl>()) {
+  QS_CHECK(model && tokenizer, ErrorCode::kInternal, "engine needs a model and a tokenizer");
+  impl_->model = std::move(model);
+  impl_->tokenizer = std::move(tokenizer);
+  impl_->options = options;
+  EngineOptions& o = impl_->options;
+  const ModelConfig& c = impl_->model->config();
+  if (o.max_context <= 0 || o.max_context > c.max_positions) o.max_context = c.max_positions;
+  if (o.kv_cache_tokens <= 0) {
+    // Enough for every batch slot at a modest context; long contexts are still admitted one at a time.
+    o.kv_cache_tokens = std::max<int64_t>(o.max_context, std::min<int64_t>(o.max_batch_size * o.max_context, 65536));
+  }
+  QS_CHECK(o.max_batch_size > 0 && o.max_batch_tokens > 0 && o.prefill_chunk > 0 && o.kv_block_size > 0,
+           ErrorCode::kInvalidArgument, "engine limits must be positive");
+  const int64_t num_blocks = (o.kv_cache_tokens + o.kv_block_size - 1) / o.kv_block_size;
+  KvCacheConfig kv;
+  kv.num_layers = c.num_layers;
+  kv.num_blocks = num_blocks;
+  kv.block_size = o.kv_block_size;
+  kv.num_kv_heads = c.num_kv_heads;
+  kv.head_dim = c.head_dim;
+  impl_->cache = impl_->model->backend().make_kv_cache(kv);
+  impl_->blocks = std::make_unique<KvBlockManager>(num_blocks, o.kv_block_size);
+}
+
+Engine::~Engine() = default;
+
+const Model& Engine::model() const { return *impl_->model; }
+const Tokenizer& Engine::tokenizer() const { return *impl_->tokenizer; }
+const EngineOptions& Engine::options() const { return impl_->options; }
+
+uint64_t Engine::submit(std::vector<int32_t> prompt_ids, const SamplingParams& params, EventCallback on_event) {
+  Impl& m = *impl_;
+  validate_sampling(params);
+  QS_CHECK(!prompt_ids.empty(), ErrorCode::kInvalidArgument, "the prompt is empty");
+  const int64_t V = m.model->config().vocab_size;
+  for (int32_t id : prompt_ids) {
+    QS_CHECK(id >= 0 && id < V, ErrorCode::kInvalidArgument, "prompt token id ", id, " is outside the vocabulary (",
+             V, " tokens)");
+  }
+  const int64_t need = int64_t(prompt_ids.size()) + params.max_new_tokens;
+  QS_CHECK(need <= m.options.max_context, ErrorCode::kInvalidArgument, "prompt (", prompt_ids.size(),
+           " tokens) + max_new_tokens (", params.max_new_tokens, ") exceeds the context length ", m.options.max_context);
+  QS_CHECK(m.blocks->blocks_for(need) <= m.blocks->total(), ErrorCode::kResourceExhausted, "the request needs ",
+           m.blocks->blocks_for(need), " KV-cache blocks but the cache has ", m.blocks->total());
+  auto s = std::make_unique<Sequence>();
+  s->id = m.next_id++;
+  s->prompt_len = int32_t(prompt_ids.size());
+  s->tokens = std::move(prompt_ids);
+  s->params = params;
+  s->on_event = std::move(on_event);
+  s->rng.seed(params.seed ? *params.seed : std::random_device{}());
+  s->decoder = std::make_unique<StreamingDecoder>(*m.tokenizer);
+  s->submitted = Clock::now();
+  const uint64_t id = s->id;
+  m.waiting.push_back(std::move(s));
+  return id;
+}
+
+void Engine::cancel(uint64_t request_id) {
+  Impl& m = *impl_;
+  for (auto it = m.waiting.begin(); it != m.waiting.end(); ++it) {
+    if ((*it)->id == request_id) {
+      std::unique_ptr<Sequence> s = std::move(*it);
+      m.waiting.erase(it);
+      m.finish(*s, FinishReason::kCancelled);
+      return;
+    }
+  }
+  for (auto& s : m.running) {
+    if (s->id == request_id) s->cancel_requested = true;
+  }
+}
+
+bool Engine::has_work() const { return !impl_->waiting.empty() || !impl_->running.empty(); }
+
+void Engine::step() { impl_->step(); }
+
+EngineStats Engine::stats() const {
+  EngineStats s = impl_->stats;
+  s.running = int64_t(impl_->running.size());
+  s.waiting = int64_t(impl_->waiting.size());
+  s.kv_blocks_used = impl_->blocks->used();
+  s.kv_blocks_total = impl_->blocks->total();
+  return s;
+}
+
+GenerateResult generate_once(Engine& engine, const std::vector<int32_t>& prompt_ids, const SamplingParams& params) {
+  GenerateResult result;
+  std::string error;
+  bool done = false;
+  engine.submit(prompt_ids, params, [&](const GenerationEvent& ev) {
+    result.text += ev.text;
+    result.token_ids.insert(result.token_ids.end(), ev.token_ids.begin(), ev.token_ids.end());
+    result.prompt_tokens = ev.prompt_tokens;
+    if (ev.finish != FinishReason::kNone) {
+      result.finish = ev.finish;
+      error = ev.error;
+      done = true;
+    }
+  });
+  while (!done && engine.has_work()) engine.step();
+  QS_CHECK(result.finish != FinishReason::kError, ErrorCode::kInternal, "generation failed: ", error);
+  return result;
+}
+
+}  // namespace qs

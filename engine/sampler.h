@@ -1,0 +1,26 @@
+// Token sampling from logits: repetition penalty, temperature, top-k, top-p, greedy, log-probabilities.
+#pragma once
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "engine/engine.h"
+
+namespace qs {
+
+// V = vocab.
+struct SampleResult {
+  int32_t token = 0;
+  float logprob = 0;                       // of the chosen token under the penalised model distribution
+  std::vector<TokenLogprob> top;           // top-N alternatives when asked
+};
+
+// Checks sampling values a caller sent; throws kInvalidArgument naming the bad field.
+void validate_sampling(const SamplingParams& params);
+
+// Samples one token from logits (V), modified in place. `history` holds the ids the repetition penalty applies
+// to (prompt and generated so far). Temperature 0 is greedy (argmax, lowest id on ties).
+SampleResult sample_token(float* logits, int64_t V, const SamplingParams& params, const std::vector<int32_t>& history,
+                          std::mt19937_64& rng);
+
+}  // namespace qs

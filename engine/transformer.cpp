@@ -1,0 +1,225 @@
+// Shared transformer machinery (see transformer.h) and Model::load, the architecture dispatch.
+#include "engine/transformer.h"
+
+#include <chrono>
+
+#include "kernels/error.h"
+
+namespace qs {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+}  // namespace
+
+const char* architecture_name(Architecture a) {
+  switch (a) {
+    case Architecture::kGpt2: return "gpt2";
+    case Architecture::kGptNeoX: return "gpt_neox";
+    case Architecture::kLlama: return "llama";
+  }
+  return "?";
+}
+
+std::unique_ptr<Model> Model::load(const ModelFile& file, Backend& backend, const LoadOptions& options) {
+  QS_CHECK(backend.supports(options.precision), ErrorCode::kUnsupported, "the ", backend.name(),
+           " backend does not support precision ", precision_name(options.precision));
+  const auto start = Clock::now();
+  std::unique_ptr<Model> model;
+  switch (file.config().arch) {
+    case Architecture::kGpt2: model = make_gpt2(file, backend, options); break;
+    case Architecture::kGptNeoX: model = make_gpt_neox(file, backend, options); break;
+    case Architecture::kLlama: model = make_llama(file, backend, options); break;
+  }
+  model->report_.load_seconds = seconds_since(start);
+  return model;
+}
+
+TransformerModel::TransformerModel(const ModelFile& file, Backend& backend, const LoadOptions& options)
+    : file_(file), options_(options) {
+  config_ = file.config();
+  backend_ = &backend;
+  report_.model_path = file.path();
+  report_.format = file.format();
+  report_.arch = config_.arch;
+  report_.precision = options.precision;
+  report_.device = backend.name();
+}
+
+HostLinear TransformerModel::read_linear(const std::string& weight, const std::string& bias, int64_t rows,
+                                         int64_t cols) const {
+  HostLinear h;
+  h.rows = rows;
+  h.cols = cols;
+  h.weight = file_.get_f32(weight, {rows, cols});
+  if (!bias.empty()) h.bias = file_.get_f32(bias, {rows});
+  return h;
+}
+
+HostLinear TransformerModel::read_conv1d(const std::string& weight, const std::string& bias, int64_t in,
+                                         int64_t out) const {
+  const std::vector<float> w = file_.get_f32(weight, {in, out});
+  HostLinear h;
+  h.rows = out;
+  h.cols = in;
+  h.weight.resize(size_t(in * out));
+  for (int64_t k = 0; k < in; ++k) {
+    for (int64_t n = 0; n < out; ++n) h.weight[size_t(n * in + k)] = w[size_t(k * out + n)];
+  }
+  if (!bias.empty()) h.bias = file_.get_f32(bias, {out});
+  return h;
+}
+
+HostLinear TransformerModel::concat_rows(std::vector<HostLinear> parts) {
+  HostLinear h;
+  h.cols = parts.at(0).cols;
+  const bool has_bias = !parts[0].bias.empty();
+  for (auto& p : parts) {
+    QS_CHECK(p.cols == h.cols && p.bias.empty() != has_bias, ErrorCode::kInternal, "concat_rows: parts differ");
+    h.rows += p.rows;
+    h.weight.insert(h.weight.end(), p.weight.begin(), p.weight.end());
+    h.bias.insert(h.bias.end(), p.bias.begin(), p.bias.end());
+  }
+  return h;
+}
+
+std::unique_ptr<LinearWeight> TransformerModel::make_linear(const std::string& name, const std::string& tensor_class,
+                                                            const HostLinear& host, Precision precision) {
+  const auto start = Clock::now();
+  HostTensor w{host.weight.data(), DType::F32, host.rows, host.cols};
+  HostTensor b{host.bias.data(), DType::F32, host.rows, 1};
+  LinearOptions lo;
+  lo.compute_error = options_.compute_error;
+  auto lin = backend_->make_linear(w, host.bias.empty() ? nullptr : &b, precision, lo);
+  quantize_seconds_ += seconds_since(start);
+  TensorReport r;
+  r.name = name;
+  r.tensor_class = tensor_class;
+  r.precision = precision;
+  r.shape = {host.rows, host.cols};
+  r.original_bytes = size_t(host.rows * host.cols) * 4 + host.bias.size() * 4;
+  r.bytes = lin->weight_bytes + host.bias.size() * 4;
+  r.error = lin->error;
+  report_.tensors.push_back(r);
+  return lin;
+}
+
+DenseWeight TransformerModel::make_dense(const std::string& name, const std::string& tensor_class, int64_t rows,
+                                         int64_t cols) {
+  const std::vector<int64_t> shape = cols == 1 ? std::vector<int64_t>{rows} : std::vector<int64_t>{rows, cols};
+  const std::vector<float> host = file_.get_f32(name, shape);
+  const auto start = Clock::now();
+  DenseWeight d = backend_->make_dense(HostTensor{host.data(), DType::F32, rows, cols}, DType::F32);
+  quantize_seconds_ += seconds_since(start);
+  TensorReport r;
+  r.name = name;
+  r.tensor_class = tensor_class;
+  r.precision = Precision::kFp32;
+  r.shape = shape;
+  r.original_bytes = host.size() * 4;
+  r.bytes = d.bytes();
+  report_.tensors.push_back(r);
+  return d;
+}
+
+Precision TransformerModel::embedding_precision() const {
+  // Embeddings and the LM head stay in 16-bit floats in the quantized modes unless asked otherwise: they are
+  // a large share of a small model's error budget for a small share of its compute.
+  switch (options_.precision) {
+    case Precision::kFp32: case Precision::kFp16: case Precision::kBf16:
+      return options_.precision;
+    default:
+      return options_.quantize_embeddings ? options_.precision : Precision::kFp16;
+  }
+}
+
+void TransformerModel::load_embeddings(const std::string& table, const std::string& lm_head) {
+  const Precision p = embedding_precision();
+  embed_ = make_linear(table, "embedding", read_linear(table, "", config_.vocab_size, config_.hidden_size), p);
+  if (!config_.tie_word_embeddings) {
+    lm_head_ = make_linear(lm_head, "lm_head", read_linear(lm_head, "", config_.vocab_size, config_.hidden_size), p);
+  }
+}
+
+void TransformerModel::finish_load() {
+  report_.quantize_seconds = quantize_seconds_;
+  for (const auto& t : report_.tensors) {
+    report_.weight_bytes += t.bytes;
+    report_.original_bytes += t.original_bytes;
+    report_.bytes_by_class[t.tensor_class] += t.bytes;
+  }
+  report_.peak_device_bytes = backend_->memory_info().peak_bytes;
+}
+
+void TransformerModel::ensure_activations(int64_t T) {
+  const int64_t C = config_.hidden_size;
+  const int64_t qkv_cols = (config_.num_heads + 2 * config_.num_kv_heads) * config_.head_dim;
+  const int64_t att_cols = config_.num_heads * config_.head_dim;
+  const int64_t mlp_cols = config_.arch == Architecture::kLlama ? 2 * config_.intermediate_size
+                                                                  : config_.intermediate_size;
+  Backend& b = *backend_;
+  x_ = b.new_tensor(x_buf_, T, C);
+  h_ = b.new_tensor(h_buf_, T, C);
+  h2_ = b.new_tensor(h2_buf_, T, C);
+  out_ = b.new_tensor(out_buf_, T, C);
+  out2_ = b.new_tensor(out2_buf_, T, C);
+  qkv_ = b.new_tensor(qkv_buf_, T, qkv_cols);
+  att_ = b.new_tensor(att_buf_, T, att_cols);
+  mlp_ = b.new_tensor(mlp_buf_, T, mlp_cols);
+  if (config_.arch == Architecture::kLlama) act_ = b.new_tensor(act_buf_, T, config_.intermediate_size);
+  mlp_width_ = mlp_cols;
+  capacity_tokens_ = std::max(capacity_tokens_, T);
+}
+
+void TransformerModel::self_attention(Tensor out, Tensor in, KvCache& cache, int64_t layer, const LinearWeight& qkv,
+                                      const LinearWeight& proj, int64_t rotary_dim) {
+  Backend& b = *backend_;
+  b.linear(qkv_, in, qkv, Activation::kNone);
+  if (rotary_dim > 0) {
+    b.rope(qkv_, config_.num_heads, config_.num_kv_heads, config_.head_dim, rotary_dim, config_.rope_theta);
+  }
+  b.attention(att_, qkv_, cache, layer, config_.num_heads, config_.num_kv_heads, config_.head_dim);
+  b.linear(out, att_, proj, Activation::kNone);
+}
+
+void TransformerModel::gelu_mlp(Tensor out, Tensor in, const LinearWeight& fc, const LinearWeight& proj,
+                                Activation act) {
+  backend_->linear(mlp_, in, fc, act);
+  backend_->linear(out, mlp_, proj, Activation::kNone);
+}
+
+void TransformerModel::swiglu_mlp(Tensor out, Tensor in, const LinearWeight& gate_up, const LinearWeight& down) {
+  Backend& b = *backend_;
+  b.linear(mlp_, in, gate_up, Activation::kNone);
+  b.silu_mul(act_, mlp_);
+  b.linear(out, act_, down, Activation::kNone);
+}
+
+void TransformerModel::forward(const BatchLayout& batch, KvCache& cache, std::vector<float>& logits) {
+  const int64_t T = batch.num_tokens();
+  const int64_t L = int64_t(batch.logit_rows.size());
+  const int64_t V = config_.vocab_size, C = config_.hidden_size;
+  QS_CHECK(T > 0, ErrorCode::kInternal, "forward called with an empty batch");
+  Backend& b = *backend_;
+  ensure_activations(T);
+  b.begin_batch(batch);
+  b.embedding(x_, *embed_, position_table());
+  forward_layers(batch, cache);
+  Tensor last = b.new_tensor(last_buf_, L, C);
+  b.gather_logit_rows(last, x_);
+  final_norm_(last, last);
+  Tensor out = b.new_tensor(logits_buf_, L, V);
+  b.linear(out, last, lm_head_ ? *lm_head_ : *embed_, Activation::kNone);
+  logits.resize(size_t(L * V));
+  if (out.dtype == DType::F32) {
+    b.copy_to_host(logits.data(), out.data, logits.size() * 4);
+  } else {
+    logits_half_.resize(size_t(L * V));
+    b.copy_to_host(logits_half_.data(), out.data, logits_half_.size() * 2);
+    convert_to_f32(logits.data(), logits_half_.data(), out.dtype, L * V);
+  }
+}
+
+}  // namespace qs

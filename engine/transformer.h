@@ -1,0 +1,77 @@
+// Shared pieces of the three architectures: loading tensors into backend weights (with the load report),
+// activation buffers, and the attention / MLP blocks each architecture's forward pass is a sequence of.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/model.h"
+
+namespace qs {
+
+// T = tokens, C = hidden, F = MLP width, NH / NKV = query / key-value heads, HD = head dim, V = vocab.
+
+// Host weights prepared for make_linear: fp32, [N, K] row-major (after any transpose or reordering).
+struct HostLinear {
+  std::vector<float> weight;   // (N, K)
+  std::vector<float> bias;     // (N) or empty
+  int64_t rows = 0, cols = 0;
+};
+
+class TransformerModel : public Model {
+ public:
+  TransformerModel(const ModelFile& file, Backend& backend, const LoadOptions& options);
+  void forward(const BatchLayout& batch, KvCache& cache, std::vector<float>& logits) override;
+
+ protected:
+  // Architecture files implement: the layer stack from embedded x (T, C) to final hidden state in x.
+  virtual void forward_layers(const BatchLayout& batch, KvCache& cache) = 0;
+  // GPT-2's learned position embeddings; null for rotary models.
+  virtual const DenseWeight* position_table() const { return nullptr; }
+
+  // --- loading (the architecture's constructor calls these, then finish_load()) ---
+  HostLinear read_linear(const std::string& weight, const std::string& bias, int64_t rows, int64_t cols) const;
+  // GPT-2's Conv1D stores (K, N); this reads and transposes to (N, K).
+  HostLinear read_conv1d(const std::string& weight, const std::string& bias, int64_t in, int64_t out) const;
+  // Stacks linears along N (q, k, v -> qkv; gate, up -> gate_up).
+  static HostLinear concat_rows(std::vector<HostLinear> parts);
+  std::unique_ptr<LinearWeight> make_linear(const std::string& name, const std::string& tensor_class,
+                                            const HostLinear& host, Precision precision);
+  DenseWeight make_dense(const std::string& name, const std::string& tensor_class, int64_t rows, int64_t cols);
+  // The precision of blocks' linears and of the embedding / LM head under the load options.
+  Precision block_precision() const { return options_.precision; }
+  Precision embedding_precision() const;
+  void load_embeddings(const std::string& table, const std::string& lm_head);   // sets embed_, lm_head_
+  void finish_load();
+
+  // --- forward helpers ---
+  // Grows (never shrinks) the activation buffers to T tokens.
+  void ensure_activations(int64_t T);
+  void self_attention(Tensor out, Tensor in, KvCache& cache, int64_t layer, const LinearWeight& qkv,
+                      const LinearWeight& proj, int64_t rotary_dim);
+  void gelu_mlp(Tensor out, Tensor in, const LinearWeight& fc, const LinearWeight& proj, Activation act);
+  void swiglu_mlp(Tensor out, Tensor in, const LinearWeight& gate_up, const LinearWeight& down);
+
+  const ModelFile& file_;
+  LoadOptions options_;
+  double quantize_seconds_ = 0;
+  std::unique_ptr<LinearWeight> embed_;          // (V, C), also the LM head when tied
+  std::unique_ptr<LinearWeight> lm_head_;        // (V, C) when untied
+  std::function<void(Tensor out, Tensor in)> final_norm_;   // set by the architecture
+
+  // Activations, (T, ...) each.
+  Tensor x_, h_, h2_, qkv_, att_, mlp_, act_, out_, out2_;
+  std::unique_ptr<DeviceBuffer> x_buf_, h_buf_, h2_buf_, qkv_buf_, att_buf_, mlp_buf_, act_buf_, out_buf_, out2_buf_;
+  std::unique_ptr<DeviceBuffer> last_buf_, logits_buf_;
+  std::vector<uint16_t> logits_half_;
+  int64_t capacity_tokens_ = 0;
+  int64_t mlp_width_ = 0;   // columns of mlp_ (F, or 2F for gate_up)
+};
+
+// Architecture factories, one file each in engine/models/.
+std::unique_ptr<Model> make_gpt2(const ModelFile& file, Backend& backend, const LoadOptions& options);
+std::unique_ptr<Model> make_gpt_neox(const ModelFile& file, Backend& backend, const LoadOptions& options);
+std::unique_ptr<Model> make_llama(const ModelFile& file, Backend& backend, const LoadOptions& options);
+
+}  // namespace qs

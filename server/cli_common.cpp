@@ -1,0 +1,73 @@
+// Shared CLI flags and model loading for the local commands (see cli_common.h).
+#include "server/cli_common.h"
+
+#include <omp.h>
+
+#include <cstdio>
+
+#include "kernels/error.h"
+
+namespace qs::cli {
+
+Precision parse_precision_arg(const std::string& name) {
+  const auto p = parse_precision(name);
+  QS_CHECK(p.has_value(), ErrorCode::kInvalidArgument, "unknown precision '", name, "'; expected one of ",
+           precision_list());
+  return *p;
+}
+
+void add_model_args(CLI::App* cmd, ModelArgs& args) {
+  cmd->add_option("-m,--model", args.model, "Model: a Hugging Face directory or a .gguf file (default: SmolLM2-135M-Instruct)")
+      ->envname("QUANTSERVE_MODEL");
+  cmd->add_option("-p,--precision", args.precision, "fp32, fp16, bf16, int8, int8-weight-only, int8-naive, int8-mixed, int8-smooth")
+      ->envname("QUANTSERVE_PRECISION");
+  cmd->add_option("-d,--device", args.device, "cpu, cuda, cuda:N or auto")->envname("QUANTSERVE_DEVICE");
+  cmd->add_option("--threads", args.threads, "CPU threads (0 = all cores)")->envname("QUANTSERVE_THREADS");
+  cmd->add_flag("--quantize-embeddings", args.quantize_embeddings,
+                "In the int8 modes, quantize the embedding table and LM head too (default: fp16)");
+}
+
+LoadedEngine load_model_for_cli(const ModelArgs& args, bool quiet, const EngineOptions& engine) {
+  if (args.threads > 0) omp_set_num_threads(args.threads);
+  LoadEngineOptions o;
+  o.model_path = args.model;
+  o.device = args.device;
+  o.load.precision = parse_precision_arg(args.precision);
+  o.load.quantize_embeddings = args.quantize_embeddings;
+  o.engine = engine;
+  LoadedEngine loaded = load_engine(o);
+  if (!quiet) {
+    const LoadReport& r = loaded.engine->model().report();
+    std::fprintf(stderr, "[loaded %s (%s, %s) as %s on %s: %.1f MB of weights (%.1f MB in fp32), %.2f s]\n",
+                 loaded.engine->model().config().name.c_str(), architecture_name(r.arch), r.format.c_str(),
+                 precision_name(r.precision), r.device.c_str(), double(r.weight_bytes) / 1e6,
+                 double(r.original_bytes) / 1e6, r.load_seconds);
+  }
+  return loaded;
+}
+
+void add_sampling_args(CLI::App* cmd, SamplingArgs& args) {
+  cmd->add_option("-n,--max-new-tokens", args.max_new_tokens, "Tokens to generate at most")->check(CLI::PositiveNumber);
+  cmd->add_option("-t,--temperature", args.temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--top-k", args.top_k, "Keep the k most likely tokens (0 = off)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--top-p", args.top_p, "Nucleus sampling mass (1 = off)")->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--repetition-penalty", args.repetition_penalty, "1 = off");
+  cmd->add_option("-s,--seed", args.seed, "Seed that makes sampling reproducible");
+  cmd->add_option("--stop", args.stop, "Stop sequence (repeatable)");
+  cmd->add_flag("--ignore-eos", args.ignore_eos, "Keep generating past the end-of-sequence token");
+}
+
+SamplingParams to_sampling_params(const SamplingArgs& a) {
+  SamplingParams p;
+  p.max_new_tokens = a.max_new_tokens;
+  p.temperature = a.temperature;
+  p.top_k = a.top_k;
+  p.top_p = a.top_p;
+  p.repetition_penalty = a.repetition_penalty;
+  if (a.seed >= 0) p.seed = uint64_t(a.seed);
+  p.stop = a.stop;
+  p.ignore_eos = a.ignore_eos;
+  return p;
+}
+
+}  // namespace qs::cli

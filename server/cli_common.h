@@ -1,0 +1,35 @@
+// Flags the local CLI commands share (model, precision, device, sampling) and the model loading they do.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <string>
+
+#include "engine/load_engine.h"
+
+namespace qs::cli {
+
+struct ModelArgs {
+  std::string model;            // empty = the default model
+  std::string precision = "fp32";
+  std::string device = "cpu";
+  int threads = 0;
+  bool quantize_embeddings = false;
+};
+void add_model_args(CLI::App* cmd, ModelArgs& args);
+// Loads with a one-line summary on stderr unless quiet.
+LoadedEngine load_model_for_cli(const ModelArgs& args, bool quiet, const EngineOptions& engine = {});
+Precision parse_precision_arg(const std::string& name);
+
+struct SamplingArgs {
+  int max_new_tokens = 64;
+  float temperature = 0.0f;
+  int top_k = 0;
+  float top_p = 1.0f;
+  float repetition_penalty = 1.0f;
+  int64_t seed = -1;
+  std::vector<std::string> stop;
+  bool ignore_eos = false;
+};
+void add_sampling_args(CLI::App* cmd, SamplingArgs& args);
+SamplingParams to_sampling_params(const SamplingArgs& args);
+
+}  // namespace qs::cli

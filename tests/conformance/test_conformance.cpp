@@ -1,0 +1,226 @@
+// Conformance: the engine against Hugging Face transformers' logits and greedy continuations, on the tiny
+// random-initialised fixtures of every architecture, in every precision on the CPU backend.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "engine/load_engine.h"
+#include "engine/model_file.h"
+
+namespace qs {
+namespace {
+
+const std::string kFixtures = std::string(QS_SOURCE_DIR) + "/tests/fixtures/models/";
+
+struct Reference {
+  std::vector<std::vector<int32_t>> sequences;
+  std::vector<std::vector<std::vector<float>>> logits;   // [seq][pos][V]
+  struct Greedy {
+    std::vector<int32_t> prompt, expected;
+  };
+  std::vector<Greedy> greedy;
+};
+
+Reference read_reference(const std::string& dir) {
+  std::ifstream in(dir + "/reference.json");
+  const auto j = nlohmann::json::parse(in);
+  Reference r;
+  r.sequences = j.at("sequences").get<std::vector<std::vector<int32_t>>>();
+  r.logits = j.at("logits").get<std::vector<std::vector<std::vector<float>>>>();
+  for (const auto& g : j.at("greedy")) {
+    r.greedy.push_back({g.at("prompt_ids").get<std::vector<int32_t>>(), g.at("new_ids").get<std::vector<int32_t>>()});
+  }
+  return r;
+}
+
+// Runs several sequences through one forward pass (as continuous batching does) and returns every
+// position's logits, [seq][pos][V]. `chunk` > 0 prefills each sequence in pieces of that many tokens.
+std::vector<std::vector<std::vector<float>>> run_logits(Model& model, const std::vector<std::vector<int32_t>>& seqs,
+                                                        int64_t chunk = 0) {
+  const ModelConfig& c = model.config();
+  const int64_t V = c.vocab_size, bs = 16;
+  KvCacheConfig kc{c.num_layers, 64, bs, c.num_kv_heads, c.head_dim};
+  auto cache = model.backend().make_kv_cache(kc);
+  std::vector<std::vector<std::vector<float>>> out(seqs.size());
+  std::vector<std::vector<int32_t>> tables(seqs.size());
+  int32_t next_block = 0;
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    for (size_t b = 0; b < (seqs[s].size() + bs - 1) / bs; ++b) tables[s].push_back(next_block++);
+  }
+  size_t longest = 0;
+  for (const auto& s : seqs) longest = std::max(longest, s.size());
+  const size_t step = chunk > 0 ? size_t(chunk) : longest;
+  std::vector<float> logits;
+  for (size_t start = 0; start < longest; start += step) {
+    BatchLayout batch;
+    std::vector<std::pair<size_t, size_t>> rows;   // (seq, pos) of each logit row
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      const size_t end = std::min(seqs[s].size(), start + step);
+      if (start >= end) continue;
+      const int32_t idx = int32_t(batch.block_tables.size());
+      for (size_t p = start; p < end; ++p) {
+        batch.token_ids.push_back(seqs[s][p]);
+        batch.positions.push_back(int32_t(p));
+        batch.seq_of_token.push_back(idx);
+        batch.logit_rows.push_back(int32_t(batch.token_ids.size()) - 1);
+        rows.emplace_back(s, p);
+      }
+      batch.block_tables.push_back(tables[s]);
+      batch.seq_lens.push_back(int32_t(end));
+    }
+    model.forward(batch, *cache, logits);
+    for (size_t r = 0; r < rows.size(); ++r) {
+      auto& dst = out[rows[r].first];
+      dst.resize(std::max(dst.size(), rows[r].second + 1));
+      dst[rows[r].second].assign(logits.begin() + int64_t(r) * V, logits.begin() + int64_t(r + 1) * V);
+    }
+  }
+  return out;
+}
+
+struct Agreement {
+  double max_rel_error = 0;   // max |a - b| / max |b| over each position
+  double top1 = 0;            // fraction of positions with the same argmax
+  double mean_kl = 0;         // KL(reference || ours), nats, averaged over positions
+};
+
+Agreement compare(const std::vector<std::vector<std::vector<float>>>& ours,
+                  const std::vector<std::vector<std::vector<float>>>& ref) {
+  Agreement a;
+  int64_t n = 0, same = 0;
+  double kl_sum = 0;
+  for (size_t s = 0; s < ref.size(); ++s) {
+    for (size_t p = 0; p < ref[s].size(); ++p) {
+      const auto& x = ours[s][p];
+      const auto& y = ref[s][p];
+      double max_diff = 0, max_ref = 0;
+      for (size_t v = 0; v < y.size(); ++v) {
+        max_diff = std::max(max_diff, double(std::fabs(x[v] - y[v])));
+        max_ref = std::max(max_ref, double(std::fabs(y[v])));
+      }
+      a.max_rel_error = std::max(a.max_rel_error, max_diff / max_ref);
+      same += std::max_element(x.begin(), x.end()) - x.begin() == std::max_element(y.begin(), y.end()) - y.begin();
+      const double mx = *std::max_element(x.begin(), x.end()), my = *std::max_element(y.begin(), y.end());
+      double zx = 0, zy = 0;
+      for (size_t v = 0; v < y.size(); ++v) {
+        zx += std::exp(x[v] - mx);
+        zy += std::exp(y[v] - my);
+      }
+      double kl = 0;
+      for (size_t v = 0; v < y.size(); ++v) {
+        const double lp = y[v] - my - std::log(zy), lq = x[v] - mx - std::log(zx);
+        kl += std::exp(lp) * (lp - lq);
+      }
+      kl_sum += kl;
+      ++n;
+    }
+  }
+  a.top1 = double(same) / double(n);
+  a.mean_kl = kl_sum / double(n);
+  return a;
+}
+
+struct Bounds {
+  Precision precision;
+  double min_top1;
+  double max_kl;
+};
+
+// Measured on these fixtures (see tests/conformance/README.md) and set with headroom. The fixtures are
+// random-initialised with large weights, which is harsher on quantization than a trained model.
+const Bounds kBounds[] = {
+    {Precision::kFp16, 0.98, 2e-4},
+    {Precision::kBf16, 0.85, 6e-3},
+    {Precision::kInt8WeightOnly, 0.70, 4e-2},
+    {Precision::kInt8, 0.75, 6e-2},
+    {Precision::kInt8Mixed, 0.75, 6e-2},
+    {Precision::kInt8Naive, 0.70, 6e-2},
+};
+
+std::vector<std::string> fixture_models() {
+  std::vector<std::string> names;
+  for (const char* n : {"gpt2", "gpt_neox", "gpt_neox_seq", "llama", "llama_untied"}) {
+    if (std::filesystem::exists(kFixtures + n + "/reference.json")) names.push_back(n);
+  }
+  return names;
+}
+
+LoadedEngine load(const std::string& name, Precision p) {
+  LoadEngineOptions o;
+  o.model_path = kFixtures + name;
+  o.device = "cpu";
+  o.load.precision = p;
+  return load_engine(o);
+}
+
+class Conformance : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Conformance, Fp32LogitsMatchTransformers) {
+  const Reference ref = read_reference(kFixtures + GetParam());
+  LoadedEngine e = load(GetParam(), Precision::kFp32);
+  auto& model = const_cast<Model&>(e.engine->model());
+  const Agreement a = compare(run_logits(model, ref.sequences), ref.logits);
+  EXPECT_LE(a.max_rel_error, 1e-4) << GetParam();
+  EXPECT_EQ(a.top1, 1.0);
+}
+
+TEST_P(Conformance, Fp32ChunkedPrefillMatches) {
+  const Reference ref = read_reference(kFixtures + GetParam());
+  LoadedEngine e = load(GetParam(), Precision::kFp32);
+  auto& model = const_cast<Model&>(e.engine->model());
+  const Agreement a = compare(run_logits(model, ref.sequences, /*chunk=*/5), ref.logits);
+  EXPECT_LE(a.max_rel_error, 1e-4) << GetParam();
+}
+
+TEST_P(Conformance, Fp32GreedyMatchesTransformers) {
+  const Reference ref = read_reference(kFixtures + GetParam());
+  LoadedEngine e = load(GetParam(), Precision::kFp32);
+  for (const auto& g : ref.greedy) {
+    SamplingParams p;
+    p.temperature = 0;
+    p.max_new_tokens = int32_t(g.expected.size());
+    const GenerateResult r = generate_once(*e.engine, g.prompt, p);
+    EXPECT_EQ(r.token_ids, g.expected) << GetParam();
+  }
+}
+
+TEST_P(Conformance, GreedyIsTheSameInOneBatch) {
+  // All prompts submitted together (continuous batching) give what each gives alone.
+  const Reference ref = read_reference(kFixtures + GetParam());
+  LoadedEngine e = load(GetParam(), Precision::kFp32);
+  std::vector<std::vector<int32_t>> got(ref.greedy.size());
+  for (size_t i = 0; i < ref.greedy.size(); ++i) {
+    SamplingParams p;
+    p.temperature = 0;
+    p.max_new_tokens = int32_t(ref.greedy[i].expected.size());
+    e.engine->submit(ref.greedy[i].prompt, p, [&got, i](const GenerationEvent& ev) {
+      got[i].insert(got[i].end(), ev.token_ids.begin(), ev.token_ids.end());
+    });
+  }
+  while (e.engine->has_work()) e.engine->step();
+  for (size_t i = 0; i < ref.greedy.size(); ++i) EXPECT_EQ(got[i], ref.greedy[i].expected) << GetParam() << " #" << i;
+  EXPECT_EQ(e.engine->stats().kv_blocks_used, 0);
+}
+
+TEST_P(Conformance, QuantizedPrecisionsStayWithinBounds) {
+  const Reference ref = read_reference(kFixtures + GetParam());
+  for (const Bounds& b : kBounds) {
+    LoadedEngine e = load(GetParam(), b.precision);
+    auto& model = const_cast<Model&>(e.engine->model());
+    const Agreement a = compare(run_logits(model, ref.sequences), ref.logits);
+    std::printf("[conformance] %-13s %-17s top1 %.4f  mean KL %.3e  max rel err %.3e  weights %zu B\n",
+                GetParam().c_str(), precision_name(b.precision), a.top1, a.mean_kl, a.max_rel_error,
+                model.report().weight_bytes);
+    EXPECT_GE(a.top1, b.min_top1) << precision_name(b.precision);
+    EXPECT_LE(a.mean_kl, b.max_kl) << precision_name(b.precision);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, Conformance, ::testing::ValuesIn(fixture_models()),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace qs
