@@ -36,7 +36,7 @@ K8S_VERSIONS = ["1.30.0", "1.37.0"]  # oldest supported (preStop sleep action, g
 
 REQUIRED_ENV = [
     "QUANTSERVE_MODEL", "QUANTSERVE_PRECISION", "QUANTSERVE_DEVICE", "QUANTSERVE_LISTEN",
-    "QUANTSERVE_METRICS_LISTEN", "QUANTSERVE_MAX_QUEUED", "QUANTSERVE_MAX_BATCH",
+    "QUANTSERVE_METRICS_LISTEN", "QUANTSERVE_MAX_QUEUED", "QUANTSERVE_MAX_BATCH_SIZE",
     "QUANTSERVE_MAX_NEW_TOKENS", "QUANTSERVE_DRAIN_GRACE_SECONDS",
 ]
 GRPC_PORT = 50051
@@ -298,6 +298,14 @@ def port_of(listen):
     return int(listen.rsplit(":", 1)[1])
 
 
+def server_env_names():
+    """The environment variables `quantserve serve` reads (CLI11 envname() in server/*.cpp); empty if none found."""
+    names = set()
+    for f in (REPO / "server").glob("*.cpp"):
+        names |= set(re.findall(r'envname\(\s*"(QUANTSERVE_[A-Z0-9_]+)"', f.read_text(errors="replace")))
+    return names
+
+
 def adapter_metric_names():
     names = {}
     cfg = yaml.safe_load((K8S / "prometheus-adapter" / "config.yaml").read_text())
@@ -374,10 +382,14 @@ def check_target(target, docs, exposed_metrics):
     for k in REQUIRED_ENV:
         if k not in env:
             fail(target, f"ConfigMap lacks {k}")
+    known = server_env_names()
     for k, v in env.items():
         if not k.startswith("QUANTSERVE_"):
             fail(target, f"ConfigMap key {k} is not a QUANTSERVE_* setting")
-    for k in ("QUANTSERVE_MAX_QUEUED", "QUANTSERVE_MAX_BATCH", "QUANTSERVE_MAX_NEW_TOKENS",
+        elif known and k not in known:
+            # CLI11 ignores an unknown environment variable: a typo would be a silent no-op
+            fail(target, f"ConfigMap key {k} is no `quantserve serve` setting (server envnames: {sorted(known)})")
+    for k in ("QUANTSERVE_MAX_QUEUED", "QUANTSERVE_MAX_BATCH_SIZE", "QUANTSERVE_MAX_NEW_TOKENS",
               "QUANTSERVE_DRAIN_GRACE_SECONDS"):
         if k in env and not re.fullmatch(r"[0-9]+", env[k]):
             fail(target, f"{k}={env[k]!r} is not a non-negative integer")
@@ -469,6 +481,10 @@ def check_target(target, docs, exposed_metrics):
             fail(target, "only the GPU overlay asks for nvidia.com/gpu")
         if env.get("QUANTSERVE_DEVICE") not in ("cpu", None):
             fail(target, "CPU targets must set QUANTSERVE_DEVICE=cpu")
+        cpu = res.get("limits", {}).get("cpu") or res.get("requests", {}).get("cpu")
+        threads = env.get("QUANTSERVE_THREADS", "0")
+        if cpu is not None and str(cpu).isdigit() and (threads == "0" or int(threads) > int(cpu)):
+            fail(target, f"QUANTSERVE_THREADS={threads} must be 1..{cpu} (the pod's CPUs; 0 counts the node's cores)")
 
     mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
     vols = {v["name"]: v for v in spec.get("volumes", [])}
