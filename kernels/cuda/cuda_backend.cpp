@@ -1,0 +1,772 @@
+// The CUDA backend: device memory, on-device weight quantization at load, cuBLASLt GEMMs and the forward ops.
+// Kernels live in the .cu files (cuda_kernels.h); this file owns memory, checks shapes and picks the path.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <utility>
+
+#include "kernels/backend.h"
+#include "kernels/cuda/cuda_common.h"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/gemm_cublaslt.h"
+#include "kernels/error.h"
+
+namespace qs {
+
+namespace cuda {
+
+void log_warning(const char* message) { std::fprintf(stderr, "quantserve [cuda] warning: %s\n", message); }
+
+namespace {
+
+// T = tokens, N = out features, K = in features, Np/Kp = padded to kGemmPad, C = channels.
+
+constexpr size_t kCublasWorkspaceBytes = size_t(32) << 20;  // what cuBLASLt recommends for Hopper
+// KV cache storage. F32 like the CPU reference for the first, unverified version; the kernels are templated and
+// F16 (half the memory, attention still accumulates in fp32) is this one constant away — see docs/CUDA.md.
+constexpr DType kKvCacheDType = DType::F32;
+// Batch sizes the load-time int8 GEMM check runs (decode and a prefill-like tile).
+constexpr int64_t kCheckTokens[] = {1, 16};
+
+// Bytes allocated through the backend, shared with the buffers so a buffer may outlive its backend.
+struct MemoryStats {
+  std::atomic<size_t> current{0};
+  std::atomic<size_t> peak{0};
+  void add(size_t bytes) {
+    const size_t now = current.fetch_add(bytes) + bytes;
+    size_t prev = peak.load();
+    while (now > prev && !peak.compare_exchange_weak(prev, now)) {
+    }
+  }
+  void remove(size_t bytes) { current.fetch_sub(bytes); }
+};
+
+// Makes `device` current for a scope and restores the caller's device after.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    QS_CUDA_CHECK(cudaGetDevice(&previous_));
+    if (previous_ != device) QS_CUDA_CHECK(cudaSetDevice(device));
+    else previous_ = -1;
+  }
+  ~DeviceGuard() {
+    if (previous_ >= 0) cudaSetDevice(previous_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = -1;
+};
+
+class CudaBuffer final : public DeviceBuffer {
+ public:
+  CudaBuffer(int device, size_t bytes, std::shared_ptr<MemoryStats> stats)
+      : device_(device), bytes_(bytes), stats_(std::move(stats)) {
+    if (bytes == 0) return;
+    const cudaError_t status = cudaMalloc(&data_, bytes);
+    if (status == cudaErrorMemoryAllocation) {
+      cudaGetLastError();  // clear it: an allocation failure is not a sticky error
+      size_t free_bytes = 0, total_bytes = 0;
+      cudaMemGetInfo(&free_bytes, &total_bytes);
+      QS_FAIL(ErrorCode::kResourceExhausted, "out of GPU memory on cuda:", device, ": asked for ", bytes,
+              " bytes with ", free_bytes, " of ", total_bytes, " free");
+    }
+    QS_CUDA_CHECK(status);
+    stats_->add(bytes);
+  }
+  ~CudaBuffer() override {
+    if (!data_) return;
+    int previous = -1;
+    cudaGetDevice(&previous);
+    if (previous != device_) cudaSetDevice(device_);
+    cudaFree(data_);  // synchronizes the device: work still reading the buffer finishes first
+    if (previous >= 0 && previous != device_) cudaSetDevice(previous);
+    stats_->remove(bytes_);
+  }
+  void* data() override { return data_; }
+  size_t bytes() const override { return bytes_; }
+
+ private:
+  int device_;
+  void* data_ = nullptr;
+  size_t bytes_;
+  std::shared_ptr<MemoryStats> stats_;
+};
+
+// A Linear's weight in one of the supported precisions (see make_linear for each layout).
+struct CudaLinear final : public LinearWeight {
+  std::unique_ptr<DeviceBuffer> weight;  // fp32/fp16/bf16 [N, K]; int8 [Np, Kp]; int8-naive uint8 [N * K]
+  std::unique_ptr<DeviceBuffer> scales;  // int8: fp32 [Np]; int8-naive: fp32 {scale, zero_point}
+  std::unique_ptr<DeviceBuffer> bias;    // fp32 [N], or null
+  DType float_type = DType::F32;         // fp32/fp16/bf16: the weight's storage
+  int64_t padded_n = 0, padded_k = 0;    // int8: Np, Kp
+  bool int8_use_cublaslt = true;         // int8: false when the load-time check caught cuBLASLt being wrong
+  const float* bias_data() const { return bias ? static_cast<const float*>(bias->data()) : nullptr; }
+};
+
+class CudaKvCache final : public KvCache {
+ public:
+  CudaKvCache(const KvCacheConfig& config, DType dtype) : config_(config), dtype_(dtype) {}
+  const KvCacheConfig& config() const override { return config_; }
+  size_t bytes() const override {
+    size_t total = 0;
+    for (const auto& b : k_) total += b->bytes();
+    for (const auto& b : v_) total += b->bytes();
+    return total;
+  }
+  KvCacheConfig config_;
+  DType dtype_;
+  std::vector<std::unique_ptr<DeviceBuffer>> k_, v_;  // per layer [num_blocks, block_size, NKV, HD]
+};
+
+const char* activation_name(Activation a) {
+  switch (a) {
+    case Activation::kNone: return "none";
+    case Activation::kGeluTanh: return "gelu-tanh";
+    case Activation::kGeluErf: return "gelu-erf";
+    case Activation::kRelu: return "relu";
+    case Activation::kSilu: return "silu";
+  }
+  return "?";
+}
+
+const char* gemm_type_name(cuda::GemmType t) {
+  switch (t) {
+    case cuda::GemmType::kF32: return "fp32";
+    case cuda::GemmType::kF16: return "fp16";
+    case cuda::GemmType::kBF16: return "bf16";
+    case cuda::GemmType::kInt8: return "int8";
+  }
+  return "?";
+}
+
+bool is_float_dtype(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : device_(device), stats_(std::make_shared<MemoryStats>()) {
+    DeviceGuard guard(device_);
+    cudaDeviceProp prop{};
+    QS_CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
+    QS_CHECK(prop.major >= 8, ErrorCode::kUnsupported, "cuda:", device_, " (", prop.name, ", sm_", prop.major,
+             prop.minor, ") is older than Ampere (sm_80), which the CUDA backend needs for bf16 and int8 GEMMs");
+    device_name_ = prop.name;
+    QS_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    QS_CUDA_CHECK(cudaEventCreateWithFlags(&batch_uploaded_, cudaEventDisableTiming));
+    workspace_ = allocate(kCublasWorkspaceBytes);
+    gemm_ = std::make_unique<cuda::CublasLtGemm>(stream_, workspace_->data(), workspace_->bytes());
+    error_scratch_ = allocate(cuda::quant_error_scratch_bytes());
+  }
+
+  ~CudaBackend() override {
+    cudaSetDevice(device_);
+    if (stream_) cudaStreamSynchronize(stream_);
+    gemm_.reset();
+    workspace_.reset();
+    if (batch_uploaded_) cudaEventDestroy(batch_uploaded_);
+    if (staging_) cudaFreeHost(staging_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  std::string name() const override { return str("cuda:", device_); }
+  DType activation_dtype() const override { return DType::F32; }
+
+  bool supports(Precision p) const override {
+    switch (p) {
+      case Precision::kFp32: case Precision::kFp16: case Precision::kBf16: case Precision::kInt8:
+      case Precision::kInt8WeightOnly: case Precision::kInt8Naive:
+        return true;
+      case Precision::kInt8Mixed: case Precision::kInt8Smooth:
+        return false;
+    }
+    return false;
+  }
+
+  MemoryInfo memory_info() const override {
+    DeviceGuard guard(device_);
+    MemoryInfo info;
+    info.device = name();
+    size_t free_bytes = 0, total_bytes = 0;
+    QS_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    info.total_bytes = total_bytes;
+    info.used_bytes = total_bytes - free_bytes;  // device-wide, as nvidia-smi shows it (context included)
+    info.peak_bytes = stats_->peak.load();        // what this backend allocated at most
+    return info;
+  }
+
+  // ---- memory ---------------------------------------------------------------------------------------------
+
+  std::unique_ptr<DeviceBuffer> allocate(size_t bytes) override {
+    DeviceGuard guard(device_);
+    return std::make_unique<CudaBuffer>(device_, bytes, stats_);
+  }
+
+  void copy_to_host(void* dst, const void* device_src, size_t bytes) override {
+    if (bytes == 0) return;
+    DeviceGuard guard(device_);
+    QS_CUDA_CHECK(cudaMemcpyAsync(dst, device_src, bytes, cudaMemcpyDeviceToHost, stream_));
+    QS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  void synchronize() override {
+    DeviceGuard guard(device_);
+    QS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  // ---- weights --------------------------------------------------------------------------------------------
+
+  std::unique_ptr<LinearWeight> make_linear(const HostTensor& weight, const HostTensor* bias, Precision precision,
+                                            const LinearOptions& options) override {
+    QS_CHECK(supports(precision), ErrorCode::kUnsupported, "precision ", precision_name(precision),
+             " is not implemented by the CUDA backend yet; use one of fp32, fp16, bf16, int8, int8-weight-only, "
+             "int8-naive");
+    QS_CHECK(is_float_dtype(weight.dtype), ErrorCode::kInvalidModel, "a linear weight must be F32, F16 or BF16, not ",
+             dtype_name(weight.dtype));
+    QS_CHECK(weight.rows > 0 && weight.cols > 0 && weight.data, ErrorCode::kInvalidModel,
+             "a linear weight must be a non-empty matrix, got ", weight.rows, " x ", weight.cols);
+    const int64_t N = weight.rows, K = weight.cols;
+    if (bias)
+      QS_CHECK(bias->numel() == N && is_float_dtype(bias->dtype) && bias->data, ErrorCode::kInvalidModel,
+               "a linear bias must have ", N, " float elements (one per output feature), got ", bias->numel(), " ",
+               dtype_name(bias->dtype));
+    DeviceGuard guard(device_);
+    auto lin = std::make_unique<CudaLinear>();
+    lin->out_features = N;
+    lin->in_features = K;
+    lin->precision = precision;
+    lin->original_bytes = size_t(N * K) * sizeof(float);
+
+    // The host tensor goes up in its stored dtype; the quantized form is made from it on the device and the
+    // original is freed before the next tensor comes, so the peak is the model so far + this tensor.
+    std::unique_ptr<DeviceBuffer> original = upload(weight.data, dtype_bytes(weight.dtype, N * K));
+    const void* w = original->data();
+    const DType w_type = weight.dtype;
+
+    switch (precision) {
+      case Precision::kFp32:
+      case Precision::kFp16:
+      case Precision::kBf16: {
+        const DType storage = precision == Precision::kFp32 ? DType::F32
+                              : precision == Precision::kFp16 ? DType::F16 : DType::BF16;
+        lin->float_type = storage;
+        if (storage == w_type) {
+          lin->weight = std::move(original);  // already what we keep: no copy, no error
+        } else {
+          lin->weight = allocate(dtype_bytes(storage, N * K));
+          cuda::cast_float(lin->weight->data(), storage, w, w_type, N * K, stream_);
+          if (options.compute_error && storage != DType::F32) {
+            lin->error = measure_error(w, w_type, dequant_view(*lin), N, K);
+          }
+        }
+        lin->weight_bytes = dtype_bytes(storage, N * K);
+        break;
+      }
+      case Precision::kInt8:
+      case Precision::kInt8WeightOnly: {
+        const int64_t Np = cuda::round_up(N, cuda::kGemmPad), Kp = cuda::round_up(K, cuda::kGemmPad);
+        lin->padded_n = Np;
+        lin->padded_k = Kp;
+        lin->weight = allocate(size_t(Np * Kp));
+        lin->scales = allocate(size_t(Np) * sizeof(float));
+        auto* q = static_cast<int8_t*>(lin->weight->data());
+        auto* scales = static_cast<float*>(lin->scales->data());
+        cuda::quantize_per_channel_int8(q, scales, w, w_type, N, K, Np, Kp, stream_);
+        if (options.compute_error) {
+          lin->error = measure_error(w, w_type, dequant_view(*lin), N, K);
+        }
+        // Reported without the zero padding (at most 15 rows and columns), so the figure matches the CPU's.
+        lin->weight_bytes = size_t(N * K) + size_t(N) * sizeof(float);
+        if (precision == Precision::kInt8) lin->int8_use_cublaslt = int8_gemm_is_trustworthy(q, Np, Kp);
+        break;
+      }
+      case Precision::kInt8Naive: {
+        lin->weight = allocate(size_t(N * K));
+        lin->scales = allocate(2 * sizeof(float));
+        auto minmax = allocate(2 * sizeof(float));
+        auto* q = static_cast<uint8_t*>(lin->weight->data());
+        auto* params = static_cast<float*>(lin->scales->data());
+        cuda::quantize_per_tensor_uint8(q, params, static_cast<float*>(minmax->data()), w, w_type, N * K, stream_);
+        if (options.compute_error) {
+          lin->error = measure_error(w, w_type, dequant_view(*lin), N, K);
+        }
+        lin->weight_bytes = size_t(N * K) + 2 * sizeof(float);
+        break;
+      }
+      case Precision::kInt8Mixed:
+      case Precision::kInt8Smooth:
+        break;  // refused above
+    }
+    original.reset();  // after the stream work that reads it (cudaFree synchronizes)
+
+    if (bias) {
+      auto raw = upload(bias->data, dtype_bytes(bias->dtype, N));
+      if (bias->dtype == DType::F32) {
+        lin->bias = std::move(raw);
+      } else {
+        lin->bias = allocate(size_t(N) * sizeof(float));
+        cuda::cast_float(lin->bias->data(), DType::F32, raw->data(), bias->dtype, N, stream_);
+      }
+    }
+    QS_CUDA_CHECK(cudaStreamSynchronize(stream_));  // surface any kernel error at the tensor that caused it
+    return lin;
+  }
+
+  DenseWeight make_dense(const HostTensor& tensor, DType storage) override {
+    QS_CHECK(is_float_dtype(tensor.dtype) && is_float_dtype(storage), ErrorCode::kInvalidModel,
+             "dense weights are F32, F16 or BF16 on the CUDA backend, got ", dtype_name(tensor.dtype), " stored as ",
+             dtype_name(storage));
+    QS_CHECK(tensor.numel() >= 0 && (tensor.data || tensor.numel() == 0), ErrorCode::kInvalidModel,
+             "a dense weight has no data");
+    DeviceGuard guard(device_);
+    DenseWeight d;
+    d.dtype = storage;
+    d.rows = tensor.rows;
+    d.cols = tensor.cols;
+    auto raw = upload(tensor.data, dtype_bytes(tensor.dtype, tensor.numel()));
+    if (tensor.dtype == storage) {
+      d.buffer = std::move(raw);
+    } else {
+      d.buffer = allocate(dtype_bytes(storage, tensor.numel()));
+      cuda::cast_float(d.buffer->data(), storage, raw->data(), tensor.dtype, tensor.numel(), stream_);
+      raw.reset();
+    }
+    QS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return d;
+  }
+
+  std::unique_ptr<KvCache> make_kv_cache(const KvCacheConfig& config) override {
+    QS_CHECK(config.num_layers > 0 && config.num_blocks > 0 && config.block_size > 0 && config.num_kv_heads > 0 &&
+                 config.head_dim > 0,
+             ErrorCode::kInvalidArgument, "KV cache config must be all positive: layers ", config.num_layers,
+             ", blocks ", config.num_blocks, ", block size ", config.block_size, ", kv heads ", config.num_kv_heads,
+             ", head dim ", config.head_dim);
+    DeviceGuard guard(device_);
+    auto cache = std::make_unique<CudaKvCache>(config, kKvCacheDType);
+    const size_t pool = dtype_bytes(kKvCacheDType,
+                                    config.num_blocks * config.block_size * config.num_kv_heads * config.head_dim);
+    for (int64_t l = 0; l < config.num_layers; ++l) {
+      cache->k_.push_back(allocate(pool));
+      cache->v_.push_back(allocate(pool));
+    }
+    return cache;
+  }
+
+  // ---- per pass -------------------------------------------------------------------------------------------
+
+  // Packs ids, positions, seq_of_token, logit rows and the flattened block tables into one pinned staging
+  // buffer and sends it with a single copy; the ops of the pass read them from batch_view_.
+  void begin_batch(const BatchLayout& layout) override {
+    const int64_t T = layout.num_tokens();
+    const int64_t L = int64_t(layout.logit_rows.size());
+    const int64_t S = int64_t(layout.seq_lens.size());
+    QS_CHECK(int64_t(layout.positions.size()) == T && int64_t(layout.seq_of_token.size()) == T,
+             ErrorCode::kInternal, "batch layout: ", T, " tokens but ", layout.positions.size(), " positions and ",
+             layout.seq_of_token.size(), " sequence indices");
+    QS_CHECK(int64_t(layout.block_tables.size()) == S, ErrorCode::kInternal, "batch layout: ", S,
+             " sequence lengths but ", layout.block_tables.size(), " block tables");
+    int64_t max_blocks = 1;
+    for (const auto& table : layout.block_tables) max_blocks = std::max<int64_t>(max_blocks, int64_t(table.size()));
+    for (int64_t t = 0; t < T; ++t) {
+      const int32_t s = layout.seq_of_token[size_t(t)];
+      QS_CHECK(s >= 0 && s < S, ErrorCode::kInternal, "batch layout: token ", t, " belongs to sequence ", s, " of ", S);
+      QS_CHECK(layout.positions[size_t(t)] >= 0, ErrorCode::kInternal, "batch layout: token ", t,
+               " has a negative position");
+    }
+    for (int32_t r : layout.logit_rows)
+      QS_CHECK(r >= 0 && r < T, ErrorCode::kInternal, "batch layout: logit row ", r, " outside ", T, " tokens");
+
+    DeviceGuard guard(device_);
+    const size_t count = size_t(3 * T + L + S * max_blocks);
+    const size_t bytes = std::max<size_t>(count, 1) * sizeof(int32_t);
+    // The previous pass's copy must have left the staging buffer before it is overwritten.
+    QS_CUDA_CHECK(cudaEventSynchronize(batch_uploaded_));
+    if (staging_bytes_ < bytes) {
+      const size_t want = std::max(bytes, staging_bytes_ * 3 / 2);
+      if (staging_) QS_CUDA_CHECK(cudaFreeHost(staging_));
+      staging_ = nullptr;
+      staging_bytes_ = 0;
+      QS_CUDA_CHECK(cudaHostAlloc(&staging_, want, cudaHostAllocDefault));
+      staging_bytes_ = want;
+    }
+    auto* p = static_cast<int32_t*>(staging_);
+    auto put = [&p](const std::vector<int32_t>& v) {
+      if (!v.empty()) std::memcpy(p, v.data(), v.size() * sizeof(int32_t));
+      p += v.size();
+    };
+    put(layout.token_ids);
+    put(layout.positions);
+    put(layout.seq_of_token);
+    put(layout.logit_rows);
+    for (const auto& table : layout.block_tables) {
+      put(table);
+      std::fill(p, p + (max_blocks - int64_t(table.size())), -1);
+      p += max_blocks - int64_t(table.size());
+    }
+    int32_t* device = static_cast<int32_t*>(scratch(batch_device_, bytes));
+    QS_CUDA_CHECK(cudaMemcpyAsync(device, staging_, count * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    QS_CUDA_CHECK(cudaEventRecord(batch_uploaded_, stream_));
+
+    batch_view_ = cuda::BatchView{};
+    batch_view_.token_ids = device;
+    batch_view_.positions = device + T;
+    batch_view_.seq_of_token = device + 2 * T;
+    batch_view_.logit_rows = device + 3 * T;
+    batch_view_.block_tables = device + 3 * T + L;
+    batch_view_.num_tokens = T;
+    batch_view_.num_logit_rows = L;
+    batch_view_.num_seqs = S;
+    batch_view_.max_blocks = max_blocks;
+    layout_ = layout;  // for host-side checks (token ids against a table, block tables against a cache)
+    have_batch_ = true;
+  }
+
+  // ---- ops ------------------------------------------------------------------------------------------------
+
+  // The table is a Linear's weight (so a tied LM head shares it): rows are dequantized from whatever form
+  // its precision keeps them in.
+  void embedding(Tensor out, const LinearWeight& table, const DenseWeight* positions_table) override {
+    require_batch("embedding");
+    const auto& lin = dynamic_cast<const CudaLinear&>(table);
+    const int64_t T = batch_view_.num_tokens, C = lin.in_features;
+    check_activation(out, T, C, "embedding output");
+    for (int32_t id : layout_.token_ids)
+      QS_CHECK(id >= 0 && id < lin.out_features, ErrorCode::kInvalidArgument, "token id ", id,
+               " is outside the vocabulary (", lin.out_features, " tokens)");
+    if (positions_table) {
+      QS_CHECK(positions_table->cols == C || positions_table->rows * positions_table->cols == 0, ErrorCode::kInternal,
+               "position table has ", positions_table->cols, " columns, the token table ", C);
+      for (int32_t pos : layout_.positions)
+        QS_CHECK(pos < positions_table->rows, ErrorCode::kInvalidArgument, "position ", pos,
+                 " is beyond the model's ", positions_table->rows, " positions");
+    }
+    DeviceGuard guard(device_);
+    cuda::embedding(f32(out), batch_view_, dequant_view(lin), positions_table ? positions_table->buffer->data() : nullptr,
+                    positions_table ? positions_table->dtype : DType::F32, C, stream_);
+  }
+
+  void linear(Tensor out, Tensor in, const LinearWeight& weight, Activation act) override {
+    const auto& lin = dynamic_cast<const CudaLinear&>(weight);
+    const int64_t T = in.rows, N = lin.out_features, K = lin.in_features;
+    check_activation(in, T, K, "linear input");
+    check_activation(out, T, N, "linear output");
+    if (T == 0) return;
+    DeviceGuard guard(device_);
+    const float* x = static_cast<const float*>(in.data);
+    float* y = f32(out);
+    const float* bias = lin.bias_data();
+    switch (lin.precision) {
+      case Precision::kFp32:
+        float_gemm(cuda::GemmType::kF32, y, x, lin.weight->data(), bias, act, T, N, K);
+        break;
+      case Precision::kFp16:
+      case Precision::kBf16: {
+        const DType t = lin.float_type;
+        void* xh = scratch(scratch_x_half_, dtype_bytes(t, T * K));
+        cuda::cast_float(xh, t, x, DType::F32, T * K, stream_);
+        float_gemm(t == DType::F16 ? cuda::GemmType::kF16 : cuda::GemmType::kBF16, y, xh, lin.weight->data(), bias,
+                   act, T, N, K);
+        break;
+      }
+      case Precision::kInt8:
+        int8_linear(y, x, lin, act, T);
+        break;
+      case Precision::kInt8WeightOnly: {
+        const auto* q = static_cast<const int8_t*>(lin.weight->data());
+        const auto* scales = static_cast<const float*>(lin.scales->data());
+        if (T <= cuda::kGemvMaxTokens) {
+          cuda::int8_weight_only_gemv(y, x, q, scales, bias, act, T, N, K, lin.padded_k, stream_);
+        } else {
+          // Larger batches: dequantize into a temporary fp16 weight and use the tensor-core GEMM.
+          void* wh = scratch(scratch_w_, dtype_bytes(DType::F16, N * K));
+          cuda::dequantize_per_channel(wh, DType::F16, q, scales, N, K, lin.padded_k, stream_);
+          void* xh = scratch(scratch_x_half_, dtype_bytes(DType::F16, T * K));
+          cuda::cast_float(xh, DType::F16, x, DType::F32, T * K, stream_);
+          float_gemm(cuda::GemmType::kF16, y, xh, wh, bias, act, T, N, K);
+        }
+        break;
+      }
+      case Precision::kInt8Naive: {
+        // The textbook baseline: dequantize the whole tensor, then an fp32 GEMM.
+        auto* wf = static_cast<float*>(scratch(scratch_w_, size_t(N * K) * sizeof(float)));
+        cuda::dequantize_per_tensor(wf, static_cast<const uint8_t*>(lin.weight->data()),
+                                    static_cast<const float*>(lin.scales->data()), N * K, stream_);
+        float_gemm(cuda::GemmType::kF32, y, x, wf, bias, act, T, N, K);
+        break;
+      }
+      case Precision::kInt8Mixed:
+      case Precision::kInt8Smooth:
+        QS_FAIL(ErrorCode::kUnsupported, "precision ", precision_name(lin.precision),
+                " is not implemented by the CUDA backend");
+    }
+  }
+
+  void layernorm(Tensor out, Tensor in, const DenseWeight& weight, const DenseWeight* bias, float eps) override {
+    const int64_t T = in.rows, C = in.cols;
+    check_activation(out, T, C, "layernorm output");
+    check_activation(in, T, C, "layernorm input");
+    QS_CHECK(weight.rows * weight.cols == C && (!bias || (bias->rows * bias->cols == C && bias->dtype == weight.dtype)),
+             ErrorCode::kInternal, "layernorm weight/bias do not match ", C, " channels");
+    DeviceGuard guard(device_);
+    cuda::layernorm(f32(out), f32(in), weight.buffer->data(), bias ? bias->buffer->data() : nullptr, weight.dtype, T,
+                    C, eps, stream_);
+  }
+
+  void rmsnorm(Tensor out, Tensor in, const DenseWeight& weight, float eps) override {
+    const int64_t T = in.rows, C = in.cols;
+    check_activation(out, T, C, "rmsnorm output");
+    check_activation(in, T, C, "rmsnorm input");
+    QS_CHECK(weight.rows * weight.cols == C, ErrorCode::kInternal, "rmsnorm weight does not match ", C, " channels");
+    DeviceGuard guard(device_);
+    cuda::rmsnorm(f32(out), f32(in), weight.buffer->data(), weight.dtype, T, C, eps, stream_);
+  }
+
+  void add(Tensor out, Tensor a, Tensor b) override {
+    check_activation(b, a.rows, a.cols, "add input");
+    check_activation(out, a.rows, a.cols, "add output");
+    DeviceGuard guard(device_);
+    cuda::add(f32(out), f32(a), f32(b), a.rows * a.cols, stream_);
+  }
+
+  void silu_mul(Tensor out, Tensor gate_up) override {
+    QS_CHECK(gate_up.cols % 2 == 0, ErrorCode::kInternal, "silu_mul input has an odd width ", gate_up.cols);
+    check_activation(out, gate_up.rows, gate_up.cols / 2, "silu_mul output");
+    DeviceGuard guard(device_);
+    cuda::silu_mul(f32(out), f32(gate_up), gate_up.rows, gate_up.cols / 2, stream_);
+  }
+
+  void rope(Tensor qkv, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, int64_t rotary_dim,
+            float theta) override {
+    require_batch("rope");
+    check_activation(qkv, batch_view_.num_tokens, (num_heads + 2 * num_kv_heads) * head_dim, "rope qkv");
+    DeviceGuard guard(device_);
+    cuda::rope(f32(qkv), batch_view_, num_heads, num_kv_heads, head_dim, rotary_dim, theta, stream_);
+  }
+
+  void attention(Tensor out, Tensor qkv, KvCache& cache, int64_t layer, int64_t num_heads, int64_t num_kv_heads,
+                 int64_t head_dim) override {
+    require_batch("attention");
+    auto& kv = dynamic_cast<CudaKvCache&>(cache);
+    const KvCacheConfig& cfg = kv.config_;
+    const int64_t T = batch_view_.num_tokens;
+    check_activation(qkv, T, (num_heads + 2 * num_kv_heads) * head_dim, "attention qkv");
+    check_activation(out, T, num_heads * head_dim, "attention output");
+    QS_CHECK(layer >= 0 && layer < cfg.num_layers, ErrorCode::kInternal, "layer ", layer, " outside the KV cache's ",
+             cfg.num_layers);
+    QS_CHECK(num_kv_heads == cfg.num_kv_heads && head_dim == cfg.head_dim, ErrorCode::kInternal,
+             "attention with ", num_kv_heads, " kv heads of ", head_dim, " on a cache made for ", cfg.num_kv_heads,
+             " of ", cfg.head_dim);
+    // Every token's slot must be inside its sequence's block table and the pool (kernels trust the tables).
+    for (int64_t t = 0; t < T; ++t) {
+      const int32_t s = layout_.seq_of_token[size_t(t)], pos = layout_.positions[size_t(t)];
+      const auto& table = layout_.block_tables[size_t(s)];
+      QS_CHECK(pos / cfg.block_size < int64_t(table.size()), ErrorCode::kInternal, "token ", t, " at position ", pos,
+               " is past sequence ", s, "'s ", table.size(), " KV blocks");
+      QS_CHECK(pos < layout_.seq_lens[size_t(s)], ErrorCode::kInternal, "token ", t, " at position ", pos,
+               " is past sequence ", s, "'s length ", layout_.seq_lens[size_t(s)]);
+      for (int64_t b = 0; b <= pos / cfg.block_size; ++b) {
+        const int32_t block = table[size_t(b)];
+        QS_CHECK(block >= 0 && block < cfg.num_blocks, ErrorCode::kInternal, "KV block ", block, " of sequence ", s,
+                 " is outside the cache's ", cfg.num_blocks, " blocks");
+      }
+    }
+    DeviceGuard guard(device_);
+    cuda::paged_attention(f32(out), f32(qkv), kv.k_[size_t(layer)]->data(), kv.v_[size_t(layer)]->data(), kv.dtype_,
+                          batch_view_, num_heads, num_kv_heads, head_dim, cfg.block_size, stream_);
+  }
+
+  void gather_logit_rows(Tensor out, Tensor in) override {
+    require_batch("gather_logit_rows");
+    check_activation(in, batch_view_.num_tokens, in.cols, "gather_logit_rows input");
+    check_activation(out, batch_view_.num_logit_rows, in.cols, "gather_logit_rows output");
+    DeviceGuard guard(device_);
+    cuda::gather_rows(f32(out), f32(in), batch_view_, in.cols, stream_);
+  }
+
+ private:
+  static float* f32(const Tensor& t) { return static_cast<float*>(t.data); }
+
+  void check_activation(const Tensor& t, int64_t rows, int64_t cols, const char* what) const {
+    QS_CHECK(t.dtype == DType::F32, ErrorCode::kInternal, what, " is ", dtype_name(t.dtype),
+             "; the CUDA backend's activations are F32");
+    QS_CHECK(t.rows == rows && t.cols == cols, ErrorCode::kInternal, what, " is ", t.rows, " x ", t.cols,
+             ", expected ", rows, " x ", cols);
+    QS_CHECK(t.data || rows * cols == 0, ErrorCode::kInternal, what, " has no data");
+  }
+
+  void require_batch(const char* op) const {
+    QS_CHECK(have_batch_, ErrorCode::kInternal, op, " called before begin_batch");
+  }
+
+  std::unique_ptr<DeviceBuffer> upload(const void* host, size_t bytes) {
+    auto buffer = allocate(bytes);
+    // Pageable source: the call returns once the bytes are staged, so the host copy may go at once.
+    // TODO(perf): pinned double-buffered staging to overlap the PCIe copy with quantizing the previous tensor.
+    if (bytes) QS_CUDA_CHECK(cudaMemcpyAsync(buffer->data(), host, bytes, cudaMemcpyHostToDevice, stream_));
+    return buffer;
+  }
+
+  // A scratch buffer of at least `bytes`; grows by half again so a growing batch does not reallocate each pass.
+  void* scratch(std::unique_ptr<DeviceBuffer>& holder, size_t bytes) {
+    if (!holder || holder->bytes() < bytes) {
+      const size_t want = std::max(bytes, holder ? holder->bytes() * 3 / 2 : size_t(0));
+      holder.reset();  // cudaFree waits for the work that still reads the old one
+      holder = allocate(std::max<size_t>(want, 256));
+    }
+    return holder->data();
+  }
+
+  static cuda::DequantView dequant_view(const CudaLinear& lin) {
+    cuda::DequantView view;
+    view.data = lin.weight->data();
+    switch (lin.precision) {
+      case Precision::kInt8:
+      case Precision::kInt8WeightOnly:
+        view.kind = cuda::DequantView::kPerChannelInt8;
+        view.ld = lin.padded_k;
+        view.scales = static_cast<const float*>(lin.scales->data());
+        break;
+      case Precision::kInt8Naive:
+        view.kind = cuda::DequantView::kPerTensorUint8;
+        view.ld = lin.in_features;
+        view.scales = static_cast<const float*>(lin.scales->data());
+        break;
+      default:
+        view.kind = cuda::DequantView::kFloat;
+        view.float_type = lin.float_type;
+        view.ld = lin.in_features;
+        break;
+    }
+    return view;
+  }
+
+  QuantError measure_error(const void* original, DType original_type, const cuda::DequantView& view, int64_t N,
+                           int64_t K) {
+    return cuda::measure_quant_error_device(original, original_type, view, N, K, error_scratch_->data(), stream_);
+  }
+
+  void float_gemm(cuda::GemmType type, float* y, const void* x, const void* w, const float* bias, Activation act,
+                  int64_t T, int64_t N, int64_t K) {
+    const auto r = gemm_->matmul(type, y, x, w, bias, act, T, N, K, /*ldx=*/K, /*ldw=*/K, /*ldy=*/N);
+    QS_CHECK(r.ran, ErrorCode::kUnsupported, "cuBLASLt has no ", gemm_type_name(type), " GEMM algorithm for ", T,
+             " x ", K, " by ", N, " x ", K, " (activation ", activation_name(act), ") on ", device_name_);
+    if (!r.epilogue_applied) cuda::bias_activation(y, bias, act, T, N, stream_);
+  }
+
+  void int8_linear(float* y, const float* x, const CudaLinear& lin, Activation act, int64_t T) {
+    const int64_t N = lin.out_features, K = lin.in_features, Np = lin.padded_n, Kp = lin.padded_k;
+    auto* xq = static_cast<int8_t*>(scratch(scratch_xq_, size_t(T * Kp)));
+    auto* x_scales = static_cast<float*>(scratch(scratch_x_scales_, size_t(T) * sizeof(float)));
+    auto* acc = static_cast<int32_t*>(scratch(scratch_acc_, size_t(T * Np) * sizeof(int32_t)));
+    const auto* w = static_cast<const int8_t*>(lin.weight->data());
+    cuda::quantize_rows_int8(xq, x_scales, x, T, K, Kp, stream_);
+    bool done = false;
+    if (lin.int8_use_cublaslt)
+      done = gemm_->matmul(cuda::GemmType::kInt8, acc, xq, w, nullptr, Activation::kNone, T, Np, Kp, Kp, Kp, Np).ran;
+    if (!done) cuda::int8_gemm_dp4a(acc, xq, w, T, Np, Kp, stream_);
+    cuda::dequantize_int32(y, acc, Np, x_scales, static_cast<const float*>(lin.scales->data()), lin.bias_data(), act,
+                           T, N, stream_);
+  }
+
+  // cuBLAS int8 GEMMs are known to return wrong results for some shapes on some versions; each new (N, K) is
+  // run once at load on random activations against a plain reference kernel. False: use the dp4a kernel.
+  bool int8_gemm_is_trustworthy(const int8_t* w, int64_t Np, int64_t Kp) {
+    const auto key = std::make_pair(Np, Kp);
+    if (auto it = int8_shape_ok_.find(key); it != int8_shape_ok_.end()) return it->second;
+    constexpr int64_t max_t = *std::max_element(std::begin(kCheckTokens), std::end(kCheckTokens));
+    auto x = allocate(size_t(max_t * Kp));
+    auto got = allocate(size_t(max_t * Np) * sizeof(int32_t));
+    auto want = allocate(size_t(max_t * Np) * sizeof(int32_t));
+    auto mismatches = allocate(sizeof(unsigned int));
+    auto* xq = static_cast<int8_t*>(x->data());
+    auto* got_p = static_cast<int32_t*>(got->data());
+    auto* want_p = static_cast<int32_t*>(want->data());
+    auto* count_p = static_cast<unsigned int*>(mismatches->data());
+    cuda::fill_random_int8(xq, max_t * Kp, 0x5eed1234u, stream_);
+    bool ok = true;
+    std::string why;
+    for (int64_t T : kCheckTokens) {
+      const auto r = gemm_->matmul(cuda::GemmType::kInt8, got_p, xq, w, nullptr, Activation::kNone, T, Np, Kp, Kp, Kp,
+                                   Np);
+      if (!r.ran) {
+        ok = false;
+        why = str("cuBLASLt has no int8 algorithm for T=", T);
+        break;
+      }
+      cuda::int8_gemm_reference(want_p, xq, w, T, Np, Kp, stream_);
+      QS_CUDA_CHECK(cudaMemsetAsync(count_p, 0, sizeof(unsigned int), stream_));
+      cuda::count_mismatches(count_p, got_p, want_p, T, Np, Np, stream_);
+      unsigned int count = 0;
+      QS_CUDA_CHECK(cudaMemcpyAsync(&count, count_p, sizeof(count), cudaMemcpyDeviceToHost, stream_));
+      QS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      if (count) {
+        ok = false;
+        why = str("cuBLASLt int8 GEMM returned ", count, " wrong values of ", T * Np, " for T=", T);
+        break;
+      }
+    }
+    if (!ok)
+      cuda::log_warning(str(why, " at N=", Np, " K=", Kp, " on ", device_name_,
+                            "; this shape uses the dp4a int8 kernel instead").c_str());
+    int8_shape_ok_[key] = ok;
+    return ok;
+  }
+
+  int device_;
+  std::string device_name_;
+  std::shared_ptr<MemoryStats> stats_;
+  cudaStream_t stream_ = nullptr;  // every op of this backend runs on it, in order
+  std::unique_ptr<DeviceBuffer> workspace_;
+  std::unique_ptr<cuda::CublasLtGemm> gemm_;
+  std::unique_ptr<DeviceBuffer> error_scratch_;
+  std::map<std::pair<int64_t, int64_t>, bool> int8_shape_ok_;  // (Np, Kp) -> cuBLASLt verified at load
+
+  // The pass's batch: pinned staging, its device copy, and a host copy for the host-side checks.
+  // TODO(cuda-graphs): capture a graph per batch-size bucket (1, 2, 4, ... 256 decode tokens). Needs: the batch
+  // buffer and every scratch buffer allocated once at the bucket's size (stable addresses), T padded to the
+  // bucket with dummy tokens writing to a scratch KV block, and cuBLASLt plans per bucket chosen before capture.
+  // The ops already take everything from batch_view_ and the scratch holders, so capture wraps the model's step.
+  void* staging_ = nullptr;
+  size_t staging_bytes_ = 0;
+  cudaEvent_t batch_uploaded_ = nullptr;
+  std::unique_ptr<DeviceBuffer> batch_device_;
+  cuda::BatchView batch_view_;
+  BatchLayout layout_;
+  bool have_batch_ = false;
+
+  // Per-op temporaries, grown on demand and kept (they never exceed the largest layer's needs).
+  std::unique_ptr<DeviceBuffer> scratch_xq_, scratch_x_scales_, scratch_acc_, scratch_x_half_, scratch_w_;
+};
+
+}  // namespace
+}  // namespace cuda
+
+bool cuda_available() {
+  static const bool available = [] {
+    int count = 0;
+    const cudaError_t status = cudaGetDeviceCount(&count);  // no driver / no device: an error code, not a crash
+    if (status != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return count > 0;
+  }();
+  return available;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  QS_CHECK(cuda_available(), ErrorCode::kUnsupported,
+           "no CUDA device is available (no GPU, or no NVIDIA driver); use --device cpu");
+  int count = 0;
+  QS_CUDA_CHECK(cudaGetDeviceCount(&count));
+  QS_CHECK(device >= 0 && device < count, ErrorCode::kInvalidArgument, "CUDA device ", device,
+           " does not exist; this machine has ", count, " (cuda:0 .. cuda:", count - 1, ")");
+  return std::make_unique<cuda::CudaBackend>(device);
+}
+
+}  // namespace qs
