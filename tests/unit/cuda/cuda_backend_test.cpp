@@ -1,0 +1,414 @@
+// The CUDA backend against the CPU backend (the reference): every op, make_linear + linear in each precision,
+// and the load-time peak-memory bound. Every test skips itself where no CUDA device is present.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/dtype.h"
+#include "kernels/error.h"
+#include "kernels/precision.h"
+
+namespace qs {
+namespace {
+
+// T = tokens, C = channels, N = out features, K = in features, NH/NKV = heads, HD = head dim.
+
+std::vector<float> random_values(int64_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+std::vector<uint16_t> to_half(const std::vector<float>& v, DType t) {
+  std::vector<uint16_t> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = t == DType::F16 ? f32_to_f16(v[i]) : f32_to_bf16(v[i]);
+  return out;
+}
+
+// A layout where token t is token id t at position t of one sequence: how tests load activations.
+BatchLayout identity_layout(int64_t T) {
+  BatchLayout b;
+  for (int32_t t = 0; t < int32_t(T); ++t) {
+    b.token_ids.push_back(t);
+    b.positions.push_back(t);
+    b.seq_of_token.push_back(0);
+  }
+  std::vector<int32_t> blocks;
+  for (int32_t i = 0; i * 16 < int32_t(std::max<int64_t>(T, 1)); ++i) blocks.push_back(i);
+  b.block_tables.push_back(blocks);
+  b.seq_lens.push_back(int32_t(T));
+  return b;
+}
+
+struct DeviceTensor {
+  std::unique_ptr<DeviceBuffer> holder;
+  Tensor t;
+};
+
+LinearOptions no_error() {
+  LinearOptions o;
+  o.compute_error = false;
+  return o;
+}
+
+// Max |got - want| must stay within tol * max(1, max |want|).
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, double tol, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  double worst = 0, scale = 1;
+  size_t at = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(got[i])) << what << ": element " << i << " is " << got[i];
+    scale = std::max(scale, double(std::fabs(want[i])));
+    const double d = std::fabs(double(got[i]) - double(want[i]));
+    if (d > worst) {
+      worst = d;
+      at = i;
+    }
+  }
+  EXPECT_LE(worst, tol * scale) << what << ": worst at " << at << ": got " << got[at] << ", want " << want[at]
+                                << " (tolerance " << tol << " x " << scale << ")";
+}
+
+class CudaVsCpu : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA device on this machine";
+    gpu_ = make_cuda_backend(0);
+    cpu_ = make_cpu_backend();
+  }
+
+  // The CPU backend keeps a pointer to the layout: layouts live as long as the fixture.
+  void begin(Backend& b, BatchLayout layout) {
+    layouts_.push_back(std::move(layout));
+    b.begin_batch(layouts_.back());
+  }
+  void begin_both(const BatchLayout& layout) {
+    begin(*cpu_, layout);
+    begin(*gpu_, layout);
+  }
+
+  // Loads rows x cols host values as an activation (through an fp32 embedding: the interface's way in).
+  DeviceTensor upload(Backend& b, const std::vector<float>& values, int64_t rows, int64_t cols) {
+    auto table = b.make_linear(HostTensor{values.data(), DType::F32, rows, cols}, nullptr, Precision::kFp32, no_error());
+    begin(b, identity_layout(rows));
+    DeviceTensor d;
+    d.t = b.new_tensor(d.holder, rows, cols);
+    b.embedding(d.t, *table, nullptr);
+    b.synchronize();
+    return d;
+  }
+  DeviceTensor empty(Backend& b, int64_t rows, int64_t cols) {
+    DeviceTensor d;
+    d.t = b.new_tensor(d.holder, rows, cols);
+    return d;
+  }
+  std::vector<float> download(Backend& b, const Tensor& t) {
+    b.synchronize();
+    const int64_t n = t.rows * t.cols;
+    std::vector<float> out(static_cast<size_t>(n));
+    if (t.dtype == DType::F32) {
+      b.copy_to_host(out.data(), t.data, size_t(n) * sizeof(float));
+    } else {
+      std::vector<uint16_t> raw(static_cast<size_t>(n));
+      b.copy_to_host(raw.data(), t.data, size_t(n) * 2);
+      for (int64_t i = 0; i < n; ++i)
+        out[size_t(i)] = t.dtype == DType::F16 ? f16_to_f32(raw[size_t(i)]) : bf16_to_f32(raw[size_t(i)]);
+    }
+    return out;
+  }
+
+  std::unique_ptr<Backend> cpu_, gpu_;
+  std::list<BatchLayout> layouts_;
+};
+
+TEST_F(CudaVsCpu, NameMemoryAndPrecisions) {
+  EXPECT_EQ(gpu_->name(), "cuda:0");
+  const MemoryInfo info = gpu_->memory_info();
+  EXPECT_EQ(info.device, "cuda:0");
+  EXPECT_GT(info.total_bytes, 0u);
+  EXPECT_GT(info.peak_bytes, 0u);  // the cuBLASLt workspace at least
+  for (Precision p : {Precision::kFp32, Precision::kFp16, Precision::kBf16, Precision::kInt8,
+                      Precision::kInt8WeightOnly, Precision::kInt8Naive})
+    EXPECT_TRUE(gpu_->supports(p)) << precision_name(p);
+  EXPECT_FALSE(gpu_->supports(Precision::kInt8Smooth));
+  const auto w = random_values(16 * 16, 1);
+  try {
+    gpu_->make_linear(HostTensor{w.data(), DType::F32, 16, 16}, nullptr, Precision::kInt8Smooth, LinearOptions{});
+    FAIL() << "int8-smooth should be refused";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+  }
+}
+
+TEST_F(CudaVsCpu, EmbeddingWithPositions) {
+  const int64_t V = 37, C = 48, P = 20;
+  const auto table = random_values(V * C, 2);
+  const auto pos = random_values(P * C, 3, 0.1f);
+  BatchLayout layout;
+  layout.token_ids = {5, 0, 36, 5, 17};
+  layout.positions = {0, 1, 2, 19, 7};
+  layout.seq_of_token = {0, 0, 0, 1, 1};
+  layout.block_tables = {{0}, {1, 2}};
+  layout.seq_lens = {3, 20};
+  for (Precision p : {Precision::kFp32, Precision::kFp16, Precision::kBf16, Precision::kInt8, Precision::kInt8Naive}) {
+    std::vector<float> results[2];
+    int i = 0;
+    for (Backend* b : {cpu_.get(), gpu_.get()}) {
+      auto lin = b->make_linear(HostTensor{table.data(), DType::F32, V, C}, nullptr, p, no_error());
+      DenseWeight pt = b->make_dense(HostTensor{pos.data(), DType::F32, P, C}, DType::F32);
+      begin(*b, layout);
+      auto out = empty(*b, 5, C);
+      b->embedding(out.t, *lin, &pt);
+      results[i++] = download(*b, out.t);
+    }
+    expect_close(results[1], results[0], 1e-6, str("embedding ", precision_name(p)));
+  }
+}
+
+TEST_F(CudaVsCpu, NormsAddSiluMulGather) {
+  const int64_t T = 7, C = 200;
+  const auto x = random_values(T * C, 4, 2.0f);
+  const auto y = random_values(T * C, 5);
+  const auto w = random_values(C, 6, 0.5f);
+  const auto bias = random_values(C, 7, 0.5f);
+  BatchLayout layout = identity_layout(T);
+  layout.logit_rows = {6, 2, 3};
+  std::vector<float> ln[2], rms[2], sum[2], sm[2], gathered[2];
+  int i = 0;
+  for (Backend* b : {cpu_.get(), gpu_.get()}) {
+    auto xt = upload(*b, x, T, C);
+    auto yt = upload(*b, y, T, C);
+    begin(*b, layout);
+    DenseWeight wd = b->make_dense(HostTensor{w.data(), DType::F32, C, 1}, DType::F32);
+    DenseWeight bd = b->make_dense(HostTensor{bias.data(), DType::F32, C, 1}, DType::F32);
+    auto out = empty(*b, T, C);
+    b->layernorm(out.t, xt.t, wd, &bd, 1e-5f);
+    ln[i] = download(*b, out.t);
+    b->rmsnorm(out.t, xt.t, wd, 1e-6f);
+    rms[i] = download(*b, out.t);
+    auto half_out = empty(*b, T, C / 2);
+    b->silu_mul(half_out.t, xt.t);
+    sm[i] = download(*b, half_out.t);
+    auto rows = empty(*b, 3, C);
+    b->gather_logit_rows(rows.t, xt.t);
+    gathered[i] = download(*b, rows.t);
+    b->add(xt.t, xt.t, yt.t);  // out aliases a
+    sum[i] = download(*b, xt.t);
+    ++i;
+  }
+  expect_close(ln[1], ln[0], 1e-5, "layernorm");
+  expect_close(rms[1], rms[0], 1e-5, "rmsnorm");
+  expect_close(sm[1], sm[0], 1e-5, "silu_mul");
+  expect_close(gathered[1], gathered[0], 0, "gather_logit_rows");
+  expect_close(sum[1], sum[0], 0, "add");
+}
+
+TEST_F(CudaVsCpu, NormWeightsInHalfPrecision) {
+  const int64_t T = 3, C = 96;
+  const auto x = random_values(T * C, 8);
+  const auto w = random_values(C, 9);
+  const auto w16 = to_half(w, DType::BF16);
+  std::vector<float> results[2];
+  int i = 0;
+  for (Backend* b : {cpu_.get(), gpu_.get()}) {
+    auto xt = upload(*b, x, T, C);
+    DenseWeight wd = b->make_dense(HostTensor{w16.data(), DType::BF16, C, 1}, DType::BF16);
+    b->rmsnorm(xt.t, xt.t, wd, 1e-6f);  // in place
+    results[i++] = download(*b, xt.t);
+  }
+  expect_close(results[1], results[0], 1e-5, "rmsnorm with bf16 weight, in place");
+}
+
+TEST_F(CudaVsCpu, RopePartialRotaryAtBatchPositions) {
+  const int64_t NH = 4, NKV = 2, HD = 16, T = 5;
+  const int64_t W = (NH + 2 * NKV) * HD;
+  const auto qkv = random_values(T * W, 10);
+  BatchLayout layout;
+  layout.token_ids = {1, 2, 3, 4, 5};
+  layout.positions = {0, 1, 2, 1000, 4095};
+  layout.seq_of_token = {0, 0, 0, 1, 1};
+  layout.block_tables = {{0}, {1}};
+  layout.seq_lens = {3, 4096};
+  for (int64_t rotary_dim : {HD, HD / 2}) {
+    std::vector<float> results[2];
+    int i = 0;
+    for (Backend* b : {cpu_.get(), gpu_.get()}) {
+      auto t = upload(*b, qkv, T, W);
+      begin(*b, layout);
+      b->rope(t.t, NH, NKV, HD, rotary_dim, 10000.0f);
+      results[i++] = download(*b, t.t);
+    }
+    expect_close(results[1], results[0], 2e-5, str("rope rotary_dim ", rotary_dim));
+  }
+}
+
+// Two sequences in non-contiguous blocks: a prefill pass (5 + 3 tokens), then a decode pass (1 + 1),
+// GQA with 2 query heads per kv head; head dims that are and are not multiples of 32.
+TEST_F(CudaVsCpu, PagedAttentionPrefillThenDecode) {
+  for (int64_t HD : {int64_t(32), int64_t(40), int64_t(128)}) {
+    const int64_t NH = 4, NKV = 2, BS = 4;
+    const int64_t W = (NH + 2 * NKV) * HD;
+    KvCacheConfig cfg;
+    cfg.num_layers = 2;
+    cfg.num_blocks = 6;
+    cfg.block_size = BS;
+    cfg.num_kv_heads = NKV;
+    cfg.head_dim = HD;
+    BatchLayout prefill;
+    prefill.token_ids = {1, 2, 3, 4, 5, 6, 7, 8};
+    prefill.positions = {0, 1, 2, 3, 4, 0, 1, 2};
+    prefill.seq_of_token = {0, 0, 0, 0, 0, 1, 1, 1};
+    prefill.block_tables = {{3, 0}, {5, 1}};
+    prefill.seq_lens = {5, 3};
+    BatchLayout decode;
+    decode.token_ids = {9, 10};
+    decode.positions = {5, 3};
+    decode.seq_of_token = {0, 1};
+    decode.block_tables = {{3, 0}, {5, 1}};
+    decode.seq_lens = {6, 4};
+    const auto qkv1 = random_values(8 * W, 11);
+    const auto qkv2 = random_values(2 * W, 12);
+    std::vector<float> first[2], second[2];
+    int i = 0;
+    for (Backend* b : {cpu_.get(), gpu_.get()}) {
+      auto cache = b->make_kv_cache(cfg);
+      auto q1 = upload(*b, qkv1, 8, W);
+      auto q2 = upload(*b, qkv2, 2, W);
+      begin(*b, prefill);
+      auto out1 = empty(*b, 8, NH * HD);
+      b->attention(out1.t, q1.t, *cache, 1, NH, NKV, HD);
+      first[i] = download(*b, out1.t);
+      begin(*b, decode);
+      auto out2 = empty(*b, 2, NH * HD);
+      b->attention(out2.t, q2.t, *cache, 1, NH, NKV, HD);
+      second[i] = download(*b, out2.t);
+      ++i;
+    }
+    expect_close(first[1], first[0], 1e-5, str("attention prefill, head_dim ", HD));
+    expect_close(second[1], second[0], 1e-5, str("attention decode, head_dim ", HD));
+  }
+}
+
+struct LinearCase {
+  int64_t N, K;
+  std::vector<int64_t> tokens;
+  std::vector<Activation> acts;
+  DType weight_dtype;
+};
+
+double linear_tolerance(Precision p, Activation act) {
+  double tol = 0;
+  switch (p) {
+    case Precision::kFp32: tol = 1e-5; break;
+    case Precision::kFp16: tol = 5e-3; break;   // activations are rounded to fp16 for the GEMM
+    case Precision::kBf16: tol = 3e-2; break;
+    case Precision::kInt8: tol = 1e-4; break;   // same integers as the CPU; only float rounding differs
+    case Precision::kInt8WeightOnly: tol = 5e-3; break;  // T > 8 goes through an fp16 GEMM
+    case Precision::kInt8Naive: tol = 1e-5; break;
+    default: tol = 1e-2; break;
+  }
+  // cuBLASLt's fused GELU may use its own tanh; allow for it.
+  if (act == Activation::kGeluTanh) tol = std::max(tol, 1e-3);
+  return tol;
+}
+
+TEST_F(CudaVsCpu, LinearEveryPrecisionAgainstCpu) {
+  const std::vector<LinearCase> cases = {
+      {48, 64, {1, 3, 8, 9, 33}, {Activation::kNone, Activation::kGeluTanh, Activation::kGeluErf, Activation::kRelu,
+                                  Activation::kSilu}, DType::F32},
+      {50, 36, {1, 5, 17}, {Activation::kNone}, DType::F32},    // N and K not multiples of 4: padded int8 paths
+      {264, 200, {2, 64}, {Activation::kNone}, DType::F16},     // stored fp16
+      {96, 256, {1, 40}, {Activation::kGeluTanh}, DType::BF16}, // stored bf16
+      {1000, 512, {1, 130}, {Activation::kNone}, DType::F32},
+  };
+  const Precision precisions[] = {Precision::kFp32, Precision::kFp16, Precision::kBf16, Precision::kInt8,
+                                  Precision::kInt8WeightOnly, Precision::kInt8Naive};
+  for (const auto& c : cases) {
+    const auto w32 = random_values(c.N * c.K, uint32_t(c.N * 7 + c.K), 0.05f);
+    const auto bias = random_values(c.N, uint32_t(c.N + 1), 0.1f);
+    std::vector<uint16_t> w16;
+    HostTensor w{w32.data(), DType::F32, c.N, c.K};
+    if (c.weight_dtype != DType::F32) {
+      w16 = to_half(w32, c.weight_dtype);
+      w = HostTensor{w16.data(), c.weight_dtype, c.N, c.K};
+    }
+    const HostTensor b{bias.data(), DType::F32, c.N, 1};
+    for (Precision p : precisions) {
+      auto cpu_w = cpu_->make_linear(w, &b, p, LinearOptions{});
+      auto gpu_w = gpu_->make_linear(w, &b, p, LinearOptions{});
+      const std::string name = str(precision_name(p), " N=", c.N, " K=", c.K, " ", dtype_name(c.weight_dtype));
+      EXPECT_EQ(gpu_w->weight_bytes, cpu_w->weight_bytes) << name;
+      EXPECT_EQ(gpu_w->original_bytes, cpu_w->original_bytes) << name;
+      const QuantError& ge = gpu_w->error;
+      const QuantError& ce = cpu_w->error;
+      EXPECT_NEAR(ge.max_abs, ce.max_abs, 1e-6 * std::max(1.0, ce.max_abs) + 1e-9) << name;
+      EXPECT_NEAR(ge.mean_abs, ce.mean_abs, 1e-4 * ce.mean_abs + 1e-9) << name;
+      EXPECT_NEAR(ge.rel_frobenius, ce.rel_frobenius, 1e-4 * ce.rel_frobenius + 1e-9) << name;
+      EXPECT_NEAR(ge.median_abs, ce.median_abs, ce.max_abs / 4096 + 1e-9) << name << " (histogram median)";
+      for (int64_t T : c.tokens) {
+        const auto x = random_values(T * c.K, uint32_t(T * 31 + c.K));
+        for (Activation act : c.acts) {
+          std::vector<float> results[2];
+          int i = 0;
+          for (Backend* be : {cpu_.get(), gpu_.get()}) {
+            auto xt = upload(*be, x, T, c.K);
+            auto out = empty(*be, T, c.N);
+            be->linear(out.t, xt.t, be == cpu_.get() ? *cpu_w : *gpu_w, act);
+            results[i++] = download(*be, out.t);
+          }
+          expect_close(results[1], results[0], linear_tolerance(p, act), str(name, " T=", T, " act=", int(act)));
+        }
+      }
+    }
+  }
+}
+
+// Loading quantizes on the device and frees each original before the next: the peak is the model so far plus
+// one original tensor (plus small temporaries), never the whole fp32 model.
+TEST_F(CudaVsCpu, QuantizeOnDevicePeakMemory) {
+  gpu_->synchronize();
+  const size_t before = gpu_->memory_info().peak_bytes;
+  const int64_t N = 1024, K = 2048, layers = 6;
+  const auto w = random_values(N * K, 13, 0.02f);
+  std::vector<std::unique_ptr<LinearWeight>> model;
+  size_t model_bytes = 0;
+  for (int64_t l = 0; l < layers; ++l) {
+    model.push_back(gpu_->make_linear(HostTensor{w.data(), DType::F32, N, K}, nullptr, Precision::kInt8, LinearOptions{}));
+    model_bytes += model.back()->weight_bytes;
+  }
+  const size_t original = size_t(N * K) * sizeof(float);
+  const size_t slack = size_t(1) << 20;  // scales padding, error accumulators, the int8 GEMM check's buffers
+  const size_t peak = gpu_->memory_info().peak_bytes;
+  EXPECT_LE(peak, before + model_bytes + original + slack)
+      << "peak " << peak << " with " << before << " before, model " << model_bytes << ", one original " << original;
+  EXPECT_LT(peak, before + size_t(layers) * original / 2) << "the fp32 originals were not freed as they were quantized";
+}
+
+TEST_F(CudaVsCpu, UnknownDeviceAndBadTokenAreErrors) {
+  EXPECT_THROW(make_cuda_backend(1 << 20), Error);
+  const auto table = random_values(10 * 8, 14);
+  auto lin = gpu_->make_linear(HostTensor{table.data(), DType::F32, 10, 8}, nullptr, Precision::kFp32, no_error());
+  BatchLayout layout = identity_layout(2);
+  layout.token_ids = {3, 10};
+  begin(*gpu_, layout);
+  auto out = empty(*gpu_, 2, 8);
+  try {
+    gpu_->embedding(out.t, *lin, nullptr);
+    FAIL() << "token id 10 of a 10-token vocabulary should be refused";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+  }
+}
+
+}  // namespace
+}  // namespace qs
