@@ -33,6 +33,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# Debian's own Python refuses system-wide pip installs (PEP 668); these are tools for this machine's tests.
+export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 PIP="python3 -m pip"
 pip_has() { python3 -c "import $1" >/dev/null 2>&1; }
 # grpcio for the Python example and integration helpers; numpy for the test helpers;
