@@ -5,10 +5,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <list>
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -369,6 +371,32 @@ TEST_F(CudaVsCpu, LinearEveryPrecisionAgainstCpu) {
           expect_close(results[1], results[0], linear_tolerance(p, act), str(name, " T=", T, " act=", int(act)));
         }
       }
+    }
+  }
+}
+
+// The dp4a int8 GEMM (the fallback when cuBLASLt fails the load-time check), forced through the environment.
+TEST_F(CudaVsCpu, Int8Dp4aFallbackAgainstCpu) {
+  setenv("QUANTSERVE_CUDA_INT8_GEMM", "dp4a", 1);
+  auto dp4a = make_cuda_backend(0);
+  unsetenv("QUANTSERVE_CUDA_INT8_GEMM");
+  for (auto [N, K] : {std::pair<int64_t, int64_t>{50, 36}, {130, 300}}) {
+    const auto w = random_values(N * K, uint32_t(N + K), 0.05f);
+    const auto bias = random_values(N, 15, 0.1f);
+    const HostTensor wt{w.data(), DType::F32, N, K}, bt{bias.data(), DType::F32, N, 1};
+    auto cpu_w = cpu_->make_linear(wt, &bt, Precision::kInt8, no_error());
+    auto gpu_w = dp4a->make_linear(wt, &bt, Precision::kInt8, no_error());
+    for (int64_t T : {1, 7, 65, 130}) {
+      const auto x = random_values(T * K, uint32_t(T));
+      std::vector<float> results[2];
+      int i = 0;
+      for (Backend* be : {cpu_.get(), dp4a.get()}) {
+        auto xt = upload(*be, x, T, K);
+        auto out = empty(*be, T, N);
+        be->linear(out.t, xt.t, be == cpu_.get() ? *cpu_w : *gpu_w, Activation::kGeluErf);
+        results[i++] = download(*be, out.t);
+      }
+      expect_close(results[1], results[0], 1e-4, str("dp4a int8 N=", N, " K=", K, " T=", T));
     }
   }
 }
