@@ -85,31 +85,31 @@ ModelMetrics& Metrics::make_model(const std::string& model, const std::string& p
   auto m = std::make_unique<ModelMetrics>();
   m->model = model;
   const prometheus::Labels labels{{"model", model}};
-  m->time_to_first_token = &ttft_->Add(labels, kLatencyBuckets);
-  m->inter_token_latency = &itl_->Add(labels, kLatencyBuckets);
-  m->request_duration = &duration_->Add(labels, kLatencyBuckets);
-  m->queue_duration = &queue_->Add(labels, kLatencyBuckets);
-  m->prompt_tokens = &prompt_tokens_->Add(labels);
-  m->generated_tokens = &generated_tokens_->Add(labels);
-  m->requests_running = &running_->Add(labels);
-  m->requests_waiting = &waiting_->Add(labels);
-  m->batch_size = &batch_size_->Add(labels);
-  m->kv_blocks_used = &kv_used_->Add(labels);
-  m->kv_blocks_total = &kv_total_->Add(labels);
   for (grpc::StatusCode status : kStatuses) {
     for (FinishReason reason : kReasons) {
       m->requests[{status, reason}] = &requests_->Add(
           {{"model", model}, {"status", grpc_code_name(status)}, {"finish_reason", finish_reason_name(reason)}});
     }
   }
-  if (with_model_gauges) {
-    const prometheus::Labels with_precision{{"model", model}, {"precision", precision}};
-    m->weight_bytes = &weight_bytes_->Add(with_precision);
-    m->load_seconds = &load_seconds_->Add(with_precision);
-    m->quantize_seconds = &quantize_seconds_->Add(with_precision);
-  }
   auto& ref = *m;
   models_[model] = std::move(m);
+  if (!with_model_gauges) return ref;   // "unknown": only the refused-request counts
+  ModelMetrics* mm = &ref;
+  mm->time_to_first_token = &ttft_->Add(labels, kLatencyBuckets);
+  mm->inter_token_latency = &itl_->Add(labels, kLatencyBuckets);
+  mm->request_duration = &duration_->Add(labels, kLatencyBuckets);
+  mm->queue_duration = &queue_->Add(labels, kLatencyBuckets);
+  mm->prompt_tokens = &prompt_tokens_->Add(labels);
+  mm->generated_tokens = &generated_tokens_->Add(labels);
+  mm->requests_running = &running_->Add(labels);
+  mm->requests_waiting = &waiting_->Add(labels);
+  mm->batch_size = &batch_size_->Add(labels);
+  mm->kv_blocks_used = &kv_used_->Add(labels);
+  mm->kv_blocks_total = &kv_total_->Add(labels);
+  const prometheus::Labels with_precision{{"model", model}, {"precision", precision}};
+  mm->weight_bytes = &weight_bytes_->Add(with_precision);
+  mm->load_seconds = &load_seconds_->Add(with_precision);
+  mm->quantize_seconds = &quantize_seconds_->Add(with_precision);
   return ref;
 }
 

@@ -12,30 +12,57 @@ double seconds_between(Clock::time_point a, Clock::time_point b) {
 }
 }  // namespace
 
-ModelWorker::ModelWorker(std::string name, std::unique_ptr<Backend> backend, std::unique_ptr<Engine> engine,
-                         ModelMetrics& metrics, Metrics& all_metrics, const WorkerOptions& options)
-    : name_(std::move(name)),
-      backend_(std::move(backend)),
-      engine_(std::move(engine)),
-      metrics_(metrics),
-      all_metrics_(all_metrics),
-      options_(options) {
-  model_ = &engine_->model();
-  vocab_size_ = model_->config().vocab_size;
-  EngineStats stats = engine_->stats();
-  kv_blocks_total_ = stats.kv_blocks_total;
-  device_ = backend_ ? backend_->name() : model_->backend().name();
-  all_metrics_.register_device(device_);
-  const LoadReport& report = model_->report();
-  if (metrics_.weight_bytes) metrics_.weight_bytes->Set(double(report.weight_bytes));
-  if (metrics_.load_seconds) metrics_.load_seconds->Set(report.load_seconds);
-  if (metrics_.quantize_seconds) metrics_.quantize_seconds->Set(report.quantize_seconds);
-  update_gauges(true);
+ModelWorker::ModelWorker(std::string name, std::function<LoadedEngine()> load,
+                         std::function<ModelMetrics&(const Model&)> make_metrics, Metrics& all_metrics,
+                         const WorkerOptions& options)
+    : name_(std::move(name)), all_metrics_(all_metrics), options_(options) {
+  thread_ = std::thread([this, load = std::move(load), make_metrics = std::move(make_metrics)] {
+    run(load, make_metrics);
+  });
+  std::unique_lock<std::mutex> lock(mutex_);
+  wake_.wait(lock, [this] { return loaded_ || load_error_; });
+  if (load_error_) {
+    lock.unlock();
+    thread_.join();
+    std::rethrow_exception(load_error_);
+  }
 }
 
 ModelWorker::~ModelWorker() { stop(); }
 
-void ModelWorker::start() { thread_ = std::thread([this] { run(); }); }
+void ModelWorker::run(const std::function<LoadedEngine()>& load,
+                      const std::function<ModelMetrics&(const Model&)>& make_metrics) {
+  try {
+    LoadedEngine loaded = load();
+    backend_ = std::move(loaded.backend);
+    engine_ = std::move(loaded.engine);
+    model_ = &engine_->model();
+    metrics_ = &make_metrics(*model_);
+    vocab_size_ = model_->config().vocab_size;
+    kv_blocks_total_ = engine_->stats().kv_blocks_total;
+    device_ = model_->backend().name();
+    all_metrics_.register_device(device_);
+    const LoadReport& report = model_->report();
+    if (metrics_->weight_bytes) metrics_->weight_bytes->Set(double(report.weight_bytes));
+    if (metrics_->load_seconds) metrics_->load_seconds->Set(report.load_seconds);
+    if (metrics_->quantize_seconds) metrics_->quantize_seconds->Set(report.quantize_seconds);
+    update_gauges(true);
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    load_error_ = std::current_exception();
+    wake_.notify_all();
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    loaded_ = true;
+  }
+  wake_.notify_all();
+  loop();
+  // The engine is destroyed on the thread that made it, before the backend it runs on.
+  engine_.reset();
+  backend_.reset();
+}
 
 void ModelWorker::stop() {
   {
@@ -49,7 +76,7 @@ void ModelWorker::stop() {
 bool ModelWorker::try_reserve() {
   int64_t current = outstanding_.load();
   for (;;) {
-    int64_t queued = current - running_.load();
+    int64_t queued = current - started_.load();
     if (queued >= options_.limits.max_queued) return false;
     if (outstanding_.compare_exchange_weak(current, current + 1)) return true;
   }
@@ -113,7 +140,7 @@ void ModelWorker::do_submit(const std::shared_ptr<GenerationJob>& job) {
     std::shared_ptr<GenerationJob> keep = job;
     uint64_t id = engine_->submit(std::move(ids), job->params,
                                   [this, keep](const GenerationEvent& event) { handle_event(keep, event); });
-    metrics_.prompt_tokens->Increment(double(prompt_tokens));
+    metrics_->prompt_tokens->Increment(double(prompt_tokens));
     if (!job->done) {
       job->engine_id = id;
       active_[id] = job;
@@ -137,28 +164,34 @@ void ModelWorker::handle_event(const std::shared_ptr<GenerationJob>& job_ptr, co
   if (!job.queue_observed && (!event.token_ids.empty() || final || event.queue_seconds > 0)) {
     job.queue_observed = true;
     job.queue_seconds = seconds_between(job.arrival, job.submitted) + event.queue_seconds;
-    metrics_.queue_duration->Observe(job.queue_seconds);
+    metrics_->queue_duration->Observe(job.queue_seconds);
+  }
+  if (!job.started) {
+    // Admitted (or finished while waiting): no longer counts against --max-queued.
+    job.started = true;
+    started_.fetch_add(1);
   }
   const size_t n = event.token_ids.size();
   if (n > 0) {
     if (!job.got_first_token) {
       job.got_first_token = true;
       job.first_token_seconds = seconds_between(job.arrival, now);
-      metrics_.time_to_first_token->Observe(job.first_token_seconds);
+      metrics_->time_to_first_token->Observe(job.first_token_seconds);
       // Several tokens in the first event: the ones after the first are spread over no time.
-      for (size_t i = 1; i < n; ++i) metrics_.inter_token_latency->Observe(0);
+      for (size_t i = 1; i < n; ++i) metrics_->inter_token_latency->Observe(0);
     } else {
       double each = seconds_between(job.last_token, now) / double(n);
-      for (size_t i = 0; i < n; ++i) metrics_.inter_token_latency->Observe(each);
+      for (size_t i = 0; i < n; ++i) metrics_->inter_token_latency->Observe(each);
     }
     job.last_token = now;
-    metrics_.generated_tokens->Increment(double(n));
+    metrics_->generated_tokens->Increment(double(n));
   }
   job.total_seconds = seconds_between(job.arrival, now);
   if (final) {
     job.done = true;
-    metrics_.request_duration->Observe(job.total_seconds);
+    metrics_->request_duration->Observe(job.total_seconds);
     if (job.engine_id) finished_.push_back(job.engine_id);
+    started_.fetch_sub(1);
     outstanding_.fetch_sub(1);
   }
   job.on_event(event);
@@ -169,6 +202,7 @@ void ModelWorker::fail_all(const std::string& why) {
   for (auto& [id, job] : active_) {
     if (job->done) continue;
     job->done = true;
+    if (job->started) started_.fetch_sub(1);
     outstanding_.fetch_sub(1);
     job->on_error(Error(ErrorCode::kInternal, "engine step failed: " + why));
     try {
@@ -181,12 +215,11 @@ void ModelWorker::fail_all(const std::string& why) {
 
 void ModelWorker::update_gauges(bool memory) {
   EngineStats stats = engine_->stats();
-  running_.store(stats.running);
-  metrics_.requests_running->Set(double(stats.running));
-  metrics_.requests_waiting->Set(double(stats.waiting));
-  metrics_.batch_size->Set(double(stats.last_batch_size));
-  metrics_.kv_blocks_used->Set(double(stats.kv_blocks_used));
-  metrics_.kv_blocks_total->Set(double(stats.kv_blocks_total));
+  metrics_->requests_running->Set(double(stats.running));
+  metrics_->requests_waiting->Set(double(stats.waiting));
+  metrics_->batch_size->Set(double(stats.last_batch_size));
+  metrics_->kv_blocks_used->Set(double(stats.kv_blocks_used));
+  metrics_->kv_blocks_total->Set(double(stats.kv_blocks_total));
   if (memory) {
     MemoryInfo info = model_->backend().memory_info();
     all_metrics_.set_device_memory(device_, double(info.used_bytes), double(info.total_bytes));
@@ -194,7 +227,7 @@ void ModelWorker::update_gauges(bool memory) {
   }
 }
 
-void ModelWorker::run() {
+void ModelWorker::loop() {
   Clock::time_point last_memory = Clock::now();
   const auto step_delay = std::chrono::duration<double, std::milli>(options_.step_delay_ms);
   for (;;) {
@@ -247,7 +280,6 @@ void ModelWorker::run() {
       } catch (const std::exception& e) {
         fail_all(e.what());
       }
-      if (options_.step_delay_ms > 0) std::this_thread::sleep_for(step_delay);
     }
     for (uint64_t id : finished_) active_.erase(id);
     finished_.clear();
@@ -255,6 +287,7 @@ void ModelWorker::run() {
     bool memory = now - last_memory >= std::chrono::seconds(1);
     if (memory) last_memory = now;
     update_gauges(memory);
+    if (options_.step_delay_ms > 0 && engine_->has_work()) std::this_thread::sleep_for(step_delay);
   }
 }
 

@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -52,6 +53,7 @@ struct GenerationJob {
   Clock::time_point last_token;
   bool got_first_token = false;
   bool queue_observed = false;
+  bool started = false;                // counted in the worker's started_
   bool done = false;                   // the final event or the error has been delivered
 };
 
@@ -61,10 +63,20 @@ struct WorkerOptions {
   double step_delay_ms = 0;
 };
 
+// What a loader hands the engine thread: the backend (outlives the engine) and the engine.
+struct LoadedEngine {
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Engine> engine;
+};
+
 class ModelWorker {
  public:
-  ModelWorker(std::string name, std::unique_ptr<Backend> backend, std::unique_ptr<Engine> engine,
-              ModelMetrics& metrics, Metrics& all_metrics, const WorkerOptions& options);
+  // Starts the engine thread and runs `load` on it, so that the backend's per-thread state (OpenMP thread count,
+  // oneDNN primitives) belongs to the thread that will run every step; waits for the load and rethrows its
+  // error. `make_metrics` (also called there, before anything is served) gives the model's metric children.
+  ModelWorker(std::string name, std::function<LoadedEngine()> load,
+              std::function<ModelMetrics&(const Model&)> make_metrics, Metrics& all_metrics,
+              const WorkerOptions& options);
   ~ModelWorker();
   ModelWorker(const ModelWorker&) = delete;
   ModelWorker& operator=(const ModelWorker&) = delete;
@@ -74,9 +86,8 @@ class ModelWorker {
   const Model& model() const { return *model_; }
   int64_t vocab_size() const { return vocab_size_; }
   int64_t kv_blocks_total() const { return kv_blocks_total_; }
-  ModelMetrics& metrics() { return metrics_; }
+  ModelMetrics& metrics() { return *metrics_; }
 
-  void start();
   // Cancels whatever is left, stops the engine thread and joins it.
   void stop();
 
@@ -94,7 +105,8 @@ class ModelWorker {
   void post(std::function<void(Engine&)> task);
 
  private:
-  void run();
+  void run(const std::function<LoadedEngine()>& load, const std::function<ModelMetrics&(const Model&)>& make_metrics);
+  void loop();
   void do_submit(const std::shared_ptr<GenerationJob>& job);
   void handle_event(const std::shared_ptr<GenerationJob>& job, const GenerationEvent& event);
   void update_gauges(bool memory);
@@ -106,10 +118,12 @@ class ModelWorker {
   const Model* model_ = nullptr;
   int64_t vocab_size_ = 0;
   int64_t kv_blocks_total_ = 0;
-  ModelMetrics& metrics_;
+  ModelMetrics* metrics_ = nullptr;
   Metrics& all_metrics_;
   WorkerOptions options_;
   std::string device_;
+  bool loaded_ = false;
+  std::exception_ptr load_error_;
 
   std::mutex mutex_;
   std::condition_variable wake_;
@@ -117,7 +131,7 @@ class ModelWorker {
   bool stopping_ = false;
 
   std::atomic<int64_t> outstanding_{0};   // reserved, not yet finished
-  std::atomic<int64_t> running_{0};       // as of the last step
+  std::atomic<int64_t> started_{0};       // reserved and admitted (an event seen), not yet finished
   // Engine thread only.
   std::unordered_map<uint64_t, std::shared_ptr<GenerationJob>> active_;
   std::vector<uint64_t> finished_;     // retired during this iteration, erased from active_ after it

@@ -32,6 +32,11 @@ using server::Clock;
 struct LoadedModel {
   std::unique_ptr<ModelFile> file;   // kept open: the weights may be views into its mapping
   std::unique_ptr<server::ModelWorker> worker;
+  ~LoadedModel() {
+    if (worker) worker->stop();   // the engine goes before the file it was loaded from
+  }
+  LoadedModel() = default;
+  LoadedModel(LoadedModel&&) = default;
 };
 
 std::string resolve_precision(const std::string& requested, const Backend& backend) {
@@ -68,43 +73,48 @@ class LoadProgress {
 
 LoadedModel load_model(const server::ModelSpec& spec, const server::ServeOptions& options, server::Metrics& metrics) {
   LoadedModel loaded;
-  std::unique_ptr<Backend> backend;
-  const bool cpu = options.device == "cpu" || (options.device == "auto" && !cuda_available());
-  backend = cpu ? make_cpu_backend(options.threads) : make_backend(options.device);
-  std::string precision_text = resolve_precision(options.precision, *backend);
-  auto precision = parse_precision(precision_text);
-  QS_CHECK(precision.has_value(), ErrorCode::kInvalidArgument, "--precision '", precision_text,
-           "' is not one of: ", precision_list());
-
-  std::unique_ptr<Model> model;
-  std::unique_ptr<Tokenizer> tokenizer;
-  {
-    LoadProgress progress(spec.name + " (" + precision_text + " on " + backend->name() + ")");
-    loaded.file = ModelFile::open(spec.path);
-    LoadOptions load_options;
-    load_options.precision = *precision;
-    model = Model::load(*loaded.file, *backend, load_options);
-    tokenizer = std::make_unique<Tokenizer>(loaded.file->tokenizer_spec());
-  }
-  const LoadReport& report = model->report();
-  std::fprintf(stderr, "quantserve: loaded %s from %s: %s, %s on %s, %.1f MiB of weights, %.2fs (quantize %.2fs)\n",
-               spec.name.c_str(), spec.path.c_str(), architecture_name(model->config().arch),
-               precision_name(report.precision), backend->name().c_str(), double(report.weight_bytes) / (1 << 20),
-               report.load_seconds, report.quantize_seconds);
-
-  EngineOptions engine_options;
-  engine_options.max_batch_size = options.limits.max_batch_size;
-  engine_options.max_batch_tokens = options.limits.max_batch_tokens;
-  engine_options.prefill_chunk = std::min<int64_t>(engine_options.prefill_chunk, options.limits.max_batch_tokens);
-  engine_options.kv_cache_tokens = options.limits.kv_cache_tokens;
-  auto engine = std::make_unique<Engine>(std::move(model), std::move(tokenizer), engine_options);
-
-  server::ModelMetrics& model_metrics = metrics.add_model(spec.name, precision_name(report.precision));
+  ModelFile* file_ptr = nullptr;
+  // Runs on the model's engine thread (see ModelWorker).
+  auto load = [&]() -> server::LoadedEngine {
+    server::LoadedEngine out;
+    const bool cpu = options.device == "cpu" || (options.device == "auto" && !cuda_available());
+    out.backend = cpu ? make_cpu_backend(options.threads) : make_backend(options.device);
+    std::string precision_text = resolve_precision(options.precision, *out.backend);
+    auto precision = parse_precision(precision_text);
+    QS_CHECK(precision.has_value(), ErrorCode::kInvalidArgument, "--precision '", precision_text,
+             "' is not one of: ", precision_list());
+    std::unique_ptr<Model> model;
+    std::unique_ptr<Tokenizer> tokenizer;
+    {
+      LoadProgress progress(spec.name + " (" + precision_text + " on " + out.backend->name() + ")");
+      loaded.file = ModelFile::open(spec.path);
+      file_ptr = loaded.file.get();
+      LoadOptions load_options;
+      load_options.precision = *precision;
+      model = Model::load(*file_ptr, *out.backend, load_options);
+      tokenizer = std::make_unique<Tokenizer>(file_ptr->tokenizer_spec());
+    }
+    const LoadReport& report = model->report();
+    std::fprintf(stderr,
+                 "quantserve: loaded %s from %s: %s, %s on %s, %.1f MiB of weights, %.2fs (quantize %.2fs)\n",
+                 spec.name.c_str(), spec.path.c_str(), architecture_name(model->config().arch),
+                 precision_name(report.precision), out.backend->name().c_str(),
+                 double(report.weight_bytes) / (1 << 20), report.load_seconds, report.quantize_seconds);
+    EngineOptions engine_options;
+    engine_options.max_batch_size = options.limits.max_batch_size;
+    engine_options.max_batch_tokens = options.limits.max_batch_tokens;
+    engine_options.prefill_chunk = std::min<int64_t>(engine_options.prefill_chunk, options.limits.max_batch_tokens);
+    engine_options.kv_cache_tokens = options.limits.kv_cache_tokens;
+    out.engine = std::make_unique<Engine>(std::move(model), std::move(tokenizer), engine_options);
+    return out;
+  };
+  auto make_metrics = [&](const Model& model) -> server::ModelMetrics& {
+    return metrics.add_model(spec.name, precision_name(model.report().precision));
+  };
   server::WorkerOptions worker_options;
   worker_options.limits = options.limits;
   worker_options.step_delay_ms = options.step_delay_ms;
-  loaded.worker = std::make_unique<server::ModelWorker>(spec.name, std::move(backend), std::move(engine),
-                                                        model_metrics, metrics, worker_options);
+  loaded.worker = std::make_unique<server::ModelWorker>(spec.name, load, make_metrics, metrics, worker_options);
   return loaded;
 }
 
@@ -165,7 +175,6 @@ void run_serve(server::ServeOptions options, const std::vector<std::string>& mod
   std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
   QS_CHECK(grpc_server && port != 0, ErrorCode::kUnavailable, "cannot listen on ", options.listen,
            " (--listen): the address is invalid or the port is in use");
-  for (auto& m : models) m.worker->start();
   grpc::HealthCheckServiceInterface* health = grpc_server->GetHealthCheckService();
   if (health) {
     health->SetServingStatus(true);
@@ -178,7 +187,7 @@ void run_serve(server::ServeOptions options, const std::vector<std::string>& mod
   int sig = 0;
   while (!wait_signal(signals, 3600, &sig)) {
   }
-  std::fprintf(stderr, "quantserve: %s: draining (%lld requests in flight, grace %.0fs)\n",
+  std::fprintf(stderr, "quantserve: %s: draining (%lld requests in flight, grace %.1fs)\n",
                sig == SIGTERM ? "SIGTERM" : "SIGINT", (long long)total_outstanding(models), options.drain_grace_seconds);
   if (health) health->SetServingStatus(false);
   service.start_draining();
@@ -201,7 +210,13 @@ void run_serve(server::ServeOptions options, const std::vector<std::string>& mod
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
   }
-  grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  // Let the last chunks and statuses reach their clients, then stop at once: an idle client connection would
+  // otherwise hold Shutdown until its deadline.
+  const auto calls_end = Clock::now() + std::chrono::seconds(5);
+  while (service.active_calls() > 0 && Clock::now() < calls_end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(100));
   for (auto& m : models) m.worker->stop();
   grpc_server->Wait();
   std::fprintf(stderr, "quantserve: stopped\n");

@@ -64,8 +64,10 @@ bool deadline_passed(const grpc::CallbackServerContext* context) {
 class GenerationCall {
  public:
   GenerationCall(InferenceService& service, grpc::CallbackServerContext* context)
-      : service_(service), context_(context), request_id_(service.next_request_id()) {}
-  virtual ~GenerationCall() = default;
+      : service_(service), context_(context), request_id_(service.next_request_id()) {
+    service_.active_calls_counter().fetch_add(1);
+  }
+  virtual ~GenerationCall() { service_.active_calls_counter().fetch_sub(1); }
 
  protected:
   // Validates and posts the job. Returns a non-OK status when the call must finish at once.

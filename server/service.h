@@ -44,6 +44,9 @@ class InferenceService final : public quantserve::v1::Inference::CallbackService
   // Checks a request against the limits and fills `job`; on OK a queue place is reserved on `*worker`.
   grpc::Status prepare(const quantserve::v1::GenerateRequest& request, ModelWorker** worker, GenerationJob& job);
   Metrics& metrics() { return metrics_; }
+  // Generate/GenerateStream calls not yet done (their reactor not yet freed); shutdown waits for zero.
+  int64_t active_calls() const { return active_calls_.load(); }
+  std::atomic<int64_t>& active_calls_counter() { return active_calls_; }
 
  private:
   std::vector<ModelWorker*> workers_;
@@ -52,6 +55,7 @@ class InferenceService final : public quantserve::v1::Inference::CallbackService
   std::map<std::string, quantserve::v1::ModelInfo> infos_;   // built once at start-up
   std::atomic<bool> draining_{false};
   std::atomic<uint64_t> next_id_{1};
+  std::atomic<int64_t> active_calls_{0};
 };
 
 // The description GetModel returns: config, load report summarised per tensor class, limits.

@@ -1,0 +1,519 @@
+// End-to-end tests of `quantserve serve`: the real binary on loopback ports, real gRPC channels, /metrics over HTTP.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
+#include "quantserve/v1/inference.grpc.pb.h"
+#include "server_process.h"
+
+namespace v1 = quantserve::v1;
+using qs::test::ServerProcess;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+const std::string kFixture = std::string(QS_SOURCE_DIR) + "/tests/fixtures/models/gpt2";
+
+std::unique_ptr<ServerProcess> start_server(std::vector<std::string> extra) {
+  std::vector<std::string> args = {"--model", "gpt2=" + kFixture, "--device", "cpu", "--threads", "1"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  auto server = std::make_unique<ServerProcess>(args);
+  if (!server->start()) {
+    ADD_FAILURE() << "quantserve did not become healthy; its log:\n" << server->log();
+    return nullptr;
+  }
+  return server;
+}
+
+std::unique_ptr<v1::Inference::Stub> stub_for(const ServerProcess& server) {
+  grpc::ChannelArguments args;
+  args.SetMaxSendMessageSize(16 << 20);
+  return v1::Inference::NewStub(grpc::CreateCustomChannel(server.address, grpc::InsecureChannelCredentials(), args));
+}
+
+void deadline_in(grpc::ClientContext& context, double seconds) {
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(int64_t(seconds * 1000)));
+}
+
+v1::GenerateRequest greedy(const std::string& prompt, int max_new_tokens) {
+  v1::GenerateRequest r;
+  r.set_prompt(prompt);
+  r.set_max_new_tokens(max_new_tokens);
+  r.set_temperature(0);
+  r.set_ignore_eos(true);
+  return r;
+}
+
+grpc::Status generate(v1::Inference::Stub& stub, const v1::GenerateRequest& request, v1::GenerateResponse* response,
+                      double timeout = 60) {
+  grpc::ClientContext context;
+  deadline_in(context, timeout);
+  return stub.Generate(&context, request, response);
+}
+
+// Polls /metrics until `pred` holds or `timeout` passes.
+template <typename Pred>
+bool wait_metrics(int port, Pred pred, double timeout, qs::test::Scrape* last = nullptr) {
+  const auto end = Clock::now() + std::chrono::milliseconds(int64_t(timeout * 1000));
+  while (Clock::now() < end) {
+    auto scrape = qs::test::parse_metrics(qs::test::http_get(port, "/metrics"));
+    if (last) *last = scrape;
+    if (pred(scrape)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+double requests_with_status(const qs::test::Scrape& s, const std::string& status) {
+  double total = 0;
+  for (const auto& [key, v] : s.samples) {
+    if (key.rfind("quantserve_requests_total{", 0) == 0 && key.find("model=\"gpt2\"") != std::string::npos &&
+        key.find("status=\"" + status + "\"") != std::string::npos) {
+      total += v;
+    }
+  }
+  return total;
+}
+
+// One server for the functional tests: generous batch, small limits to test against.
+class ServeTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    server_ = start_server({"--max-prompt-tokens", "32", "--max-new-tokens", "100", "--max-message-bytes", "65536",
+                            "--max-batch-size", "32"})
+                  .release();
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+  }
+  void SetUp() override {
+    if (!server_) GTEST_SKIP() << "server did not start";
+    stub_ = stub_for(*server_);
+  }
+  static ServerProcess* server_;
+  std::unique_ptr<v1::Inference::Stub> stub_;
+};
+ServerProcess* ServeTest::server_ = nullptr;
+
+TEST_F(ServeTest, UnaryGenerate) {
+  v1::GenerateResponse r;
+  grpc::Status status = generate(*stub_, greedy("Hello world", 16), &r);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(r.token_ids_size(), 16);
+  EXPECT_EQ(r.finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(r.usage().generated_tokens(), 16);
+  EXPECT_GT(r.usage().prompt_tokens(), 0);
+  EXPECT_EQ(r.model(), "gpt2");
+  EXPECT_FALSE(r.request_id().empty());
+  EXPECT_GT(r.timings().total_seconds(), 0);
+  EXPECT_GE(r.timings().total_seconds(), r.timings().time_to_first_token_seconds());
+  // Greedy is deterministic.
+  v1::GenerateResponse again;
+  ASSERT_TRUE(generate(*stub_, greedy("Hello world", 16), &again).ok());
+  EXPECT_EQ(r.text(), again.text());
+}
+
+TEST_F(ServeTest, TokenIdsPromptAndLogprobs) {
+  v1::GenerateRequest request = greedy("", 4);
+  request.clear_prompt();
+  for (int id : {5, 6, 7}) request.add_prompt_token_ids(id);
+  request.set_logprobs(3);
+  v1::GenerateResponse r;
+  grpc::Status status = generate(*stub_, request, &r);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(r.usage().prompt_tokens(), 3);
+  ASSERT_EQ(r.logprobs_size(), 4);
+  for (const auto& lp : r.logprobs()) {
+    EXPECT_LE(lp.logprob(), 0);
+    EXPECT_EQ(lp.top_size(), 3);
+  }
+}
+
+TEST_F(ServeTest, StreamConcatenatesToUnary) {
+  v1::GenerateRequest request = greedy("Once upon a time", 24);
+  request.set_temperature(0.9f);
+  request.set_seed(1234);
+  v1::GenerateResponse unary;
+  ASSERT_TRUE(generate(*stub_, request, &unary).ok());
+
+  grpc::ClientContext context;
+  deadline_in(context, 60);
+  auto reader = stub_->GenerateStream(&context, request);
+  v1::GenerateResponse chunk;
+  std::string text;
+  std::vector<int> ids;
+  int chunks = 0;
+  v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+  while (reader->Read(&chunk)) {
+    ++chunks;
+    text += chunk.text();
+    ids.insert(ids.end(), chunk.token_ids().begin(), chunk.token_ids().end());
+    if (chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) finish = chunk.finish_reason();
+  }
+  grpc::Status status = reader->Finish();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_GE(chunks, 1);
+  EXPECT_EQ(finish, v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(text, unary.text());
+  EXPECT_EQ(ids, std::vector<int>(unary.token_ids().begin(), unary.token_ids().end()));
+}
+
+TEST_F(ServeTest, ConcurrentGreedyEqualsAlone) {
+  const std::vector<std::string> prompts = {"The cat", "A dog ran", "Hello", "In the beginning", "Numbers 1 2 3",
+                                            "quantized", "Why is the sky", "x y z"};
+  std::vector<std::string> alone(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    v1::GenerateResponse r;
+    ASSERT_TRUE(generate(*stub_, greedy(prompts[i], 20), &r).ok());
+    alone[i] = r.text() + "|" + std::to_string(r.token_ids_size());
+  }
+  constexpr int kRequests = 32;
+  std::vector<std::string> together(kRequests);
+  std::vector<grpc::Status> statuses(kRequests);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kRequests; ++i) {
+    threads.emplace_back([&, i] {
+      auto stub = stub_for(*server_);
+      v1::GenerateResponse r;
+      statuses[i] = generate(*stub, greedy(prompts[i % prompts.size()], 20), &r);
+      together[i] = r.text() + "|" + std::to_string(r.token_ids_size());
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kRequests; ++i) {
+    ASSERT_TRUE(statuses[i].ok()) << statuses[i].error_message();
+    EXPECT_EQ(together[i], alone[i % prompts.size()]) << "request " << i;
+  }
+}
+
+TEST_F(ServeTest, InvalidArguments) {
+  struct Case {
+    std::string what;
+    v1::GenerateRequest request;
+  };
+  std::vector<Case> cases;
+  auto base = greedy("Hello", 8);
+  cases.push_back({"empty prompt", greedy("", 8)});
+  { auto r = base; r.set_temperature(-1); cases.push_back({"temperature < 0", r}); }
+  { auto r = base; r.set_top_p(0); cases.push_back({"top_p = 0", r}); }
+  { auto r = base; r.set_top_p(1.5f); cases.push_back({"top_p > 1", r}); }
+  { auto r = base; r.set_top_k(-1); cases.push_back({"top_k < 0", r}); }
+  { auto r = base; r.set_repetition_penalty(0); cases.push_back({"repetition_penalty = 0", r}); }
+  { auto r = base; r.set_logprobs(21); cases.push_back({"logprobs > 20", r}); }
+  { auto r = base; r.set_max_new_tokens(101); cases.push_back({"max_new_tokens over --max-new-tokens", r}); }
+  { auto r = base; r.set_max_new_tokens(-1); cases.push_back({"max_new_tokens < 0", r}); }
+  {
+    std::string long_prompt;
+    for (int i = 0; i < 60; ++i) long_prompt += "word ";
+    cases.push_back({"prompt over --max-prompt-tokens", greedy(long_prompt, 8)});
+  }
+  {
+    auto r = greedy("", 8);
+    for (int i = 0; i < 40; ++i) r.add_prompt_token_ids(1);
+    cases.push_back({"prompt ids over --max-prompt-tokens", r});
+  }
+  { auto r = greedy("", 8); r.add_prompt_token_ids(1000000); cases.push_back({"token id out of vocabulary", r}); }
+  for (const auto& c : cases) {
+    v1::GenerateResponse r;
+    grpc::Status status = generate(*stub_, c.request, &r);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.what << ": " << status.error_message();
+    EXPECT_FALSE(status.error_message().empty()) << c.what;
+  }
+  // The same through the streaming call.
+  grpc::ClientContext context;
+  deadline_in(context, 10);
+  auto bad = base;
+  bad.set_temperature(-2);
+  auto reader = stub_->GenerateStream(&context, bad);
+  v1::GenerateResponse chunk;
+  while (reader->Read(&chunk)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(ServeTest, UnknownModelAndMessageSize) {
+  auto request = greedy("Hello", 4);
+  request.set_model("no-such-model");
+  v1::GenerateResponse r;
+  grpc::Status status = generate(*stub_, request, &r);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << status.error_message();
+
+  auto huge = greedy(std::string(100000, 'a'), 4);   // over --max-message-bytes 65536
+  status = generate(*stub_, huge, &r);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+}
+
+TEST_F(ServeTest, ModelsInfoTokenize) {
+  grpc::ClientContext c1;
+  deadline_in(c1, 10);
+  v1::ListModelsResponse models;
+  ASSERT_TRUE(stub_->ListModels(&c1, {}, &models).ok());
+  ASSERT_EQ(models.models_size(), 1);
+  EXPECT_EQ(models.models(0).name(), "gpt2");
+  EXPECT_EQ(models.models(0).architecture(), "gpt2");
+
+  grpc::ClientContext c2;
+  deadline_in(c2, 10);
+  v1::ModelInfo info;
+  ASSERT_TRUE(stub_->GetModel(&c2, {}, &info).ok());
+  EXPECT_EQ(info.precision(), "fp32");
+  EXPECT_GT(info.weight_bytes(), 0u);
+  EXPECT_EQ(info.weight_bytes_by_precision().count("fp32"), 1u);
+  EXPECT_EQ(info.limits().max_new_tokens(), 100);
+  EXPECT_EQ(info.limits().max_prompt_tokens(), 32);
+  EXPECT_GT(info.limits().kv_cache_blocks_total(), 0);
+
+  grpc::ClientContext c3;
+  deadline_in(c3, 10);
+  v1::TokenizeRequest tr;
+  tr.set_text("Hello world");
+  v1::TokenizeResponse tokens;
+  ASSERT_TRUE(stub_->Tokenize(&c3, tr, &tokens).ok());
+  EXPECT_GT(tokens.token_ids_size(), 0);
+  EXPECT_EQ(tokens.token_ids_size(), tokens.tokens_size());
+}
+
+TEST_F(ServeTest, HealthAndReflection) {
+  auto channel = grpc::CreateChannel(server_->address, grpc::InsecureChannelCredentials());
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  for (const std::string service : {"", "quantserve.v1.Inference"}) {
+    grpc::ClientContext context;
+    deadline_in(context, 5);
+    grpc::health::v1::HealthCheckRequest request;
+    request.set_service(service);
+    grpc::health::v1::HealthCheckResponse response;
+    ASSERT_TRUE(health->Check(&context, request, &response).ok()) << service;
+    EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING) << service;
+  }
+
+  auto reflection = grpc::reflection::v1alpha::ServerReflection::NewStub(channel);
+  grpc::ClientContext context;
+  deadline_in(context, 5);
+  auto stream = reflection->ServerReflectionInfo(&context);
+  grpc::reflection::v1alpha::ServerReflectionRequest request;
+  request.set_list_services("");
+  ASSERT_TRUE(stream->Write(request));
+  grpc::reflection::v1alpha::ServerReflectionResponse response;
+  ASSERT_TRUE(stream->Read(&response));
+  std::vector<std::string> names;
+  for (const auto& s : response.list_services_response().service()) names.push_back(s.name());
+  EXPECT_NE(std::find(names.begin(), names.end(), "quantserve.v1.Inference"), names.end());
+  EXPECT_NE(std::find(names.begin(), names.end(), "grpc.health.v1.Health"), names.end());
+  request.set_file_containing_symbol("quantserve.v1.Inference");
+  ASSERT_TRUE(stream->Write(request));
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_GT(response.file_descriptor_response().file_descriptor_proto_size(), 0);
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+TEST_F(ServeTest, MetricsFamiliesPresent) {
+  v1::GenerateResponse r;
+  ASSERT_TRUE(generate(*stub_, greedy("metrics please", 8), &r).ok());
+  qs::test::Scrape scrape;
+  ASSERT_TRUE(wait_metrics(server_->metrics_port, [](const qs::test::Scrape& s) {
+    return s.value("quantserve_generated_tokens_total", {"model=\"gpt2\""}) >= 8;
+  }, 10, &scrape)) << "no generated tokens counted";
+  const std::map<std::string, std::string> families = {
+      {"quantserve_time_to_first_token_seconds", "histogram"},
+      {"quantserve_inter_token_latency_seconds", "histogram"},
+      {"quantserve_request_duration_seconds", "histogram"},
+      {"quantserve_queue_duration_seconds", "histogram"},
+      {"quantserve_prompt_tokens_total", "counter"},
+      {"quantserve_generated_tokens_total", "counter"},
+      {"quantserve_requests_total", "counter"},
+      {"quantserve_requests_running", "gauge"},
+      {"quantserve_requests_waiting", "gauge"},
+      {"quantserve_batch_size", "gauge"},
+      {"quantserve_kv_cache_blocks_used", "gauge"},
+      {"quantserve_kv_cache_blocks_total", "gauge"},
+      {"quantserve_device_memory_used_bytes", "gauge"},
+      {"quantserve_device_memory_total_bytes", "gauge"},
+      {"quantserve_model_weight_bytes", "gauge"},
+      {"quantserve_model_load_seconds", "gauge"},
+      {"quantserve_model_quantize_seconds", "gauge"},
+      {"process_resident_memory_bytes", "gauge"},
+  };
+  for (const auto& [name, type] : families) {
+    ASSERT_TRUE(scrape.types.count(name)) << name << " missing";
+    EXPECT_EQ(scrape.types.at(name), type) << name;
+  }
+  EXPECT_GT(scrape.value("quantserve_time_to_first_token_seconds_count", {"model=\"gpt2\""}), 0);
+  EXPECT_GT(scrape.value("quantserve_requests_total", {"model=\"gpt2\"", "status=\"OK\"", "finish_reason=\"length\""}),
+            0);
+  // Pre-created, so dashboards never see a gap.
+  EXPECT_GE(scrape.value("quantserve_requests_total", {"status=\"RESOURCE_EXHAUSTED\"", "finish_reason=\"none\""}), 0);
+  EXPECT_GT(scrape.value("quantserve_kv_cache_blocks_total", {"model=\"gpt2\""}), 0);
+  EXPECT_GT(scrape.value("quantserve_model_weight_bytes", {"model=\"gpt2\"", "precision=\"fp32\""}), 0);
+  EXPECT_GT(scrape.value("quantserve_device_memory_total_bytes", {"device=\"cpu\""}), 0);
+  EXPECT_GT(scrape.value("process_resident_memory_bytes"), 0);
+  EXPECT_GE(requests_with_status(scrape, "INVALID_ARGUMENT"), 0);
+}
+
+// A server whose engine steps are slowed down (hidden --step-delay-ms), batch 1 and a queue of 1, so that
+// cancellation, deadlines and the queue limit can be observed on a tiny model.
+class SlowServeTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    server_ = start_server({"--step-delay-ms", "20", "--max-batch-size", "1", "--max-queued", "1"}).release();
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+  }
+  void SetUp() override {
+    if (!server_) GTEST_SKIP() << "server did not start";
+    stub_ = stub_for(*server_);
+    // Each test starts from an idle server.
+    ASSERT_TRUE(wait_metrics(server_->metrics_port, [](const qs::test::Scrape& s) {
+      return s.value("quantserve_kv_cache_blocks_used", {"model=\"gpt2\""}) == 0 &&
+             s.value("quantserve_requests_running", {"model=\"gpt2\""}) == 0;
+    }, 30));
+  }
+  static ServerProcess* server_;
+  std::unique_ptr<v1::Inference::Stub> stub_;
+};
+ServerProcess* SlowServeTest::server_ = nullptr;
+
+TEST_F(SlowServeTest, ClientCancelFreesKvBlocks) {
+  qs::test::Scrape before = qs::test::parse_metrics(qs::test::http_get(server_->metrics_port, "/metrics"));
+  grpc::ClientContext context;
+  deadline_in(context, 60);
+  auto reader = stub_->GenerateStream(&context, greedy("cancel me", 100));
+  v1::GenerateResponse chunk;
+  int got = 0;
+  while (got < 3 && reader->Read(&chunk)) got += chunk.token_ids_size();
+  ASSERT_GE(got, 3);
+  qs::test::Scrape during = qs::test::parse_metrics(qs::test::http_get(server_->metrics_port, "/metrics"));
+  EXPECT_GT(during.value("quantserve_kv_cache_blocks_used", {"model=\"gpt2\""}), 0);
+  context.TryCancel();
+  while (reader->Read(&chunk)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  qs::test::Scrape after;
+  EXPECT_TRUE(wait_metrics(server_->metrics_port, [&](const qs::test::Scrape& s) {
+    return s.value("quantserve_kv_cache_blocks_used", {"model=\"gpt2\""}) == 0 &&
+           requests_with_status(s, "CANCELLED") > requests_with_status(before, "CANCELLED");
+  }, 5, &after)) << "KV blocks used: " << after.value("quantserve_kv_cache_blocks_used", {"model=\"gpt2\""});
+  // Well before the 100 tokens (2 s at 20 ms a step) would have finished.
+  EXPECT_LT(after.value("quantserve_generated_tokens_total", {"model=\"gpt2\""}) -
+                before.value("quantserve_generated_tokens_total", {"model=\"gpt2\""}),
+            100);
+}
+
+TEST_F(SlowServeTest, DeadlineFreesKvBlocks) {
+  qs::test::Scrape before = qs::test::parse_metrics(qs::test::http_get(server_->metrics_port, "/metrics"));
+  v1::GenerateResponse r;
+  grpc::Status status = generate(*stub_, greedy("too slow", 100), &r, 0.3);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  qs::test::Scrape after;
+  EXPECT_TRUE(wait_metrics(server_->metrics_port, [&](const qs::test::Scrape& s) {
+    return s.value("quantserve_kv_cache_blocks_used", {"model=\"gpt2\""}) == 0 &&
+           requests_with_status(s, "DEADLINE_EXCEEDED") > requests_with_status(before, "DEADLINE_EXCEEDED");
+  }, 5, &after)) << "KV blocks used: " << after.value("quantserve_kv_cache_blocks_used", {"model=\"gpt2\""})
+                 << ", DEADLINE_EXCEEDED count " << requests_with_status(after, "DEADLINE_EXCEEDED");
+}
+
+TEST_F(SlowServeTest, QueueFullIsResourceExhausted) {
+  // A runs (batch of 1), B waits (queue of 1), C is refused at once.
+  grpc::ClientContext ca, cb;
+  deadline_in(ca, 60);
+  deadline_in(cb, 60);
+  auto a = stub_->GenerateStream(&ca, greedy("first", 100));
+  v1::GenerateResponse chunk;
+  ASSERT_TRUE(a->Read(&chunk));
+  auto b = stub_->GenerateStream(&cb, greedy("second", 100));
+  qs::test::Scrape scrape;
+  ASSERT_TRUE(wait_metrics(server_->metrics_port, [](const qs::test::Scrape& s) {
+    return s.value("quantserve_requests_waiting", {"model=\"gpt2\""}) >= 1;
+  }, 5, &scrape)) << "running " << scrape.value("quantserve_requests_running", {"model=\"gpt2\""}) << ", waiting "
+                  << scrape.value("quantserve_requests_waiting", {"model=\"gpt2\""}) << "\n" << server_->log();
+  const auto t0 = Clock::now();
+  v1::GenerateResponse r;
+  grpc::Status status = generate(*stub_, greedy("third", 4), &r, 10);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  EXPECT_LT(std::chrono::duration<double>(Clock::now() - t0).count(), 1.0);
+  ca.TryCancel();
+  cb.TryCancel();
+  while (a->Read(&chunk)) {
+  }
+  while (b->Read(&chunk)) {
+  }
+  a->Finish();
+  b->Finish();
+}
+
+TEST(DrainTest, SigtermFinishesInFlightThenExitsZero) {
+  auto server = start_server({"--step-delay-ms", "20", "--drain-grace-seconds", "20"});
+  ASSERT_TRUE(server);
+  auto stub = stub_for(*server);
+  grpc::ClientContext context;
+  deadline_in(context, 60);
+  auto reader = stub->GenerateStream(&context, greedy("drain me", 60));
+  v1::GenerateResponse chunk;
+  int tokens = 0;
+  ASSERT_TRUE(reader->Read(&chunk));
+  tokens += chunk.token_ids_size();
+
+  std::atomic<int> exit_code{-2};
+  std::thread waiter([&] { exit_code = server->signal_and_wait(SIGTERM, 30); });
+  // While draining: health says NOT_SERVING and new work is refused with UNAVAILABLE.
+  auto health = grpc::health::v1::Health::NewStub(grpc::CreateChannel(server->address, grpc::InsecureChannelCredentials()));
+  bool not_serving = false;
+  for (int i = 0; i < 100 && !not_serving; ++i) {
+    grpc::ClientContext hc;
+    deadline_in(hc, 1);
+    grpc::health::v1::HealthCheckResponse hr;
+    if (health->Check(&hc, {}, &hr).ok() && hr.status() == grpc::health::v1::HealthCheckResponse::NOT_SERVING) {
+      not_serving = true;
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  EXPECT_TRUE(not_serving);
+  v1::GenerateResponse refused;
+  EXPECT_EQ(generate(*stub, greedy("late", 4), &refused, 5).error_code(), grpc::StatusCode::UNAVAILABLE);
+
+  v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+  while (reader->Read(&chunk)) {
+    tokens += chunk.token_ids_size();
+    if (chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) finish = chunk.finish_reason();
+  }
+  grpc::Status status = reader->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(tokens, 60);
+  EXPECT_EQ(finish, v1::FINISH_REASON_LENGTH);
+  waiter.join();
+  EXPECT_EQ(exit_code.load(), 0) << server->log();
+}
+
+TEST(DrainTest, GracePeriodCancelsWhatIsLeft) {
+  auto server = start_server({"--step-delay-ms", "20", "--drain-grace-seconds", "0.5"});
+  ASSERT_TRUE(server);
+  auto stub = stub_for(*server);
+  grpc::ClientContext context;
+  deadline_in(context, 60);
+  auto reader = stub->GenerateStream(&context, greedy("too long to drain", 100));
+  v1::GenerateResponse chunk;
+  ASSERT_TRUE(reader->Read(&chunk));
+  const auto t0 = Clock::now();
+  std::atomic<int> exit_code{-2};
+  std::thread waiter([&] { exit_code = server->signal_and_wait(SIGTERM, 20); });
+  while (reader->Read(&chunk)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+  waiter.join();
+  EXPECT_EQ(exit_code.load(), 0) << server->log();
+  EXPECT_LT(std::chrono::duration<double>(Clock::now() - t0).count(), 1.9) << server->log();
+}
+
+}  // namespace
