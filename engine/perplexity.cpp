@@ -50,7 +50,23 @@ PerplexityResult compute_perplexity(Model& model, const std::vector<int32_t>& id
         nll_sum += lse - double(row[ids[size_t(p)]]);
         ++r.predicted_tokens;
         if (trace) {
+          const size_t i = trace->top1.size();
           trace->top1.push_back(int32_t(std::max_element(row, row + V) - row));
+          if (const PerplexityTrace* ref = trace->reference) {
+            QS_CHECK(i < ref->top1.size() && i < ref->logprobs.size(), ErrorCode::kInvalidArgument,
+                     "the reference trace has fewer scored positions than this run");
+            const std::vector<float>& rp = ref->logprobs[i];
+            double kl = 0;
+            for (int64_t v = 0; v < V; ++v) {
+              const double lp = double(rp[size_t(v)]);
+              kl += std::exp(lp) * (lp - (double(row[v]) - lse));
+            }
+            kl = std::max(kl, 0.0);
+            trace->kl_sum += kl;
+            trace->kl_max = std::max(trace->kl_max, kl);
+            trace->top1_agree += trace->top1.back() == ref->top1[i] ? 1 : 0;
+            ++trace->compared;
+          }
           if (trace->keep_logprobs) {
             std::vector<float> lp(row, row + V);
             for (auto& x : lp) x = float(double(x) - lse);

@@ -22,6 +22,13 @@ struct PerplexityTrace {
   std::vector<int32_t> top1;                 // per scored position
   std::vector<std::vector<float>> logprobs;  // per scored position (V), only when keep_logprobs
   bool keep_logprobs = false;
+  // When set (a trace of the same ids and windows with keep_logprobs, e.g. from fp32), each scored position is
+  // compared with it on the fly: top-1 agreement and KL(reference || this model), in nats.
+  const PerplexityTrace* reference = nullptr;
+  int64_t compared = 0;
+  int64_t top1_agree = 0;
+  double kl_sum = 0;
+  double kl_max = 0;
 };
 
 PerplexityResult compute_perplexity(Model& model, const std::vector<int32_t>& ids, int64_t context, int64_t stride,

@@ -18,35 +18,93 @@ void add_perplexity_command(CLI::App& app) {
     int64_t context = 0;
     int64_t stride = 0;
     int64_t max_tokens = 0;
+    std::string ids_file;
+    std::string save_ids;
+    std::string compare_to;
     bool json = false;
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand("perplexity", "Sliding-window perplexity of a text file");
   add_model_args(cmd, args->model);
-  cmd->add_option("-f,--file", args->file, "UTF-8 text file")->required();
+  auto* file_opt = cmd->add_option("-f,--file", args->file, "UTF-8 text file");
+  auto* ids_opt = cmd->add_option("--ids-file", args->ids_file,
+                                  "Score these token ids (a JSON array) instead of tokenizing a text file");
+  file_opt->excludes(ids_opt);
+  cmd->add_option("--save-ids", args->save_ids, "Write the scored token ids as a JSON array to this file");
+  cmd->add_option("--compare-to", args->compare_to,
+                  "Also load the model in this precision (e.g. fp32) and report top-1 agreement and mean "
+                  "KL(reference || this precision) over the scored positions");
   cmd->add_option("--context", args->context, "Window length in tokens (default: the model's context, at most 1024)");
   cmd->add_option("--stride", args->stride, "Window stride in tokens (default: half the window)");
   cmd->add_option("--max-tokens", args->max_tokens, "Score only the first N tokens of the text (0 = all)");
   cmd->add_flag("--json", args->json, "Print JSON (the perplexity is under \"perplexity\")");
   cmd->callback([args] {
-    std::ifstream in(args->file, std::ios::binary);
-    QS_CHECK(in.good(), ErrorCode::kNotFound, "cannot read text file '", args->file, "'");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    LoadedEngine loaded = load_model_for_cli(args->model, args->json);
+    QS_CHECK(!args->file.empty() || !args->ids_file.empty(), ErrorCode::kInvalidArgument,
+             "perplexity needs --file TEXT or --ids-file IDS.json");
+    const auto read_all = [](const std::string& path, const char* what) {
+      std::ifstream in(path, std::ios::binary);
+      QS_CHECK(in.good(), ErrorCode::kNotFound, "cannot read ", what, " '", path, "'");
+      std::stringstream ss;
+      ss << in.rdbuf();
+      return ss.str();
+    };
+    const std::string text = args->file.empty() ? std::string() : read_all(args->file, "text file");
+    const auto load = [&](const std::string& precision, bool quiet) {
+      ModelArgs m = args->model;
+      m.precision = precision;
+      return load_model_for_cli(m, quiet);
+    };
+    const auto token_ids = [&](const Tokenizer& tok, int64_t vocab) {
+      std::vector<int32_t> ids;
+      if (!args->ids_file.empty()) {
+        const nlohmann::json j = nlohmann::json::parse(read_all(args->ids_file, "ids file"));
+        QS_CHECK(j.is_array(), ErrorCode::kInvalidArgument, args->ids_file, ": expected a JSON array of token ids");
+        for (const auto& v : j) {
+          QS_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() < vocab,
+                   ErrorCode::kInvalidArgument, args->ids_file, ": token id ", v.dump(), " is not in [0, ", vocab, ")");
+          ids.push_back(v.get<int32_t>());
+        }
+      } else {
+        ids = tok.encode(text, /*parse_special=*/false);
+        if (tok.add_bos() && tok.bos_id() >= 0) ids.insert(ids.begin(), tok.bos_id());
+      }
+      if (args->max_tokens > 0 && int64_t(ids.size()) > args->max_tokens) ids.resize(size_t(args->max_tokens));
+      return ids;
+    };
+    const auto windows = [&](const Model& model) {
+      const int64_t context = args->context > 0 ? args->context : std::min<int64_t>(model.config().max_positions, 1024);
+      return std::make_pair(context, args->stride > 0 ? args->stride : context / 2);
+    };
+    // The reference run first (its log-probabilities are kept), then the model under test compared with it.
+    PerplexityTrace reference;
+    PerplexityResult reference_result;
+    if (!args->compare_to.empty()) {
+      LoadedEngine ref = load(args->compare_to, /*quiet=*/true);
+      auto& model = const_cast<Model&>(ref.engine->model());
+      const auto [context, stride] = windows(model);
+      reference.keep_logprobs = true;
+      reference_result = compute_perplexity(model, token_ids(ref.engine->tokenizer(), model.config().vocab_size),
+                                            context, stride, &reference);
+    }
+    LoadedEngine loaded = load(args->model.precision, args->json);
     auto& model = const_cast<Model&>(loaded.engine->model());
-    const Tokenizer& tok = loaded.engine->tokenizer();
-    std::vector<int32_t> ids = tok.encode(ss.str(), /*parse_special=*/false);
-    if (tok.add_bos() && tok.bos_id() >= 0) ids.insert(ids.begin(), tok.bos_id());
-    if (args->max_tokens > 0 && int64_t(ids.size()) > args->max_tokens) ids.resize(size_t(args->max_tokens));
-    const int64_t context = args->context > 0 ? args->context : std::min<int64_t>(model.config().max_positions, 1024);
-    const int64_t stride = args->stride > 0 ? args->stride : context / 2;
-    const PerplexityResult r = compute_perplexity(model, ids, context, stride);
+    const std::vector<int32_t> ids = token_ids(loaded.engine->tokenizer(), model.config().vocab_size);
+    if (!args->save_ids.empty()) {
+      std::ofstream f(args->save_ids);
+      QS_CHECK(f.good(), ErrorCode::kInvalidArgument, "cannot write '", args->save_ids, "'");
+      f << nlohmann::json(ids).dump() << "\n";
+    }
+    const auto [context, stride] = windows(model);
+    PerplexityTrace trace;
+    trace.reference = args->compare_to.empty() ? nullptr : &reference;
+    const PerplexityResult r = compute_perplexity(model, ids, context, stride, &trace);
+    const double agreement = trace.compared ? double(trace.top1_agree) / double(trace.compared) : 0.0;
+    const double mean_kl = trace.compared ? trace.kl_sum / double(trace.compared) : 0.0;
     if (args->json) {
       nlohmann::json j = {{"model", model.report().model_path},
                           {"precision", precision_name(model.report().precision)},
                           {"device", model.report().device},
-                          {"file", args->file},
+                          {"file", args->file.empty() ? args->ids_file : args->file},
                           {"tokens", ids.size()},
                           {"context", context},
                           {"stride", stride},
@@ -56,11 +114,25 @@ void add_perplexity_command(CLI::App& app) {
                           {"perplexity", r.perplexity},
                           {"seconds", r.seconds},
                           {"weight_bytes", model.report().weight_bytes}};
+      if (!args->compare_to.empty()) {
+        j["compare_to"] = {{"precision", args->compare_to},
+                           {"perplexity", reference_result.perplexity},
+                           {"mean_nll", reference_result.mean_nll},
+                           {"compared_positions", trace.compared},
+                           {"top1_agreement", agreement},
+                           {"mean_kl", mean_kl},
+                           {"max_kl", trace.kl_max}};
+      }
       std::printf("%s\n", j.dump(2).c_str());
     } else {
       std::printf("perplexity %.4f (mean NLL %.5f over %lld tokens, %lld windows of %lld, stride %lld; %.1f s)\n",
                   r.perplexity, r.mean_nll, (long long)r.predicted_tokens, (long long)r.windows, (long long)context,
                   (long long)stride, r.seconds);
+      if (!args->compare_to.empty()) {
+        std::printf("vs %s (perplexity %.4f): top-1 agreement %.2f%%, mean KL %.5f nats (max %.4f) over %lld "
+                    "positions\n", args->compare_to.c_str(), reference_result.perplexity, 100.0 * agreement, mean_kl,
+                    trace.kl_max, (long long)trace.compared);
+      }
     }
   });
 }
