@@ -117,18 +117,26 @@ struct Engine::Impl {
     if (is_eos && !s.params.ignore_eos) return FinishReason::kEos;
     if (std::find(s.params.stop_token_ids.begin(), s.params.stop_token_ids.end(), tok) !=
         s.params.stop_token_ids.end()) {
+      // The stop token is not output, but the text before it is, including what was held back because it
+      // began a stop sequence.
+      s.text += s.decoder->flush();
+      ev.text = s.text.substr(s.emitted);
+      s.emitted = s.text.size();
       return FinishReason::kStop;
     }
     s.text += s.decoder->push(tok);
     const size_t search_from = s.emitted;
+    // One token can complete several stop sequences: the output ends before the one that starts first.
+    size_t first_stop = std::string::npos;
     for (const auto& stop : s.params.stop) {
       const size_t pos = s.text.find(stop, search_from > stop.size() ? search_from - stop.size() : 0);
-      if (pos != std::string::npos && pos + stop.size() > s.emitted) {
-        // The stop sequence and anything after it is not output.
-        ev.text = s.text.substr(s.emitted, pos > s.emitted ? pos - s.emitted : 0);
-        s.emitted = s.text.size();
-        return FinishReason::kStop;
-      }
+      if (pos != std::string::npos && pos + stop.size() > s.emitted) first_stop = std::min(first_stop, pos);
+    }
+    if (first_stop != std::string::npos) {
+      // The stop sequence and anything after it is not output.
+      ev.text = s.text.substr(s.emitted, first_stop > s.emitted ? first_stop - s.emitted : 0);
+      s.emitted = s.text.size();
+      return FinishReason::kStop;
     }
     if (s.generated() >= s.params.max_new_tokens) return FinishReason::kLength;
     const size_t hold = s.params.stop.empty() ? 0 : stop_prefix_holdback(s.text, s.emitted, s.params.stop);
