@@ -1,0 +1,224 @@
+// The sampler (engine/sampler.h): argument checks, greedy, top-k, top-p, seeds, repetition penalty, logprobs.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "engine/sampler.h"
+#include "kernels/error.h"
+
+namespace qs {
+namespace {
+
+// V = vocab.
+
+void expect_invalid(const std::function<void(SamplingParams&)>& mutate, const char* what) {
+  SamplingParams p;
+  mutate(p);
+  try {
+    validate_sampling(p);
+    ADD_FAILURE() << what << " accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << what;
+  }
+}
+
+TEST(Sampler, ValidateRejectsEachBadField) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  EXPECT_NO_THROW(validate_sampling(SamplingParams{}));
+  expect_invalid([](SamplingParams& p) { p.temperature = -0.1f; }, "temperature -0.1");
+  expect_invalid([&](SamplingParams& p) { p.temperature = nan; }, "temperature NaN");
+  expect_invalid([&](SamplingParams& p) { p.temperature = inf; }, "temperature inf");
+  expect_invalid([](SamplingParams& p) { p.top_k = -1; }, "top_k -1");
+  expect_invalid([](SamplingParams& p) { p.top_p = 0.0f; }, "top_p 0");
+  expect_invalid([](SamplingParams& p) { p.top_p = 1.01f; }, "top_p 1.01");
+  expect_invalid([&](SamplingParams& p) { p.top_p = nan; }, "top_p NaN");
+  expect_invalid([](SamplingParams& p) { p.repetition_penalty = 0.0f; }, "repetition_penalty 0");
+  expect_invalid([](SamplingParams& p) { p.repetition_penalty = -1.0f; }, "repetition_penalty -1");
+  expect_invalid([&](SamplingParams& p) { p.repetition_penalty = nan; }, "repetition_penalty NaN");
+  expect_invalid([](SamplingParams& p) { p.max_new_tokens = 0; }, "max_new_tokens 0");
+  expect_invalid([](SamplingParams& p) { p.max_new_tokens = -5; }, "max_new_tokens -5");
+  expect_invalid([](SamplingParams& p) { p.logprobs = -1; }, "logprobs -1");
+  expect_invalid([](SamplingParams& p) { p.logprobs = 21; }, "logprobs 21");
+  expect_invalid([](SamplingParams& p) { p.stop = {"ok", ""}; }, "an empty stop sequence");
+  // The edges that are valid.
+  SamplingParams edge;
+  edge.temperature = 0;
+  edge.top_p = 1.0f;
+  edge.top_k = 0;
+  edge.logprobs = 20;
+  edge.max_new_tokens = 1;
+  EXPECT_NO_THROW(validate_sampling(edge));
+}
+
+SampleResult sample(std::vector<float> logits, const SamplingParams& p, uint64_t seed = 1,
+                    const std::vector<int32_t>& history = {}) {
+  std::mt19937_64 rng(seed);
+  return sample_token(logits.data(), int64_t(logits.size()), p, history, rng);
+}
+
+const std::vector<float> kTied = {0.1f, -2.0f, 0.5f, 3.0f, 1.0f, -0.5f, 2.0f, 3.0f, 0.0f, 3.0f};   // max at 3, 7, 9
+
+TEST(Sampler, GreedyIsArgmaxWithLowestIdOnTies) {
+  SamplingParams p;
+  p.temperature = 0;
+  EXPECT_EQ(sample(kTied, p).token, 3);
+  EXPECT_EQ(sample({-5.0f, -1.0f, -3.0f}, p).token, 1);
+  EXPECT_EQ(sample({7.0f}, p).token, 0);
+}
+
+TEST(Sampler, TopKOneIsGreedyAtAnyTemperature) {
+  for (float temperature : {0.01f, 0.7f, 1.0f, 5.0f, 100.0f}) {
+    for (uint64_t seed = 0; seed < 20; ++seed) {
+      SamplingParams p;
+      p.temperature = temperature;
+      p.top_k = 1;
+      ASSERT_EQ(sample(kTied, p, seed).token, 3) << "temperature " << temperature << " seed " << seed;
+    }
+  }
+}
+
+TEST(Sampler, TinyTopPIsArgmax) {
+  const std::vector<float> logits = {0.1f, 2.9f, 0.5f, 3.0f, 1.0f};
+  for (uint64_t seed = 0; seed < 50; ++seed) {
+    SamplingParams p;
+    p.temperature = 1.5f;
+    p.top_p = 1e-6f;
+    ASSERT_EQ(sample(logits, p, seed).token, 3) << "seed " << seed;
+  }
+}
+
+std::vector<int32_t> draw(const std::vector<float>& logits, const SamplingParams& p, uint64_t seed, int n) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> out;
+  for (int i = 0; i < n; ++i) {
+    std::vector<float> l = logits;
+    out.push_back(sample_token(l.data(), int64_t(l.size()), p, {}, rng).token);
+  }
+  return out;
+}
+
+TEST(Sampler, SameSeedSameTokensDifferentSeedDifferentTokens) {
+  std::vector<float> logits(50);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = float(i % 7) * 0.3f;   // fairly flat
+  SamplingParams p;
+  p.temperature = 1.0f;
+  const auto a = draw(logits, p, 1234, 64), b = draw(logits, p, 1234, 64), c = draw(logits, p, 1235, 64);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);   // 64 draws over ~50 tokens: equal by chance with negligible probability
+}
+
+// Frequencies of n draws against the given probabilities, within 4 standard deviations.
+void expect_distribution(const std::vector<float>& logits, const SamplingParams& p, const std::vector<double>& probs) {
+  const int n = 20000;
+  const auto tokens = draw(logits, p, 99, n);
+  std::vector<int> counts(logits.size(), 0);
+  for (int32_t t : tokens) counts[size_t(t)]++;
+  for (size_t i = 0; i < probs.size(); ++i) {
+    const double f = double(counts[i]) / n, sd = std::sqrt(probs[i] * (1 - probs[i]) / n);
+    EXPECT_NEAR(f, probs[i], 4 * sd + 1e-9) << "token " << i;
+  }
+}
+
+std::vector<double> softmax(const std::vector<double>& x) {
+  double mx = -INFINITY, z = 0;
+  for (double v : x) mx = std::max(mx, v);
+  std::vector<double> p(x.size());
+  for (size_t i = 0; i < x.size(); ++i) z += (p[i] = std::exp(x[i] - mx));
+  for (auto& v : p) v /= z;
+  return p;
+}
+
+TEST(Sampler, DrawsFollowTemperatureTopKAndTopP) {
+  const std::vector<float> logits = {1.0f, 2.0f, 0.0f, 1.5f};
+  SamplingParams p;
+  p.temperature = 1.0f;
+  expect_distribution(logits, p, softmax({1.0, 2.0, 0.0, 1.5}));
+  p.temperature = 0.5f;
+  expect_distribution(logits, p, softmax({2.0, 4.0, 0.0, 3.0}));
+  p.temperature = 1.0f;
+  p.top_k = 2;   // tokens 1 and 3 only, renormalised
+  {
+    const auto two = softmax({2.0, 1.5});
+    expect_distribution(logits, p, {0.0, two[0], 0.0, two[1]});
+  }
+  p.top_k = 0;
+  // Full probabilities are about {.17, .47, .06, .29}: top_p 0.6 keeps tokens 1 and 3 (0.47 < 0.6 <= 0.76).
+  p.top_p = 0.6f;
+  {
+    const auto two = softmax({2.0, 1.5});
+    expect_distribution(logits, p, {0.0, two[0], 0.0, two[1]});
+  }
+}
+
+TEST(Sampler, RepetitionPenaltyDividesPositiveMultipliesNegativeOncePerId) {
+  std::vector<float> logits = {2.0f, -1.0f, 4.0f, -3.0f, 0.5f};
+  SamplingParams p;
+  p.temperature = 0;
+  p.repetition_penalty = 2.0f;
+  std::mt19937_64 rng(1);
+  // Ids 2 and 3 repeated, an out-of-range id ignored.
+  const SampleResult r = sample_token(logits.data(), 5, p, {2, 3, 2, 3, 3, 1, 77, -1}, rng);
+  EXPECT_EQ(logits, (std::vector<float>{2.0f, -2.0f, 2.0f, -6.0f, 0.5f}));
+  EXPECT_EQ(r.token, 0);   // 2.0 beats the penalised 2.0 of id 2 on the lowest-id rule
+  // A penalty below 1 favours repeats the same way.
+  std::vector<float> l2 = {1.0f, -1.0f, 0.8f};
+  p.repetition_penalty = 0.5f;
+  const SampleResult r2 = sample_token(l2.data(), 3, p, {2, 1}, rng);
+  EXPECT_EQ(l2, (std::vector<float>{1.0f, -0.5f, 1.6f}));
+  EXPECT_EQ(r2.token, 2);
+}
+
+TEST(Sampler, LogprobsAreLogSoftmaxAndTopNIsSorted) {
+  const std::vector<float> logits = {0.3f, 2.0f, -1.0f, 2.0f, 1.2f, -0.4f, 0.9f};
+  std::vector<double> ld(logits.begin(), logits.end());
+  const auto probs = softmax(ld);
+  for (float temperature : {0.0f, 0.8f}) {
+    SamplingParams p;
+    p.temperature = temperature;
+    p.logprobs = 4;
+    const SampleResult r = sample(logits, p, 5);
+    EXPECT_NEAR(r.logprob, std::log(probs[size_t(r.token)]), 1e-5);
+    ASSERT_EQ(r.top.size(), 4u);
+    const std::vector<int32_t> expected_ids = {1, 3, 4, 6};   // ties keep the lower id first
+    for (size_t i = 0; i < r.top.size(); ++i) {
+      EXPECT_EQ(r.top[i].token, expected_ids[i]);
+      EXPECT_NEAR(r.top[i].logprob, std::log(probs[size_t(r.top[i].token)]), 1e-5);
+      if (i > 0) {
+        EXPECT_GE(r.top[i - 1].logprob, r.top[i].logprob);
+      }
+    }
+  }
+  // Asking for more than V gives all V, whose probabilities sum to 1.
+  SamplingParams p;
+  p.temperature = 0;
+  p.logprobs = 20;
+  const SampleResult all = sample(logits, p);
+  ASSERT_EQ(all.top.size(), logits.size());
+  double total = 0;
+  for (const auto& t : all.top) total += std::exp(double(t.logprob));
+  EXPECT_NEAR(total, 1.0, 1e-5);
+  // No logprobs asked: no top list.
+  p.logprobs = 0;
+  EXPECT_TRUE(sample(logits, p).top.empty());
+}
+
+TEST(Sampler, LogprobsReflectTheRepetitionPenalty) {
+  const std::vector<float> logits = {1.0f, 3.0f, 0.0f};
+  SamplingParams p;
+  p.temperature = 0;
+  p.logprobs = 3;
+  p.repetition_penalty = 3.0f;
+  const SampleResult r = sample(logits, p, 1, {1});
+  const auto probs = softmax({1.0, 1.0, 0.0});
+  EXPECT_EQ(r.token, 0);
+  EXPECT_NEAR(r.logprob, std::log(probs[0]), 1e-5);
+  EXPECT_EQ(r.top[0].token, 0);
+  EXPECT_EQ(r.top[1].token, 1);
+}
+
+}  // namespace
+}  // namespace qs
