@@ -46,7 +46,7 @@ std::vector<T> to_vector(const T* p, int64_t n) {
 
 class CpuLinear final : public LinearWeight {
  public:
-  std::vector<float> w_f32;       // fp32: (N, K)
+  std::vector<float> w_f32;       // fp32: (K, N), transposed: oneDNN's sgemm streams B faster untransposed
   std::vector<uint16_t> w_half;   // fp16 / bf16: (N, K)
   std::vector<int8_t> w_i8;       // int8 modes: (N, K), scales in row_scale (N)
   std::vector<uint8_t> w_u8;      // int8-naive: (N, K), one scale and zero point
@@ -61,7 +61,7 @@ class CpuLinear final : public LinearWeight {
     const int64_t K = in_features;
     switch (precision) {
       case Precision::kFp32:
-        std::memcpy(dst, w_f32.data() + n * K, size_t(K) * 4);
+        for (int64_t k = 0; k < K; ++k) dst[k] = w_f32[size_t(k * out_features + n)];
         break;
       case Precision::kFp16:
         for (int64_t k = 0; k < K; ++k) dst[k] = f16_to_f32(w_half[size_t(n * K + k)]);
@@ -172,7 +172,11 @@ class CpuBackend final : public Backend {
     }
     switch (precision) {
       case Precision::kFp32:
-        lin->w_f32 = std::move(w);
+        lin->w_f32.resize(w.size());
+#pragma omp parallel for schedule(static)
+        for (int64_t k = 0; k < K; ++k) {
+          for (int64_t n = 0; n < N; ++n) lin->w_f32[size_t(k * N + n)] = w[size_t(n * K + k)];
+        }
         lin->weight_bytes = lin->w_f32.size() * 4;
         return lin;
       case Precision::kFp16:
