@@ -265,7 +265,7 @@ class CpuBackend final : public Backend {
     if (T == 0) return;
     switch (lin.precision) {
       case Precision::kFp32:
-        check_dnnl(dnnl_sgemm('N', 'T', T, N, K, 1.0f, x, K, lin.w_f32.data(), K, 0.0f, y, N), "sgemm");
+        check_dnnl(dnnl_sgemm('N', 'N', T, N, K, 1.0f, x, K, lin.w_f32.data(), N, 0.0f, y, N), "sgemm");
         break;
       case Precision::kInt8:
         linear_w8a8(y, x, lin, T, N, K);
