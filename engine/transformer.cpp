@@ -203,16 +203,78 @@ void TransformerModel::forward(const BatchLayout& batch, KvCache& cache, std::ve
   const int64_t V = config_.vocab_size, C = config_.hidden_size;
   QS_CHECK(T > 0, ErrorCode::kInternal, "forward called with an empty batch");
   Backend& b = *backend_;
-  ensure_activations(T);
-  b.begin_batch(batch);
-  b.embedding(x_, *embed_, position_table());
-  forward_layers(batch, cache);
-  Tensor last = b.new_tensor(last_buf_, L, C);
-  b.gather_logit_rows(last, x_);
-  final_norm_(last, last);
-  Tensor out = b.new_tensor(logits_buf_, L, V);
-  b.linear(out, last, lm_head_ ? *lm_head_ : *embed_, Activation::kNone);
-  logits.resize(size_t(L * V));
+
+  // Graphs for decode steps (the protocol is in kernels/backend.h; the CUDA backend implements it, the CPU's
+  // graph_bucket is 0). A pure-decode pass — every sequence contributes exactly one token and wants its
+  // logits — is padded to the backend's bucket of T with dummy sequences (token 0 at position 0, KV written
+  // into the cache's scratch block, logits computed and dropped) and its block tables padded with -1 to a
+  // power-of-two width, so the device layout depends on (bucket, width) alone: that pair is the graph's key.
+  const BatchLayout* run = &batch;
+  int64_t rows = T, logit_rows = L;
+  uint64_t graph_key = 0;
+  const int64_t bucket = b.graph_bucket(T);
+  const int32_t scratch_block = bucket > 0 ? b.graph_scratch_block(cache) : -1;
+  bool pure_decode = scratch_block >= 0 && L == T && int64_t(batch.seq_lens.size()) == T &&
+                     int64_t(batch.block_tables.size()) == T;
+  size_t width = 8;
+  for (int64_t t = 0; pure_decode && t < T; ++t) {
+    pure_decode = batch.seq_of_token[size_t(t)] == t && batch.logit_rows[size_t(t)] == t &&
+                  batch.seq_lens[size_t(t)] == batch.positions[size_t(t)] + 1;
+    while (width < batch.block_tables[size_t(t)].size()) width *= 2;
+  }
+  if (pure_decode && bucket >= T) {
+    graph_batch_ = batch;   // reuses the vectors' capacity from the last step
+    for (auto& table : graph_batch_.block_tables) table.resize(width, -1);
+    for (int64_t t = T; t < bucket; ++t) {
+      graph_batch_.token_ids.push_back(0);
+      graph_batch_.positions.push_back(0);
+      graph_batch_.seq_of_token.push_back(int32_t(t));
+      graph_batch_.logit_rows.push_back(int32_t(t));
+      graph_batch_.block_tables.emplace_back(width, -1);
+      graph_batch_.block_tables.back()[0] = scratch_block;
+      graph_batch_.seq_lens.push_back(1);
+    }
+    run = &graph_batch_;
+    rows = logit_rows = bucket;
+    graph_key = uint64_t(bucket) | (uint64_t(width) << 32);
+  }
+
+  ensure_activations(rows);
+  Tensor last = b.new_tensor(last_buf_, logit_rows, C);
+  Tensor out = b.new_tensor(logits_buf_, logit_rows, V);
+  // The pass's device work, from the uploaded batch to the logits on the device.
+  auto device_pass = [&] {
+    b.embedding(x_, *embed_, position_table());
+    forward_layers(*run, cache);
+    b.gather_logit_rows(last, x_);
+    final_norm_(last, last);
+    b.linear(out, last, lm_head_ ? *lm_head_ : *embed_, Activation::kNone);
+  };
+  b.begin_batch(*run);
+  if (graph_key == 0) {
+    device_pass();
+  } else {
+    // A recorded graph holds the activations' addresses: when one has moved (a larger pass grew it), all go.
+    const std::vector<const void*> buffers = {x_.data, h_.data, h2_.data, qkv_.data, att_.data, mlp_.data,
+                                              act_.data, out_.data, out2_.data, last.data, out.data};
+    if (buffers != graph_buffers_) {
+      b.reset_graphs();
+      graph_buffers_ = buffers;
+    }
+    if (!b.replay(graph_key, cache)) {
+      device_pass();   // this step's result; it also sizes the backend's scratch and picks GEMM plans
+      if (b.begin_capture(graph_key, cache)) {
+        try {
+          device_pass();   // recorded, not executed
+        } catch (const std::exception&) {
+          // The eager pass above succeeded, so this is the recording's own failure: end_capture() discards the
+          // graph (and the backend stops trying this key); the step's logits are already right.
+        }
+        b.end_capture();
+      }
+    }
+  }
+  logits.resize(size_t(L * V));   // the first L rows; padding rows (if any) follow them and are dropped
   if (out.dtype == DType::F32) {
     b.copy_to_host(logits.data(), out.data, logits.size() * 4);
   } else {

@@ -67,6 +67,10 @@ class TransformerModel : public Model {
   std::vector<uint16_t> logits_half_;
   int64_t capacity_tokens_ = 0;
   int64_t mlp_width_ = 0;   // columns of mlp_ (F, or 2F for gate_up)
+  // Decode steps through backend graphs (forward()): the padded batch, and the activation addresses the
+  // backend's recorded graphs hold (when one moves, they are reset).
+  BatchLayout graph_batch_;
+  std::vector<const void*> graph_buffers_;
 };
 
 // Architecture factories, one file each in engine/models/.

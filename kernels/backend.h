@@ -149,6 +149,26 @@ class Backend {
                          int64_t num_kv_heads, int64_t head_dim) = 0;
   // out[L, C] = in[logit_rows of the batch].
   virtual void gather_logit_rows(Tensor out, Tensor in) = 0;
+
+  // ---- Graphs for decode steps (optional; the defaults mean "not supported": every pass runs its ops) ----
+  // A backend that can record a pass's device work once and replay it (CUDA graphs) turns a small model's
+  // decode step from hundreds of kernel launches into one. The model uses this for pure-decode passes only:
+  //   1. graph_bucket(T) > 0: pad the batch to that many tokens; padding tokens are sequences of their own at
+  //      position 0 whose block table is { graph_scratch_block(cache) }, and their logits are ignored. Block
+  //      tables are padded with -1 to a width that is part of the key, so the device layout is fixed.
+  //   2. Keep every activation buffer the ops touch at the same address as when the graph was recorded (call
+  //      reset_graphs() when one moves), then begin_batch(padded) — it copies into a fixed device area.
+  //   3. replay(key, cache); if it returns false, run the ops as usual (they are this pass's result) and then
+  //      record the same ops again between begin_capture(key, cache) and end_capture() for the next pass.
+  //      Recording does not execute anything. end_capture() false (or an op throwing while recording, after
+  //      which end_capture() must still be called) means the graph could not be made: nothing changes.
+  // Whatever the ops check on the host (token ids, positions, KV blocks) replay checks against the batch too.
+  virtual int64_t graph_bucket(int64_t num_tokens) const { return 0; }
+  virtual int32_t graph_scratch_block(const KvCache& cache) const { return -1; }
+  virtual bool begin_capture(uint64_t key, const KvCache& cache) { return false; }
+  virtual bool end_capture() { return false; }
+  virtual bool replay(uint64_t key, const KvCache& cache) { return false; }
+  virtual void reset_graphs() {}
 };
 
 // The CPU backend (always built). `threads` 0 means all cores.

@@ -2,9 +2,11 @@
 // across precisions and batch sizes, printed and written as JSON.
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <string>
 #include <thread>
 
 #include "kernels/error.h"
@@ -101,6 +103,10 @@ void add_bench_command(CLI::App& app) {
       const LoadReport& report = engine.model().report();
       out["model"] = report.model_path;
       out["device"] = report.device;
+      // CUDA graphs for decode steps are on unless QUANTSERVE_CUDA_GRAPHS=0 (an A/B switch; CPU: no graphs).
+      const char* graphs = std::getenv("QUANTSERVE_CUDA_GRAPHS");
+      const std::string g = graphs ? graphs : "";
+      out["cuda_graphs"] = report.device.rfind("cuda", 0) == 0 && g != "0" && g != "off" && g != "false";
       run_point(engine, 1, std::min<int64_t>(args->prompt_tokens, 16), 4, 1);   // warm-up
       for (int64_t b : args->batches) {
         const BenchPoint r = run_point(engine, b, args->prompt_tokens, args->new_tokens, 42);
@@ -116,8 +122,13 @@ void add_bench_command(CLI::App& app) {
                                   {"time_to_first_token_ms", r.time_to_first_token_ms},
                                   {"inter_token_latency_ms", r.inter_token_latency_ms},
                                   {"weight_bytes", report.weight_bytes},
+                                  {"original_bytes", report.original_bytes},
                                   {"load_seconds", report.load_seconds},
+                                  {"quantize_seconds", report.quantize_seconds},
+                                  {"load_peak_memory_bytes", report.peak_device_bytes},
                                   {"peak_memory_bytes", mem.peak_bytes},
+                                  {"device_memory_used_bytes", mem.used_bytes},
+                                  {"device_memory_total_bytes", mem.total_bytes},
                                   {"total_seconds", r.total_seconds}});
       }
     }

@@ -4,11 +4,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
+#include <set>
+#include <string>
 #include <string_view>
 #include <utility>
 
@@ -34,6 +37,12 @@ constexpr size_t kCublasWorkspaceBytes = size_t(32) << 20;  // what cuBLASLt rec
 constexpr DType kKvCacheDType = DType::F32;
 // Batch sizes the load-time int8 GEMM check runs (decode and a prefill-like tile).
 constexpr int64_t kCheckTokens[] = {1, 16};
+// CUDA graphs for decode steps: a pure-decode pass of T tokens is padded to the first bucket >= T and replayed
+// from a graph recorded for that bucket (Backend::graph_bucket). Larger decode batches run eagerly: their step
+// is long enough that launch overhead no longer dominates.
+constexpr int64_t kGraphBuckets[] = {1, 2, 4, 8, 16, 32, 64};
+// The batch's device buffer starts this large so that it rarely moves (a move makes every graph stale).
+constexpr size_t kMinBatchDeviceBytes = size_t(64) << 10;
 
 // Bytes allocated through the backend, shared with the buffers so a buffer may outlive its backend.
 struct MemoryStats {
@@ -112,10 +121,17 @@ struct CudaLinear final : public LinearWeight {
   const float* bias_data() const { return bias ? static_cast<const float*>(bias->data()) : nullptr; }
 };
 
+// Each pool holds one block more than config().num_blocks: block num_blocks is the graph scratch block, where
+// the padding tokens of a graph-replayed decode step write their K/V (no sequence owns it).
 class CudaKvCache final : public KvCache {
  public:
-  CudaKvCache(const KvCacheConfig& config, DType dtype) : config_(config), dtype_(dtype) {}
+  CudaKvCache(const KvCacheConfig& config, DType dtype) : config_(config), dtype_(dtype) {
+    static std::atomic<uint64_t> next_serial{1};
+    serial_ = next_serial.fetch_add(1);
+  }
   const KvCacheConfig& config() const override { return config_; }
+  int64_t physical_blocks() const { return config_.num_blocks + 1; }
+  int32_t scratch_block() const { return int32_t(config_.num_blocks); }
   size_t bytes() const override {
     size_t total = 0;
     for (const auto& b : k_) total += b->bytes();
@@ -124,7 +140,8 @@ class CudaKvCache final : public KvCache {
   }
   KvCacheConfig config_;
   DType dtype_;
-  std::vector<std::unique_ptr<DeviceBuffer>> k_, v_;  // per layer [num_blocks, block_size, NKV, HD]
+  uint64_t serial_ = 0;  // unique per cache made in this process: a graph remembers the cache it was recorded on
+  std::vector<std::unique_ptr<DeviceBuffer>> k_, v_;  // per layer [num_blocks + 1, block_size, NKV, HD]
 };
 
 const char* activation_name(Activation a) {
@@ -167,11 +184,16 @@ class CudaBackend final : public Backend {
     // QUANTSERVE_CUDA_INT8_GEMM=dp4a: every int8 GEMM on our own kernel (tests, and comparing against cuBLASLt).
     const char* int8_gemm = std::getenv("QUANTSERVE_CUDA_INT8_GEMM");
     int8_force_dp4a_ = int8_gemm && std::string_view(int8_gemm) == "dp4a";
+    // QUANTSERVE_CUDA_GRAPHS=0: no CUDA graphs, every decode step launches its kernels (A/B runs, debugging).
+    const char* graphs = std::getenv("QUANTSERVE_CUDA_GRAPHS");
+    graphs_enabled_ = !(graphs && (std::string_view(graphs) == "0" || std::string_view(graphs) == "off" ||
+                                   std::string_view(graphs) == "false"));
   }
 
   ~CudaBackend() override {
     cudaSetDevice(device_);
     if (stream_) cudaStreamSynchronize(stream_);
+    for (auto& [key, graph] : graphs_) cudaGraphExecDestroy(graph.exec);
     gemm_.reset();
     workspace_.reset();
     if (batch_uploaded_) cudaEventDestroy(batch_uploaded_);
@@ -348,14 +370,14 @@ class CudaBackend final : public Backend {
 
   std::unique_ptr<KvCache> make_kv_cache(const KvCacheConfig& config) override {
     QS_CHECK(config.num_layers > 0 && config.num_blocks > 0 && config.block_size > 0 && config.num_kv_heads > 0 &&
-                 config.head_dim > 0,
+                 config.head_dim > 0 && config.num_blocks < INT32_MAX,
              ErrorCode::kInvalidArgument, "KV cache config must be all positive: layers ", config.num_layers,
              ", blocks ", config.num_blocks, ", block size ", config.block_size, ", kv heads ", config.num_kv_heads,
              ", head dim ", config.head_dim);
     DeviceGuard guard(device_);
     auto cache = std::make_unique<CudaKvCache>(config, kKvCacheDType);
-    const size_t pool = dtype_bytes(kKvCacheDType,
-                                    config.num_blocks * config.block_size * config.num_kv_heads * config.head_dim);
+    const size_t pool = dtype_bytes(kKvCacheDType, cache->physical_blocks() * config.block_size *
+                                                       config.num_kv_heads * config.head_dim);
     for (int64_t l = 0; l < config.num_layers; ++l) {
       cache->k_.push_back(allocate(pool));
       cache->v_.push_back(allocate(pool));
@@ -414,7 +436,7 @@ class CudaBackend final : public Backend {
       std::fill(p, p + (max_blocks - int64_t(table.size())), -1);
       p += max_blocks - int64_t(table.size());
     }
-    int32_t* device = static_cast<int32_t*>(scratch(batch_device_, bytes));
+    int32_t* device = static_cast<int32_t*>(scratch(batch_device_, std::max(bytes, kMinBatchDeviceBytes)));
     QS_CUDA_CHECK(cudaMemcpyAsync(device, staging_, count * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
     QS_CUDA_CHECK(cudaEventRecord(batch_uploaded_, stream_));
 
@@ -441,15 +463,14 @@ class CudaBackend final : public Backend {
     const auto& lin = dynamic_cast<const CudaLinear&>(table);
     const int64_t T = batch_view_.num_tokens, C = lin.in_features;
     check_activation(out, T, C, "embedding output");
-    for (int32_t id : layout_.token_ids)
-      QS_CHECK(id >= 0 && id < lin.out_features, ErrorCode::kInvalidArgument, "token id ", id,
-               " is outside the vocabulary (", lin.out_features, " tokens)");
-    if (positions_table) {
+    if (positions_table)
       QS_CHECK(positions_table->cols == C || positions_table->rows * positions_table->cols == 0, ErrorCode::kInternal,
                "position table has ", positions_table->cols, " columns, the token table ", C);
-      for (int32_t pos : layout_.positions)
-        QS_CHECK(pos < positions_table->rows, ErrorCode::kInvalidArgument, "position ", pos,
-                 " is beyond the model's ", positions_table->rows, " positions");
+    const int64_t max_positions = positions_table ? positions_table->rows : -1;
+    check_tokens(lin.out_features, max_positions);
+    if (capturing_) {  // what replay() must check in place of this op
+      capture_.vocab = lin.out_features;
+      capture_.max_positions = max_positions;
     }
     DeviceGuard guard(device_);
     cuda::embedding(f32(out), batch_view_, dequant_view(lin), positions_table ? positions_table->buffer->data() : nullptr,
@@ -567,19 +588,12 @@ class CudaBackend final : public Backend {
     QS_CHECK(num_kv_heads == cfg.num_kv_heads && head_dim == cfg.head_dim, ErrorCode::kInternal,
              "attention with ", num_kv_heads, " kv heads of ", head_dim, " on a cache made for ", cfg.num_kv_heads,
              " of ", cfg.head_dim);
-    // Every token's slot must be inside its sequence's block table and the pool (kernels trust the tables).
-    for (int64_t t = 0; t < T; ++t) {
-      const int32_t s = layout_.seq_of_token[size_t(t)], pos = layout_.positions[size_t(t)];
-      const auto& table = layout_.block_tables[size_t(s)];
-      QS_CHECK(pos / cfg.block_size < int64_t(table.size()), ErrorCode::kInternal, "token ", t, " at position ", pos,
-               " is past sequence ", s, "'s ", table.size(), " KV blocks");
-      QS_CHECK(pos < layout_.seq_lens[size_t(s)], ErrorCode::kInternal, "token ", t, " at position ", pos,
-               " is past sequence ", s, "'s length ", layout_.seq_lens[size_t(s)]);
-      for (int64_t b = 0; b <= pos / cfg.block_size; ++b) {
-        const int32_t block = table[size_t(b)];
-        QS_CHECK(block >= 0 && block < cfg.num_blocks, ErrorCode::kInternal, "KV block ", block, " of sequence ", s,
-                 " is outside the cache's ", cfg.num_blocks, " blocks");
-      }
+    check_kv_slots(cfg.block_size, kv.physical_blocks());
+    if (capturing_) {
+      QS_CHECK(kv.serial_ == capture_.cache_serial, ErrorCode::kInternal,
+               "attention recorded into a graph on another KV cache than the graph was begun with");
+      capture_.block_size = cfg.block_size;
+      capture_.kv_blocks = kv.physical_blocks();
     }
     DeviceGuard guard(device_);
     cuda::paged_attention(f32(out), f32(qkv), kv.k_[size_t(layer)]->data(), kv.v_[size_t(layer)]->data(), kv.dtype_,
@@ -594,7 +608,148 @@ class CudaBackend final : public Backend {
     cuda::gather_rows(f32(out), f32(in), batch_view_, in.cols, stream_);
   }
 
+  // ---- CUDA graphs for decode steps (see Backend in kernels/backend.h for the protocol) -------------------
+  //
+  // A graph records the kernels and cuBLASLt calls of one pass with their pointers and shapes baked in. It
+  // stays valid while (a) every buffer it touches is where it was: the model's activations (the model calls
+  // reset_graphs() when one moves), this backend's scratch buffers and batch buffer (buffers_generation_
+  // counts their moves), the KV cache (its serial); and (b) the batch has the recorded shape: T, L, S and the
+  // block-table width, which the model fixes by padding. The batch's contents (ids, positions, tables) are
+  // read from the device at run time, so begin_batch's copy into the fixed batch buffer is all a step needs.
+
+  int64_t graph_bucket(int64_t num_tokens) const override {
+    if (!graphs_enabled_ || num_tokens <= 0) return 0;
+    for (int64_t b : kGraphBuckets)
+      if (num_tokens <= b) return b;
+    return 0;
+  }
+
+  int32_t graph_scratch_block(const KvCache& cache) const override {
+    const auto* kv = dynamic_cast<const CudaKvCache*>(&cache);
+    return graphs_enabled_ && kv ? kv->scratch_block() : -1;
+  }
+
+  bool begin_capture(uint64_t key, const KvCache& cache) override {
+    const auto* kv = dynamic_cast<const CudaKvCache*>(&cache);
+    if (!graphs_enabled_ || !kv || !have_batch_ || capturing_ || failed_graphs_.count(key)) return false;
+    DeviceGuard guard(device_);
+    capture_ = Graph{};
+    capture_.cache_serial = kv->serial_;
+    capture_.generation = buffers_generation_;
+    capture_.num_tokens = batch_view_.num_tokens;
+    capture_.num_logit_rows = batch_view_.num_logit_rows;
+    capture_.num_seqs = batch_view_.num_seqs;
+    capture_.max_blocks = batch_view_.max_blocks;
+    // Thread-local mode: an unsafe call from this thread while recording (an allocation, a synchronization) is
+    // an error instead of a silent hazard; the ops then throw and end_capture() discards the graph.
+    const cudaError_t status = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal);
+    if (status != cudaSuccess) {
+      cudaGetLastError();
+      graph_failed(key, str("cudaStreamBeginCapture: ", cudaGetErrorString(status)));
+      return false;
+    }
+    capturing_ = true;
+    capture_key_ = key;
+    return true;
+  }
+
+  bool end_capture() override {
+    if (!capturing_) return false;
+    DeviceGuard guard(device_);
+    capturing_ = false;
+    cudaGraph_t graph = nullptr;
+    cudaError_t status = cudaStreamEndCapture(stream_, &graph);
+    cudaGraphExec_t exec = nullptr;
+    if (status == cudaSuccess && graph) status = cudaGraphInstantiate(&exec, graph, 0);
+    if (graph) cudaGraphDestroy(graph);
+    if (status != cudaSuccess || !exec || buffers_generation_ != capture_.generation || capture_.vocab < 0 ||
+        capture_.block_size <= 0) {
+      cudaGetLastError();  // capture errors are not sticky; clear the last error for the next check
+      if (exec) cudaGraphExecDestroy(exec);
+      graph_failed(capture_key_, status != cudaSuccess ? str("capture: ", cudaGetErrorString(status))
+                                                       : std::string("the pass did not record as a decode step"));
+      return false;
+    }
+    capture_.exec = exec;
+    if (auto it = graphs_.find(capture_key_); it != graphs_.end()) cudaGraphExecDestroy(it->second.exec);
+    graphs_[capture_key_] = capture_;
+    return true;
+  }
+
+  bool replay(uint64_t key, const KvCache& cache) override {
+    if (!graphs_enabled_ || !have_batch_ || capturing_) return false;
+    const auto it = graphs_.find(key);
+    if (it == graphs_.end()) return false;
+    const Graph& g = it->second;
+    if (g.generation != buffers_generation_) {  // a scratch or batch buffer moved: every graph is stale
+      reset_graphs();
+      return false;
+    }
+    const auto* kv = dynamic_cast<const CudaKvCache*>(&cache);
+    if (!kv || kv->serial_ != g.cache_serial || batch_view_.num_tokens != g.num_tokens ||
+        batch_view_.num_logit_rows != g.num_logit_rows || batch_view_.num_seqs != g.num_seqs ||
+        batch_view_.max_blocks != g.max_blocks)
+      return false;
+    // The host-side checks the recorded ops would have made on this batch.
+    check_tokens(g.vocab, g.max_positions);
+    check_kv_slots(g.block_size, g.kv_blocks);
+    DeviceGuard guard(device_);
+    QS_CUDA_CHECK(cudaGraphLaunch(g.exec, stream_));
+    return true;
+  }
+
+  void reset_graphs() override {
+    if (graphs_.empty()) return;
+    DeviceGuard guard(device_);
+    for (auto& [key, graph] : graphs_) cudaGraphExecDestroy(graph.exec);  // in-flight launches still finish
+    graphs_.clear();
+  }
+
  private:
+  // A recorded decode step and what replaying it needs to hold.
+  struct Graph {
+    cudaGraphExec_t exec = nullptr;
+    uint64_t cache_serial = 0, generation = 0;
+    int64_t num_tokens = 0, num_logit_rows = 0, num_seqs = 0, max_blocks = 0;
+    // The host checks of the recorded ops, redone on each replayed batch.
+    int64_t vocab = -1, max_positions = -1, block_size = 0, kv_blocks = 0;
+  };
+
+  void graph_failed(uint64_t key, const std::string& why) {
+    failed_graphs_.insert(key);  // not retried: each try costs an extra pass's worth of host work
+    cuda::log_warning(str("CUDA graph for decode key ", key, " could not be recorded (", why,
+                          "); those steps run without a graph").c_str());
+  }
+
+  // Token ids inside the vocabulary and positions inside the position table (max_positions < 0: none).
+  void check_tokens(int64_t vocab, int64_t max_positions) const {
+    for (int32_t id : layout_.token_ids)
+      QS_CHECK(id >= 0 && id < vocab, ErrorCode::kInvalidArgument, "token id ", id, " is outside the vocabulary (",
+               vocab, " tokens)");
+    if (max_positions >= 0)
+      for (int32_t pos : layout_.positions)
+        QS_CHECK(pos < max_positions, ErrorCode::kInvalidArgument, "position ", pos, " is beyond the model's ",
+                 max_positions, " positions");
+  }
+
+  // Every token's slot must be inside its sequence's block table and the pool (kernels trust the tables).
+  void check_kv_slots(int64_t block_size, int64_t pool_blocks) const {
+    const int64_t T = int64_t(layout_.token_ids.size());
+    for (int64_t t = 0; t < T; ++t) {
+      const int32_t s = layout_.seq_of_token[size_t(t)], pos = layout_.positions[size_t(t)];
+      const auto& table = layout_.block_tables[size_t(s)];
+      QS_CHECK(pos / block_size < int64_t(table.size()), ErrorCode::kInternal, "token ", t, " at position ", pos,
+               " is past sequence ", s, "'s ", table.size(), " KV blocks");
+      QS_CHECK(pos < layout_.seq_lens[size_t(s)], ErrorCode::kInternal, "token ", t, " at position ", pos,
+               " is past sequence ", s, "'s length ", layout_.seq_lens[size_t(s)]);
+      for (int64_t b = 0; b <= pos / block_size; ++b) {
+        const int32_t block = table[size_t(b)];
+        QS_CHECK(block >= 0 && block < pool_blocks, ErrorCode::kInternal, "KV block ", block, " of sequence ", s,
+                 " is outside the cache's ", pool_blocks, " blocks");
+      }
+    }
+  }
+
   static float* f32(const Tensor& t) { return static_cast<float*>(t.data); }
 
   void check_activation(const Tensor& t, int64_t rows, int64_t cols, const char* what) const {
@@ -620,9 +775,11 @@ class CudaBackend final : public Backend {
   // A scratch buffer of at least `bytes`; grows by half again so a growing batch does not reallocate each pass.
   void* scratch(std::unique_ptr<DeviceBuffer>& holder, size_t bytes) {
     if (!holder || holder->bytes() < bytes) {
+      QS_CHECK(!capturing_, ErrorCode::kInternal, "a scratch buffer would move while a CUDA graph is recorded");
       const size_t want = std::max(bytes, holder ? holder->bytes() * 3 / 2 : size_t(0));
       holder.reset();  // cudaFree waits for the work that still reads the old one
       holder = allocate(std::max<size_t>(want, 256));
+      ++buffers_generation_;  // graphs recorded with the old address are stale
     }
     return holder->data();
   }
@@ -736,10 +893,6 @@ class CudaBackend final : public Backend {
   std::map<std::pair<int64_t, int64_t>, bool> int8_shape_ok_;  // (Np, Kp) -> cuBLASLt verified at load
 
   // The pass's batch: pinned staging, its device copy, and a host copy for the host-side checks.
-  // TODO(cuda-graphs): capture a graph per batch-size bucket (1, 2, 4, ... 256 decode tokens). Needs: the batch
-  // buffer and every scratch buffer allocated once at the bucket's size (stable addresses), T padded to the
-  // bucket with dummy tokens writing to a scratch KV block, and cuBLASLt plans per bucket chosen before capture.
-  // The ops already take everything from batch_view_ and the scratch holders, so capture wraps the model's step.
   void* staging_ = nullptr;
   size_t staging_bytes_ = 0;
   cudaEvent_t batch_uploaded_ = nullptr;
@@ -750,6 +903,15 @@ class CudaBackend final : public Backend {
 
   // Per-op temporaries, grown on demand and kept (they never exceed the largest layer's needs).
   std::unique_ptr<DeviceBuffer> scratch_xq_, scratch_x_scales_, scratch_acc_, scratch_x_half_, scratch_w_;
+  uint64_t buffers_generation_ = 0;  // bumped whenever scratch() moves a buffer (batch buffer included)
+
+  // CUDA graphs per decode key (bucket and block-table width, chosen by the model).
+  bool graphs_enabled_ = true;
+  std::map<uint64_t, Graph> graphs_;
+  std::set<uint64_t> failed_graphs_;
+  bool capturing_ = false;
+  uint64_t capture_key_ = 0;
+  Graph capture_;  // the graph being recorded
 };
 
 }  // namespace

@@ -1,0 +1,335 @@
+// Conformance on the GPU: the tiny random-initialised fixtures of every architecture (tests/fixtures/models/*)
+// loaded on the CUDA backend in fp32, fp16, bf16, int8 and int8-weight-only and compared with transformers'
+// logits and greedy continuations (reference.json), as tests/conformance/test_conformance.cpp does on the CPU;
+// and decode steps replayed from CUDA graphs against the same steps without graphs. Label gpu; every test
+// skips itself where no CUDA device is present.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "engine/load_engine.h"
+#include "engine/model_file.h"
+#include "kernels/backend.h"
+
+namespace qs {
+namespace {
+
+const std::string kFixtures = std::string(QS_SOURCE_DIR) + "/tests/fixtures/models/";
+
+#define SKIP_WITHOUT_GPU()                                               \
+  do {                                                                   \
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA device on this machine"; \
+  } while (0)
+
+struct Reference {
+  std::vector<std::vector<int32_t>> sequences;
+  std::vector<std::vector<std::vector<float>>> logits;   // [seq][pos][V]
+  struct Greedy {
+    std::vector<int32_t> prompt, expected;
+  };
+  std::vector<Greedy> greedy;
+};
+
+Reference read_reference(const std::string& dir) {
+  std::ifstream in(dir + "/reference.json");
+  const auto j = nlohmann::json::parse(in);
+  Reference r;
+  r.sequences = j.at("sequences").get<std::vector<std::vector<int32_t>>>();
+  r.logits = j.at("logits").get<std::vector<std::vector<std::vector<float>>>>();
+  for (const auto& g : j.at("greedy")) {
+    r.greedy.push_back({g.at("prompt_ids").get<std::vector<int32_t>>(), g.at("new_ids").get<std::vector<int32_t>>()});
+  }
+  return r;
+}
+
+// Every position's logits [seq][pos][V] of several sequences prefilled in one pass (in chunks of `chunk`).
+std::vector<std::vector<std::vector<float>>> run_logits(Model& model, const std::vector<std::vector<int32_t>>& seqs,
+                                                        int64_t chunk = 0) {
+  const ModelConfig& c = model.config();
+  const int64_t V = c.vocab_size, bs = 16;
+  KvCacheConfig kc{c.num_layers, 64, bs, c.num_kv_heads, c.head_dim};
+  auto cache = model.backend().make_kv_cache(kc);
+  std::vector<std::vector<std::vector<float>>> out(seqs.size());
+  std::vector<std::vector<int32_t>> tables(seqs.size());
+  int32_t next_block = 0;
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    for (size_t b = 0; b < (seqs[s].size() + bs - 1) / bs; ++b) tables[s].push_back(next_block++);
+  }
+  size_t longest = 0;
+  for (const auto& s : seqs) longest = std::max(longest, s.size());
+  const size_t step = chunk > 0 ? size_t(chunk) : longest;
+  std::vector<float> logits;
+  for (size_t start = 0; start < longest; start += step) {
+    BatchLayout batch;
+    std::vector<std::pair<size_t, size_t>> rows;
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      const size_t end = std::min(seqs[s].size(), start + step);
+      if (start >= end) continue;
+      const int32_t idx = int32_t(batch.block_tables.size());
+      for (size_t p = start; p < end; ++p) {
+        batch.token_ids.push_back(seqs[s][p]);
+        batch.positions.push_back(int32_t(p));
+        batch.seq_of_token.push_back(idx);
+        batch.logit_rows.push_back(int32_t(batch.token_ids.size()) - 1);
+        rows.emplace_back(s, p);
+      }
+      batch.block_tables.push_back(tables[s]);
+      batch.seq_lens.push_back(int32_t(end));
+    }
+    model.forward(batch, *cache, logits);
+    for (size_t r = 0; r < rows.size(); ++r) {
+      auto& dst = out[rows[r].first];
+      dst.resize(std::max(dst.size(), rows[r].second + 1));
+      dst[rows[r].second].assign(logits.begin() + int64_t(r) * V, logits.begin() + int64_t(r + 1) * V);
+    }
+  }
+  return out;
+}
+
+struct Agreement {
+  double max_rel_error = 0;   // max |a - b| / max |b| over each position
+  double top1 = 0;            // fraction of positions with the same argmax
+  double mean_kl = 0;         // KL(reference || ours), nats, averaged over positions
+};
+
+Agreement compare(const std::vector<std::vector<std::vector<float>>>& ours,
+                  const std::vector<std::vector<std::vector<float>>>& ref) {
+  Agreement a;
+  int64_t n = 0, same = 0;
+  double kl_sum = 0;
+  for (size_t s = 0; s < ref.size(); ++s) {
+    for (size_t p = 0; p < ref[s].size(); ++p) {
+      const auto& x = ours[s][p];
+      const auto& y = ref[s][p];
+      double max_diff = 0, max_ref = 0;
+      for (size_t v = 0; v < y.size(); ++v) {
+        max_diff = std::max(max_diff, double(std::fabs(x[v] - y[v])));
+        max_ref = std::max(max_ref, double(std::fabs(y[v])));
+      }
+      a.max_rel_error = std::max(a.max_rel_error, max_diff / max_ref);
+      same += std::max_element(x.begin(), x.end()) - x.begin() == std::max_element(y.begin(), y.end()) - y.begin();
+      const double mx = *std::max_element(x.begin(), x.end()), my = *std::max_element(y.begin(), y.end());
+      double zx = 0, zy = 0;
+      for (size_t v = 0; v < y.size(); ++v) {
+        zx += std::exp(x[v] - mx);
+        zy += std::exp(y[v] - my);
+      }
+      double kl = 0;
+      for (size_t v = 0; v < y.size(); ++v) {
+        const double lp = y[v] - my - std::log(zy), lq = x[v] - mx - std::log(zx);
+        kl += std::exp(lp) * (lp - lq);
+      }
+      kl_sum += kl;
+      ++n;
+    }
+  }
+  a.top1 = double(same) / double(n);
+  a.mean_kl = kl_sum / double(n);
+  return a;
+}
+
+struct Bounds {
+  Precision precision;
+  double min_top1;
+  double max_kl;
+};
+
+// The CPU conformance bounds (tests/conformance/test_conformance.cpp): the GPU computes the same quantization
+// with the same formulas, so it is held to the same agreement with transformers.
+const Bounds kBounds[] = {
+    {Precision::kFp16, 0.98, 2e-4},
+    {Precision::kBf16, 0.85, 6e-3},
+    {Precision::kInt8WeightOnly, 0.70, 4e-2},
+    {Precision::kInt8, 0.75, 6e-2},
+};
+
+std::vector<std::string> fixture_models() {
+  std::vector<std::string> names;
+  for (const char* n : {"gpt2", "gpt_neox", "gpt_neox_seq", "llama", "llama_untied"}) {
+    if (std::filesystem::exists(kFixtures + n + "/reference.json")) names.push_back(n);
+  }
+  return names;
+}
+
+// QUANTSERVE_CUDA_GRAPHS is read when a CUDA backend is made; this sets it for the backends made in a scope.
+class GraphsEnv {
+ public:
+  explicit GraphsEnv(bool on) {
+    if (const char* v = std::getenv("QUANTSERVE_CUDA_GRAPHS")) saved_ = v, had_ = true;
+    setenv("QUANTSERVE_CUDA_GRAPHS", on ? "1" : "0", 1);
+  }
+  ~GraphsEnv() {
+    if (had_) setenv("QUANTSERVE_CUDA_GRAPHS", saved_.c_str(), 1);
+    else unsetenv("QUANTSERVE_CUDA_GRAPHS");
+  }
+
+ private:
+  std::string saved_;
+  bool had_ = false;
+};
+
+LoadedEngine load(const std::string& name, Precision p, bool graphs = true) {
+  GraphsEnv env(graphs);
+  LoadEngineOptions o;
+  o.model_path = kFixtures + name;
+  o.device = "cuda";
+  o.load.precision = p;
+  return load_engine(o);
+}
+
+class CudaConformance : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaConformance, Fp32LogitsMatchTransformers) {
+  SKIP_WITHOUT_GPU();
+  const Reference ref = read_reference(kFixtures + GetParam());
+  LoadedEngine e = load(GetParam(), Precision::kFp32);
+  auto& model = const_cast<Model&>(e.engine->model());
+  EXPECT_EQ(model.backend().name().rfind("cuda", 0), 0u);
+  const Agreement a = compare(run_logits(model, ref.sequences), ref.logits);
+  // cuBLASLt fp32 (no TF32) and fp32 attention: the same bound as the CPU, with room for summation order.
+  EXPECT_LE(a.max_rel_error, 2e-4) << GetParam();
+  EXPECT_EQ(a.top1, 1.0);
+}
+
+TEST_P(CudaConformance, Fp32ChunkedPrefillMatches) {
+  SKIP_WITHOUT_GPU();
+  const Reference ref = read_reference(kFixtures + GetParam());
+  LoadedEngine e = load(GetParam(), Precision::kFp32);
+  auto& model = const_cast<Model&>(e.engine->model());
+  const Agreement a = compare(run_logits(model, ref.sequences, /*chunk=*/5), ref.logits);
+  EXPECT_LE(a.max_rel_error, 2e-4) << GetParam();
+}
+
+TEST_P(CudaConformance, Fp32GreedyMatchesTransformers) {
+  // Greedy decoding goes through decode steps, i.e. through the CUDA graphs (bucket 1).
+  SKIP_WITHOUT_GPU();
+  const Reference ref = read_reference(kFixtures + GetParam());
+  LoadedEngine e = load(GetParam(), Precision::kFp32);
+  for (const auto& g : ref.greedy) {
+    SamplingParams p;
+    p.temperature = 0;
+    p.max_new_tokens = int32_t(g.expected.size());
+    const GenerateResult r = generate_once(*e.engine, g.prompt, p);
+    EXPECT_EQ(r.token_ids, g.expected) << GetParam();
+  }
+}
+
+TEST_P(CudaConformance, GreedyIsTheSameInOneBatch) {
+  // All prompts at once (continuous batching; decode steps padded to graph buckets 2, 4, ...).
+  SKIP_WITHOUT_GPU();
+  const Reference ref = read_reference(kFixtures + GetParam());
+  LoadedEngine e = load(GetParam(), Precision::kFp32);
+  std::vector<std::vector<int32_t>> got(ref.greedy.size());
+  for (size_t i = 0; i < ref.greedy.size(); ++i) {
+    SamplingParams p;
+    p.temperature = 0;
+    p.max_new_tokens = int32_t(ref.greedy[i].expected.size());
+    e.engine->submit(ref.greedy[i].prompt, p, [&got, i](const GenerationEvent& ev) {
+      got[i].insert(got[i].end(), ev.token_ids.begin(), ev.token_ids.end());
+    });
+  }
+  while (e.engine->has_work()) e.engine->step();
+  for (size_t i = 0; i < ref.greedy.size(); ++i) EXPECT_EQ(got[i], ref.greedy[i].expected) << GetParam() << " #" << i;
+  EXPECT_EQ(e.engine->stats().kv_blocks_used, 0);
+}
+
+TEST_P(CudaConformance, QuantizedPrecisionsStayWithinBounds) {
+  SKIP_WITHOUT_GPU();
+  const Reference ref = read_reference(kFixtures + GetParam());
+  for (const Bounds& b : kBounds) {
+    LoadedEngine e = load(GetParam(), b.precision);
+    auto& model = const_cast<Model&>(e.engine->model());
+    const Agreement a = compare(run_logits(model, ref.sequences), ref.logits);
+    std::printf("[cuda conformance] %-13s %-17s top1 %.4f  mean KL %.3e  max rel err %.3e  weights %zu B\n",
+                GetParam().c_str(), precision_name(b.precision), a.top1, a.mean_kl, a.max_rel_error,
+                model.report().weight_bytes);
+    EXPECT_GE(a.top1, b.min_top1) << precision_name(b.precision);
+    EXPECT_LE(a.mean_kl, b.max_kl) << precision_name(b.precision);
+  }
+}
+
+// Decode steps of S sequences with CUDA graphs (padded to the bucket, replayed from the second step of a
+// bucket on) against the same steps with graphs off: the same logits up to the GEMMs' summation order (the
+// padded pass multiplies more rows, for which cuBLASLt may pick another algorithm).
+TEST_P(CudaConformance, DecodeStepsWithGraphsMatchWithout) {
+  SKIP_WITHOUT_GPU();
+  const Reference ref = read_reference(kFixtures + GetParam());
+  struct Case {
+    Precision precision;
+    double tolerance;   // x max(1, max |logit|)
+  };
+  for (const Case c : {Case{Precision::kFp32, 1e-4}, Case{Precision::kFp16, 2e-3}, Case{Precision::kInt8, 2e-3},
+                       Case{Precision::kInt8WeightOnly, 2e-3}}) {
+    LoadedEngine with = load(GetParam(), c.precision, /*graphs=*/true);
+    LoadedEngine without = load(GetParam(), c.precision, /*graphs=*/false);
+    auto& mg = const_cast<Model&>(with.engine->model());
+    auto& me = const_cast<Model&>(without.engine->model());
+    const ModelConfig& cfg = mg.config();
+    const int64_t V = cfg.vocab_size, bs = 16, steps = 6;
+    for (int64_t S : {1, 3, 6, 9}) {   // buckets 1, 4, 8 and 16 (int8 weight-only: GEMV up to 8, GEMM above)
+      KvCacheConfig kc{cfg.num_layers, 8 * S, bs, cfg.num_kv_heads, cfg.head_dim};
+      auto cache_g = mg.backend().make_kv_cache(kc);
+      auto cache_e = me.backend().make_kv_cache(kc);
+      // Prefill S prompts (the fixture's sequences, cycled, first 5 tokens) in one pass on each.
+      std::vector<std::vector<int32_t>> tokens(static_cast<size_t>(S)), tables(static_cast<size_t>(S));
+      BatchLayout prefill;
+      for (int64_t s = 0; s < S; ++s) {
+        const auto& src = ref.sequences[size_t(s) % ref.sequences.size()];
+        tokens[size_t(s)].assign(src.begin(), src.begin() + std::min<ptrdiff_t>(5, ptrdiff_t(src.size())));
+        for (int64_t b = 0; b < 8; ++b) tables[size_t(s)].push_back(int32_t(s * 8 + b));
+        for (size_t p = 0; p < tokens[size_t(s)].size(); ++p) {
+          prefill.token_ids.push_back(tokens[size_t(s)][p]);
+          prefill.positions.push_back(int32_t(p));
+          prefill.seq_of_token.push_back(int32_t(s));
+        }
+        prefill.logit_rows.push_back(int32_t(prefill.token_ids.size()) - 1);
+        prefill.block_tables.push_back(tables[size_t(s)]);
+        prefill.seq_lens.push_back(int32_t(tokens[size_t(s)].size()));
+      }
+      std::vector<float> lg, le;
+      mg.forward(prefill, *cache_g, lg);
+      me.forward(prefill, *cache_e, le);
+      for (int64_t step = 0; step < steps; ++step) {
+        // Next token of each sequence: the argmax of the reference (no graphs) run, fed to both.
+        BatchLayout decode;
+        for (int64_t s = 0; s < S; ++s) {
+          const float* row = le.data() + s * V;
+          tokens[size_t(s)].push_back(int32_t(std::max_element(row, row + V) - row));
+          const int32_t pos = int32_t(tokens[size_t(s)].size()) - 1;
+          decode.token_ids.push_back(tokens[size_t(s)].back());
+          decode.positions.push_back(pos);
+          decode.seq_of_token.push_back(int32_t(s));
+          decode.logit_rows.push_back(int32_t(s));
+          decode.block_tables.push_back(tables[size_t(s)]);
+          decode.seq_lens.push_back(pos + 1);
+        }
+        mg.forward(decode, *cache_g, lg);
+        me.forward(decode, *cache_e, le);
+        ASSERT_EQ(lg.size(), size_t(S * V));
+        ASSERT_EQ(le.size(), size_t(S * V));
+        double max_diff = 0, max_ref = 1;
+        for (size_t i = 0; i < le.size(); ++i) {
+          max_diff = std::max(max_diff, double(std::fabs(lg[i] - le[i])));
+          max_ref = std::max(max_ref, double(std::fabs(le[i])));
+        }
+        EXPECT_LE(max_diff, c.tolerance * max_ref)
+            << GetParam() << " " << precision_name(c.precision) << " S=" << S << " step " << step;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaConformance, ::testing::ValuesIn(fixture_models()),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace qs
