@@ -42,7 +42,17 @@ struct LoadOptions {
   Precision precision = Precision::kFp32;
   bool quantize_embeddings = false;   // int8 modes: also quantize embeddings and the LM head
   bool compute_error = true;
-  const std::vector<float>* smoothing_calibration = nullptr;  // reserved for int8-smooth
+  // int8-smooth (SmoothQuant): Model::load first loads the model in fp32 and runs it over a calibration text,
+  // recording the per-input-channel absmax of the activations entering each linear that follows a norm; the
+  // smoothing factors s = absmax(X)^alpha / absmax(W)^(1-alpha) are then divided out of that norm's weight
+  // (and bias) and multiplied into the linear's weight columns before W8A8 quantization.
+  std::vector<int32_t> calibration_ids;     // calibration token ids; empty = tokenize calibration_file
+  std::string calibration_file;             // empty = $QUANTSERVE_CALIBRATION_FILE, else
+                                            // /usr/share/common-licenses/Apache-2.0, else a built-in paragraph
+  int64_t calibration_tokens = 512;         // the first N tokens of the calibration text
+  float smoothing_alpha = 0.5f;             // $QUANTSERVE_SMOOTHING_ALPHA overrides
+  // Set by Model::load for the second (quantized) load: per linear name, its input's per-channel absmax.
+  const std::map<std::string, std::vector<float>>* activation_absmax = nullptr;
 };
 
 class Model {

@@ -1,8 +1,15 @@
 // Shared transformer machinery (see transformer.h) and Model::load, the architecture dispatch.
 #include "engine/transformer.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 
+#include "engine/tokenizer.h"
 #include "kernels/error.h"
 
 namespace qs {
@@ -23,15 +30,89 @@ const char* architecture_name(Architecture a) {
   return "?";
 }
 
+namespace {
+
+std::unique_ptr<Model> make_model(const ModelFile& file, Backend& backend, const LoadOptions& options) {
+  switch (file.config().arch) {
+    case Architecture::kGpt2: return make_gpt2(file, backend, options);
+    case Architecture::kGptNeoX: return make_gpt_neox(file, backend, options);
+    case Architecture::kLlama: return make_llama(file, backend, options);
+  }
+  QS_FAIL(ErrorCode::kInternal, "unknown architecture");
+}
+
+// Calibration text where no file is found: plain English prose, a few hundred tokens.
+constexpr const char* kBuiltinCalibrationText =
+    "The purpose of a public library is to give everyone the same chance to read, to learn and to find out "
+    "about the world. Anyone may walk in, sit down at a table and open a book about history, science, cooking, "
+    "music or the law. The librarians answer questions, help people find what they are looking for and keep the "
+    "collection in order, so that a book returned on Monday can be found again on Tuesday. Many libraries also "
+    "lend newspapers, films and recordings, and they offer computers to those who have none at home. Children "
+    "come after school to do their homework; older people come to read the news, to write letters or to meet "
+    "friends. In the evening there may be a talk by a local writer, a class for people learning a new language, "
+    "or a meeting of a club that discusses one novel each month. None of this is free to run: buildings must be "
+    "heated and repaired, staff must be paid and new books must be bought every year. Towns pay for it because "
+    "they believe that a community in which people can read and think for themselves is a better place to live, "
+    "to work and to raise a family. When the weather is bad, the reading room is full; when the sun shines, "
+    "people borrow a book and take it to the park.";
+
+std::vector<int32_t> calibration_ids(const ModelFile& file, const LoadOptions& options) {
+  if (!options.calibration_ids.empty()) return options.calibration_ids;
+  std::string path = options.calibration_file;
+  if (path.empty()) {
+    if (const char* env = std::getenv("QUANTSERVE_CALIBRATION_FILE"); env && *env) {
+      path = env;
+    } else if (std::filesystem::exists("/usr/share/common-licenses/Apache-2.0")) {
+      path = "/usr/share/common-licenses/Apache-2.0";
+    }
+  }
+  std::string text = kBuiltinCalibrationText;
+  if (!path.empty()) {
+    std::ifstream in(path, std::ios::binary);
+    QS_CHECK(in.good(), ErrorCode::kNotFound, "cannot read the int8-smooth calibration text '", path, "'");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    text = ss.str();
+  }
+  QS_CHECK(!file.tokenizer_spec().empty(), ErrorCode::kInvalidModel,
+           "int8-smooth calibration needs the model's tokenizer, and this model has none");
+  const Tokenizer tok(file.tokenizer_spec());
+  std::vector<int32_t> ids = tok.encode(text, /*parse_special=*/false);
+  if (tok.add_bos() && tok.bos_id() >= 0) ids.insert(ids.begin(), tok.bos_id());
+  if (options.calibration_tokens > 0 && int64_t(ids.size()) > options.calibration_tokens) {
+    ids.resize(size_t(options.calibration_tokens));
+  }
+  QS_CHECK(!ids.empty(), ErrorCode::kInvalidArgument, "the int8-smooth calibration text is empty");
+  return ids;
+}
+
+}  // namespace
+
 std::unique_ptr<Model> Model::load(const ModelFile& file, Backend& backend, const LoadOptions& options) {
   QS_CHECK(backend.supports(options.precision), ErrorCode::kUnsupported, "the ", backend.name(),
            " backend does not support precision ", precision_name(options.precision));
   const auto start = Clock::now();
   std::unique_ptr<Model> model;
-  switch (file.config().arch) {
-    case Architecture::kGpt2: model = make_gpt2(file, backend, options); break;
-    case Architecture::kGptNeoX: model = make_gpt_neox(file, backend, options); break;
-    case Architecture::kLlama: model = make_llama(file, backend, options); break;
+  if (options.precision == Precision::kInt8Smooth && options.activation_absmax == nullptr) {
+    // SmoothQuant: calibrate an fp32 copy (freed before the quantized load), then load with the factors folded.
+    std::map<std::string, std::vector<float>> absmax;
+    {
+      LoadOptions fp32 = options;
+      fp32.precision = Precision::kFp32;
+      fp32.compute_error = false;
+      auto reference = make_model(file, backend, fp32);
+      absmax = static_cast<TransformerModel&>(*reference).calibrate(calibration_ids(file, options));
+    }
+    LoadOptions smoothed = options;
+    smoothed.activation_absmax = &absmax;
+    if (const char* env = std::getenv("QUANTSERVE_SMOOTHING_ALPHA"); env && *env) {
+      smoothed.smoothing_alpha = std::strtof(env, nullptr);
+      QS_CHECK(smoothed.smoothing_alpha >= 0 && smoothed.smoothing_alpha <= 1, ErrorCode::kInvalidArgument,
+               "QUANTSERVE_SMOOTHING_ALPHA must be in [0, 1], got '", env, "'");
+    }
+    model = make_model(file, backend, smoothed);
+  } else {
+    model = make_model(file, backend, options);
   }
   model->report_.load_seconds = seconds_since(start);
   return model;
@@ -93,6 +174,7 @@ std::unique_ptr<LinearWeight> TransformerModel::make_linear(const std::string& n
   LinearOptions lo;
   lo.compute_error = options_.compute_error;
   auto lin = backend_->make_linear(w, host.bias.empty() ? nullptr : &b, precision, lo);
+  linear_names_[lin.get()] = name;
   quantize_seconds_ += seconds_since(start);
   TensorReport r;
   r.name = name;
@@ -107,9 +189,14 @@ std::unique_ptr<LinearWeight> TransformerModel::make_linear(const std::string& n
 }
 
 DenseWeight TransformerModel::make_dense(const std::string& name, const std::string& tensor_class, int64_t rows,
-                                         int64_t cols) {
+                                         int64_t cols, const std::vector<float>& divide_by) {
   const std::vector<int64_t> shape = cols == 1 ? std::vector<int64_t>{rows} : std::vector<int64_t>{rows, cols};
-  const std::vector<float> host = file_.get_f32(name, shape);
+  std::vector<float> host = file_.get_f32(name, shape);
+  if (!divide_by.empty()) {
+    QS_CHECK(int64_t(divide_by.size()) == rows * cols, ErrorCode::kInternal, name, ": smoothing factors for ",
+             divide_by.size(), " channels, the tensor has ", rows * cols);
+    for (size_t i = 0; i < host.size(); ++i) host[i] /= divide_by[i];
+  }
   const auto start = Clock::now();
   DenseWeight d = backend_->make_dense(HostTensor{host.data(), DType::F32, rows, cols}, DType::F32);
   quantize_seconds_ += seconds_since(start);
@@ -122,6 +209,78 @@ DenseWeight TransformerModel::make_dense(const std::string& name, const std::str
   r.bytes = d.bytes();
   report_.tensors.push_back(r);
   return d;
+}
+
+std::vector<float> TransformerModel::smooth(const std::string& name, HostLinear& host) const {
+  if (options_.precision != Precision::kInt8Smooth || options_.activation_absmax == nullptr) return {};
+  const auto it = options_.activation_absmax->find(name);
+  QS_CHECK(it != options_.activation_absmax->end(), ErrorCode::kInternal, "int8-smooth: no calibration data for ",
+           name);
+  const int64_t N = host.rows, K = host.cols;
+  const std::vector<float>& x_max = it->second;
+  QS_CHECK(int64_t(x_max.size()) == K, ErrorCode::kInternal, name, ": calibration has ", x_max.size(),
+           " channels, the weight ", K);
+  std::vector<float> w_max(size_t(K), 0.0f);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t k = 0; k < K; ++k) w_max[size_t(k)] = std::max(w_max[size_t(k)], std::fabs(host.weight[size_t(n * K + k)]));
+  }
+  // s_j = max|X_j|^a / max|W_j|^(1-a): moves part of the activations' outlier range into the weights.
+  const double a = options_.smoothing_alpha;
+  std::vector<float> s(size_t(K), 1.0f);
+  for (int64_t k = 0; k < K; ++k) {
+    const double x = x_max[size_t(k)], w = w_max[size_t(k)];
+    if (x > 0 && w > 0) s[size_t(k)] = float(std::clamp(std::pow(x, a) / std::pow(w, 1.0 - a), 1e-5, 1e5));
+  }
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t k = 0; k < K; ++k) host.weight[size_t(n * K + k)] *= s[size_t(k)];
+  }
+  return s;
+}
+
+std::map<std::string, std::vector<float>> TransformerModel::calibrate(const std::vector<int32_t>& ids) {
+  std::map<std::string, std::vector<float>> stats;
+  struct Reset {
+    std::map<std::string, std::vector<float>>*& p;
+    ~Reset() { p = nullptr; }
+  } reset{calibration_};
+  calibration_ = &stats;
+  const int64_t n = int64_t(ids.size()), window = std::min<int64_t>(config_.max_positions, n), bs = 16;
+  KvCacheConfig kc{config_.num_layers, (window + bs - 1) / bs, bs, config_.num_kv_heads, config_.head_dim};
+  auto cache = backend_->make_kv_cache(kc);
+  std::vector<int32_t> table;
+  for (int32_t b = 0; b < int32_t(kc.num_blocks); ++b) table.push_back(b);
+  std::vector<float> logits;
+  for (int64_t begin = 0; begin < n; begin += window) {
+    const int64_t end = std::min(begin + window, n);
+    BatchLayout batch;
+    for (int64_t p = begin; p < end; ++p) {
+      batch.token_ids.push_back(ids[size_t(p)]);
+      batch.positions.push_back(int32_t(p - begin));
+      batch.seq_of_token.push_back(0);
+    }
+    batch.logit_rows.push_back(int32_t(end - begin - 1));
+    batch.block_tables.push_back(table);
+    batch.seq_lens.push_back(int32_t(end - begin));
+    forward(batch, *cache, logits);
+  }
+  return stats;
+}
+
+void TransformerModel::observe_input(Tensor in, const LinearWeight& weight) {
+  const int64_t T = in.rows, K = in.cols;
+  observe_host_.resize(size_t(T * K));
+  if (in.dtype == DType::F32) {
+    backend_->copy_to_host(observe_host_.data(), in.data, observe_host_.size() * 4);
+  } else {
+    std::vector<uint16_t> half(size_t(T * K));
+    backend_->copy_to_host(half.data(), in.data, half.size() * 2);
+    convert_to_f32(observe_host_.data(), half.data(), in.dtype, T * K);
+  }
+  std::vector<float>& m = (*calibration_)[linear_names_.at(&weight)];
+  if (m.empty()) m.assign(size_t(K), 0.0f);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t k = 0; k < K; ++k) m[size_t(k)] = std::max(m[size_t(k)], std::fabs(observe_host_[size_t(t * K + k)]));
+  }
 }
 
 Precision TransformerModel::embedding_precision() const {
@@ -176,6 +335,7 @@ void TransformerModel::ensure_activations(int64_t T) {
 void TransformerModel::self_attention(Tensor out, Tensor in, KvCache& cache, int64_t layer, const LinearWeight& qkv,
                                       const LinearWeight& proj, int64_t rotary_dim) {
   Backend& b = *backend_;
+  if (calibration_) observe_input(in, qkv);
   b.linear(qkv_, in, qkv, Activation::kNone);
   if (rotary_dim > 0) {
     b.rope(qkv_, config_.num_heads, config_.num_kv_heads, config_.head_dim, rotary_dim, config_.rope_theta);
@@ -186,12 +346,14 @@ void TransformerModel::self_attention(Tensor out, Tensor in, KvCache& cache, int
 
 void TransformerModel::gelu_mlp(Tensor out, Tensor in, const LinearWeight& fc, const LinearWeight& proj,
                                 Activation act) {
+  if (calibration_) observe_input(in, fc);
   backend_->linear(mlp_, in, fc, act);
   backend_->linear(out, mlp_, proj, Activation::kNone);
 }
 
 void TransformerModel::swiglu_mlp(Tensor out, Tensor in, const LinearWeight& gate_up, const LinearWeight& down) {
   Backend& b = *backend_;
+  if (calibration_) observe_input(in, gate_up);
   b.linear(mlp_, in, gate_up, Activation::kNone);
   b.silu_mul(act_, mlp_);
   b.linear(out, act_, down, Activation::kNone);
@@ -212,7 +374,7 @@ void TransformerModel::forward(const BatchLayout& batch, KvCache& cache, std::ve
   const BatchLayout* run = &batch;
   int64_t rows = T, logit_rows = L;
   uint64_t graph_key = 0;
-  const int64_t bucket = b.graph_bucket(T);
+  const int64_t bucket = calibration_ ? 0 : b.graph_bucket(T);
   const int32_t scratch_block = bucket > 0 ? b.graph_scratch_block(cache) : -1;
   bool pure_decode = scratch_block >= 0 && L == T && int64_t(batch.seq_lens.size()) == T &&
                      int64_t(batch.block_tables.size()) == T;

@@ -2,6 +2,7 @@
 // activation buffers, and the attention / MLP blocks each architecture's forward pass is a sequence of.
 #pragma once
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -24,6 +25,10 @@ class TransformerModel : public Model {
   TransformerModel(const ModelFile& file, Backend& backend, const LoadOptions& options);
   void forward(const BatchLayout& batch, KvCache& cache, std::vector<float>& logits) override;
 
+  // int8-smooth calibration (on an fp32 model): runs `ids` through the model in windows of at most the model's
+  // context and returns, per linear that follows a norm (by name), the per-input-channel absmax of its input.
+  std::map<std::string, std::vector<float>> calibrate(const std::vector<int32_t>& ids);
+
  protected:
   // Architecture files implement: the layer stack from embedded x (T, C) to final hidden state in x.
   virtual void forward_layers(const BatchLayout& batch, KvCache& cache) = 0;
@@ -38,7 +43,13 @@ class TransformerModel : public Model {
   static HostLinear concat_rows(std::vector<HostLinear> parts);
   std::unique_ptr<LinearWeight> make_linear(const std::string& name, const std::string& tensor_class,
                                             const HostLinear& host, Precision precision);
-  DenseWeight make_dense(const std::string& name, const std::string& tensor_class, int64_t rows, int64_t cols);
+  // `divide_by` (rows entries, or empty): the int8-smooth factors folded into a norm's weight or bias.
+  DenseWeight make_dense(const std::string& name, const std::string& tensor_class, int64_t rows, int64_t cols,
+                         const std::vector<float>& divide_by = {});
+  // int8-smooth: for the linear `name` that follows a norm, computes the smoothing factors from the calibrated
+  // activation absmax and host's column absmax, multiplies them into host's columns and returns them (for the
+  // norm's make_dense). Other precisions, or no calibration data: returns empty and leaves host alone.
+  std::vector<float> smooth(const std::string& name, HostLinear& host) const;
   // The precision of blocks' linears and of the embedding / LM head under the load options.
   Precision block_precision() const { return options_.precision; }
   Precision embedding_precision() const;
@@ -52,6 +63,8 @@ class TransformerModel : public Model {
                       const LinearWeight& proj, int64_t rotary_dim);
   void gelu_mlp(Tensor out, Tensor in, const LinearWeight& fc, const LinearWeight& proj, Activation act);
   void swiglu_mlp(Tensor out, Tensor in, const LinearWeight& gate_up, const LinearWeight& down);
+  // During calibrate(): folds `in`'s per-column absmax into the statistics of `weight` (a linear after a norm).
+  void observe_input(Tensor in, const LinearWeight& weight);
 
   const ModelFile& file_;
   LoadOptions options_;
@@ -59,6 +72,9 @@ class TransformerModel : public Model {
   std::unique_ptr<LinearWeight> embed_;          // (V, C), also the LM head when tied
   std::unique_ptr<LinearWeight> lm_head_;        // (V, C) when untied
   std::function<void(Tensor out, Tensor in)> final_norm_;   // set by the architecture
+  std::map<const LinearWeight*, std::string> linear_names_;
+  std::map<std::string, std::vector<float>>* calibration_ = nullptr;   // set while calibrate() runs
+  std::vector<float> observe_host_;
 
   // Activations, (T, ...) each.
   Tensor x_, h_, h2_, qkv_, att_, mlp_, act_, out_, out2_;

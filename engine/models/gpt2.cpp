@@ -26,18 +26,20 @@ class Gpt2Model final : public TransformerModel {
     for (int64_t l = 0; l < config_.num_layers; ++l) {
       const std::string p = prefix_ + "h." + std::to_string(l) + ".";
       Gpt2Layer layer;
-      layer.ln_1_w = make_dense(p + "ln_1.weight", "norm", C, 1);
-      layer.ln_1_b = make_dense(p + "ln_1.bias", "norm", C, 1);
-      layer.c_attn = make_linear(p + "attn.c_attn.weight", "attention",
-                                 read_conv1d(p + "attn.c_attn.weight", p + "attn.c_attn.bias", C, 3 * C),
-                                 block_precision());
+      // int8-smooth folds each norm's smoothing factors into the linear it feeds (a no-op otherwise).
+      HostLinear c_attn = read_conv1d(p + "attn.c_attn.weight", p + "attn.c_attn.bias", C, 3 * C);
+      HostLinear c_fc = read_conv1d(p + "mlp.c_fc.weight", p + "mlp.c_fc.bias", C, F);
+      const std::vector<float> s1 = smooth(p + "attn.c_attn.weight", c_attn);
+      const std::vector<float> s2 = smooth(p + "mlp.c_fc.weight", c_fc);
+      layer.ln_1_w = make_dense(p + "ln_1.weight", "norm", C, 1, s1);
+      layer.ln_1_b = make_dense(p + "ln_1.bias", "norm", C, 1, s1);
+      layer.c_attn = make_linear(p + "attn.c_attn.weight", "attention", c_attn, block_precision());
       layer.c_proj = make_linear(p + "attn.c_proj.weight", "attention",
                                  read_conv1d(p + "attn.c_proj.weight", p + "attn.c_proj.bias", C, C),
                                  block_precision());
-      layer.ln_2_w = make_dense(p + "ln_2.weight", "norm", C, 1);
-      layer.ln_2_b = make_dense(p + "ln_2.bias", "norm", C, 1);
-      layer.c_fc = make_linear(p + "mlp.c_fc.weight", "mlp", read_conv1d(p + "mlp.c_fc.weight", p + "mlp.c_fc.bias", C, F),
-                               block_precision());
+      layer.ln_2_w = make_dense(p + "ln_2.weight", "norm", C, 1, s2);
+      layer.ln_2_b = make_dense(p + "ln_2.bias", "norm", C, 1, s2);
+      layer.c_fc = make_linear(p + "mlp.c_fc.weight", "mlp", c_fc, block_precision());
       layer.mlp_proj = make_linear(p + "mlp.c_proj.weight", "mlp",
                                    read_conv1d(p + "mlp.c_proj.weight", p + "mlp.c_proj.bias", F, C),
                                    block_precision());

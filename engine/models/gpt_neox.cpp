@@ -40,21 +40,22 @@ class NeoXModel final : public TransformerModel {
     for (int64_t l = 0; l < config_.num_layers; ++l) {
       const std::string p = "gpt_neox.layers." + std::to_string(l) + ".";
       NeoXLayer layer;
-      layer.ln_1_w = make_dense(p + "input_layernorm.weight", "norm", C, 1);
-      layer.ln_1_b = make_dense(p + "input_layernorm.bias", "norm", C, 1);
-      layer.ln_2_w = make_dense(p + "post_attention_layernorm.weight", "norm", C, 1);
-      layer.ln_2_b = make_dense(p + "post_attention_layernorm.bias", "norm", C, 1);
-      layer.qkv = make_linear(p + "attention.query_key_value.weight", "attention",
-                              reorder_neox_qkv(read_linear(p + "attention.query_key_value.weight",
-                                                           p + "attention.query_key_value.bias", 3 * C, C),
-                                               config_.num_heads, config_.head_dim),
-                              block_precision());
+      // int8-smooth folds each norm's smoothing factors into the linear it feeds (a no-op otherwise).
+      HostLinear qkv = reorder_neox_qkv(read_linear(p + "attention.query_key_value.weight",
+                                                    p + "attention.query_key_value.bias", 3 * C, C),
+                                        config_.num_heads, config_.head_dim);
+      HostLinear fc_in = read_linear(p + "mlp.dense_h_to_4h.weight", p + "mlp.dense_h_to_4h.bias", F, C);
+      const std::vector<float> s1 = smooth(p + "attention.query_key_value.weight", qkv);
+      const std::vector<float> s2 = smooth(p + "mlp.dense_h_to_4h.weight", fc_in);
+      layer.ln_1_w = make_dense(p + "input_layernorm.weight", "norm", C, 1, s1);
+      layer.ln_1_b = make_dense(p + "input_layernorm.bias", "norm", C, 1, s1);
+      layer.ln_2_w = make_dense(p + "post_attention_layernorm.weight", "norm", C, 1, s2);
+      layer.ln_2_b = make_dense(p + "post_attention_layernorm.bias", "norm", C, 1, s2);
+      layer.qkv = make_linear(p + "attention.query_key_value.weight", "attention", qkv, block_precision());
       layer.dense = make_linear(p + "attention.dense.weight", "attention",
                                 read_linear(p + "attention.dense.weight", p + "attention.dense.bias", C, C),
                                 block_precision());
-      layer.fc_in = make_linear(p + "mlp.dense_h_to_4h.weight", "mlp",
-                                read_linear(p + "mlp.dense_h_to_4h.weight", p + "mlp.dense_h_to_4h.bias", F, C),
-                                block_precision());
+      layer.fc_in = make_linear(p + "mlp.dense_h_to_4h.weight", "mlp", fc_in, block_precision());
       layer.fc_out = make_linear(p + "mlp.dense_4h_to_h.weight", "mlp",
                                  read_linear(p + "mlp.dense_4h_to_h.weight", p + "mlp.dense_4h_to_h.bias", C, F),
                                  block_precision());

@@ -27,20 +27,20 @@ class LlamaModel final : public TransformerModel {
       const std::string a = p + "self_attn.", m = p + "mlp.";
       const bool ab = config_.attention_bias, mb = config_.mlp_bias;
       LlamaLayer layer;
-      layer.input_norm = make_dense(p + "input_layernorm.weight", "norm", C, 1);
-      layer.post_attention_norm = make_dense(p + "post_attention_layernorm.weight", "norm", C, 1);
-      layer.qkv = make_linear(a + "qkv_proj", "attention",
-                              concat_rows({read_linear(a + "q_proj.weight", bias(a + "q_proj.bias", ab), q_rows, C),
-                                           read_linear(a + "k_proj.weight", bias(a + "k_proj.bias", ab), kv_rows, C),
-                                           read_linear(a + "v_proj.weight", bias(a + "v_proj.bias", ab), kv_rows, C)}),
-                              block_precision());
+      // int8-smooth folds each norm's smoothing factors into the linear it feeds (a no-op otherwise).
+      HostLinear qkv = concat_rows({read_linear(a + "q_proj.weight", bias(a + "q_proj.bias", ab), q_rows, C),
+                                    read_linear(a + "k_proj.weight", bias(a + "k_proj.bias", ab), kv_rows, C),
+                                    read_linear(a + "v_proj.weight", bias(a + "v_proj.bias", ab), kv_rows, C)});
+      HostLinear gate_up = concat_rows({read_linear(m + "gate_proj.weight", bias(m + "gate_proj.bias", mb), F, C),
+                                        read_linear(m + "up_proj.weight", bias(m + "up_proj.bias", mb), F, C)});
+      layer.input_norm = make_dense(p + "input_layernorm.weight", "norm", C, 1, smooth(a + "qkv_proj", qkv));
+      layer.post_attention_norm = make_dense(p + "post_attention_layernorm.weight", "norm", C, 1,
+                                             smooth(m + "gate_up_proj", gate_up));
+      layer.qkv = make_linear(a + "qkv_proj", "attention", qkv, block_precision());
       layer.o_proj = make_linear(a + "o_proj.weight", "attention",
                                  read_linear(a + "o_proj.weight", bias(a + "o_proj.bias", ab), C, q_rows),
                                  block_precision());
-      layer.gate_up = make_linear(m + "gate_up_proj", "mlp",
-                                  concat_rows({read_linear(m + "gate_proj.weight", bias(m + "gate_proj.bias", mb), F, C),
-                                               read_linear(m + "up_proj.weight", bias(m + "up_proj.bias", mb), F, C)}),
-                                  block_precision());
+      layer.gate_up = make_linear(m + "gate_up_proj", "mlp", gate_up, block_precision());
       layer.down = make_linear(m + "down_proj.weight", "mlp",
                                read_linear(m + "down_proj.weight", bias(m + "down_proj.bias", mb), C, F),
                                block_precision());

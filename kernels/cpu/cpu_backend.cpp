@@ -138,8 +138,8 @@ class CpuBackend final : public Backend {
 
   std::string name() const override { return "cpu"; }
   DType activation_dtype() const override { return DType::F32; }
-  // int8-smooth needs calibration the engine does not do yet; everything else runs here.
-  bool supports(Precision p) const override { return p != Precision::kInt8Smooth; }
+  // Every precision; int8-smooth is W8A8 on weights the engine has already smoothed (calibrated at load).
+  bool supports(Precision) const override { return true; }
 
   MemoryInfo memory_info() const override {
     MemoryInfo info;
@@ -268,6 +268,7 @@ class CpuBackend final : public Backend {
         check_dnnl(dnnl_sgemm('N', 'N', T, N, K, 1.0f, x, K, lin.w_f32.data(), N, 0.0f, y, N), "sgemm");
         break;
       case Precision::kInt8:
+      case Precision::kInt8Smooth:   // smoothing is folded into the weights and the preceding norm at load
         linear_w8a8(y, x, lin, T, N, K);
         break;
       case Precision::kInt8Mixed:

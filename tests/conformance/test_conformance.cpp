@@ -138,6 +138,7 @@ const Bounds kBounds[] = {
     {Precision::kInt8, 0.75, 6e-2},
     {Precision::kInt8Mixed, 0.75, 6e-2},
     {Precision::kInt8Naive, 0.70, 6e-2},
+    {Precision::kInt8Smooth, 0.60, 6e-2},   // measured: top1 >= 0.652, mean KL <= 3.7e-2 (llama_untied)
 };
 
 std::vector<std::string> fixture_models() {
