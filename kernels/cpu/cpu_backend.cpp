@@ -275,10 +275,13 @@ class CpuBackend final : public Backend {
         linear_mixed(y, x, lin, T, N, K);
         break;
       default:  // weights in low precision, activations in fp32
-        if (T <= cpu::kGemvMaxRows && avx512_) {
+        if (T <= cpu::kGemvBatchLimit && avx512_) {
           const float zp = lin.precision == Precision::kInt8Naive ? float(lin.zero_point) : 0.0f;
           const float* scales = lin.row_scale.empty() ? nullptr : lin.row_scale.data();
-          cpu::gemv_avx512(y, x, lin.gemv_weights(), lin.gemv_type(), scales, zp, T, N, K);
+          for (int64_t t0 = 0; t0 < T; t0 += cpu::kGemvMaxRows) {
+            const int64_t rows = std::min(cpu::kGemvMaxRows, T - t0);
+            cpu::gemv_avx512(y + t0 * N, x + t0 * K, lin.gemv_weights(), lin.gemv_type(), scales, zp, rows, N, K);
+          }
           if (lin.precision == Precision::kInt8Naive) {
             for (int64_t i = 0; i < T * N; ++i) y[i] *= lin.tensor_scale;
           }

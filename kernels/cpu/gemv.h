@@ -6,8 +6,11 @@ namespace qs::cpu {
 
 enum class WeightType { kI8, kU8, kF16, kBF16 };
 
-// Rows of x this kernel handles per call; larger batches go through dequantize-and-sgemm.
-constexpr int64_t kGemvMaxRows = 4;
+// Rows of x one pass over the weights handles (one AVX-512 accumulator each).
+constexpr int64_t kGemvMaxRows = 8;
+// Up to this many rows (decode batches) the GEMV runs in passes of kGemvMaxRows: each pass streams the
+// low-precision weights once, which beats dequantizing them to fp32 for sgemm; above it (prefill), sgemm.
+constexpr int64_t kGemvBatchLimit = 32;
 
 bool gemv_avx512_available();
 // out[t, n] = row_scale[n] * (sum_k x[t, k] * w[n, k] - zero_point * sum_k x[t, k]), for T <= kGemvMaxRows.

@@ -88,7 +88,11 @@ void gemv_typed(float* out, const float* x, const void* w, const float* row_scal
     case 1: gemv_rows<kType, 1>(out, x, w, row_scale, zero_point, N, K); break;
     case 2: gemv_rows<kType, 2>(out, x, w, row_scale, zero_point, N, K); break;
     case 3: gemv_rows<kType, 3>(out, x, w, row_scale, zero_point, N, K); break;
-    default: gemv_rows<kType, 4>(out, x, w, row_scale, zero_point, N, K); break;
+    case 4: gemv_rows<kType, 4>(out, x, w, row_scale, zero_point, N, K); break;
+    case 5: gemv_rows<kType, 5>(out, x, w, row_scale, zero_point, N, K); break;
+    case 6: gemv_rows<kType, 6>(out, x, w, row_scale, zero_point, N, K); break;
+    case 7: gemv_rows<kType, 7>(out, x, w, row_scale, zero_point, N, K); break;
+    default: gemv_rows<kType, 8>(out, x, w, row_scale, zero_point, N, K); break;
   }
 }
 

@@ -301,7 +301,8 @@ std::vector<LinearCase> all_cases() {
   std::vector<LinearCase> cases;
   for (Precision p : {Precision::kFp32, Precision::kFp16, Precision::kBf16, Precision::kInt8,
                       Precision::kInt8WeightOnly, Precision::kInt8Naive, Precision::kInt8Mixed}) {
-    for (int64_t T : {1, 3, 4, 5, 17}) cases.push_back({p, T});   // T <= 4: GEMV; above: GEMM
+    // T <= 8: one GEMV pass; 9..32: several passes; 40: dequantize + sgemm (fp32 and W8A8 use their GEMMs).
+    for (int64_t T : {1, 3, 4, 5, 8, 17, 40}) cases.push_back({p, T});
   }
   return cases;
 }
