@@ -3,7 +3,7 @@
 # concurrency 1, 2, 4, 8, 16, 32 and writes bench/results/cpu_serve_concurrency.json.
 #   bench/client_bench.sh [BUILD_DIR]      (default: build)
 # Environment: MODEL (default models/SmolLM2-135M-Instruct.Q4_1.gguf), PRECISION (fp32), PROMPT_TOKENS (32),
-# MAX_NEW_TOKENS (64), LEVELS ("1 2 4 8 16 32"), PORT (50551), METRICS_PORT (9551), OUT (the JSON path).
+# MAX_NEW_TOKENS (64), NOTE (free text stored in the JSON), LEVELS ("1 2 4 8 16 32"), PORT (50551), METRICS_PORT (9551), OUT (the JSON path).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
@@ -92,6 +92,7 @@ result = {
     "max_new_tokens": runs[0]["max_new_tokens"],
     "client": "quantserve-client bench (closed loop, GenerateStream, ignore_eos, greedy)",
     "speedup_tokens_per_second_vs_concurrency_1": {str(c): round(t / by_c[levels[0]], 2) for c, t in by_c.items()},
+    "notes": os.environ.get("NOTE", ""),
     "runs": runs,
 }
 os.makedirs(os.path.dirname(out), exist_ok=True)
