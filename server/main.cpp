@@ -1,11 +1,25 @@
 // quantserve: one binary, subcommands serve, generate, inspect, bench, perplexity.
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 
 #include "kernels/error.h"
 #include "server/commands.h"
 
+// libgomp reads its wait policy when it is loaded, before main. Its default spins for a long time at every
+// barrier, which on a shared CPU (containers with CPU limits, co-located jobs) turns each of the few hundred
+// parallel regions of a decode step into a lost time slice: measured 10-25x slower decode on a contended
+// 2-core machine. So unless the user chose a policy, re-execute once with a short spin before sleeping.
+static void bound_openmp_spinning(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
+  setenv("GOMP_SPINCOUNT", "10000", 1);
+  execv("/proc/self/exe", argv);   // returns only on failure: carry on with the defaults
+}
+
 int main(int argc, char** argv) {
+  bound_openmp_spinning(argv);
   CLI::App app{"quantserve: quantized transformer inference (gRPC server, generation, inspection, benchmarks)"};
   app.require_subcommand(1);
   qs::cli::add_serve_command(app);
