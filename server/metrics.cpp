@@ -69,14 +69,7 @@ Metrics::Metrics(const std::string& listen) : registry_(std::make_shared<prometh
   unknown_ = &make_model("unknown", "", false);
   update_process_memory();
 
-  if (!listen.empty()) {
-    try {
-      exposer_ = std::make_unique<Exposer>(listen, 2);
-    } catch (const std::exception& e) {
-      QS_FAIL(ErrorCode::kUnavailable, "cannot serve metrics on ", listen, " (--metrics-listen): ", e.what());
-    }
-    exposer_->RegisterCollectable(registry_);
-  }
+  if (!listen.empty()) http_ = std::make_unique<MetricsHttpServer>(listen, registry_);
 }
 
 Metrics::~Metrics() = default;
@@ -147,7 +140,7 @@ void Metrics::update_process_memory() {
 }
 
 std::vector<int> Metrics::listening_ports() const {
-  return exposer_ ? exposer_->GetListeningPorts() : std::vector<int>{};
+  return http_ ? std::vector<int>{http_->port()} : std::vector<int>{};
 }
 
 }  // namespace qs::server

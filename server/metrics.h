@@ -10,13 +10,13 @@
 
 #include <grpcpp/support/status.h>
 #include <prometheus/counter.h>
-#include <prometheus/exposer.h>
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
 #include "engine/engine.h"
+#include "server/metrics_http.h"
 
 namespace qs::server {
 
@@ -63,7 +63,7 @@ class Metrics {
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<MetricsHttpServer> http_;   // /metrics (not prometheus-cpp's Exposer: see metrics_http.h)
   prometheus::Family<prometheus::Histogram>* ttft_ = nullptr;
   prometheus::Family<prometheus::Histogram>* itl_ = nullptr;
   prometheus::Family<prometheus::Histogram>* duration_ = nullptr;
