@@ -92,14 +92,14 @@ struct Engine::Impl {
     if (s.on_event) s.on_event(ev);
   }
 
-  void finish(Sequence& s, FinishReason reason, const std::string& error = "") {
-    GenerationEvent ev;
-    if (reason != FinishReason::kStop && reason != FinishReason::kCancelled && reason != FinishReason::kError) {
+  // The request's last event: `ev` carries this step's tokens and text, if any. On length or EOS the text held
+  // back (an incomplete character, a possible stop-sequence prefix) is released too. Frees the KV blocks.
+  void finish(Sequence& s, GenerationEvent ev, FinishReason reason) {
+    if (reason == FinishReason::kLength || reason == FinishReason::kEos) {
       s.text += s.decoder->flush();
-      ev.text = s.text.substr(s.emitted);
+      ev.text += s.text.substr(s.emitted);
       s.emitted = s.text.size();
     }
-    ev.error = error;
     blocks->release(s.block_table);
     emit(s, ev, reason);
   }
@@ -163,7 +163,7 @@ struct Engine::Impl {
   void drop_cancelled() {
     for (auto& sp : running) {
       if (sp && sp->cancel_requested) {
-        finish(*sp, FinishReason::kCancelled);
+        finish(*sp, {}, FinishReason::kCancelled);
         sp.reset();
       }
     }
@@ -220,7 +220,9 @@ struct Engine::Impl {
       // A failed pass fails the requests in it, not the engine.
       for (Sequence* s : in_batch) {
         s->cancel_requested = false;
-        finish(*s, FinishReason::kError, e.what());
+        GenerationEvent ev;
+        ev.error = e.what();
+        finish(*s, ev, FinishReason::kError);
       }
       std::erase_if(running, [&](const auto& sp) {
         return std::find(in_batch.begin(), in_batch.end(), sp.get()) != in_batch.end();
@@ -242,15 +244,7 @@ struct Engine::Impl {
       if (reason == FinishReason::kNone) {
         emit(s, ev, FinishReason::kNone);
       } else {
-        // The final event carries this step's token and text too.
-        GenerationEvent last = ev;
-        if (reason == FinishReason::kLength || reason == FinishReason::kEos) {
-          s.text += s.decoder->flush();
-          last.text += s.text.substr(s.emitted);
-          s.emitted = s.text.size();
-        }
-        blocks->release(s.block_table);
-        emit(s, last, reason);
+        finish(s, ev, reason);
         finished.push_back(&s);
       }
     }
@@ -326,7 +320,7 @@ void Engine::cancel(uint64_t request_id) {
     if ((*it)->id == request_id) {
       std::unique_ptr<Sequence> s = std::move(*it);
       m.waiting.erase(it);
-      m.finish(*s, FinishReason::kCancelled);
+      m.finish(*s, {}, FinishReason::kCancelled);
       return;
     }
   }
