@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/engine.h"
 #include "engine/model.h"
 
 namespace qs::conformance {
@@ -121,6 +122,22 @@ inline Agreement compare(const std::vector<std::vector<std::vector<float>>>& our
   a.top1 = double(same) / double(n);
   a.mean_kl = kl_sum / double(n);
   return a;
+}
+
+// Greedy continuations of all the reference prompts submitted together (continuous batching), run to the end.
+inline std::vector<std::vector<int32_t>> greedy_in_one_batch(Engine& engine,
+                                                             const std::vector<Reference::Greedy>& greedy) {
+  std::vector<std::vector<int32_t>> got(greedy.size());
+  for (size_t i = 0; i < greedy.size(); ++i) {
+    SamplingParams p;
+    p.temperature = 0;
+    p.max_new_tokens = int32_t(greedy[i].expected.size());
+    engine.submit(greedy[i].prompt, p, [&got, i](const GenerationEvent& ev) {
+      got[i].insert(got[i].end(), ev.token_ids.begin(), ev.token_ids.end());
+    });
+  }
+  while (engine.has_work()) engine.step();
+  return got;
 }
 
 // Bounds a precision is held to against transformers' fp32 logits.

@@ -110,16 +110,7 @@ TEST_P(CudaConformance, GreedyIsTheSameInOneBatch) {
   SKIP_WITHOUT_GPU();
   const Reference ref = read_reference(kFixtures + GetParam());
   LoadedEngine e = load(GetParam(), Precision::kFp32);
-  std::vector<std::vector<int32_t>> got(ref.greedy.size());
-  for (size_t i = 0; i < ref.greedy.size(); ++i) {
-    SamplingParams p;
-    p.temperature = 0;
-    p.max_new_tokens = int32_t(ref.greedy[i].expected.size());
-    e.engine->submit(ref.greedy[i].prompt, p, [&got, i](const GenerationEvent& ev) {
-      got[i].insert(got[i].end(), ev.token_ids.begin(), ev.token_ids.end());
-    });
-  }
-  while (e.engine->has_work()) e.engine->step();
+  const std::vector<std::vector<int32_t>> got = greedy_in_one_batch(*e.engine, ref.greedy);
   for (size_t i = 0; i < ref.greedy.size(); ++i) EXPECT_EQ(got[i], ref.greedy[i].expected) << GetParam() << " #" << i;
   EXPECT_EQ(e.engine->stats().kv_blocks_used, 0);
 }
