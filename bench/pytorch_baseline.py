@@ -25,23 +25,11 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+from bench_common import ROOT, find_binary, git_commit, load_average  # noqa: E402
 MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 TEXT = "/usr/share/common-licenses/GPL-3"
 OUT = os.path.join(ROOT, "bench", "results", "cpu_pytorch_baseline.json")
-
-
-def find_binary(explicit):
-    candidates = [explicit] if explicit else [os.environ.get("QUANTSERVE_BIN", "")] + [
-        os.path.join(ROOT, d, "server", "quantserve") for d in ("build", "build-q", "build-cli")]
-    for c in candidates:
-        if c and os.access(c, os.X_OK):
-            return c
-    sys.exit(f"quantserve binary not found (tried {candidates}); pass --binary")
-
-
-def load_average():
-    return [float(x) for x in open("/proc/loadavg").read().split()[:3]]
 
 
 def run(cmd):
@@ -191,8 +179,7 @@ def main():
     out = {
         "tool": "bench/pytorch_baseline.py",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
-                                 text=True).stdout.strip(),
+        "commit": git_commit(),
         "machine": {"cpu": cpu, "cpus": os.cpu_count(), "platform": platform.platform(),
                     "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")},
         "threads": args.threads,

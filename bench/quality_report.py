@@ -25,14 +25,14 @@ import datetime
 import glob
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+from bench_common import ROOT, find_binary, machine_info, load_average, git_commit  # noqa: E402
 RESULTS = os.path.join(ROOT, "bench", "results")
 DOC = os.path.join(ROOT, "docs", "QUANTIZATION.md")
 IMG = os.path.join(ROOT, "docs", "img")
@@ -44,43 +44,11 @@ DEFAULT_TEXT = "/usr/share/common-licenses/GPL-3"
 TARGETS = {"fp16": 0.001, "bf16": 0.001, "int8-weight-only": 0.005, "int8-mixed": 0.02, "int8-smooth": 0.02}
 
 
-def find_binary(explicit):
-    candidates = [explicit] if explicit else [os.environ.get("QUANTSERVE_BIN", "")] + [
-        os.path.join(ROOT, d, "server", "quantserve") for d in ("build", "build-q", "build-cli")]
-    for c in candidates:
-        if c and os.access(c, os.X_OK):
-            return c
-    sys.exit(f"quantserve binary not found (tried {candidates}); pass --binary")
-
-
 def run(cmd, parse_json=True):
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-2000:]}")
     return json.loads(p.stdout) if parse_json else p.stdout
-
-
-def machine_info(threads):
-    info = {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": threads or os.cpu_count()}
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return info
-
-
-def load_average():
-    try:
-        return [float(x) for x in open("/proc/loadavg").read().split()[:3]]
-    except OSError:
-        return []
-
-
-def git_commit():
-    return subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 
 
 def model_spec(key, args):

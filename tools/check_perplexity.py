@@ -26,19 +26,10 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench_common import ROOT, find_binary, git_commit  # noqa: E402
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "models")
 DEFAULT_MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 DEFAULT_TEXT = "/usr/share/common-licenses/GPL-3"
-
-
-def find_binary(explicit):
-    candidates = [explicit] if explicit else [os.environ.get("QUANTSERVE_BIN", "")] + [
-        os.path.join(ROOT, d, "server", "quantserve") for d in ("build", "build-q", "build-cli")]
-    for c in candidates:
-        if c and os.access(c, os.X_OK):
-            return c
-    sys.exit(f"quantserve binary not found (tried {candidates}); pass --binary")
 
 
 def run_json(cmd):
@@ -46,13 +37,6 @@ def run_json(cmd):
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-2000:]}")
     return json.loads(p.stdout)
-
-
-def git_commit():
-    try:
-        return subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return ""
 
 
 def check_fixture(binary, name, tolerance):
