@@ -17,9 +17,9 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 APT_PACKAGES=(
-  build-essential cmake pkg-config git python3 python3-pip unzip curl
+  build-essential cmake pkg-config git ca-certificates python3 python3-pip unzip curl
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  prometheus-cpp-dev libdnnl-dev nlohmann-json3-dev libcli11-dev
+  prometheus-cpp-dev libdnnl-dev ocl-icd-opencl-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libgmock-dev libpcre2-dev
   prometheus
 )
