@@ -46,8 +46,10 @@ std::vector<T> to_vector(const T* p, int64_t n) {
 
 class CpuLinear final : public LinearWeight {
  public:
-  std::vector<float> w_f32;       // fp32: (K, N), transposed: oneDNN's sgemm streams B faster untransposed
-  std::vector<uint16_t> w_half;   // fp16 / bf16: (N, K)
+  // fp32 / fp16 / bf16: packed panels of cpu::kPanelWidth rows (gemv.h), one layout from decode to prefill.
+  // weight_bytes counts the N x K weights, not the zero rows that pad the last panel (as every backend reports).
+  std::vector<float> w_f32;       // fp32: packed_elements(N, K)
+  std::vector<uint16_t> w_half;   // fp16 / bf16: packed_elements(N, K)
   std::vector<int8_t> w_i8;       // int8 modes: (N, K), scales in row_scale (N)
   std::vector<uint8_t> w_u8;      // int8-naive: (N, K), one scale and zero point
   std::vector<float> row_scale;   // (N)
@@ -61,13 +63,9 @@ class CpuLinear final : public LinearWeight {
     const int64_t K = in_features;
     switch (precision) {
       case Precision::kFp32:
-        for (int64_t k = 0; k < K; ++k) dst[k] = w_f32[size_t(k * out_features + n)];
-        break;
       case Precision::kFp16:
-        for (int64_t k = 0; k < K; ++k) dst[k] = f16_to_f32(w_half[size_t(n * K + k)]);
-        break;
       case Precision::kBf16:
-        for (int64_t k = 0; k < K; ++k) dst[k] = bf16_to_f32(w_half[size_t(n * K + k)]);
+        cpu::unpack_row(dst, packed_weights(), packed_type(), n, out_features, K);
         break;
       case Precision::kInt8Naive:
         for (int64_t k = 0; k < K; ++k) {
@@ -80,20 +78,20 @@ class CpuLinear final : public LinearWeight {
     }
   }
 
+  // fp32 / fp16 / bf16 (packed).
+  cpu::WeightType packed_type() const {
+    return precision == Precision::kFp32 ? cpu::WeightType::kF32
+           : precision == Precision::kFp16 ? cpu::WeightType::kF16 : cpu::WeightType::kBF16;
+  }
+  const void* packed_weights() const {
+    return precision == Precision::kFp32 ? static_cast<const void*>(w_f32.data()) : w_half.data();
+  }
+  // int8-weight-only and int8-naive (row-major (N, K)).
   cpu::WeightType gemv_type() const {
-    switch (precision) {
-      case Precision::kFp16: return cpu::WeightType::kF16;
-      case Precision::kBf16: return cpu::WeightType::kBF16;
-      case Precision::kInt8Naive: return cpu::WeightType::kU8;
-      default: return cpu::WeightType::kI8;
-    }
+    return precision == Precision::kInt8Naive ? cpu::WeightType::kU8 : cpu::WeightType::kI8;
   }
   const void* gemv_weights() const {
-    switch (precision) {
-      case Precision::kFp16: case Precision::kBf16: return w_half.data();
-      case Precision::kInt8Naive: return w_u8.data();
-      default: return w_i8.data();
-    }
+    return precision == Precision::kInt8Naive ? static_cast<const void*>(w_u8.data()) : w_i8.data();
   }
 };
 
@@ -172,20 +170,15 @@ class CpuBackend final : public Backend {
     }
     switch (precision) {
       case Precision::kFp32:
-        lin->w_f32.resize(w.size());
-#pragma omp parallel for schedule(static)
-        for (int64_t k = 0; k < K; ++k) {
-          for (int64_t n = 0; n < N; ++n) lin->w_f32[size_t(k * N + n)] = w[size_t(n * K + k)];
-        }
-        lin->weight_bytes = lin->w_f32.size() * 4;
+        lin->w_f32.resize(cpu::packed_elements(N, K));
+        cpu::pack_weights(lin->w_f32.data(), w.data(), cpu::WeightType::kF32, N, K);
+        lin->weight_bytes = size_t(N * K) * 4;
         return lin;
       case Precision::kFp16:
       case Precision::kBf16: {
-        lin->w_half.resize(size_t(N * K));
-        for (size_t i = 0; i < w.size(); ++i) {
-          lin->w_half[i] = precision == Precision::kFp16 ? f32_to_f16(w[i]) : f32_to_bf16(w[i]);
-        }
-        lin->weight_bytes = lin->w_half.size() * 2;
+        lin->w_half.resize(cpu::packed_elements(N, K));
+        cpu::pack_weights(lin->w_half.data(), w.data(), lin->packed_type(), N, K);
+        lin->weight_bytes = size_t(N * K) * 2;
         break;
       }
       case Precision::kInt8Naive:
@@ -265,7 +258,11 @@ class CpuBackend final : public Backend {
     if (T == 0) return;
     switch (lin.precision) {
       case Precision::kFp32:
-        check_dnnl(dnnl_sgemm('N', 'N', T, N, K, 1.0f, x, K, lin.w_f32.data(), N, 0.0f, y, N), "sgemm");
+      case Precision::kFp16:
+      case Precision::kBf16:
+        // Packed panels, converted in registers: decode streams the weights once, prefill reuses each panel
+        // from cache for every tile of tokens; nothing is dequantized to memory.
+        cpu::gemm_packed(y, x, lin.packed_weights(), lin.packed_type(), T, N, K);
         break;
       case Precision::kInt8:
       case Precision::kInt8Smooth:   // smoothing is folded into the weights and the preceding norm at load
@@ -274,7 +271,7 @@ class CpuBackend final : public Backend {
       case Precision::kInt8Mixed:
         linear_mixed(y, x, lin, T, N, K);
         break;
-      default:  // weights in low precision, activations in fp32
+      default:  // int8-weight-only, int8-naive: int8 weights, activations in fp32
         if (T <= cpu::kGemvBatchLimit && avx512_) {
           const float zp = lin.precision == Precision::kInt8Naive ? float(lin.zero_point) : 0.0f;
           const float* scales = lin.row_scale.empty() ? nullptr : lin.row_scale.data();

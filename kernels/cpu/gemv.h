@@ -1,10 +1,37 @@
-// Small-batch GEMV over low-precision weights, dequantized in registers (the memory-bound decode path).
+// The CPU linear kernels: GEMV/GEMM over weights dequantized in registers. Packed panels for fp32/fp16/bf16
+// (one kernel from decode to prefill), row-major GEMVs for the int8 modes.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 namespace qs::cpu {
 
-enum class WeightType { kI8, kU8, kF16, kBF16 };
+// T = tokens (rows of x), N = out features, K = in features.
+
+enum class WeightType { kI8, kU8, kF16, kBF16, kF32 };
+
+// Packed weights: panels of kPanelWidth output features. Panel p is (K, kPanelWidth): for each k the values
+// w[p * kPanelWidth + j, k], j = 0..kPanelWidth-1, side by side (zero past N). A GEMV streams the panels front to
+// back (one sequential read of the weight) and keeps the outputs of a panel in registers, so no horizontal sums;
+// a GEMM reuses each panel, from cache, for every block of tokens. Packed once at load.
+constexpr int64_t kPanelWidth = 32;
+inline int64_t packed_panels(int64_t N) { return (N + kPanelWidth - 1) / kPanelWidth; }
+inline size_t packed_elements(int64_t N, int64_t K) { return size_t(packed_panels(N) * K * kPanelWidth); }
+// dst (packed_elements(N, K) elements of `type`: kF32, kF16 or kBF16, round to nearest even) from w (N, K) f32.
+void pack_weights(void* dst, const float* w, WeightType type, int64_t N, int64_t K);
+// dst (K) = row n of packed weights, as f32.
+void unpack_row(float* dst, const void* packed, WeightType type, int64_t n, int64_t N, int64_t K);
+// out (T, N) = x (T, K) f32 @ W^T, W packed as above (kF32, kF16, kBF16). Any T; threads over panels.
+// AVX-512 where the CPU has it, AVX2 + FMA + F16C otherwise.
+void gemm_packed(float* out, const float* x, const void* packed, WeightType type, int64_t T, int64_t N, int64_t K);
+// The same, one plain loop per output (the reference the fast paths are tested against).
+void gemm_packed_reference(float* out, const float* x, const void* packed, WeightType type, int64_t T, int64_t N,
+                           int64_t K);
+// ISA-specific entries of gemm_packed (gemm_avx512.cpp, gemm_avx2.cpp), for tests to call each one directly.
+void gemm_packed_avx512(float* out, const float* x, const void* packed, WeightType type, int64_t T, int64_t N,
+                        int64_t K);
+void gemm_packed_avx2(float* out, const float* x, const void* packed, WeightType type, int64_t T, int64_t N,
+                      int64_t K);
 
 // Rows of x one pass over the weights handles (one AVX-512 accumulator each).
 constexpr int64_t kGemvMaxRows = 8;

@@ -1,0 +1,70 @@
+// Packed weight panels for the CPU linear kernels (see gemv.h): packing, unpacking, the reference GEMM and the
+// run-time choice between the AVX-512 and AVX2 kernels.
+#include <algorithm>
+
+#include "kernels/cpu/gemv.h"
+#include "kernels/dtype.h"
+
+namespace qs::cpu {
+
+namespace {
+inline size_t packed_index(int64_t n, int64_t k, int64_t K) {
+  return size_t((n / kPanelWidth) * K * kPanelWidth + k * kPanelWidth + n % kPanelWidth);
+}
+
+inline float packed_value(const void* packed, WeightType type, size_t i) {
+  switch (type) {
+    case WeightType::kF32: return static_cast<const float*>(packed)[i];
+    case WeightType::kF16: return f16_to_f32(static_cast<const uint16_t*>(packed)[i]);
+    case WeightType::kBF16: return bf16_to_f32(static_cast<const uint16_t*>(packed)[i]);
+    default: return 0.0f;   // not a packed type
+  }
+}
+}  // namespace
+
+void pack_weights(void* dst, const float* w, WeightType type, int64_t N, int64_t K) {
+  const int64_t panels = packed_panels(N);
+#pragma omp parallel for schedule(static)
+  for (int64_t p = 0; p < panels; ++p) {
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t j = 0; j < kPanelWidth; ++j) {
+        const int64_t n = p * kPanelWidth + j;
+        const float v = n < N ? w[n * K + k] : 0.0f;
+        const size_t i = size_t(p * K * kPanelWidth + k * kPanelWidth + j);
+        switch (type) {
+          case WeightType::kF32: static_cast<float*>(dst)[i] = v; break;
+          case WeightType::kF16: static_cast<uint16_t*>(dst)[i] = f32_to_f16(v); break;
+          case WeightType::kBF16: static_cast<uint16_t*>(dst)[i] = f32_to_bf16(v); break;
+          default: break;
+        }
+      }
+    }
+  }
+}
+
+void unpack_row(float* dst, const void* packed, WeightType type, int64_t n, int64_t N, int64_t K) {
+  (void)N;
+  for (int64_t k = 0; k < K; ++k) dst[k] = packed_value(packed, type, packed_index(n, k, K));
+}
+
+void gemm_packed_reference(float* out, const float* x, const void* packed, WeightType type, int64_t T, int64_t N,
+                           int64_t K) {
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t n = 0; n < N; ++n) {
+      float acc = 0;
+      for (int64_t k = 0; k < K; ++k) acc += x[t * K + k] * packed_value(packed, type, packed_index(n, k, K));
+      out[t * N + n] = acc;
+    }
+  }
+}
+
+void gemm_packed(float* out, const float* x, const void* packed, WeightType type, int64_t T, int64_t N, int64_t K) {
+  static const bool avx512 = gemv_avx512_available();
+  if (avx512) {
+    gemm_packed_avx512(out, x, packed, type, T, N, K);
+  } else {
+    gemm_packed_avx2(out, x, packed, type, T, N, K);
+  }
+}
+
+}  // namespace qs::cpu
