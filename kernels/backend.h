@@ -82,19 +82,27 @@ struct BatchLayout {
   int64_t num_tokens() const { return int64_t(token_ids.size()); }
 };
 
-// Paged key/value memory for all layers: per layer, K and V pools of [num_blocks, block_size, NKV, HD].
+// Paged key/value memory for all layers: per layer, K and V pools of num_blocks blocks of block_size tokens
+// (NKV x HD values each, in `dtype`); how a block is laid out inside is the backend's business.
 struct KvCacheConfig {
   int64_t num_layers = 0;
   int64_t num_blocks = 0;
   int64_t block_size = 16;
   int64_t num_kv_heads = 0;
   int64_t head_dim = 0;
+  DType dtype = DType::F32;   // storage; attention computes in fp32 whatever this is
+  // Bytes of K and V for one token over all layers.
+  size_t bytes_per_token() const { return 2 * size_t(num_layers * num_kv_heads) * dtype_bytes(dtype, head_dim); }
 };
 class KvCache {
  public:
   virtual ~KvCache() = default;
   virtual const KvCacheConfig& config() const = 0;
+  // The capacity: what num_blocks blocks take (the budget), whether or not it is backed by memory yet.
   virtual size_t bytes() const = 0;
+  // The part of bytes() backed by memory now. A backend that commits pages as blocks are first written
+  // reports less than bytes() until the cache has been used to its end.
+  virtual size_t committed_bytes() const { return bytes(); }
 };
 
 struct MemoryInfo {
@@ -122,7 +130,11 @@ class Backend {
   virtual std::unique_ptr<LinearWeight> make_linear(const HostTensor& weight, const HostTensor* bias,
                                                     Precision precision, const LinearOptions& options) = 0;
   virtual DenseWeight make_dense(const HostTensor& tensor, DType storage) = 0;
+  // Throws kUnsupported for a config.dtype the backend cannot store (see supports_kv_cache_dtype).
   virtual std::unique_ptr<KvCache> make_kv_cache(const KvCacheConfig& config) = 0;
+  // KV-cache storage dtypes: what a cache gets when none is asked for, and which ones can be asked for.
+  virtual DType default_kv_cache_dtype() const { return DType::F32; }
+  virtual bool supports_kv_cache_dtype(DType dtype) const { return dtype == DType::F32; }
 
   // Per forward pass: makes the batch's ids, positions and block tables visible to the ops below.
   virtual void begin_batch(const BatchLayout& layout) = 0;

@@ -1,9 +1,12 @@
 // The CPU backend: oneDNN GEMMs (fp32 sgemm, u8s8s32 for W8A8), AVX-512 GEMV for low-precision weights at
 // small batch, and the reference ops of cpu_ops.cpp. Activations are fp32.
 #include <omp.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -14,6 +17,7 @@
 #include <oneapi/dnnl/dnnl.h>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/attention_paged.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/gemv.h"
 #include "kernels/cpu/quantize.h"
@@ -95,23 +99,67 @@ class CpuLinear final : public LinearWeight {
   }
 };
 
+// The KV cache in fp32 or fp16, in the block layout of attention_paged.h, all layers of one block side by side:
+// block b is [layer][K, V][NKV x HD x BS] at b * block_bytes(). The memory is one anonymous mapping that the
+// kernel commits page by page as blocks are first written; the block manager hands out low block numbers
+// first, so the resident part follows the most blocks ever in use, not the budget.
 class CpuKvCache final : public KvCache {
  public:
   explicit CpuKvCache(const KvCacheConfig& config) : config_(config) {
-    const size_t per_layer = size_t(config.num_blocks * config.block_size * config.num_kv_heads * config.head_dim);
-    k_.resize(size_t(config.num_layers));
-    v_.resize(size_t(config.num_layers));
-    for (auto& pool : k_) pool.assign(per_layer, 0.0f);
-    for (auto& pool : v_) pool.assign(per_layer, 0.0f);
+    QS_CHECK(config.num_layers > 0 && config.num_blocks > 0 && config.block_size > 0 && config.num_kv_heads > 0 &&
+                 config.head_dim > 0 && config.num_blocks < INT32_MAX,
+             ErrorCode::kInvalidArgument, "KV cache config must be all positive: layers ", config.num_layers,
+             ", blocks ", config.num_blocks, ", block size ", config.block_size, ", kv heads ", config.num_kv_heads,
+             ", head dim ", config.head_dim);
+    QS_CHECK(config.dtype == DType::F32 || config.dtype == DType::F16, ErrorCode::kUnsupported,
+             "the CPU backend stores the KV cache in fp32 or fp16, not ", dtype_name(config.dtype));
+    pool_elems_ = config.num_kv_heads * config.head_dim * config.block_size;
+    block_bytes_ = 2 * size_t(config.num_layers) * dtype_bytes(config.dtype, pool_elems_);
+    mapped_bytes_ = round_to_page(block_bytes_ * size_t(config.num_blocks));
+    base_ = mmap(nullptr, mapped_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    QS_CHECK(base_ != MAP_FAILED, ErrorCode::kResourceExhausted, "cannot map ", mapped_bytes_,
+             " bytes for the KV cache: ", std::strerror(errno));
   }
+  ~CpuKvCache() override { munmap(base_, mapped_bytes_); }
+  CpuKvCache(const CpuKvCache&) = delete;
+  CpuKvCache& operator=(const CpuKvCache&) = delete;
+
   const KvCacheConfig& config() const override { return config_; }
-  size_t bytes() const override { return k_.size() * 2 * (k_.empty() ? 0 : k_[0].size()) * sizeof(float); }
-  float* k(int64_t layer) { return k_[size_t(layer)].data(); }
-  float* v(int64_t layer) { return v_[size_t(layer)].data(); }
+  size_t bytes() const override { return block_bytes_ * size_t(config_.num_blocks); }
+  size_t committed_bytes() const override {
+    return std::min(bytes(), round_to_page(block_bytes_ * size_t(blocks_touched_.load(std::memory_order_relaxed))));
+  }
+  DType dtype() const { return config_.dtype; }
+  // Elements between block b and block b + 1 of one layer's K (or V).
+  int64_t block_stride() const { return 2 * config_.num_layers * pool_elems_; }
+  void* k(int64_t layer) { return element(2 * layer * pool_elems_); }
+  void* v(int64_t layer) { return element((2 * layer + 1) * pool_elems_); }
+  // Called with each pass's batch before its tokens are written: keeps the committed high-water mark.
+  void note_blocks(const BatchLayout& batch) {
+    int64_t top = blocks_touched_.load(std::memory_order_relaxed);
+    for (size_t t = 0; t < batch.positions.size(); ++t) {
+      const auto& table = batch.block_tables[size_t(batch.seq_of_token[t])];
+      const size_t i = size_t(batch.positions[t] / config_.block_size);
+      if (i < table.size()) top = std::max<int64_t>(top, int64_t(table[i]) + 1);
+    }
+    blocks_touched_.store(std::min<int64_t>(top, config_.num_blocks), std::memory_order_relaxed);
+  }
 
  private:
+  static size_t round_to_page(size_t bytes) {
+    const size_t page = size_t(sysconf(_SC_PAGESIZE));
+    return (bytes + page - 1) / page * page;
+  }
+  void* element(int64_t index) {
+    return static_cast<char*>(base_) + size_t(index) * dtype_bytes(config_.dtype, 1);
+  }
+
   KvCacheConfig config_;
-  std::vector<std::vector<float>> k_, v_;
+  int64_t pool_elems_ = 0;        // NKV * HD * BS: one layer's K (or V) of one block
+  size_t block_bytes_ = 0;        // one block over all layers, K and V
+  size_t mapped_bytes_ = 0;
+  void* base_ = nullptr;
+  std::atomic<int64_t> blocks_touched_{0};   // 1 + the highest block ever written
 };
 
 void check_dnnl(dnnl_status_t status, const char* what) {
@@ -225,6 +273,8 @@ class CpuBackend final : public Backend {
   std::unique_ptr<KvCache> make_kv_cache(const KvCacheConfig& config) override {
     return std::make_unique<CpuKvCache>(config);
   }
+  DType default_kv_cache_dtype() const override { return DType::F16; }
+  bool supports_kv_cache_dtype(DType dtype) const override { return dtype == DType::F32 || dtype == DType::F16; }
 
   void begin_batch(const BatchLayout& layout) override { batch_ = &layout; }
 
@@ -311,8 +361,13 @@ class CpuBackend final : public Backend {
   void attention(Tensor out, Tensor qkv, KvCache& cache, int64_t layer, int64_t num_heads, int64_t num_kv_heads,
                  int64_t head_dim) override {
     auto& kv = static_cast<CpuKvCache&>(cache);
-    cpu::attention_forward(f32(out), f32(qkv), kv.k(layer), kv.v(layer), *batch_, kv.config().block_size, num_heads,
-                           num_kv_heads, head_dim);
+    QS_CHECK(layer >= 0 && layer < kv.config().num_layers && num_kv_heads == kv.config().num_kv_heads &&
+                 head_dim == kv.config().head_dim,
+             ErrorCode::kInternal, "attention: layer ", layer, " with ", num_kv_heads, " KV heads of ", head_dim,
+             " does not match the KV cache");
+    kv.note_blocks(*batch_);
+    cpu::attention_paged_forward(f32(out), f32(qkv), kv.k(layer), kv.v(layer), kv.dtype(), *batch_,
+                                 kv.config().block_size, num_heads, num_kv_heads, head_dim, kv.block_stride());
   }
   void gather_logit_rows(Tensor out, Tensor in) override {
     const float* x = f32(in);

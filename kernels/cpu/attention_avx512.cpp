@@ -1,0 +1,61 @@
+// The fast paged attention with AVX-512 (compiled with -mavx512*, called after a CPUID check): 16 keys' scores
+// per vector, fp16 K/V converted in registers (vcvtph2ps), exp2 by polynomial and vscalefps.
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace qs::cpu::attention_avx512_impl {
+
+struct Vec {
+  using R = __m512;
+  static constexpr int W = 16;
+  static constexpr int kAccumulators = 16;   // of the 32 zmm registers, the rest for loads and broadcasts
+  static constexpr int kMaxRows = 8;
+  static R zero() { return _mm512_setzero_ps(); }
+  static R set1(float x) { return _mm512_set1_ps(x); }
+  static R load(const float* p) { return _mm512_loadu_ps(p); }
+  static R load(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static R load_partial(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p); }
+  static R load_partial(const uint16_t* p, int64_t n) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(__mmask16((1u << n) - 1), p));
+  }
+  static void store(float* p, R v) { _mm512_storeu_ps(p, v); }
+  static R add(R a, R b) { return _mm512_add_ps(a, b); }
+  static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
+  static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
+  static R max(R a, R b) { return _mm512_max_ps(a, b); }
+  static R fmadd(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+  static float reduce_max(R v) { return _mm512_reduce_max_ps(v); }
+  static float reduce_add(R v) { return _mm512_reduce_add_ps(v); }
+  // Lanes k.. replaced by fill.
+  static R keep_first(R v, int64_t k, float fill) {
+    if (k >= W) return v;
+    if (k <= 0) return set1(fill);
+    return _mm512_mask_blend_ps(__mmask16((1u << k) - 1), set1(fill), v);
+  }
+  // 2^x: x = n + f, |f| <= 1/2, 2^f by its Taylor polynomial to degree 6 (relative error < 2e-7), times 2^n by
+  // vscalefps; 0 below -126 (and for -inf, the masked scores).
+  static R exp2(R x) {
+    const __mmask16 tiny = _mm512_cmp_ps_mask(x, set1(-126.0f), _CMP_LT_OQ);
+    x = _mm512_min_ps(_mm512_max_ps(x, set1(-126.0f)), set1(126.0f));
+    const R n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const R f = sub(x, n);
+    R p = set1(1.5403530393381606e-4f);
+    p = fmadd(p, f, set1(1.3333558146428443e-3f));
+    p = fmadd(p, f, set1(9.6181291076284772e-3f));
+    p = fmadd(p, f, set1(5.5504108664821580e-2f));
+    p = fmadd(p, f, set1(2.4022650695910071e-1f));
+    p = fmadd(p, f, set1(6.9314718055994531e-1f));
+    p = fmadd(p, f, set1(1.0f));
+    return _mm512_maskz_mov_ps(__mmask16(~tiny), _mm512_scalef_ps(p, n));
+  }
+};
+
+}  // namespace qs::cpu::attention_avx512_impl
+
+#define QS_ATTN_NAMESPACE attention_avx512_impl
+#include "kernels/cpu/attention_paged_kernel.h"
+
+namespace qs::cpu {
+void attention_run_avx512(const AttentionPlan& plan) { attention_avx512_impl::run(plan); }
+}  // namespace qs::cpu

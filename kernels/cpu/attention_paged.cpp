@@ -1,0 +1,261 @@
+// The fast paged attention (see attention_paged.h): writes the new K/V, plans the work (tiles, key splits,
+// scratch) and runs the best kernel this CPU has; also the one-lane kernel, for any head dim.
+#include "kernels/cpu/attention_paged.h"
+
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels/error.h"
+
+namespace qs::cpu::attention_scalar_impl {
+
+struct Vec {
+  using R = float;
+  static constexpr int W = 1;
+  static constexpr int kAccumulators = 4;
+  static constexpr int kMaxRows = 4;
+  static R zero() { return 0.0f; }
+  static R set1(float x) { return x; }
+  static R load(const float* p) { return *p; }
+  static R load(const uint16_t* p) { return _cvtsh_ss(*p); }
+  template <class E>
+  static R load_partial(const E* p, int64_t) { return load(p); }
+  static void store(float* p, R v) { *p = v; }
+  static R add(R a, R b) { return a + b; }
+  static R sub(R a, R b) { return a - b; }
+  static R mul(R a, R b) { return a * b; }
+  static R max(R a, R b) { return a > b ? a : b; }
+  static R fmadd(R a, R b, R c) { return a * b + c; }
+  static float reduce_max(R v) { return v; }
+  static float reduce_add(R v) { return v; }
+  static R keep_first(R v, int64_t k, float fill) { return k >= 1 ? v : fill; }
+  static R exp2(R x) { return x < -126.0f ? 0.0f : std::exp2(x); }
+};
+
+}  // namespace qs::cpu::attention_scalar_impl
+
+#define QS_ATTN_NAMESPACE attention_scalar_impl
+#include "kernels/cpu/attention_paged_kernel.h"
+
+namespace qs::cpu {
+
+void attention_run_scalar(const AttentionPlan& plan) { attention_scalar_impl::run(plan); }
+
+namespace {
+
+// Rows of a query tile: a prefill tile of 32 / G tokens reuses each K/V block it loads for 32 query rows.
+constexpr int64_t kTileRows = 32;
+// Split keys when (sequence, KV head, tile) gives fewer than this many pieces per thread ...
+constexpr int64_t kItemsPerThread = 4;
+// ... into ranges of at least this many blocks (a range's fixed cost is its queries and its merge).
+constexpr int64_t kMinBlocksPerRange = 4;
+
+inline uint16_t to_f16(float x) { return uint16_t(_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT)); }
+
+// K (num_blocks, [block_stride: NKV, HD, BS]), V (num_blocks, [block_stride: NKV, BS, HD]).
+template <class E>
+void write_kv(E* k_pool, E* v_pool, const float* qkv, const BatchLayout& batch, int64_t BS, int64_t NH, int64_t NKV,
+              int64_t HD, int64_t block_stride) {
+  const int64_t T = batch.num_tokens(), row = (NH + 2 * NKV) * HD;
+#pragma omp parallel for schedule(static) if (T >= 64)
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t pos = batch.positions[size_t(t)];
+    const int64_t block = batch.block_tables[size_t(batch.seq_of_token[size_t(t)])][size_t(pos / BS)];
+    const int64_t offset = pos % BS;
+    const float* k = qkv + t * row + NH * HD;
+    const float* v = k + NKV * HD;
+    for (int64_t h = 0; h < NKV; ++h) {
+      E* kd = k_pool + block * block_stride + (h * HD) * BS + offset;
+      E* vd = v_pool + block * block_stride + (h * BS + offset) * HD;
+      for (int64_t d = 0; d < HD; ++d) {
+        if constexpr (sizeof(E) == 2) {
+          kd[d * BS] = to_f16(k[h * HD + d]);
+        } else {
+          kd[d * BS] = k[h * HD + d];
+        }
+      }
+      if constexpr (sizeof(E) == 2) {
+        int64_t d = 0;
+        for (; d + 8 <= HD; d += 8) {
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(vd + d),
+                           _mm256_cvtps_ph(_mm256_loadu_ps(v + h * HD + d), _MM_FROUND_TO_NEAREST_INT));
+        }
+        for (; d < HD; ++d) vd[d] = to_f16(v[h * HD + d]);
+      } else {
+        for (int64_t d = 0; d < HD; ++d) vd[d] = v[h * HD + d];
+      }
+    }
+  }
+}
+
+struct Tile {
+  int32_t seq, first_token, num_tokens, key_end;
+};
+
+// Reused between calls (one forward pass runs attention once per layer): no allocation per call.
+struct Workspace {
+  std::vector<Tile> tiles;
+  std::vector<AttentionWorkItem> items;
+  std::vector<AttentionMerge> merges;
+  std::vector<const int32_t*> tables;
+  std::vector<float> partials, scratch;
+};
+
+AttentionIsa resolve(AttentionIsa isa, int64_t HD) {
+  if (isa != AttentionIsa::kAuto) {
+    QS_CHECK(attention_isa_available(isa), ErrorCode::kUnsupported, "attention kernel ", attention_isa_name(isa),
+             " is not available on this CPU");
+    QS_CHECK(isa != AttentionIsa::kAvx512 || HD % 16 == 0, ErrorCode::kUnsupported,
+             "the AVX-512 attention needs a head dim that is a multiple of 16, got ", HD);
+    QS_CHECK(isa != AttentionIsa::kAvx2 || HD % 8 == 0, ErrorCode::kUnsupported,
+             "the AVX2 attention needs a head dim that is a multiple of 8, got ", HD);
+    return isa;
+  }
+  if (HD % 16 == 0 && attention_isa_available(AttentionIsa::kAvx512)) return AttentionIsa::kAvx512;
+  if (HD % 8 == 0 && attention_isa_available(AttentionIsa::kAvx2)) return AttentionIsa::kAvx2;
+  return AttentionIsa::kScalar;
+}
+
+}  // namespace
+
+bool attention_isa_available(AttentionIsa isa) {
+  switch (isa) {
+    case AttentionIsa::kAvx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl");
+    case AttentionIsa::kAvx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    default:
+      return true;
+  }
+}
+
+const char* attention_isa_name(AttentionIsa isa) {
+  switch (isa) {
+    case AttentionIsa::kAvx512: return "avx512";
+    case AttentionIsa::kAvx2: return "avx2";
+    case AttentionIsa::kScalar: return "scalar";
+    default: return "auto";
+  }
+}
+
+int64_t attention_partial_floats(int64_t max_rows, int64_t HD) { return max_rows * (HD + 2); }
+
+int64_t attention_scratch_floats(int64_t max_rows, int64_t HD, int64_t BS) {
+  const int64_t bsp = (BS + 15) / 16 * 16;
+  const int64_t n = max_rows * (2 * HD + bsp + 5);   // qs, acc, S, m, l, alpha, limit, qpos
+  return (n + 15) / 16 * 16 + 16;                    // keep each thread's scratch on its own cache lines
+}
+
+void attention_paged_forward(float* out, const float* qkv, void* k_pool, void* v_pool, DType kv_dtype,
+                             const BatchLayout& batch, int64_t BS, int64_t NH, int64_t NKV, int64_t HD,
+                             int64_t block_stride, AttentionIsa isa) {
+  if (block_stride <= 0) block_stride = NKV * HD * BS;
+  QS_CHECK(NKV > 0 && NH % NKV == 0 && HD > 0 && BS > 0, ErrorCode::kInternal, "attention: ", NH,
+           " query heads are not a multiple of ", NKV, " KV heads (head dim ", HD, ", block size ", BS, ")");
+  QS_CHECK(kv_dtype == DType::F32 || kv_dtype == DType::F16, ErrorCode::kUnsupported,
+           "the CPU attention reads an fp32 or fp16 KV cache, not ", dtype_name(kv_dtype));
+  const int64_t T = batch.num_tokens();
+  if (T == 0) return;
+  const int64_t S = int64_t(batch.block_tables.size());
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t s = batch.seq_of_token[size_t(t)], pos = batch.positions[size_t(t)];
+    QS_CHECK(s >= 0 && s < S && pos >= 0 && pos / BS < int64_t(batch.block_tables[size_t(s)].size()),
+             ErrorCode::kInternal, "attention: token ", t, " at position ", pos, " of sequence ", s,
+             " has no KV block");
+  }
+  if (kv_dtype == DType::F16) {
+    write_kv(static_cast<uint16_t*>(k_pool), static_cast<uint16_t*>(v_pool), qkv, batch, BS, NH, NKV, HD,
+             block_stride);
+  } else {
+    write_kv(static_cast<float*>(k_pool), static_cast<float*>(v_pool), qkv, batch, BS, NH, NKV, HD, block_stride);
+  }
+
+  static thread_local Workspace ws;
+  const int64_t G = NH / NKV;
+  const int64_t tile_tokens = std::max<int64_t>(1, kTileRows / G);
+  ws.tiles.clear();
+  for (int64_t t = 0; t < T;) {
+    const int32_t seq = batch.seq_of_token[size_t(t)];
+    int64_t end = t;
+    while (end < T && batch.seq_of_token[size_t(end)] == seq) ++end;
+    for (int64_t a = t; a < end; a += tile_tokens) {
+      const int64_t n = std::min(tile_tokens, end - a);
+      int32_t last = 0;
+      for (int64_t i = a; i < a + n; ++i) last = std::max(last, batch.positions[size_t(i)]);
+      ws.tiles.push_back(Tile{seq, int32_t(a), int32_t(n), last + 1});
+    }
+    t = end;
+  }
+
+  const int threads = std::max(1, omp_get_max_threads());
+  const int64_t pieces = int64_t(ws.tiles.size()) * NKV;
+  const int64_t want = kItemsPerThread * threads;
+  const int64_t split = (threads > 1 && pieces < want) ? (want + pieces - 1) / pieces : 1;
+  ws.items.clear();
+  ws.merges.clear();
+  int32_t partials = 0;
+  int64_t max_rows = 0;
+  // Latest tiles first: in a prefill they see the most keys, and dynamic scheduling balances best big-first.
+  for (auto tile = ws.tiles.rbegin(); tile != ws.tiles.rend(); ++tile) {
+    max_rows = std::max(max_rows, int64_t(tile->num_tokens) * G);
+    const int64_t blocks = (tile->key_end + BS - 1) / BS;
+    const int64_t ranges = std::min(split, std::max<int64_t>(1, blocks / kMinBlocksPerRange));
+    for (int64_t h = 0; h < NKV; ++h) {
+      AttentionWorkItem item{tile->seq, int32_t(h), tile->first_token, tile->num_tokens, 0, tile->key_end, -1};
+      if (ranges <= 1) {
+        ws.items.push_back(item);
+        continue;
+      }
+      const int64_t per_range = (blocks + ranges - 1) / ranges;
+      AttentionMerge merge{int32_t(h), tile->first_token, tile->num_tokens, partials, 0};
+      for (int64_t b = 0; b < blocks; b += per_range) {
+        item.key_begin = int32_t(b * BS);
+        item.key_end = int32_t(std::min<int64_t>(tile->key_end, (b + per_range) * BS));
+        item.partial = partials++;
+        ++merge.num_partials;
+        ws.items.push_back(item);
+      }
+      ws.merges.push_back(merge);
+    }
+  }
+
+  ws.tables.resize(size_t(S));
+  for (int64_t s = 0; s < S; ++s) ws.tables[size_t(s)] = batch.block_tables[size_t(s)].data();
+  AttentionPlan plan;
+  plan.out = out;
+  plan.qkv = qkv;
+  plan.k_pool = k_pool;
+  plan.v_pool = v_pool;
+  plan.kv_f16 = kv_dtype == DType::F16;
+  plan.block_tables = ws.tables.data();
+  plan.positions = batch.positions.data();
+  plan.BS = BS;
+  plan.NH = NH;
+  plan.NKV = NKV;
+  plan.HD = HD;
+  plan.block_stride = block_stride;
+  plan.scale_log2 = float(1.4426950408889634 / std::sqrt(double(HD)));
+  plan.items = ws.items.data();
+  plan.num_items = int64_t(ws.items.size());
+  plan.merges = ws.merges.data();
+  plan.num_merges = int64_t(ws.merges.size());
+  plan.max_rows = max_rows;
+  plan.threads = int(std::min<int64_t>(threads, plan.num_items));
+  ws.partials.resize(size_t(int64_t(partials) * attention_partial_floats(max_rows, HD)));
+  plan.partials = ws.partials.data();
+  plan.scratch_floats = attention_scratch_floats(max_rows, HD, BS);
+  ws.scratch.resize(size_t(plan.scratch_floats * plan.threads));
+  plan.scratch = ws.scratch.data();
+  switch (resolve(isa, HD)) {
+    case AttentionIsa::kAvx512: attention_run_avx512(plan); break;
+    case AttentionIsa::kAvx2: attention_run_avx2(plan); break;
+    default: attention_run_scalar(plan); break;
+  }
+}
+
+}  // namespace qs::cpu

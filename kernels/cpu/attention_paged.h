@@ -1,0 +1,78 @@
+// The fast CPU attention over the paged KV cache (flash-style, online softmax), beside the reference
+// attention_forward of cpu_ops.h that it is tested against.
+#pragma once
+#include <cstdint>
+
+#include "kernels/backend.h"
+
+namespace qs::cpu {
+
+// T = tokens, NH = query heads, NKV = key/value heads, G = NH / NKV (query heads per KV head), HD = head dim,
+// BS = KV block size, R = query rows of a tile (tokens of the tile x G).
+//
+// Pool layout of this kernel (not the reference's): per layer, num_blocks blocks block_stride elements apart
+// (NKV*HD*BS when the pool holds only this layer's K or V; more when a cache interleaves layers), each
+//   K: (NKV, HD, BS)  the block's keys transposed, so one vector load per dim holds BS keys' values
+//   V: (NKV, BS, HD)  the block's values row by row
+// in F32 or F16 (converted to fp32 in registers; scores, softmax and accumulation are fp32).
+
+enum class AttentionIsa { kAuto, kAvx512, kAvx2, kScalar };
+bool attention_isa_available(AttentionIsa isa);
+const char* attention_isa_name(AttentionIsa isa);
+
+// Writes this pass's k, v of qkv (T, (NH+2NKV)*HD) into the layer's pools, then out (T, NH*HD) = causal
+// softmax(q k^T / sqrt(HD)) v over each token's sequence, as attention_forward does. kv_dtype is F32 or F16.
+// Work is split over the OpenMP threads by (sequence, KV head, query tile) and, when that gives too few
+// pieces for the threads (long decode at small batch), by key ranges whose partial results are merged.
+void attention_paged_forward(float* out, const float* qkv, void* k_pool, void* v_pool, DType kv_dtype,
+                             const BatchLayout& batch, int64_t BS, int64_t NH, int64_t NKV, int64_t HD,
+                             int64_t block_stride = 0, AttentionIsa isa = AttentionIsa::kAuto);
+
+// ---- internal: what the per-ISA kernels (attention_paged_kernel.h) are handed -----------------------------
+
+// One piece of work: the query rows of one tile of a sequence's tokens for one KV head, over keys
+// [key_begin, key_end) (key_begin a multiple of BS).
+struct AttentionWorkItem {
+  int32_t seq = 0;           // index into the batch's block tables
+  int32_t kv_head = 0;
+  int32_t first_token = 0;   // the tile's tokens are [first_token, first_token + num_tokens) of the batch
+  int32_t num_tokens = 0;
+  int32_t key_begin = 0, key_end = 0;
+  int32_t partial = -1;      // -1: the item covers all keys and writes out; else its slot in partials
+};
+// A tile split over key ranges: its partial slots [first_partial, first_partial + num_partials) are merged.
+struct AttentionMerge {
+  int32_t kv_head = 0;
+  int32_t first_token = 0, num_tokens = 0;
+  int32_t first_partial = 0, num_partials = 0;
+};
+struct AttentionPlan {
+  float* out = nullptr;              // (T, NH*HD)
+  const float* qkv = nullptr;        // (T, (NH+2NKV)*HD)
+  const void* k_pool = nullptr;      // layout above
+  const void* v_pool = nullptr;
+  bool kv_f16 = false;
+  const int32_t* const* block_tables = nullptr;   // [S] -> block ids
+  const int32_t* positions = nullptr;             // [T]
+  int64_t BS = 0, NH = 0, NKV = 0, HD = 0;
+  int64_t block_stride = 0;          // elements from one block of a pool to the next
+  float scale_log2 = 0;              // log2(e) / sqrt(HD): scores are kept in base 2
+  const AttentionWorkItem* items = nullptr;
+  int64_t num_items = 0;
+  const AttentionMerge* merges = nullptr;
+  int64_t num_merges = 0;
+  int64_t max_rows = 0;              // R of the largest tile
+  float* partials = nullptr;         // per slot: m (max_rows), l (max_rows), acc (max_rows, HD)
+  float* scratch = nullptr;          // per thread: scratch_floats
+  int64_t scratch_floats = 0;
+  int threads = 1;
+};
+// Floats of one partial slot and of one thread's scratch for a plan's shape.
+int64_t attention_partial_floats(int64_t max_rows, int64_t HD);
+int64_t attention_scratch_floats(int64_t max_rows, int64_t HD, int64_t BS);
+
+void attention_run_avx512(const AttentionPlan& plan);   // HD % 16 == 0
+void attention_run_avx2(const AttentionPlan& plan);     // HD % 8 == 0
+void attention_run_scalar(const AttentionPlan& plan);   // any HD
+
+}  // namespace qs::cpu

@@ -1,0 +1,264 @@
+// The fast paged attention (kernels/cpu/attention_paged.h) against the reference attention_forward of
+// cpu_ops.h: every ISA this CPU has, fp32 and fp16 caches, GQA and MHA, head dims 64 and 128, contexts 1 to
+// 4,096, batches that mix prefill chunks and decode tokens, key-range splits.
+//
+// Tolerances: an fp32 cache must agree with the reference to 2e-5 + 1e-4 |ref| (the two differ only in the
+// order of sums and in exp2 by polynomial, relative error < 2e-7). An fp16 cache is compared with the
+// reference run on the same K/V rounded to fp16, to the same bound; and, against the unrounded reference, to
+// 4e-3 (fp16 keeps 11 bits: K/V in [-2, 2] are off by up to 1e-3, a convex mix of V rows by as much).
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/attention_paged.h"
+#include "kernels/cpu/cpu_ops.h"
+
+namespace qs {
+namespace {
+
+// T = tokens, NH = query heads, NKV = key/value heads, HD = head dim, BS = block size, L = context.
+
+struct AttnConfig {
+  int64_t NH, NKV, HD, BS;
+  DType dtype;
+  cpu::AttentionIsa isa;
+};
+
+std::string config_name(const AttnConfig& c) {
+  return std::string(cpu::attention_isa_name(c.isa)) + "_" + (c.dtype == DType::F16 ? "f16" : "f32") + "_NH" +
+         std::to_string(c.NH) + "_NKV" + std::to_string(c.NKV) + "_HD" + std::to_string(c.HD) + "_BS" +
+         std::to_string(c.BS);
+}
+
+float round_f16(float x) { return f16_to_f32(f32_to_f16(x)); }
+
+// One sequence of the test: its qkv rows for every position and its (scattered) block table.
+struct TestSeq {
+  std::vector<float> qkv;       // (L, (NH + 2 NKV) HD)
+  std::vector<int32_t> table;
+};
+
+struct Slice {
+  int seq;
+  int64_t first, count;   // positions [first, first + count) in this pass
+};
+
+class PagedAttention {
+ public:
+  PagedAttention(const AttnConfig& c, const std::vector<int64_t>& lens, uint32_t seed) : c_(c) {
+    row_ = (c.NH + 2 * c.NKV) * c.HD;
+    int64_t blocks = 0;
+    for (int64_t L : lens) blocks += (L + c.BS - 1) / c.BS;
+    num_blocks_ = blocks + 3;
+    std::vector<int32_t> ids(static_cast<size_t>(num_blocks_));
+    std::iota(ids.begin(), ids.end(), 0);
+    std::mt19937 rng(seed);
+    std::shuffle(ids.begin(), ids.end(), rng);   // non-contiguous, out-of-order tables
+    std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+    size_t next = 0;
+    for (int64_t L : lens) {
+      TestSeq s;
+      s.qkv.resize(size_t(L * row_));
+      for (auto& x : s.qkv) x = u(rng);
+      for (int64_t b = 0; b < (L + c.BS - 1) / c.BS; ++b) s.table.push_back(ids[next++]);
+      seqs_.push_back(std::move(s));
+    }
+    const size_t pool = size_t(num_blocks_ * c.BS * c.NKV * c.HD);
+    const size_t elem = c.dtype == DType::F16 ? 2 : 4;
+    fast_k_.assign(pool * elem, 0);
+    fast_v_.assign(pool * elem, 0);
+    ref_k_.assign(pool, 0.0f);
+    ref_v_.assign(pool, 0.0f);
+  }
+
+  // Runs one pass through the fast kernel and checks it against the reference on up to max_checked rows.
+  void run_pass(const std::vector<Slice>& slices, int64_t max_checked, const std::string& what) {
+    BatchLayout batch;
+    std::vector<float> in;
+    for (size_t i = 0; i < slices.size(); ++i) {
+      const Slice& sl = slices[i];
+      const TestSeq& s = seqs_[size_t(sl.seq)];
+      for (int64_t p = sl.first; p < sl.first + sl.count; ++p) {
+        batch.token_ids.push_back(0);
+        batch.positions.push_back(int32_t(p));
+        batch.seq_of_token.push_back(int32_t(i));
+        in.insert(in.end(), s.qkv.begin() + p * row_, s.qkv.begin() + (p + 1) * row_);
+      }
+      batch.block_tables.push_back(s.table);
+      batch.seq_lens.push_back(int32_t(sl.first + sl.count));
+    }
+    const int64_t T = batch.num_tokens(), C = c_.NH * c_.HD;
+    std::vector<float> out(static_cast<size_t>(T * C), NAN);
+    cpu::attention_paged_forward(out.data(), in.data(), fast_k_.data(), fast_v_.data(), c_.dtype, batch, c_.BS,
+                                 c_.NH, c_.NKV, c_.HD, 0, c_.isa);
+
+    // The reference over a subset of each slice's rows (first, last and evenly between), its cache filled with
+    // the positions before the slice as the reference itself would have written them.
+    for (size_t i = 0; i < slices.size(); ++i) {
+      const Slice& sl = slices[i];
+      fill_reference(sl.seq, sl.first, /*round=*/c_.dtype == DType::F16);
+      std::vector<int64_t> rows;
+      const int64_t n = std::min(sl.count, max_checked);
+      for (int64_t k = 0; k < n; ++k) rows.push_back(n == 1 ? sl.count - 1 : k * (sl.count - 1) / (n - 1));
+      rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
+      int64_t t0 = 0;
+      for (size_t j = 0; j < i; ++j) t0 += slices[j].count;
+      for (bool rounded : {true, false}) {
+        if (!rounded && c_.dtype != DType::F16) continue;
+        if (!rounded) fill_reference(sl.seq, sl.first, false);
+        std::vector<float> ref_out = reference(sl, rows, rounded && c_.dtype == DType::F16);
+        const double abs = rounded ? 2e-5 : 4e-3, rel = rounded ? 1e-4 : 0.0;
+        int failures = 0;
+        for (size_t r = 0; r < rows.size(); ++r) {
+          for (int64_t ch = 0; ch < C; ++ch) {
+            const float got = out[size_t((t0 + rows[r]) * C + ch)], want = ref_out[size_t(int64_t(r) * C + ch)];
+            if (!(std::fabs(got - want) <= abs + rel * std::fabs(want)) && failures++ < 4) {
+              ADD_FAILURE() << what << ": sequence " << sl.seq << " position " << sl.first + rows[r] << " channel "
+                            << ch << ": " << got << " vs reference " << want << (rounded ? "" : " (unrounded K/V)");
+            }
+          }
+        }
+      }
+    }
+  }
+
+ private:
+  // Writes positions [0, upto) of a sequence into the reference pools (BS, NKV, HD per block).
+  void fill_reference(int seq, int64_t upto, bool round) {
+    const TestSeq& s = seqs_[size_t(seq)];
+    const int64_t kv_row = c_.NKV * c_.HD;
+    for (int64_t p = 0; p < upto; ++p) {
+      const int64_t slot = int64_t(s.table[size_t(p / c_.BS)]) * c_.BS + p % c_.BS;
+      for (int64_t e = 0; e < kv_row; ++e) {
+        const float k = s.qkv[size_t(p * row_ + c_.NH * c_.HD + e)], v = s.qkv[size_t(p * row_ + (c_.NH + c_.NKV) * c_.HD + e)];
+        ref_k_[size_t(slot * kv_row + e)] = round ? round_f16(k) : k;
+        ref_v_[size_t(slot * kv_row + e)] = round ? round_f16(v) : v;
+      }
+    }
+  }
+
+  std::vector<float> reference(const Slice& sl, const std::vector<int64_t>& rows, bool round) {
+    const TestSeq& s = seqs_[size_t(sl.seq)];
+    // The slice's own K/V first (the reference writes each token's K/V before any attention), then its rows.
+    BatchLayout all;
+    std::vector<float> in_all;
+    for (int64_t p = sl.first; p < sl.first + sl.count; ++p) {
+      all.token_ids.push_back(0);
+      all.positions.push_back(int32_t(p));
+      all.seq_of_token.push_back(0);
+      for (int64_t e = 0; e < row_; ++e) {
+        const float x = s.qkv[size_t(p * row_ + e)];
+        in_all.push_back(round && e >= c_.NH * c_.HD ? round_f16(x) : x);
+      }
+    }
+    all.block_tables.push_back(s.table);
+    BatchLayout batch;
+    std::vector<float> in;
+    for (int64_t r : rows) {
+      batch.token_ids.push_back(0);
+      batch.positions.push_back(all.positions[size_t(r)]);
+      batch.seq_of_token.push_back(0);
+      in.insert(in.end(), in_all.begin() + r * row_, in_all.begin() + (r + 1) * row_);
+    }
+    batch.block_tables.push_back(s.table);
+    // The slice's K/V as the reference's own first loop writes them (running it on every row of a long prefill
+    // would cost the whole quadratic reference), then the reference on the checked rows.
+    const int64_t kv_row = c_.NKV * c_.HD;
+    for (int64_t i = 0; i < sl.count; ++i) {
+      const int64_t p = sl.first + i;
+      const int64_t slot = int64_t(s.table[size_t(p / c_.BS)]) * c_.BS + p % c_.BS;
+      std::copy_n(in_all.begin() + i * row_ + c_.NH * c_.HD, kv_row, ref_k_.begin() + slot * kv_row);
+      std::copy_n(in_all.begin() + i * row_ + (c_.NH + c_.NKV) * c_.HD, kv_row, ref_v_.begin() + slot * kv_row);
+    }
+    std::vector<float> out(static_cast<size_t>(int64_t(rows.size()) * c_.NH * c_.HD));
+    cpu::attention_forward(out.data(), in.data(), ref_k_.data(), ref_v_.data(), batch, c_.BS, c_.NH, c_.NKV, c_.HD);
+    return out;
+  }
+
+  AttnConfig c_;
+  int64_t row_ = 0, num_blocks_ = 0;
+  std::vector<TestSeq> seqs_;
+  std::vector<uint8_t> fast_k_, fast_v_;
+  std::vector<float> ref_k_, ref_v_;
+};
+
+class FastAttention : public ::testing::TestWithParam<AttnConfig> {
+ protected:
+  void SetUp() override {
+    if (!cpu::attention_isa_available(GetParam().isa)) GTEST_SKIP() << "no " << cpu::attention_isa_name(GetParam().isa);
+  }
+};
+
+// One sequence per context: its prompt in prefill chunks of 256 (the engine's), then two decode steps.
+TEST_P(FastAttention, MatchesReferenceAtContexts) {
+  const AttnConfig& c = GetParam();
+  std::vector<int64_t> contexts = {1, 17, 255, 1024, 4096};
+  if (c.isa == cpu::AttentionIsa::kScalar) contexts.pop_back();   // one lane: a 4,096-token prefill takes long
+  for (int64_t L : contexts) {
+    PagedAttention a(c, {L + 1}, uint32_t(L));
+    const std::string what = config_name(c) + " context " + std::to_string(L);
+    for (int64_t p = 0; p < L - 1; p += 256) a.run_pass({{0, p, std::min<int64_t>(256, L - 1 - p)}}, 6, what);
+    a.run_pass({{0, L - 1, 1}}, 1, what + " decode");
+    a.run_pass({{0, L, 1}}, 1, what + " decode+1");
+  }
+}
+
+// A whole prompt in one pass (tiles of one sequence, the longest first) and batches mixing prefill and decode.
+TEST_P(FastAttention, MixedPrefillAndDecodeBatches) {
+  const AttnConfig& c = GetParam();
+  PagedAttention a(c, {1100, 300, 40, 5}, 7);
+  const std::string what = config_name(c) + " mixed";
+  a.run_pass({{0, 0, 700}, {1, 0, 200}, {2, 0, 17}}, 12, what + " pass 1");
+  a.run_pass({{2, 17, 1}, {0, 700, 399}, {3, 0, 4}, {1, 200, 1}}, 12, what + " pass 2");
+  a.run_pass({{1, 201, 1}, {0, 1099, 1}, {3, 4, 1}, {2, 18, 21}}, 12, what + " pass 3");
+}
+
+// Key-range splits and their merge: more threads than (sequence, KV head) pieces at long decode.
+TEST_P(FastAttention, SplitKeyRangesAcrossThreads) {
+  const AttnConfig& c = GetParam();
+  const int saved = omp_get_max_threads();
+  const int64_t L = c.isa == cpu::AttentionIsa::kScalar ? 600 : 2000;
+  for (int threads : {1, 3, 8}) {
+    omp_set_num_threads(threads);
+    PagedAttention a(c, {L, 70}, 11);
+    const std::string what = config_name(c) + " " + std::to_string(threads) + " threads";
+    a.run_pass({{0, 0, L - 1}, {1, 0, 69}}, 4, what + " prefill");
+    a.run_pass({{0, L - 1, 1}}, 1, what + " decode b1");
+    a.run_pass({{1, 69, 1}}, 1, what + " short decode");
+  }
+  omp_set_num_threads(saved);
+}
+
+std::vector<AttnConfig> configs() {
+  std::vector<AttnConfig> out;
+  for (auto isa : {cpu::AttentionIsa::kAvx512, cpu::AttentionIsa::kAvx2, cpu::AttentionIsa::kScalar}) {
+    for (DType dtype : {DType::F32, DType::F16}) {
+      out.push_back({9, 3, 64, 16, dtype, isa});    // SmolLM2-135M: GQA, 3 query heads per KV head
+      out.push_back({4, 4, 64, 16, dtype, isa});    // MHA (GPT-2, Pythia)
+      out.push_back({8, 2, 128, 16, dtype, isa});   // GQA at head dim 128
+      out.push_back({4, 4, 128, 16, dtype, isa});   // MHA at head dim 128
+    }
+    out.push_back({6, 2, 64, 12, DType::F16, isa});   // a block size that is not a multiple of the vector width
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cpu, FastAttention, ::testing::ValuesIn(configs()),
+                         [](const ::testing::TestParamInfo<AttnConfig>& info) { return config_name(info.param); });
+
+// Head dims the vector kernels cannot take fall to the one-lane kernel.
+TEST(FastAttentionAuto, OddHeadDimUsesScalarKernel) {
+  PagedAttention a({4, 2, 20, 16, DType::F32, cpu::AttentionIsa::kAuto}, {50}, 3);
+  a.run_pass({{0, 0, 49}}, 8, "HD 20 prefill");
+  a.run_pass({{0, 49, 1}}, 1, "HD 20 decode");
+}
+
+}  // namespace
+}  // namespace qs
