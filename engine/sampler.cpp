@@ -4,7 +4,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "kernels/error.h"
 
@@ -27,13 +31,103 @@ void validate_sampling(const SamplingParams& p) {
 }
 
 namespace {
-// log(sum(exp(x))) over V entries, stable.
+// exp(x) for x <= 0 in float, within ~2e-7 relative: 2^(x log2 e) as 2^n times a degree-7 polynomial of the
+// fraction, |f| <= ln 2 / 2. In SSE2, four at a time (x86-64 always has it; the compiler does not vectorize this
+// on its own, for the compares), which is what makes a softmax over a 49k vocabulary cheap: std::exp in double
+// costs ~0.5 ms a token there. Below -87 (under the smallest normal float), -inf (a masked token) and NaN: 0.
+#if defined(__SSE2__)
+inline __m128 exp_nonpositive4(__m128 x_in) {
+  const __m128 lo = _mm_set1_ps(-87.0f);
+  const __m128 x = _mm_max_ps(x_in, lo);   // NaN -> -87
+  const __m128 t = _mm_mul_ps(x, _mm_set1_ps(1.44269504088896341f));
+  const __m128i ni = _mm_cvtps_epi32(t);   // round to nearest
+  const __m128 f = _mm_mul_ps(_mm_sub_ps(t, _mm_cvtepi32_ps(ni)), _mm_set1_ps(0.693147180559945309f));
+  __m128 p = _mm_set1_ps(1.98412698e-4f);   // Taylor of e^f to degree 7: error < 4e-8 at ln 2 / 2
+  p = _mm_add_ps(_mm_mul_ps(p, f), _mm_set1_ps(1.38888889e-3f));
+  p = _mm_add_ps(_mm_mul_ps(p, f), _mm_set1_ps(8.33333333e-3f));
+  p = _mm_add_ps(_mm_mul_ps(p, f), _mm_set1_ps(4.16666667e-2f));
+  p = _mm_add_ps(_mm_mul_ps(p, f), _mm_set1_ps(1.66666667e-1f));
+  p = _mm_add_ps(_mm_mul_ps(p, f), _mm_set1_ps(0.5f));
+  p = _mm_add_ps(_mm_mul_ps(p, f), _mm_set1_ps(1.0f));
+  p = _mm_add_ps(_mm_mul_ps(p, f), _mm_set1_ps(1.0f));
+  p = _mm_castsi128_ps(_mm_add_epi32(_mm_castps_si128(p), _mm_slli_epi32(ni, 23)));
+  return _mm_and_ps(p, _mm_cmpgt_ps(x_in, lo));
+}
+#endif
+
+inline float exp_nonpositive(float x) {
+#if defined(__SSE2__)
+  return _mm_cvtss_f32(exp_nonpositive4(_mm_set_ss(x)));
+#else
+  return x > -87.0f ? std::exp(x) : 0.0f;
+#endif
+}
+
+// out[i] = exp_nonpositive(scale * (x[i] - m)) for i < n.
+void exp_shifted(float* out, const float* x, float m, float scale, int64_t n) {
+  int64_t i = 0;
+#if defined(__SSE2__)
+  const __m128 mv = _mm_set1_ps(m), sv = _mm_set1_ps(scale);
+  for (; i + 4 <= n; i += 4) {
+    _mm_storeu_ps(out + i, exp_nonpositive4(_mm_mul_ps(_mm_sub_ps(_mm_loadu_ps(x + i), mv), sv)));
+  }
+#endif
+  for (; i < n; ++i) out[i] = exp_nonpositive((x[i] - m) * scale);
+}
+
+// log(sum(exp(x))) over V entries, stable; float exponentials summed in double.
 double log_sum_exp(const float* x, int64_t V) {
   const float m = *std::max_element(x, x + V);
+  if (!std::isfinite(m)) {   // all -inf (or a +inf / NaN logit): the slow formula says what it means
+    double s = 0;
+    for (int64_t i = 0; i < V; ++i) s += std::exp(double(x[i] - m));
+    return double(m) + std::log(s);
+  }
+  float e[1024];
   double s = 0;
-  for (int64_t i = 0; i < V; ++i) s += std::exp(double(x[i] - m));
+  for (int64_t i = 0; i < V; i += 1024) {
+    const int64_t n = std::min<int64_t>(1024, V - i);
+    exp_shifted(e, x + i, m, 1.0f, n);
+    double part = 0;   // 1024 terms of at most 1 in float: exact enough, then summed in double
+    for (int64_t j = 0; j < n; ++j) part += e[j];
+    s += part;
+  }
   return double(m) + std::log(s);
 }
+
+// The candidates in descending logit order (ties by id), sorted only as far as someone has looked: the
+// first sorted() entries are the top ones in order, the rest are all below them, unordered. Sampling at
+// a 49k vocabulary rarely needs more than the first few hundred.
+class Candidates {
+ public:
+  Candidates(const float* logits, int64_t n) : logits_(logits), ids_(static_cast<size_t>(n)) {
+    std::iota(ids_.begin(), ids_.end(), 0);
+  }
+  size_t size() const { return ids_.size(); }
+  int32_t operator[](size_t i) {
+    if (i >= sorted_) sort_to(std::max(i + 1, std::min(size(), std::max<size_t>(64, 4 * sorted_))));
+    return ids_[i];
+  }
+
+ private:
+  void sort_to(size_t k) {
+    const auto better = [this](int32_t a, int32_t b) {
+      return logits_[a] > logits_[b] || (logits_[a] == logits_[b] && a < b);
+    };
+    // A heap of the k - sorted() best: one comparison for most of the vocabulary. Past a quarter of it,
+    // sorting the rest outright is cheaper.
+    if (4 * k > ids_.size()) k = ids_.size();
+    if (k == ids_.size()) {
+      std::sort(ids_.begin() + long(sorted_), ids_.end(), better);
+    } else {
+      std::partial_sort(ids_.begin() + long(sorted_), ids_.begin() + long(k), ids_.end(), better);
+    }
+    sorted_ = k;
+  }
+  const float* logits_;
+  std::vector<int32_t> ids_;
+  size_t sorted_ = 0;
+};
 }  // namespace
 
 SampleResult sample_token(float* logits, int64_t V, const SamplingParams& p, const std::vector<int32_t>& history,
@@ -65,47 +159,55 @@ SampleResult sample_token(float* logits, int64_t V, const SamplingParams& p, con
     r.logprob = float(double(logits[r.token]) - lse);
     return r;
   }
-  // Candidates sorted by logit, descending (stable on id).
-  std::vector<int32_t> cand(static_cast<size_t>(V));
-  std::iota(cand.begin(), cand.end(), 0);
+  // Candidates by logit, descending (stable on id): top-k, then the smallest prefix whose mass reaches top_p,
+  // then a draw walking that prefix. Only as much of the order as these read is sorted.
   int64_t keep = V;
   if (p.top_k > 0 && p.top_k < V) keep = p.top_k;
-  std::partial_sort(cand.begin(), cand.begin() + keep, cand.end(), [&](int32_t a, int32_t b) {
-    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-  });
-  cand.resize(size_t(keep));
-  std::vector<double> probs(cand.size());
-  const double top = double(logits[cand[0]]) / p.temperature;
+  // Unnormalised probabilities exp((logit - max) / temperature): over the whole vocabulary in one vectorized
+  // pass when every token is a candidate, else only for the top-k, as they are read.
+  const float max_logit = *std::max_element(logits, logits + V);
+  const float inv_temperature = 1.0f / p.temperature;
+  thread_local std::vector<float> weights;
+  if (keep == V) {
+    weights.resize(size_t(V));
+    exp_shifted(weights.data(), logits, max_logit, inv_temperature, V);
+  }
+  const auto weight = [&](int32_t id) {
+    return double(keep == V ? weights[size_t(id)] : exp_nonpositive((logits[id] - max_logit) * inv_temperature));
+  };
+  Candidates cand(logits, V);
   double sum = 0;
-  for (size_t i = 0; i < cand.size(); ++i) {
-    probs[i] = std::exp(double(logits[cand[i]]) / p.temperature - top);
-    sum += probs[i];
+  if (keep == V) {
+    for (int64_t i = 0; i < V; ++i) sum += double(weights[size_t(i)]);
+  } else {
+    for (int64_t i = 0; i < keep; ++i) sum += weight(cand[size_t(i)]);
   }
   if (p.top_p < 1.0f) {
     // Keep the smallest prefix whose mass reaches top_p (always at least one token).
-    double cum = 0;
-    size_t n = 0;
-    while (n < probs.size()) {
-      cum += probs[n] / sum;
+    double cum = 0, kept = 0;
+    int64_t n = 0;
+    while (n < keep) {
+      const double w = weight(cand[size_t(n)]);
+      cum += w / sum;
+      kept += w;
       ++n;
       if (cum >= p.top_p) break;
     }
-    probs.resize(n);
-    cand.resize(n);
-    sum = std::accumulate(probs.begin(), probs.end(), 0.0);
+    keep = n;
+    sum = kept;
   }
   std::uniform_real_distribution<double> uniform(0.0, sum);
   const double u = uniform(rng);
   double acc = 0;
-  size_t chosen = probs.size() - 1;
-  for (size_t i = 0; i < probs.size(); ++i) {
-    acc += probs[i];
+  int64_t chosen = keep - 1;
+  for (int64_t i = 0; i < keep; ++i) {
+    acc += weight(cand[size_t(i)]);
     if (u < acc) {
       chosen = i;
       break;
     }
   }
-  r.token = cand[chosen];
+  r.token = cand[size_t(chosen)];
   r.logprob = float(double(logits[r.token]) - lse);
   return r;
 }

@@ -1,6 +1,7 @@
 // The sampler (engine/sampler.h): argument checks, greedy, top-k, top-p, seeds, repetition penalty, logprobs.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -218,6 +219,101 @@ TEST(Sampler, LogprobsReflectTheRepetitionPenalty) {
   EXPECT_NEAR(r.logprob, std::log(probs[0]), 1e-5);
   EXPECT_EQ(r.top[0].token, 0);
   EXPECT_EQ(r.top[1].token, 1);
+}
+
+// At a real vocabulary size (49,152, SmolLM2's), the sampler sorts only the head of the order it reads; it
+// must draw what the textbook algorithm draws: sort every token by logit, cut to top-k, cut to the top-p
+// prefix, draw u in [0, mass) and walk. Written here in double with std::exp; the sampler's float exp
+// differs from it by ~2e-7 relative, so a draw can only differ when u lands within that of a boundary.
+std::vector<int32_t> sorted_by_logit(const std::vector<float>& logits) {
+  std::vector<int32_t> ids(logits.size());
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t(i);
+  std::sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) {
+    return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b);
+  });
+  return ids;
+}
+
+// The weights exp((logit - max) / temperature) of the sorted candidates, cut to top-k and top-p.
+std::vector<double> textbook_weights(const std::vector<float>& logits, const std::vector<int32_t>& ids,
+                                     const SamplingParams& p) {
+  const int64_t V = int64_t(logits.size());
+  const int64_t keep = p.top_k > 0 && p.top_k < V ? p.top_k : V;
+  std::vector<double> w(static_cast<size_t>(keep));
+  double sum = 0;
+  for (int64_t i = 0; i < keep; ++i) {
+    w[size_t(i)] = std::exp((double(logits[size_t(ids[size_t(i)])]) - logits[size_t(ids[0])]) / p.temperature);
+    sum += w[size_t(i)];
+  }
+  if (p.top_p < 1.0f) {
+    double cum = 0;
+    size_t n = 0;
+    while (n < w.size()) {
+      cum += w[n++] / sum;
+      if (cum >= p.top_p) break;
+    }
+    w.resize(n);
+  }
+  return w;
+}
+
+int32_t textbook_sample(const std::vector<int32_t>& ids, const std::vector<double>& w, std::mt19937_64& rng) {
+  double sum = 0;
+  for (double v : w) sum += v;
+  const double u = std::uniform_real_distribution<double>(0.0, sum)(rng);
+  double acc = 0;
+  for (size_t i = 0; i < w.size(); ++i) {
+    acc += w[i];
+    if (u < acc) return ids[i];
+  }
+  return ids[w.size() - 1];
+}
+
+TEST(Sampler, LargeVocabularyDrawsWhatAFullSortDraws) {
+  const size_t V = 49152;
+  std::mt19937 gen(5);
+  std::normal_distribution<float> normal(0.0f, 2.5f);
+  std::vector<float> logits(V);
+  for (auto& l : logits) l = normal(gen);
+  for (size_t i = 0; i < V; i += 97) logits[i] = -std::numeric_limits<float>::infinity();   // masked tokens
+  const std::vector<int32_t> ids = sorted_by_logit(logits);
+  struct Case { float temperature; int32_t top_k; float top_p; };
+  const Case cases[] = {{1.0f, 0, 1.0f}, {0.7f, 50, 1.0f}, {0.8f, 0, 0.9f}, {1.3f, 40, 0.95f}, {0.5f, 2000, 0.5f},
+                        {2.0f, 0, 0.99f}};
+  for (const Case& c : cases) {
+    SamplingParams p;
+    p.temperature = c.temperature;
+    p.top_k = c.top_k;
+    p.top_p = c.top_p;
+    const std::vector<double> w = textbook_weights(logits, ids, p);
+    std::mt19937_64 ours(77), theirs(77);
+    int differ = 0;
+    for (int i = 0; i < 50; ++i) {
+      std::vector<float> l = logits;
+      const int32_t got = sample_token(l.data(), int64_t(V), p, {}, ours).token;
+      ASSERT_NE(got % 97, 0) << "a masked token was drawn";
+      differ += got != textbook_sample(ids, w, theirs);
+    }
+    EXPECT_LE(differ, 1) << "temperature " << c.temperature << " top_k " << c.top_k << " top_p " << c.top_p;
+  }
+}
+
+TEST(Sampler, LargeVocabularyLogprobIsTheLogSoftmax) {
+  const size_t V = 49152;
+  std::mt19937 gen(6);
+  std::normal_distribution<float> normal(0.0f, 4.0f);
+  std::vector<float> logits(V);
+  for (auto& l : logits) l = normal(gen);
+  logits[123] = -std::numeric_limits<float>::infinity();
+  double mx = -INFINITY, z = 0;
+  for (float l : logits) mx = std::max(mx, double(l));
+  for (float l : logits) z += std::exp(double(l) - mx);
+  SamplingParams p;
+  p.temperature = 0;
+  p.logprobs = 3;
+  const SampleResult r = sample(logits, p);
+  EXPECT_NEAR(r.logprob, double(logits[size_t(r.token)]) - mx - std::log(z), 1e-5);
+  for (const auto& t : r.top) EXPECT_NEAR(t.logprob, double(logits[size_t(t.token)]) - mx - std::log(z), 1e-5);
 }
 
 }  // namespace
