@@ -107,6 +107,11 @@ void gemm_typed(float* out, const float* x, const void* packed, int64_t T, int64
         }
       }
     }
+    // With several tiles of tokens, a 16-bit panel block is converted to fp32 once (into this thread's
+    // buffer, which stays in L2) rather than in every tile: the conversions share the FMA ports.
+    const bool convert_once = kType != WeightType::kF32 && tiles > 1;
+    thread_local std::vector<float> converted;
+    if (convert_once && converted.size() < size_t(kc_max * kPanelWidth)) converted.resize(size_t(kc_max * kPanelWidth));
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < panels; ++p) {
       const int n_valid = int(std::min<int64_t>(kPanelWidth, N - p * kPanelWidth));
@@ -114,10 +119,18 @@ void gemm_typed(float* out, const float* x, const void* packed, int64_t T, int64
       for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
         const int64_t kc = std::min(kc_max, K - k0);
         const void* bk = bp + size_t(k0) * kPanelWidth * bytes_of<kType>();
+        if (convert_once) {
+          for (int64_t i = 0; i < kc * kPanelWidth; i += 16) _mm512_storeu_ps(converted.data() + i, load_weights<kType>(bk, i));
+        }
         for (int64_t i = 0; i < tiles; ++i) {
           const int64_t t0 = i * kTileRows, rows = std::min<int64_t>(kTileRows, T - t0);
           const float* a = (repack ? ax + t0 * K : x) + k0 * rows;
-          tile_rows<kType>(int(rows), out + t0 * N + p * kPanelWidth, N, a, bk, kc, n_valid, k0 > 0);
+          float* c = out + t0 * N + p * kPanelWidth;
+          if (convert_once) {
+            tile_rows<WeightType::kF32>(int(rows), c, N, a, converted.data(), kc, n_valid, k0 > 0);
+          } else {
+            tile_rows<kType>(int(rows), c, N, a, bk, kc, n_valid, k0 > 0);
+          }
         }
       }
     }

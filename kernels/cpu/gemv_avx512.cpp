@@ -149,6 +149,7 @@ void gemv_avx512(float* out, const float* x, const void* w, WeightType type, con
     case WeightType::kU8: gemv_typed<WeightType::kU8>(out, x, w, row_scale, zero_point, T, N, K); break;
     case WeightType::kF16: gemv_typed<WeightType::kF16>(out, x, w, row_scale, zero_point, T, N, K); break;
     case WeightType::kBF16: gemv_typed<WeightType::kBF16>(out, x, w, row_scale, zero_point, T, N, K); break;
+    case WeightType::kF32: break;   // fp32 weights go through gemm_packed
   }
 }
 
