@@ -263,20 +263,27 @@ Engine::Engine(std::unique_ptr<Model> model, std::unique_ptr<Tokenizer> tokenize
   EngineOptions& o = impl_->options;
   const ModelConfig& c = impl_->model->config();
   if (o.max_context <= 0 || o.max_context > c.max_positions) o.max_context = c.max_positions;
-  if (o.kv_cache_tokens <= 0) {
-    // Enough for every batch slot at a modest context; long contexts are still admitted one at a time.
-    o.kv_cache_tokens = std::max<int64_t>(o.max_context, std::min<int64_t>(o.max_batch_size * o.max_context, 65536));
-  }
   QS_CHECK(o.max_batch_size > 0 && o.max_batch_tokens > 0 && o.prefill_chunk > 0 && o.kv_block_size > 0,
            ErrorCode::kInvalidArgument, "engine limits must be positive");
-  const int64_t num_blocks = (o.kv_cache_tokens + o.kv_block_size - 1) / o.kv_block_size;
+  Backend& backend = impl_->model->backend();
+  const DType kv_dtype = o.kv_cache_dtype.value_or(backend.default_kv_cache_dtype());
+  QS_CHECK(backend.supports_kv_cache_dtype(kv_dtype), ErrorCode::kInvalidArgument, "the ", backend.name(),
+           " backend cannot store the KV cache in ", kv_cache_dtype_name(kv_dtype), "; it stores ",
+           backend.supports_kv_cache_dtype(DType::F16) ? "fp32 or fp16" : "fp32");
   KvCacheConfig kv;
   kv.num_layers = c.num_layers;
-  kv.num_blocks = num_blocks;
   kv.block_size = o.kv_block_size;
   kv.num_kv_heads = c.num_kv_heads;
   kv.head_dim = c.head_dim;
-  impl_->cache = impl_->model->backend().make_kv_cache(kv);
+  kv.dtype = kv_dtype;
+  const int64_t num_blocks = kv_cache_blocks(o.kv_cache_bytes, o.kv_cache_tokens, kv.bytes_per_token(),
+                                             o.kv_block_size, o.max_context, o.max_batch_size);
+  kv.num_blocks = num_blocks;
+  // What was resolved is what options() reports.
+  o.kv_cache_dtype = kv_dtype;
+  o.kv_cache_tokens = num_blocks * o.kv_block_size;
+  o.kv_cache_bytes = int64_t(kv.bytes_per_token()) * o.kv_cache_tokens;
+  impl_->cache = backend.make_kv_cache(kv);
   impl_->blocks = std::make_unique<KvBlockManager>(num_blocks, o.kv_block_size);
 }
 
@@ -339,6 +346,9 @@ EngineStats Engine::stats() const {
   s.waiting = int64_t(impl_->waiting.size());
   s.kv_blocks_used = impl_->blocks->used();
   s.kv_blocks_total = impl_->blocks->total();
+  s.kv_cache_bytes = int64_t(impl_->cache->bytes());
+  s.kv_cache_committed_bytes = int64_t(impl_->cache->committed_bytes());
+  s.kv_cache_used_bytes = s.kv_blocks_total > 0 ? s.kv_cache_bytes / s.kv_blocks_total * s.kv_blocks_used : 0;
   return s;
 }
 

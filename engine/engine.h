@@ -57,7 +57,10 @@ struct EngineOptions {
   int64_t max_batch_tokens = 512;       // tokens per forward pass (prefill chunks + decodes)
   int64_t prefill_chunk = 256;          // longest slice of one prompt in one pass
   int64_t kv_block_size = 16;
-  int64_t kv_cache_tokens = 0;          // capacity in tokens; 0 = max_batch_size * context length (capped)
+  int64_t kv_cache_tokens = 0;          // capacity in tokens; 0 = kv_cache_bytes, or the default
+  int64_t kv_cache_bytes = 0;           // capacity as a byte budget (K and V of every layer); 0 = kv_cache_tokens,
+                                        // or the default: max_batch_size * context length (capped, kv_cache.h)
+  std::optional<DType> kv_cache_dtype;  // storage; none = the backend's default (fp16 on the CPU, fp32 on CUDA)
   int64_t max_context = 0;              // prompt + new tokens; 0 = the model's max_positions
 };
 
@@ -66,6 +69,9 @@ struct EngineStats {
   int64_t waiting = 0;
   int64_t kv_blocks_used = 0;
   int64_t kv_blocks_total = 0;
+  int64_t kv_cache_bytes = 0;           // capacity (the budget)
+  int64_t kv_cache_committed_bytes = 0; // backed by memory now (committed as blocks are first written)
+  int64_t kv_cache_used_bytes = 0;      // the blocks sequences hold
   int64_t last_batch_size = 0;          // sequences in the last forward pass
   int64_t last_batch_tokens = 0;
   int64_t steps = 0;

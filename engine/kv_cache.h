@@ -2,9 +2,26 @@
 #pragma once
 #include <cstdint>
 #include <cstddef>
+#include <optional>
+#include <string>
 #include <vector>
 
+#include "kernels/dtype.h"
+
 namespace qs {
+
+// KV-cache storage dtypes by their flag names: "fp32", "fp16", "bf16", "int8" (F32, F16, BF16, I8); which of
+// them a backend stores is Backend::supports_kv_cache_dtype. nullopt for any other name.
+std::optional<DType> parse_kv_cache_dtype(const std::string& name);
+const char* kv_cache_dtype_name(DType dtype);
+
+// The blocks a KV cache gets, from a byte budget (budget_bytes > 0), a token count (budget_tokens > 0) or, with
+// neither, the default: every batch slot at the max context, capped at 65,536 tokens but never less than one
+// sequence of max_context. bytes_per_token is K and V over all layers at the cache's dtype. Throws
+// kInvalidArgument (a sentence naming the numbers) for negative values, both given, or a byte budget too
+// small for one sequence of max_context tokens.
+int64_t kv_cache_blocks(int64_t budget_bytes, int64_t budget_tokens, size_t bytes_per_token, int64_t block_size,
+                        int64_t max_context, int64_t max_batch_size);
 
 class KvBlockManager {
  public:

@@ -1,8 +1,13 @@
 // Parsing and checking of the serve options that are not plain numbers.
 #include "server/config.h"
 
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <set>
+
+#include "engine/kv_cache.h"
 
 #include "kernels/error.h"
 
@@ -63,8 +68,43 @@ void validate(const ServeOptions& o) {
            l.max_message_bytes);
   QS_CHECK(l.kv_cache_tokens >= 0, ErrorCode::kInvalidArgument, "--kv-cache-tokens must be >= 0, got ",
            l.kv_cache_tokens);
+  QS_CHECK(l.kv_cache_bytes >= 0, ErrorCode::kInvalidArgument, "--kv-cache-bytes must be >= 0, got ",
+           l.kv_cache_bytes);
+  QS_CHECK(l.kv_cache_tokens == 0 || l.kv_cache_bytes == 0, ErrorCode::kInvalidArgument,
+           "give --kv-cache-bytes or --kv-cache-tokens, not both");
+  QS_CHECK(l.kv_cache_dtype.empty() || parse_kv_cache_dtype(l.kv_cache_dtype).has_value(),
+           ErrorCode::kInvalidArgument, "--kv-cache-dtype '", l.kv_cache_dtype.substr(0, 32),
+           "' is not one of: fp32, fp16 (bf16 and int8 are names reserved for later)");
   QS_CHECK(o.drain_grace_seconds >= 0, ErrorCode::kInvalidArgument, "--drain-grace-seconds must be >= 0");
   QS_CHECK(o.threads >= 0, ErrorCode::kInvalidArgument, "--threads must be >= 0");
+}
+
+int64_t parse_byte_size(const std::string& text, const std::string& flag) {
+  const std::string shown = text.substr(0, 40);
+  const char* begin = text.c_str();
+  char* end = nullptr;
+  errno = 0;
+  const double number = std::strtod(begin, &end);
+  QS_CHECK(end != begin && errno == 0 && std::isfinite(number), ErrorCode::kInvalidArgument, flag, " '", shown,
+           "' is not a size: write bytes, or a number with KiB, MiB, GiB (or K, M, G), kB, MB, GB");
+  QS_CHECK(number >= 0 && text[0] != '-', ErrorCode::kInvalidArgument, flag,
+           " must be >= 0, got '", shown, "'");
+  const std::string unit(end);
+  double scale = 0;
+  if (unit.empty() || unit == "B") scale = 1;
+  else if (unit == "K" || unit == "KiB") scale = 1024.0;
+  else if (unit == "M" || unit == "MiB") scale = 1024.0 * 1024;
+  else if (unit == "G" || unit == "GiB") scale = 1024.0 * 1024 * 1024;
+  else if (unit == "T" || unit == "TiB") scale = 1024.0 * 1024 * 1024 * 1024;
+  else if (unit == "kB" || unit == "KB") scale = 1e3;
+  else if (unit == "MB") scale = 1e6;
+  else if (unit == "GB") scale = 1e9;
+  else if (unit == "TB") scale = 1e12;
+  QS_CHECK(scale > 0, ErrorCode::kInvalidArgument, flag, " '", shown, "': unknown unit '", unit.substr(0, 8),
+           "' (use KiB, MiB, GiB, K, M, G, kB, MB or GB)");
+  const double bytes = number * scale;
+  QS_CHECK(bytes < 9.0e18, ErrorCode::kInvalidArgument, flag, " '", shown, "' is too large");
+  return int64_t(bytes);
 }
 
 }  // namespace qs::server

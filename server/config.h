@@ -14,7 +14,9 @@ struct ServerLimits {
   int64_t max_prompt_tokens = 4096;
   int64_t max_new_tokens = 2048;
   int64_t max_message_bytes = 4 << 20; // gRPC receive limit
-  int64_t kv_cache_tokens = 0;         // 0 = the engine's default
+  int64_t kv_cache_tokens = 0;         // 0 = kv_cache_bytes, or the engine's default
+  int64_t kv_cache_bytes = 0;          // KV-cache budget in bytes; 0 = kv_cache_tokens, or the engine's default
+  std::string kv_cache_dtype;          // "fp32", "fp16", ...; empty = the backend's default (fp16 on the CPU)
 };
 
 // One served model: the name requests use and the file or directory it is loaded from.
@@ -44,5 +46,8 @@ std::string model_name_from_path(const std::string& path);
 std::string default_model_path();
 // Checks names are unique and limits positive; throws qs::Error(kInvalidArgument) naming the flag.
 void validate(const ServeOptions& options);
+// A byte size: "1073741824", "1.5GiB", "512MiB", "64KiB", "2GB" (SI: 1000s), "2G" / "512M" / "64K" (1024s), "0".
+// Throws qs::Error(kInvalidArgument) naming `flag` for anything else, negative sizes included.
+int64_t parse_byte_size(const std::string& text, const std::string& flag);
 
 }  // namespace qs::server

@@ -55,6 +55,13 @@ Metrics::Metrics(const std::string& listen) : registry_(std::make_shared<prometh
   batch_size_ = &BuildGauge().Name("quantserve_batch_size").Help("Sequences in the last decode step").Register(r);
   kv_used_ = &BuildGauge().Name("quantserve_kv_cache_blocks_used").Help("KV-cache blocks allocated").Register(r);
   kv_total_ = &BuildGauge().Name("quantserve_kv_cache_blocks_total").Help("KV-cache blocks in total").Register(r);
+  kv_bytes_ = &BuildGauge().Name("quantserve_kv_cache_capacity_bytes")
+                   .Help("KV-cache budget: bytes of all its blocks, K and V of every layer").Register(r);
+  kv_committed_ = &BuildGauge().Name("quantserve_kv_cache_committed_bytes")
+                       .Help("Part of the KV-cache budget backed by memory (committed as blocks are first used)")
+                       .Register(r);
+  kv_used_bytes_ = &BuildGauge().Name("quantserve_kv_cache_used_bytes")
+                        .Help("Bytes of the KV-cache blocks held by sequences").Register(r);
   device_used_ = &BuildGauge().Name("quantserve_device_memory_used_bytes")
                       .Help("Memory in use on the device (host RSS on CPU hosts)").Register(r);
   device_total_ = &BuildGauge().Name("quantserve_device_memory_total_bytes")
@@ -66,7 +73,7 @@ Metrics::Metrics(const std::string& listen) : registry_(std::make_shared<prometh
                            .Help("Part of the model load spent quantizing").Register(r);
   resident_bytes_ = &BuildGauge().Name("process_resident_memory_bytes")
                          .Help("Resident memory size in bytes").Register(r).Add({});
-  unknown_ = &make_model("unknown", "", false);
+  unknown_ = &make_model("unknown", "", "", false);
   update_process_memory();
 
   if (!listen.empty()) http_ = std::make_unique<MetricsHttpServer>(listen, registry_);
@@ -74,7 +81,8 @@ Metrics::Metrics(const std::string& listen) : registry_(std::make_shared<prometh
 
 Metrics::~Metrics() = default;
 
-ModelMetrics& Metrics::make_model(const std::string& model, const std::string& precision, bool with_model_gauges) {
+ModelMetrics& Metrics::make_model(const std::string& model, const std::string& precision,
+                                  const std::string& kv_cache_dtype, bool with_model_gauges) {
   auto m = std::make_unique<ModelMetrics>();
   m->model = model;
   const prometheus::Labels labels{{"model", model}};
@@ -99,6 +107,10 @@ ModelMetrics& Metrics::make_model(const std::string& model, const std::string& p
   mm->batch_size = &batch_size_->Add(labels);
   mm->kv_blocks_used = &kv_used_->Add(labels);
   mm->kv_blocks_total = &kv_total_->Add(labels);
+  const prometheus::Labels with_dtype{{"model", model}, {"dtype", kv_cache_dtype}};
+  mm->kv_cache_bytes = &kv_bytes_->Add(with_dtype);
+  mm->kv_cache_committed_bytes = &kv_committed_->Add(with_dtype);
+  mm->kv_cache_used_bytes = &kv_used_bytes_->Add(with_dtype);
   const prometheus::Labels with_precision{{"model", model}, {"precision", precision}};
   mm->weight_bytes = &weight_bytes_->Add(with_precision);
   mm->load_seconds = &load_seconds_->Add(with_precision);
@@ -106,9 +118,10 @@ ModelMetrics& Metrics::make_model(const std::string& model, const std::string& p
   return ref;
 }
 
-ModelMetrics& Metrics::add_model(const std::string& model, const std::string& precision) {
+ModelMetrics& Metrics::add_model(const std::string& model, const std::string& precision,
+                                 const std::string& kv_cache_dtype) {
   QS_CHECK(!models_.count(model), ErrorCode::kInvalidArgument, "model name '", model, "' is used twice");
-  return make_model(model, precision, true);
+  return make_model(model, precision, kv_cache_dtype, true);
 }
 
 void Metrics::register_device(const std::string& device) {

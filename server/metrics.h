@@ -34,6 +34,9 @@ struct ModelMetrics {
   prometheus::Gauge* batch_size = nullptr;
   prometheus::Gauge* kv_blocks_used = nullptr;
   prometheus::Gauge* kv_blocks_total = nullptr;
+  prometheus::Gauge* kv_cache_bytes = nullptr;            // capacity (the budget)
+  prometheus::Gauge* kv_cache_committed_bytes = nullptr;  // backed by memory
+  prometheus::Gauge* kv_cache_used_bytes = nullptr;       // held by sequences
   prometheus::Gauge* weight_bytes = nullptr;
   prometheus::Gauge* load_seconds = nullptr;
   prometheus::Gauge* quantize_seconds = nullptr;
@@ -49,8 +52,10 @@ class Metrics {
   explicit Metrics(const std::string& listen);
   ~Metrics();
 
-  // Start-up only: the children of one model (labels model, precision).
-  ModelMetrics& add_model(const std::string& model, const std::string& precision);
+  // Start-up only: the children of one model (labels model, precision; the KV-cache bytes also carry dtype,
+  // the cache's storage, e.g. "fp16").
+  ModelMetrics& add_model(const std::string& model, const std::string& precision,
+                          const std::string& kv_cache_dtype = "fp32");
   // Requests for models that do not exist (NOT_FOUND) are counted under model="unknown".
   ModelMetrics& unknown_model() { return *unknown_; }
   // Device memory gauges for `device` ("cpu", "cuda:0"); children made on first use at start-up.
@@ -76,6 +81,9 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* batch_size_ = nullptr;
   prometheus::Family<prometheus::Gauge>* kv_used_ = nullptr;
   prometheus::Family<prometheus::Gauge>* kv_total_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* kv_bytes_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* kv_committed_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* kv_used_bytes_ = nullptr;
   prometheus::Family<prometheus::Gauge>* device_used_ = nullptr;
   prometheus::Family<prometheus::Gauge>* device_total_ = nullptr;
   prometheus::Family<prometheus::Gauge>* weight_bytes_ = nullptr;
@@ -88,7 +96,8 @@ class Metrics {
   std::map<std::string, std::unique_ptr<ModelMetrics>> models_;
   ModelMetrics* unknown_ = nullptr;
 
-  ModelMetrics& make_model(const std::string& model, const std::string& precision, bool with_model_gauges);
+  ModelMetrics& make_model(const std::string& model, const std::string& precision, const std::string& kv_cache_dtype,
+                           bool with_model_gauges);
 };
 
 }  // namespace qs::server

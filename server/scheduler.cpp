@@ -220,6 +220,9 @@ void ModelWorker::update_gauges(bool memory) {
   metrics_->batch_size->Set(double(stats.last_batch_size));
   metrics_->kv_blocks_used->Set(double(stats.kv_blocks_used));
   metrics_->kv_blocks_total->Set(double(stats.kv_blocks_total));
+  metrics_->kv_cache_bytes->Set(double(stats.kv_cache_bytes));
+  metrics_->kv_cache_committed_bytes->Set(double(stats.kv_cache_committed_bytes));
+  metrics_->kv_cache_used_bytes->Set(double(stats.kv_cache_used_bytes));
   if (memory) {
     MemoryInfo info = model_->backend().memory_info();
     all_metrics_.set_device_memory(device_, double(info.used_bytes), double(info.total_bytes));

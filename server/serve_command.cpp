@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "engine/engine.h"
+#include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "engine/model_file.h"
 #include "engine/tokenizer.h"
@@ -74,6 +75,7 @@ class LoadProgress {
 LoadedModel load_model(const server::ModelSpec& spec, const server::ServeOptions& options, server::Metrics& metrics) {
   LoadedModel loaded;
   ModelFile* file_ptr = nullptr;
+  std::string kv_dtype;   // set by the load, read by make_metrics (both on the engine thread, in that order)
   // Runs on the model's engine thread (see ModelWorker).
   auto load = [&]() -> server::LoadedEngine {
     server::LoadedEngine out;
@@ -105,11 +107,20 @@ LoadedModel load_model(const server::ModelSpec& spec, const server::ServeOptions
     engine_options.max_batch_tokens = options.limits.max_batch_tokens;
     engine_options.prefill_chunk = std::min<int64_t>(engine_options.prefill_chunk, options.limits.max_batch_tokens);
     engine_options.kv_cache_tokens = options.limits.kv_cache_tokens;
+    engine_options.kv_cache_bytes = options.limits.kv_cache_bytes;
+    if (!options.limits.kv_cache_dtype.empty()) {
+      engine_options.kv_cache_dtype = parse_kv_cache_dtype(options.limits.kv_cache_dtype);
+    }
     out.engine = std::make_unique<Engine>(std::move(model), std::move(tokenizer), engine_options);
+    const EngineOptions& resolved = out.engine->options();
+    kv_dtype = kv_cache_dtype_name(*resolved.kv_cache_dtype);
+    std::fprintf(stderr, "quantserve: %s: KV cache %.1f MiB (%lld tokens, %s), memory committed as it is used\n",
+                 spec.name.c_str(), double(resolved.kv_cache_bytes) / (1 << 20), (long long)resolved.kv_cache_tokens,
+                 kv_dtype.c_str());
     return out;
   };
   auto make_metrics = [&](const Model& model) -> server::ModelMetrics& {
-    return metrics.add_model(spec.name, precision_name(model.report().precision));
+    return metrics.add_model(spec.name, precision_name(model.report().precision), kv_dtype);
   };
   server::WorkerOptions worker_options;
   worker_options.limits = options.limits;
@@ -267,9 +278,18 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--max-message-bytes", l.max_message_bytes, "Largest gRPC request message")
       ->envname("QUANTSERVE_MAX_MESSAGE_BYTES")
       ->capture_default_str();
-  cmd->add_option("--kv-cache-tokens", l.kv_cache_tokens, "KV-cache capacity in tokens (0 = engine default)")
+  cmd->add_option("--kv-cache-tokens", l.kv_cache_tokens,
+                  "KV-cache capacity in tokens (0 = --kv-cache-bytes, or the default)")
       ->envname("QUANTSERVE_KV_CACHE_TOKENS")
       ->capture_default_str();
+  auto kv_bytes = std::make_shared<std::string>();
+  cmd->add_option("--kv-cache-bytes", *kv_bytes,
+                  "KV-cache budget: bytes, or with KiB/MiB/GiB (K/M/G) or kB/MB/GB; at least one sequence of the "
+                  "model's context. Memory is committed as the cache fills (default: 32 sequences at the model's "
+                  "context, capped at 65,536 tokens)")
+      ->envname("QUANTSERVE_KV_CACHE_BYTES");
+  cmd->add_option("--kv-cache-dtype", l.kv_cache_dtype, "KV-cache storage: fp32 or fp16 (default: fp16 on CPU, fp32 on CUDA)")
+      ->envname("QUANTSERVE_KV_CACHE_DTYPE");
   cmd->add_option("--drain-grace-seconds", options->drain_grace_seconds,
                   "On SIGTERM, how long running requests may take to finish")
       ->envname("QUANTSERVE_DRAIN_GRACE_SECONDS")
@@ -279,7 +299,10 @@ void add_serve_command(CLI::App& app) {
       ->capture_default_str();
   // Tests only (hidden): slows every engine step so cancellation and drain can be observed on tiny models.
   cmd->add_option("--step-delay-ms", options->step_delay_ms)->envname("QUANTSERVE_STEP_DELAY_MS")->group("");
-  cmd->callback([options, model_args, name] { run_serve(*options, *model_args, *name); });
+  cmd->callback([options, model_args, name, kv_bytes] {
+    if (!kv_bytes->empty()) options->limits.kv_cache_bytes = server::parse_byte_size(*kv_bytes, "--kv-cache-bytes");
+    run_serve(*options, *model_args, *name);
+  });
 }
 
 }  // namespace qs::cli

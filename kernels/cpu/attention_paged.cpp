@@ -195,7 +195,11 @@ void attention_paged_forward(float* out, const float* qkv, void* k_pool, void* v
   const int threads = std::max(1, omp_get_max_threads());
   const int64_t pieces = int64_t(ws.tiles.size()) * NKV;
   const int64_t want = kItemsPerThread * threads;
-  const int64_t split = (threads > 1 && pieces < want) ? (want + pieces - 1) / pieces : 1;
+  int64_t split = (threads > 1 && pieces < want) ? (want + pieces - 1) / pieces : 1;
+  // Equal pieces then divide evenly among the threads (3 KV heads on 2 threads: 6 ranges each, not 3).
+  if (split > 1) {
+    while ((pieces * split) % threads != 0) ++split;
+  }
   ws.items.clear();
   ws.merges.clear();
   int32_t partials = 0;

@@ -374,6 +374,8 @@ class CudaBackend final : public Backend {
              ErrorCode::kInvalidArgument, "KV cache config must be all positive: layers ", config.num_layers,
              ", blocks ", config.num_blocks, ", block size ", config.block_size, ", kv heads ", config.num_kv_heads,
              ", head dim ", config.head_dim);
+    QS_CHECK(supports_kv_cache_dtype(config.dtype), ErrorCode::kUnsupported, "the CUDA backend stores the KV cache in ",
+             dtype_name(kKvCacheDType), " only, not ", dtype_name(config.dtype));
     DeviceGuard guard(device_);
     auto cache = std::make_unique<CudaKvCache>(config, kKvCacheDType);
     const size_t pool = dtype_bytes(kKvCacheDType, cache->physical_blocks() * config.block_size *

@@ -1,9 +1,11 @@
 // End-to-end tests of `quantserve serve`: the real binary on loopback ports, real gRPC channels, /metrics over HTTP.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/wait.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <memory>
 #include <thread>
 
@@ -336,6 +338,9 @@ TEST_F(ServeTest, MetricsFamiliesPresent) {
       {"quantserve_batch_size", "gauge"},
       {"quantserve_kv_cache_blocks_used", "gauge"},
       {"quantserve_kv_cache_blocks_total", "gauge"},
+      {"quantserve_kv_cache_capacity_bytes", "gauge"},
+      {"quantserve_kv_cache_committed_bytes", "gauge"},
+      {"quantserve_kv_cache_used_bytes", "gauge"},
       {"quantserve_device_memory_used_bytes", "gauge"},
       {"quantserve_device_memory_total_bytes", "gauge"},
       {"quantserve_model_weight_bytes", "gauge"},
@@ -353,6 +358,14 @@ TEST_F(ServeTest, MetricsFamiliesPresent) {
   // Pre-created, so dashboards never see a gap.
   EXPECT_GE(scrape.value("quantserve_requests_total", {"status=\"RESOURCE_EXHAUSTED\"", "finish_reason=\"none\""}), 0);
   EXPECT_GT(scrape.value("quantserve_kv_cache_blocks_total", {"model=\"gpt2\""}), 0);
+  // The CPU stores the cache in fp16 by default and commits it as it is written: after generating, some of the
+  // budget is committed, never more than all of it.
+  const double kv_capacity = scrape.value("quantserve_kv_cache_capacity_bytes", {"model=\"gpt2\"", "dtype=\"fp16\""});
+  const double kv_committed = scrape.value("quantserve_kv_cache_committed_bytes", {"model=\"gpt2\"", "dtype=\"fp16\""});
+  EXPECT_GT(kv_capacity, 0);
+  EXPECT_GT(kv_committed, 0);
+  EXPECT_LE(kv_committed, kv_capacity);
+  EXPECT_GE(scrape.value("quantserve_kv_cache_used_bytes", {"model=\"gpt2\"", "dtype=\"fp16\""}), 0);
   EXPECT_GT(scrape.value("quantserve_model_weight_bytes", {"model=\"gpt2\"", "precision=\"fp32\""}), 0);
   EXPECT_GT(scrape.value("quantserve_device_memory_total_bytes", {"device=\"cpu\""}), 0);
   EXPECT_GT(scrape.value("process_resident_memory_bytes"), 0);
@@ -517,3 +530,58 @@ TEST(DrainTest, GracePeriodCancelsWhatIsLeft) {
 }
 
 }  // namespace
+
+// Start-up with bad KV-cache flags: quantserve exits non-zero at once with a sentence about the flag.
+namespace {
+struct RunResult {
+  int exit_code = -1;
+  std::string output;
+};
+RunResult run_quantserve(const std::string& args) {
+  RunResult r;
+  const std::string command = std::string(QS_QUANTSERVE_BIN) + " serve --model gpt2=" + kFixture +
+                              " --device cpu --threads 1 --listen 127.0.0.1:0 --metrics-listen '' " + args + " 2>&1";
+  std::FILE* pipe = popen(command.c_str(), "r");
+  if (!pipe) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), pipe)) > 0) r.output.append(buf, n);
+  const int status = pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+}  // namespace
+
+TEST(KvCacheFlags, BadValuesFailAtStartUp) {
+  const struct {
+    const char* args;
+    const char* message;
+  } cases[] = {
+      {"--kv-cache-bytes 1000", "fewer than one sequence of the maximum context"},
+      {"--kv-cache-bytes=-5", "--kv-cache-bytes must be >= 0"},
+      {"--kv-cache-bytes 12parsecs", "unknown unit"},
+      {"--kv-cache-dtype q4", "--kv-cache-dtype 'q4' is not one of: fp32, fp16"},
+      {"--kv-cache-dtype bf16", "cannot store the KV cache in bf16"},
+      {"--kv-cache-bytes 64MiB --kv-cache-tokens 1024", "not both"},
+  };
+  for (const auto& c : cases) {
+    const RunResult r = run_quantserve(c.args);
+    EXPECT_NE(r.exit_code, 0) << c.args << ":\n" << r.output;
+    EXPECT_NE(r.output.find(c.message), std::string::npos) << c.args << ": expected '" << c.message << "' in:\n"
+                                                           << r.output;
+  }
+}
+
+// A budget in bytes sizes the cache: 64 MiB of fp32 for the GPT-2 fixture, reported as the capacity.
+TEST(KvCacheFlags, ByteBudgetAndDtypeReachTheMetrics) {
+  auto server = start_server({"--kv-cache-bytes", "64MiB", "--kv-cache-dtype", "fp32"});
+  ASSERT_TRUE(server);
+  qs::test::Scrape scrape;
+  ASSERT_TRUE(wait_metrics(server->metrics_port, [](const qs::test::Scrape& s) {
+    return s.value("quantserve_kv_cache_capacity_bytes", {"model=\"gpt2\"", "dtype=\"fp32\""}) > 0;
+  }, 10, &scrape)) << server->log();
+  const double capacity = scrape.value("quantserve_kv_cache_capacity_bytes", {"model=\"gpt2\"", "dtype=\"fp32\""});
+  EXPECT_LE(capacity, 64.0 * (1 << 20));
+  EXPECT_GT(capacity, 63.0 * (1 << 20));   // whole blocks of the budget
+  EXPECT_EQ(scrape.value("quantserve_kv_cache_committed_bytes", {"model=\"gpt2\"", "dtype=\"fp32\""}), 0);   // idle
+}
