@@ -60,7 +60,7 @@ WORKDIR /src
 # The dependency layer first (cached while only sources change): setup.sh
 # installs the build dependencies from apt and fetches the default model.
 COPY scripts/setup.sh scripts/setup.sh
-RUN scripts/setup.sh && rm -rf /var/lib/apt/lists/*
+RUN scripts/setup.sh --build-only && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cmake -B build -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF \
       -DQUANTSERVE_CUDA="${QUANTSERVE_CUDA}" -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHITECTURES}" \

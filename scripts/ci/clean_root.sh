@@ -82,6 +82,26 @@ kill_processes_under() {
   sleep 1
 }
 
+# kill_tree PID: PID and all its descendants (a step interrupted midway: debootstrap, buildah, the build's tee).
+kill_tree() {
+  local child
+  for child in $(pgrep -P "$1" 2>/dev/null); do kill_tree "$child"; done
+  kill -KILL "$1" 2>/dev/null || true
+}
+
+# quantserve_pids_under DIR: the quantserve processes whose root directory is DIR or inside it (by executable, as
+# the name may be a wrapper's).
+quantserve_pids_under() {
+  local dir=$1 pid link exe
+  for pid in /proc/[0-9]*; do
+    link=$(readlink "$pid/root" 2>/dev/null || true)
+    case "$link" in "$dir"|"$dir"/*) ;; *) continue ;; esac
+    exe=$(readlink "$pid/exe" 2>/dev/null || true)
+    case "$exe" in */quantserve|*"/quantserve (deleted)") echo "${pid#/proc/}" ;; esac
+  done
+  return 0
+}
+
 # unmount_under DIR: every mount at or below DIR, deepest first; lazily if something still holds one.
 unmount_under() {
   local m

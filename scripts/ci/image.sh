@@ -4,7 +4,12 @@
 # `docker run`. Bash, set -euo pipefail.
 
 QS_BUILDAH_DIR=""
-buildah_() { buildah --root "$QS_BUILDAH_DIR/storage" --runroot "$QS_BUILDAH_DIR/run" --storage-driver vfs "$@"; }
+# TMPDIR too: `buildah run` mounts the container's root under it, and teardown finds what runs there by that path.
+buildah_() {
+  mkdir -p "$QS_BUILDAH_DIR/tmp"
+  TMPDIR="$QS_BUILDAH_DIR/tmp" buildah --root "$QS_BUILDAH_DIR/storage" --runroot "$QS_BUILDAH_DIR/run" \
+    --storage-driver vfs "$@"
+}
 
 # import_base_image ROOT: tags a root folder as debian:12 and debian:12-slim (no registry is reachable here; the
 # Dockerfile keeps `FROM debian:12` for real users).
@@ -21,7 +26,7 @@ import_base_image() {
 # build_cpu_image SRC TAG
 build_cpu_image() {
   local src=$1 tag=$2
-  buildah_ build --isolation chroot --pull=never --layers=false --build-arg VARIANT=cpu -t "$tag" -f "$src/Dockerfile" "$src"
+  buildah_ build --isolation chroot --format docker --pull=never --layers=false --build-arg VARIANT=cpu -t "$tag" -f "$src/Dockerfile" "$src"
 }
 
 # The image's entrypoint as uid 10001, in the background; QS_IMAGE_CTR and QS_IMAGE_PID are set.
@@ -35,17 +40,8 @@ start_image_server() {
 
 image_exec() { buildah_ run --isolation chroot --user 10001:10001 "$QS_IMAGE_CTR" -- "$@"; }
 
-# Prints the pids of the image's `quantserve serve` (the process buildah started, inside the container's root).
-image_server_pids() {
-  local mnt pid link
-  mnt=$(buildah_ mount "$QS_IMAGE_CTR")
-  for pid in /proc/[0-9]*; do
-    link=$(readlink "$pid/root" 2>/dev/null || true)
-    [ "$link" = "$mnt" ] || continue
-    [ "$(cat "$pid/comm" 2>/dev/null)" = quantserve ] && echo "${pid#/proc/}"
-  done
-  return 0
-}
+# The pids of the image's `quantserve serve` (run by buildah inside the container's root, under our TMPDIR).
+image_server_pids() { quantserve_pids_under "$QS_BUILDAH_DIR"; }
 
 # Files in the runtime image that only a build needs: a compiler, a linker, build tools.
 image_build_tools() {
