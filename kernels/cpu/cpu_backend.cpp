@@ -54,7 +54,8 @@ class CpuLinear final : public LinearWeight {
   // weight_bytes counts the N x K weights, not the zero rows that pad the last panel (as every backend reports).
   std::vector<float> w_f32;       // fp32: packed_elements(N, K)
   std::vector<uint16_t> w_half;   // fp16 / bf16: packed_elements(N, K)
-  std::vector<int8_t> w_i8;       // int8 modes: (N, K), scales in row_scale (N)
+  std::vector<int8_t> w_i8;       // int8 modes: (N, K), scales in row_scale (N); empty where w_vnni holds them
+  std::vector<int8_t> w_vnni;     // W8A8 (int8, -smooth, -mixed) on VNNI CPUs: vnni_packed_bytes(N, K) (gemv.h)
   std::vector<uint8_t> w_u8;      // int8-naive: (N, K), one scale and zero point
   std::vector<float> row_scale;   // (N)
   std::vector<int32_t> row_sum;   // int8 W8A8: sum_k w_i8[n, k], for the +128 shift of activations (N)
@@ -77,11 +78,15 @@ class CpuLinear final : public LinearWeight {
         }
         break;
       default:  // int8, int8-weight-only, int8-mixed, int8-smooth
-        for (int64_t k = 0; k < K; ++k) dst[k] = row_scale[size_t(n)] * float(w_i8[size_t(n * K + k)]);
+        for (int64_t k = 0; k < K; ++k) dst[k] = row_scale[size_t(n)] * float(q(n, k));
         break;
     }
   }
 
+  // int8 weight (n, k) in whichever layout holds it.
+  int8_t q(int64_t n, int64_t k) const {
+    return w_vnni.empty() ? w_i8[size_t(n * in_features + k)] : cpu::vnni_weight(w_vnni.data(), n, k, in_features);
+  }
   // fp32 / fp16 / bf16 (packed).
   cpu::WeightType packed_type() const {
     return precision == Precision::kFp32 ? cpu::WeightType::kF32
@@ -245,6 +250,11 @@ class CpuBackend final : public Backend {
             int32_t s = 0;
             for (int64_t k = 0; k < K; ++k) s += lin->w_i8[size_t(n * K + k)];
             lin->row_sum[size_t(n)] = s;
+          }
+          if (vnni_) {   // one VNNI kernel from decode to prefill, over weights packed for it
+            lin->w_vnni.resize(cpu::vnni_packed_bytes(N, K));
+            cpu::pack_weights_vnni(lin->w_vnni.data(), lin->w_i8.data(), N, K);
+            std::vector<int8_t>().swap(lin->w_i8);
           }
         }
         break;
@@ -410,13 +420,11 @@ class CpuBackend final : public Backend {
     scratch_acc_.resize(size_t(T * N));
     cpu::quantize_per_token_int8(reinterpret_cast<int8_t*>(scratch_q_.data()), scratch_scale_.data(), x, T, K);
     for (auto& v : scratch_q_) v = uint8_t(int(int8_t(v)) + 128);
-    if (T <= cpu::kGemvBatchLimit && vnni_) {
-      // Decode batches: one VNNI pass over the int8 weights per 8 tokens beats oneDNN's GEMM at small M.
-      for (int64_t t0 = 0; t0 < T; t0 += cpu::kGemvMaxRows) {
-        const int64_t rows = std::min(cpu::kGemvMaxRows, T - t0);
-        cpu::gemv_w8a8_vnni(y + t0 * N, scratch_q_.data() + t0 * K, scratch_scale_.data() + t0, lin.w_i8.data(),
-                            lin.row_scale.data(), lin.row_sum.data(), rows, N, K);
-      }
+    if (!lin.w_vnni.empty()) {
+      // Our VNNI kernel at every batch: decode streams the packed weights once, prefill reuses each panel from
+      // cache for every tile of tokens, and the dequantization is its epilogue.
+      cpu::gemm_w8a8_vnni(y, scratch_q_.data(), scratch_scale_.data(), lin.w_vnni.data(), lin.row_scale.data(),
+                          lin.row_sum.data(), T, N, K);
       return;
     }
     const int32_t c_offset = 0;
@@ -457,11 +465,10 @@ class CpuBackend final : public Backend {
     linear_w8a8(y, scratch_x_.data(), lin, T, N, K);
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
-      const int8_t* wn = lin.w_i8.data() + n * K;
       const float s = lin.row_scale[size_t(n)];
       for (int64_t t = 0; t < T; ++t) {
         float acc = 0;
-        for (int64_t k : outlier_cols_) acc += x[t * K + k] * float(wn[k]);
+        for (int64_t k : outlier_cols_) acc += x[t * K + k] * float(lin.q(n, k));
         y[t * N + n] += acc * s;
       }
     }

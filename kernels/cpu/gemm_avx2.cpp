@@ -36,10 +36,12 @@ inline __m256 load_weights(const void* b, int64_t i) {
 template <WeightType kType, int kRows>
 void tile(float* c, int64_t ldc, const float* a, const void* b, int64_t kc, int n_valid, bool accumulate) {
   __m256 c0[kRows], c1[kRows];
+  #pragma GCC unroll 16
   for (int r = 0; r < kRows; ++r) c0[r] = c1[r] = _mm256_setzero_ps();
   for (int64_t k = 0; k < kc; ++k) {
     const __m256 w0 = load_weights<kType>(b, k * kPanelWidth);
     const __m256 w1 = load_weights<kType>(b, k * kPanelWidth + 8);
+    #pragma GCC unroll 16
     for (int r = 0; r < kRows; ++r) {
       const __m256 ar = _mm256_broadcast_ss(a + k * kRows + r);
       c0[r] = _mm256_fmadd_ps(ar, w0, c0[r]);
@@ -47,6 +49,7 @@ void tile(float* c, int64_t ldc, const float* a, const void* b, int64_t kc, int 
     }
   }
   alignas(32) float buf[16];
+  #pragma GCC unroll 16
   for (int r = 0; r < kRows; ++r) {
     float* cr = c + r * ldc;
     if (n_valid == 16) {

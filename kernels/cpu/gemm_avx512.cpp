@@ -39,10 +39,12 @@ inline __m512 load_weights(const void* b, int64_t i) {
 template <WeightType kType, int kRows>
 void tile(float* c, int64_t ldc, const float* a, const void* b, int64_t kc, int n_valid, bool accumulate) {
   __m512 c0[kRows], c1[kRows];
+  #pragma GCC unroll 16
   for (int r = 0; r < kRows; ++r) c0[r] = c1[r] = _mm512_setzero_ps();
   for (int64_t k = 0; k < kc; ++k) {
     const __m512 w0 = load_weights<kType>(b, k * kPanelWidth);
     const __m512 w1 = load_weights<kType>(b, k * kPanelWidth + 16);
+    #pragma GCC unroll 16
     for (int r = 0; r < kRows; ++r) {
       const __m512 ar = _mm512_set1_ps(a[k * kRows + r]);
       c0[r] = _mm512_fmadd_ps(ar, w0, c0[r]);
@@ -51,6 +53,7 @@ void tile(float* c, int64_t ldc, const float* a, const void* b, int64_t kc, int 
   }
   const __mmask16 m0 = n_valid >= 16 ? __mmask16(0xffff) : __mmask16((1u << n_valid) - 1);
   const __mmask16 m1 = n_valid >= 32 ? __mmask16(0xffff) : n_valid <= 16 ? 0 : __mmask16((1u << (n_valid - 16)) - 1);
+  #pragma GCC unroll 16
   for (int r = 0; r < kRows; ++r) {
     float* cr = c + r * ldc;
     if (accumulate) {

@@ -58,6 +58,39 @@ void gemm_packed_reference(float* out, const float* x, const void* packed, Weigh
   }
 }
 
+void pack_weights_vnni(int8_t* dst, const int8_t* q, int64_t N, int64_t K) {
+  const int64_t panels = packed_panels(N), groups = vnni_groups(K);
+#pragma omp parallel for schedule(static)
+  for (int64_t p = 0; p < panels; ++p) {
+    int8_t* panel = dst + p * groups * 4 * kPanelWidth;
+    for (int64_t g = 0; g < groups; ++g) {
+      for (int64_t j = 0; j < kPanelWidth; ++j) {
+        const int64_t n = p * kPanelWidth + j;
+        for (int64_t b = 0; b < 4; ++b) {
+          const int64_t k = 4 * g + b;
+          panel[(g * kPanelWidth + j) * 4 + b] = n < N && k < K ? q[n * K + k] : int8_t(0);
+        }
+      }
+    }
+  }
+}
+
+int8_t vnni_weight(const int8_t* packed, int64_t n, int64_t k, int64_t K) {
+  const int64_t p = n / kPanelWidth, j = n % kPanelWidth, g = k / 4, b = k % 4;
+  return packed[((p * vnni_groups(K) + g) * kPanelWidth + j) * 4 + b];
+}
+
+void gemm_w8a8_reference(float* out, const uint8_t* xq, const float* x_scale, const int8_t* packed,
+                         const float* w_scale, const int32_t* w_row_sum, int64_t T, int64_t N, int64_t K) {
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t n = 0; n < N; ++n) {
+      int32_t acc = 0;
+      for (int64_t k = 0; k < K; ++k) acc += int32_t(xq[t * K + k]) * vnni_weight(packed, n, k, K);
+      out[t * N + n] = float(acc - 128 * w_row_sum[n]) * x_scale[t] * w_scale[n];
+    }
+  }
+}
+
 void gemm_packed(float* out, const float* x, const void* packed, WeightType type, int64_t T, int64_t N, int64_t K) {
   static const bool avx512 = gemv_avx512_available();
   if (avx512) {

@@ -45,11 +45,25 @@ bool gemv_avx512_available();
 void gemv_avx512(float* out, const float* x, const void* w, WeightType type, const float* row_scale,
                  float zero_point, int64_t T, int64_t N, int64_t K);
 
-bool gemv_vnni_available();
-// W8A8 for decode batches: out[t, n] = (sum_k xq[t, k] * w[n, k] - 128 * w_row_sum[n]) * x_scale[t] * w_scale[n],
-// where xq holds the per-token int8 activations shifted by +128 to uint8 (VNNI multiplies u8 by s8) and
-// w_row_sum[n] = sum_k w[n, k] undoes the shift. T <= kGemvMaxRows. Requires gemv_vnni_available().
-void gemv_w8a8_vnni(float* out, const uint8_t* xq, const float* x_scale, const int8_t* w, const float* w_scale,
+// W8A8 packed for VNNI: panels of kPanelWidth output rows; panel p is (ceil(K / 4), kPanelWidth, 4): for each
+// group of 4 inputs, the 4 int8 weights of each of the 32 rows side by side (zero past N and past K), so one
+// vpdpbusd multiplies a broadcast group of 4 activations into 16 outputs and the weights stream in order.
+inline int64_t vnni_groups(int64_t K) { return (K + 3) / 4; }
+inline size_t vnni_packed_bytes(int64_t N, int64_t K) {
+  return size_t(packed_panels(N) * vnni_groups(K) * 4 * kPanelWidth);
+}
+// dst (vnni_packed_bytes(N, K)) from q (N, K) int8.
+void pack_weights_vnni(int8_t* dst, const int8_t* q, int64_t N, int64_t K);
+// Weight (n, k) of a VNNI-packed matrix.
+int8_t vnni_weight(const int8_t* packed, int64_t n, int64_t k, int64_t K);
+// out[t, n] = (sum_k xq[t, k] * w[n, k] - 128 * w_row_sum[n]) * x_scale[t] * w_scale[n] over VNNI-packed w, any T;
+// xq (T, K) are the per-token int8 activations shifted by +128 to uint8. Requires gemv_vnni_available().
+void gemm_w8a8_vnni(float* out, const uint8_t* xq, const float* x_scale, const int8_t* packed, const float* w_scale,
                     const int32_t* w_row_sum, int64_t T, int64_t N, int64_t K);
+// The same, one plain loop per output.
+void gemm_w8a8_reference(float* out, const uint8_t* xq, const float* x_scale, const int8_t* packed,
+                         const float* w_scale, const int32_t* w_row_sum, int64_t T, int64_t N, int64_t K);
+// AVX-512 VNNI (the W8A8 kernel's requirement).
+bool gemv_vnni_available();
 
 }  // namespace qs::cpu

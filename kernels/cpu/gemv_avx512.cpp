@@ -1,4 +1,5 @@
-// AVX-512 GEMV over int8 / uint8 / fp16 / bf16 weights (compiled with -mavx512*, called after a CPUID check).
+// AVX-512 GEMV over row-major int8 / uint8 weights for int8-weight-only and int8-naive (compiled with -mavx512*,
+// called after a CPUID check); fp16 / bf16 instantiations remain for callers holding row-major half weights.
 #include <immintrin.h>
 
 #include "kernels/cpu/gemv.h"
@@ -96,51 +97,9 @@ void gemv_typed(float* out, const float* x, const void* w, const float* row_scal
   }
 }
 
-template <int kRows>
-void w8a8_rows(float* out, const uint8_t* xq, const float* x_scale, const int8_t* w, const float* w_scale,
-               const int32_t* w_row_sum, int64_t N, int64_t K) {
-  const int64_t k64 = K / 64 * 64;
-  const __mmask64 tail = K == k64 ? 0 : (~__mmask64(0) >> (64 - (K - k64)));
-#pragma omp parallel for schedule(static)
-  for (int64_t n = 0; n < N; ++n) {
-    const int8_t* wn = w + n * K;
-    __m512i acc[kRows];
-    for (int t = 0; t < kRows; ++t) acc[t] = _mm512_setzero_si512();
-    for (int64_t k = 0; k < k64; k += 64) {
-      const __m512i wv = _mm512_loadu_si512(wn + k);
-      for (int t = 0; t < kRows; ++t) acc[t] = _mm512_dpbusd_epi32(acc[t], _mm512_loadu_si512(xq + t * K + k), wv);
-    }
-    if (tail) {
-      const __m512i wv = _mm512_maskz_loadu_epi8(tail, wn + k64);
-      for (int t = 0; t < kRows; ++t) {
-        acc[t] = _mm512_dpbusd_epi32(acc[t], _mm512_maskz_loadu_epi8(tail, xq + t * K + k64), wv);
-      }
-    }
-    const float ws = w_scale[n];
-    const int32_t shift = 128 * w_row_sum[n];
-    for (int t = 0; t < kRows; ++t) {
-      out[t * N + n] = float(_mm512_reduce_add_epi32(acc[t]) - shift) * x_scale[t] * ws;
-    }
-  }
-}
-
 }  // namespace
 
 bool gemv_vnni_available() { return gemv_avx512_available() && __builtin_cpu_supports("avx512vnni"); }
-
-void gemv_w8a8_vnni(float* out, const uint8_t* xq, const float* x_scale, const int8_t* w, const float* w_scale,
-                    const int32_t* w_row_sum, int64_t T, int64_t N, int64_t K) {
-  switch (T) {
-    case 1: w8a8_rows<1>(out, xq, x_scale, w, w_scale, w_row_sum, N, K); break;
-    case 2: w8a8_rows<2>(out, xq, x_scale, w, w_scale, w_row_sum, N, K); break;
-    case 3: w8a8_rows<3>(out, xq, x_scale, w, w_scale, w_row_sum, N, K); break;
-    case 4: w8a8_rows<4>(out, xq, x_scale, w, w_scale, w_row_sum, N, K); break;
-    case 5: w8a8_rows<5>(out, xq, x_scale, w, w_scale, w_row_sum, N, K); break;
-    case 6: w8a8_rows<6>(out, xq, x_scale, w, w_scale, w_row_sum, N, K); break;
-    case 7: w8a8_rows<7>(out, xq, x_scale, w, w_scale, w_row_sum, N, K); break;
-    default: w8a8_rows<8>(out, xq, x_scale, w, w_scale, w_row_sum, N, K); break;
-  }
-}
 
 void gemv_avx512(float* out, const float* x, const void* w, WeightType type, const float* row_scale,
                  float zero_point, int64_t T, int64_t N, int64_t K) {

@@ -127,5 +127,49 @@ TEST(GemmPacked, Avx512MatchesReference) {
 
 TEST(GemmPacked, DispatchMatchesReference) { expect_matches_reference(gemm_packed, "dispatch"); }
 
+// W8A8 over VNNI-packed weights: the integer dot products are exact, so the kernel and the reference differ
+// only in the float epilogue's rounding (the same three products, in the same order): 1e-6 relative.
+TEST(GemmW8a8, VnniPackingRoundTrips) {
+  const int64_t N = 45, K = 23;   // partial panel, K not a multiple of 4
+  std::vector<int8_t> q(static_cast<size_t>(N * K));
+  std::mt19937 rng(9);
+  for (auto& v : q) v = int8_t(int(rng() % 255) - 127);
+  std::vector<int8_t> packed(vnni_packed_bytes(N, K));
+  pack_weights_vnni(packed.data(), q.data(), N, K);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t k = 0; k < K; ++k) ASSERT_EQ(vnni_weight(packed.data(), n, k, K), q[size_t(n * K + k)]);
+  }
+}
+
+TEST(GemmW8a8, VnniMatchesReference) {
+  if (!gemv_vnni_available()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
+  const Shape shapes[] = {{1, 576, 576}, {1, 45, 70}, {1, 33, 23}, {3, 64, 64}, {8, 96, 1536}, {12, 40, 17},
+                          {13, 70, 130}, {40, 37, 70}, {128, 64, 576}};
+  std::mt19937 rng(10);
+  for (const Shape& s : shapes) {
+    SCOPED_TRACE("T=" + std::to_string(s.T) + " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K));
+    std::vector<int8_t> q(static_cast<size_t>(s.N * s.K));
+    for (auto& v : q) v = int8_t(int(rng() % 255) - 127);
+    std::vector<uint8_t> xq(static_cast<size_t>(s.T * s.K));
+    for (auto& v : xq) v = uint8_t(rng() % 256);
+    std::vector<float> x_scale = random_values(size_t(s.T), 11), w_scale = random_values(size_t(s.N), 12);
+    std::vector<int32_t> row_sum(static_cast<size_t>(s.N), 0);
+    for (int64_t n = 0; n < s.N; ++n) {
+      for (int64_t k = 0; k < s.K; ++k) row_sum[size_t(n)] += q[size_t(n * s.K + k)];
+    }
+    std::vector<int8_t> packed(vnni_packed_bytes(s.N, s.K));
+    pack_weights_vnni(packed.data(), q.data(), s.N, s.K);
+    std::vector<float> want(size_t(s.T * s.N)), got(size_t(s.T * s.N), NAN);
+    gemm_w8a8_reference(want.data(), xq.data(), x_scale.data(), packed.data(), w_scale.data(), row_sum.data(), s.T,
+                        s.N, s.K);
+    gemm_w8a8_vnni(got.data(), xq.data(), x_scale.data(), packed.data(), w_scale.data(), row_sum.data(), s.T, s.N,
+                   s.K);
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_NEAR(got[i], want[i], 1e-6 * std::fabs(want[i]) + 1e-30) << "out[" << i / size_t(s.N) << ", "
+                                                                       << i % size_t(s.N) << "]";
+    }
+  }
+}
+
 }  // namespace
 }  // namespace qs::cpu

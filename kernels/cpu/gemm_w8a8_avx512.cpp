@@ -1,0 +1,130 @@
+// AVX-512 VNNI W8A8 GEMM over VNNI-packed int8 weight panels (see gemv.h), from decode to prefill: a tile is up to
+// kTileRows tokens x one 32-wide panel, 2 x kTileRows int32 accumulators; per group of 4 inputs two weight
+// vectors and one broadcast of 4 activation bytes a token. The weights stream in order (a decode step reads
+// them once, front to back) and no horizontal sums are needed. Compiled with -mavx512*, called after CPUID.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/gemv.h"
+
+// GCC 12 reports its own intrinsics' undefined pass-through operands as uninitialized.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+namespace qs::cpu {
+
+namespace {
+
+constexpr int kTileRows = 12;
+
+// acc += u8 x s8 dot products of 4 (vpdpbusd), in place: GCC 12 copies the accumulator around
+// _mm512_dpbusd_epi32, which with 24 of them runs out of registers and spills on every step.
+inline void dpbusd(__m512i& acc, __m512i x, __m512i w) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));
+}
+
+
+// out (kRows, n_valid <= 32, row stride ldo) = dequantized a (groups, kRows, 4 u8) . b (groups, 32, 4 s8).
+// The loops over rows are unrolled by pragma: left to itself GCC 12 does not unroll the epilogue's, and then
+// keeps the accumulator arrays in memory.
+template <int kRows>
+void tile(float* out, int64_t ldo, const uint8_t* a, const int8_t* b, int64_t groups, int n_valid,
+          const float* x_scale, const float* w_scale, const int32_t* w_row_sum) {
+  __m512i c0[kRows], c1[kRows];
+  #pragma GCC unroll 16
+  for (int r = 0; r < kRows; ++r) c0[r] = c1[r] = _mm512_setzero_si512();
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m512i w0 = _mm512_loadu_si512(b + g * 4 * kPanelWidth);
+    const __m512i w1 = _mm512_loadu_si512(b + g * 4 * kPanelWidth + 64);
+    #pragma GCC unroll 16
+    for (int r = 0; r < kRows; ++r) {
+      int32_t four;
+      std::memcpy(&four, a + (g * kRows + r) * 4, 4);
+      const __m512i xr = _mm512_set1_epi32(four);
+      dpbusd(c0[r], xr, w0);
+      dpbusd(c1[r], xr, w1);
+    }
+  }
+  const __mmask16 m0 = n_valid >= 16 ? __mmask16(0xffff) : __mmask16((1u << n_valid) - 1);
+  const __mmask16 m1 = n_valid >= 32 ? __mmask16(0xffff) : n_valid <= 16 ? 0 : __mmask16((1u << (n_valid - 16)) - 1);
+  const __m512i shift0 = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(m0, w_row_sum), 7);
+  const __m512i shift1 = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(m1, w_row_sum + 16), 7);
+  const __m512 ws0 = _mm512_maskz_loadu_ps(m0, w_scale), ws1 = _mm512_maskz_loadu_ps(m1, w_scale + 16);
+  #pragma GCC unroll 16
+  for (int r = 0; r < kRows; ++r) {
+    const __m512 xs = _mm512_set1_ps(x_scale[r]);
+    const __m512 y0 = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c0[r], shift0)), xs), ws0);
+    const __m512 y1 = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c1[r], shift1)), xs), ws1);
+    _mm512_mask_storeu_ps(out + r * ldo, m0, y0);
+    _mm512_mask_storeu_ps(out + r * ldo + 16, m1, y1);
+  }
+}
+
+void tile_rows(int rows, float* out, int64_t ldo, const uint8_t* a, const int8_t* b, int64_t groups, int n_valid,
+               const float* x_scale, const float* w_scale, const int32_t* w_row_sum) {
+  switch (rows) {
+    case 1: tile<1>(out, ldo, a, b, groups, n_valid, x_scale, w_scale, w_row_sum); break;
+    case 2: tile<2>(out, ldo, a, b, groups, n_valid, x_scale, w_scale, w_row_sum); break;
+    case 3: tile<3>(out, ldo, a, b, groups, n_valid, x_scale, w_scale, w_row_sum); break;
+    case 4: tile<4>(out, ldo, a, b, groups, n_valid, x_scale, w_scale, w_row_sum); break;
+    case 5: tile<5>(out, ldo, a, b, groups, n_valid, x_scale, w_scale, w_row_sum); break;
+    case 6: tile<6>(out, ldo, a, b, groups, n_valid, x_scale, w_scale, w_row_sum); break;
+    case 7: tile<7>(out, ldo, a, b, groups, n_valid, x_scale, w_scale, w_row_sum); break;
+    case 8: tile<8>(out, ldo, a, b, groups, n_valid, x_scale, w_scale, w_row_sum); break;
+    case 9: tile<9>(out, ldo, a, b, groups, n_valid, x_scale, w_scale, w_row_sum); break;
+    case 10: tile<10>(out, ldo, a, b, groups, n_valid, x_scale, w_scale, w_row_sum); break;
+    case 11: tile<11>(out, ldo, a, b, groups, n_valid, x_scale, w_scale, w_row_sum); break;
+    default: tile<12>(out, ldo, a, b, groups, n_valid, x_scale, w_scale, w_row_sum); break;
+  }
+}
+
+}  // namespace
+
+void gemm_w8a8_vnni(float* out, const uint8_t* xq, const float* x_scale, const int8_t* packed, const float* w_scale,
+                    const int32_t* w_row_sum, int64_t T, int64_t N, int64_t K) {
+  static_assert(kTileRows == 12, "tile_rows dispatches 1..12");
+  const int64_t panels = packed_panels(N), groups = vnni_groups(K);
+  const int64_t tiles = (T + kTileRows - 1) / kTileRows;
+  // Activations are repacked per tile as (groups, rows, 4), zero past K; one token with K a multiple of 4
+  // already is that.
+  const bool repack = T > 1 || K % 4 != 0;
+  thread_local std::vector<uint8_t> packed_x;
+  if (repack && packed_x.size() < size_t(T * groups * 4)) packed_x.resize(size_t(T * groups * 4));
+  uint8_t* ax = repack ? packed_x.data() : nullptr;
+  const size_t panel_bytes = size_t(groups) * 4 * kPanelWidth;
+#pragma omp parallel if (panels > 1)
+  {
+    if (repack) {
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < tiles; ++i) {
+        const int64_t t0 = i * kTileRows, rows = std::min<int64_t>(kTileRows, T - t0);
+        uint8_t* dst = ax + t0 * groups * 4;
+        for (int64_t r = 0; r < rows; ++r) {
+          const uint8_t* src = xq + (t0 + r) * K;
+          for (int64_t g = 0; g < groups; ++g) {
+            for (int64_t b = 0; b < 4; ++b) {
+              const int64_t k = 4 * g + b;
+              dst[(g * rows + r) * 4 + b] = k < K ? src[k] : uint8_t(0);
+            }
+          }
+        }
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < panels; ++p) {
+      const int n_valid = int(std::min<int64_t>(kPanelWidth, N - p * kPanelWidth));
+      const int8_t* bp = packed + size_t(p) * panel_bytes;
+      const int64_t n0 = p * kPanelWidth;
+      for (int64_t i = 0; i < tiles; ++i) {
+        const int64_t t0 = i * kTileRows, rows = std::min<int64_t>(kTileRows, T - t0);
+        const uint8_t* a = repack ? ax + t0 * groups * 4 : xq;
+        tile_rows(int(rows), out + t0 * N + n0, N, a, bp, groups, n_valid, x_scale + t0, w_scale + n0,
+                  w_row_sum + n0);
+      }
+    }
+  }
+}
+
+}  // namespace qs::cpu
