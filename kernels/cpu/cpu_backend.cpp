@@ -418,8 +418,7 @@ class CpuBackend final : public Backend {
     scratch_q_.resize(size_t(T * K));
     scratch_scale_.resize(size_t(T));
     scratch_acc_.resize(size_t(T * N));
-    cpu::quantize_per_token_int8(reinterpret_cast<int8_t*>(scratch_q_.data()), scratch_scale_.data(), x, T, K);
-    for (auto& v : scratch_q_) v = uint8_t(int(int8_t(v)) + 128);
+    cpu::quantize_per_token_int8_shifted(scratch_q_.data(), scratch_scale_.data(), x, T, K);
     if (!lin.w_vnni.empty()) {
       // Our VNNI kernel at every batch: decode streams the packed weights once, prefill reuses each panel from
       // cache for every tile of tokens, and the dequantization is its epilogue.

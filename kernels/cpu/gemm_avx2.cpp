@@ -104,7 +104,7 @@ void gemm_typed(float* out, const float* x, const void* packed, int64_t T, int64
         }
       }
     }
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait   // the end of the parallel region is the barrier
     for (int64_t p = 0; p < panels; ++p) {
       const char* bp = static_cast<const char*>(packed) + size_t(p) * panel_bytes;
       for (int half = 0; half < 2; ++half) {

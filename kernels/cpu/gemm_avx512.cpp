@@ -115,7 +115,7 @@ void gemm_typed(float* out, const float* x, const void* packed, int64_t T, int64
     const bool convert_once = kType != WeightType::kF32 && tiles > 1;
     thread_local std::vector<float> converted;
     if (convert_once && converted.size() < size_t(kc_max * kPanelWidth)) converted.resize(size_t(kc_max * kPanelWidth));
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait   // the end of the parallel region is the barrier
     for (int64_t p = 0; p < panels; ++p) {
       const int n_valid = int(std::min<int64_t>(kPanelWidth, N - p * kPanelWidth));
       const char* bp = static_cast<const char*>(packed) + size_t(p) * panel_bytes;

@@ -112,7 +112,7 @@ void gemm_w8a8_vnni(float* out, const uint8_t* xq, const float* x_scale, const i
         }
       }
     }
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait   // the end of the parallel region is the barrier
     for (int64_t p = 0; p < panels; ++p) {
       const int n_valid = int(std::min<int64_t>(kPanelWidth, N - p * kPanelWidth));
       const int8_t* bp = packed + size_t(p) * panel_bytes;

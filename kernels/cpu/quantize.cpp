@@ -38,6 +38,20 @@ void quantize_per_token_int8(int8_t* q, float* scales, const float* x, int64_t T
   }
 }
 
+void quantize_per_token_int8_shifted(uint8_t* q, float* scales, const float* x, int64_t T, int64_t K) {
+#pragma omp parallel for schedule(static) if (T > 4)
+  for (int64_t t = 0; t < T; ++t) {
+    const float* xt = x + t * K;
+    scales[t] = absmax_scale(xt, K);
+    const float inv = 1.0f / scales[t];
+    uint8_t* qt = q + t * K;
+    for (int64_t k = 0; k < K; ++k) {
+      const float v = std::nearbyint(xt[k] * inv);
+      qt[k] = uint8_t(int32_t(std::clamp(v, -127.0f, 127.0f)) + 128);
+    }
+  }
+}
+
 void quantize_per_tensor_uint8(uint8_t* q, float* scale, int32_t* zero_point, const float* w, int64_t n) {
   float lo = 0, hi = 0;
   for (int64_t i = 0; i < n; ++i) {

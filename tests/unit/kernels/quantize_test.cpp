@@ -200,5 +200,17 @@ TEST(QuantizePerTensorUint8, HalfStepZeroPoints) {
 
 TEST(QuantizePerTensorUint8, AllZero) { expect_per_tensor_uint8(std::vector<float>(17, 0.0f)); }
 
+TEST(QuantizePerTokenInt8, ShiftedIsInt8Plus128WithTheSameScales) {
+  const int64_t T = 7, K = 133;
+  const std::vector<float> x = random_rows(T, K, 17);
+  std::vector<int8_t> q(static_cast<size_t>(T * K));
+  std::vector<uint8_t> u(static_cast<size_t>(T * K));
+  std::vector<float> s(static_cast<size_t>(T)), su(static_cast<size_t>(T));
+  quantize_per_token_int8(q.data(), s.data(), x.data(), T, K);
+  quantize_per_token_int8_shifted(u.data(), su.data(), x.data(), T, K);
+  EXPECT_EQ(s, su);
+  for (size_t i = 0; i < q.size(); ++i) ASSERT_EQ(int(u[i]), int(q[i]) + 128) << i;
+}
+
 }  // namespace
 }  // namespace qs::cpu
