@@ -146,9 +146,9 @@ const char* attention_isa_name(AttentionIsa isa) {
 int64_t attention_partial_floats(int64_t max_rows, int64_t HD) { return max_rows * (HD + 2); }
 
 int64_t attention_scratch_floats(int64_t max_rows, int64_t HD, int64_t BS) {
-  const int64_t bsp = (BS + 15) / 16 * 16;
-  const int64_t n = max_rows * (2 * HD + bsp + 5);   // qs, acc, S, m, l, alpha, limit, qpos
-  return (n + 15) / 16 * 16 + 16;                    // keep each thread's scratch on its own cache lines
+  const int64_t bsp = (BS + 15) / 16 * 16, rows = (max_rows + 15) / 16 * 16;
+  const int64_t n = max_rows * (2 * HD + bsp) + rows * 6;   // qs, acc, S; m, l, alpha, block_sum, limit, qpos
+  return (n + 15) / 16 * 16 + 16;                           // keep each thread's scratch on its own cache lines
 }
 
 void attention_paged_forward(float* out, const float* qkv, void* k_pool, void* v_pool, DType kv_dtype,

@@ -88,7 +88,7 @@ inline void block_values(float* acc, int64_t HD, const float* P, int64_t BSP, co
   for (; d < HD; d += Vec::W) block_values_part<E, RR, 1>(acc, HD, P, BSP, alpha, vb, n, d);
 }
 
-// Calls f.template operator()<RR>(r0) for register tiles of up to kMaxRows rows covering [0, R).
+// Runs CALL(RR) for each register tile [r0, r0 + RR) of up to kMaxRows rows covering [0, R) (RR a constant).
 #define QS_ATTN_FOR_ROW_TILES(R, CALL)                                   \
   for (int64_t r0 = 0; r0 < (R); r0 += Vec::kMaxRows) {                  \
     switch (min_i64(Vec::kMaxRows, (R) - r0)) {                          \
@@ -105,19 +105,23 @@ inline void block_values(float* acc, int64_t HD, const float* P, int64_t BSP, co
 
 // Online softmax over one block: per row, the running max m and sum l are updated, the block's scores become
 // probabilities (relative to the new max) and alpha is the factor the row's accumulator must be scaled by.
-inline void block_softmax(float* S, int64_t BSP, int64_t n, int64_t R, float* m, float* l, float* alpha) {
+// alpha = 2^(m_old - m_new) for all rows at once, with the vector exp2 (a libm call per row and block cost as
+// much as the block's dot products at decode).
+inline void block_softmax(float* S, int64_t BSP, int64_t n, int64_t R, float* m, float* l, float* alpha,
+                          float* block_sum) {
   for (int64_t r = 0; r < R; ++r) {
     float* s = S + r * BSP;
     typename Vec::R mx = Vec::set1(-__builtin_inff());
     for (int64_t c = 0; c < n; c += Vec::W) mx = Vec::max(mx, Vec::load(s + c));
     const float block_max = Vec::reduce_max(mx);
     if (block_max == -__builtin_inff()) {   // every key of the block is in this row's future
-      alpha[r] = 1.0f;
+      alpha[r] = 0.0f;                      // exponent: the factor is 1
+      block_sum[r] = 0.0f;
       for (int64_t c = 0; c < n; c += Vec::W) Vec::store(s + c, Vec::zero());
       continue;
     }
     const float new_max = max_f(m[r], block_max);
-    alpha[r] = __builtin_exp2f(m[r] - new_max);   // 0 on the first block (m = -inf)
+    alpha[r] = m[r] - new_max;   // -inf on the first block: the factor is 0
     m[r] = new_max;
     const typename Vec::R vm = Vec::set1(new_max);
     typename Vec::R sum = Vec::zero();
@@ -126,8 +130,11 @@ inline void block_softmax(float* S, int64_t BSP, int64_t n, int64_t R, float* m,
       Vec::store(s + c, e);
       sum = Vec::add(sum, e);
     }
-    l[r] = l[r] * alpha[r] + Vec::reduce_add(sum);
+    block_sum[r] = Vec::reduce_add(sum);
   }
+  // alpha, l and block_sum have room for R rounded up to the vector width.
+  for (int64_t r = 0; r < R; r += Vec::W) Vec::store(alpha + r, Vec::exp2(Vec::load(alpha + r)));
+  for (int64_t r = 0; r < R; ++r) l[r] = l[r] * alpha[r] + block_sum[r];
 }
 
 template <class E>
@@ -135,14 +142,16 @@ void run_item(const AttentionPlan& p, const AttentionWorkItem& it, float* scratc
   const int64_t HD = p.HD, BS = p.BS, G = p.NH / p.NKV, MR = p.max_rows;
   const int64_t BSP = (BS + Vec::W - 1) / Vec::W * Vec::W;
   const int64_t R = int64_t(it.num_tokens) * G;
+  const int64_t MRV = (MR + 15) / 16 * 16;   // MR rounded up to any vector width
   float* qs = scratch;            // (MR, HD) queries times log2(e)/sqrt(HD)
   float* acc = qs + MR * HD;      // (MR, HD)
   float* S = acc + MR * HD;       // (MR, BSP) scores, then probabilities
-  float* m = S + MR * BSP;        // (MR)
-  float* l = m + MR;              // (MR)
-  float* alpha = l + MR;          // (MR)
-  int32_t* limit = reinterpret_cast<int32_t*>(alpha + MR);   // (MR) keys of the block each row sees
-  int32_t* qpos = limit + MR;     // (MR)
+  float* m = S + MR * BSP;        // (MRV)
+  float* l = m + MRV;             // (MRV)
+  float* alpha = l + MRV;         // (MRV)
+  float* block_sum = alpha + MRV; // (MRV)
+  int32_t* limit = reinterpret_cast<int32_t*>(block_sum + MRV);   // (MRV) keys of the block each row sees
+  int32_t* qpos = limit + MRV;    // (MRV)
 
   const int64_t row = (p.NH + 2 * p.NKV) * HD;
   for (int64_t r = 0; r < R; ++r) {
@@ -180,7 +189,7 @@ void run_item(const AttentionPlan& p, const AttentionWorkItem& it, float* scratc
 #define QS_ATTN_SCORES(RRV) block_scores<E, RRV>(S + r0 * BSP, BSP, qs + r0 * HD, HD, kb, BS, n, limit + r0)
     QS_ATTN_FOR_ROW_TILES(R, QS_ATTN_SCORES)
 #undef QS_ATTN_SCORES
-    block_softmax(S, BSP, n, R, m, l, alpha);
+    block_softmax(S, BSP, n, R, m, l, alpha, block_sum);
 #define QS_ATTN_VALUES(RRV) block_values<E, RRV>(acc + r0 * HD, HD, S + r0 * BSP, BSP, alpha + r0, vb, n)
     QS_ATTN_FOR_ROW_TILES(R, QS_ATTN_VALUES)
 #undef QS_ATTN_VALUES
