@@ -1,5 +1,6 @@
-// The CPU backend: oneDNN GEMMs (fp32 sgemm, u8s8s32 for W8A8), AVX-512 GEMV for low-precision weights at
-// small batch, and the reference ops of cpu_ops.cpp. Activations are fp32.
+// The CPU backend: our packed-panel GEMMs for fp32/fp16/bf16 and VNNI W8A8 from decode to prefill (gemv.h),
+// oneDNN where they do not apply (u8s8s32 W8A8 without VNNI, sgemm for int8-weight-only/-naive prefill), an
+// AVX-512 GEMV for those at small batch, and the ops of cpu_ops.cpp. Activations are fp32.
 #include <omp.h>
 #include <sys/mman.h>
 #include <unistd.h>
