@@ -136,12 +136,16 @@ def ct2_convert(quantization):
         run([sys.executable, "-c",
              "import sys, torch; from transformers import AutoModelForCausalLM, AutoTokenizer\n"
              "d, f, o = sys.argv[1:4]\n"
-             "AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).save_pretrained(o)\n"
+             "m = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)\n"
+             # The weights are dequantized fp32 already; transformers only refuses to save what came from a GGUF.
+             "m.hf_quantizer = None; m.is_quantized = False\n"
+             "m.config.__dict__.pop('quantization_config', None)\n"
+             "m.save_pretrained(o)\n"
              "AutoTokenizer.from_pretrained(d, gguf_file=f).save_pretrained(o)\n",
              os.path.dirname(MODEL), os.path.basename(MODEL), hf_dir])
     if not os.path.exists(os.path.join(ct2_dir, "model.bin")):
         run(["ct2-transformers-converter", "--model", hf_dir, "--output_dir", ct2_dir, "--quantization",
-             quantization, "--copy_files", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+             quantization, "--copy_files", "tokenizer.json", "tokenizer_config.json",
              "--force"])
     return ct2_dir
 
@@ -284,8 +288,9 @@ def main():
             q = row.get("quantserve", {}).get(metric)
             l = row.get("llama.cpp", {}).get(metric) or row.get("CTranslate2", {}).get(metric)
             r = row.get("quantserve_over_llama_cpp", {}).get(metric)
-            print(f"{row['prompt_tokens']:>5}:{row['new_tokens']:<4} {row['class']:9} {short:8} "
-                  f"{q or 0:11.1f} {l or 0:10.1f} {r or 0:6.2f}")
+            fmt = lambda v, w, d: f"{v:{w}.{d}f}" if v is not None else f"{'-':>{w}}"
+            print(f"{row['prompt_tokens']:>5}:{row['new_tokens']:<4} {row['class']:11} {short:8} "
+                  f"{fmt(q, 11, 1)} {fmt(l, 10, 1)} {fmt(r, 6, 2)}")
     print(f"wrote {os.path.relpath(args.output, ROOT)}")
 
 
