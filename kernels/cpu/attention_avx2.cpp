@@ -3,6 +3,8 @@
 
 #include <cstdint>
 
+#include "kernels/cpu/exp2_poly.h"
+
 namespace qs::cpu::attention_avx2_impl {
 
 struct Vec {
@@ -50,13 +52,7 @@ struct Vec {
     x = _mm256_min_ps(_mm256_max_ps(x, set1(-126.0f)), set1(126.0f));
     const R n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const R f = sub(x, n);
-    R p = set1(1.5403530393381606e-4f);
-    p = fmadd(p, f, set1(1.3333558146428443e-3f));
-    p = fmadd(p, f, set1(9.6181291076284772e-3f));
-    p = fmadd(p, f, set1(5.5504108664821580e-2f));
-    p = fmadd(p, f, set1(2.4022650695910071e-1f));
-    p = fmadd(p, f, set1(6.9314718055994531e-1f));
-    p = fmadd(p, f, set1(1.0f));
+    const R p = exp2_fraction<Vec>(f);
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_andnot_ps(tiny, mul(p, _mm256_castsi256_ps(e)));
   }

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "kernels/cpu/exp2_poly.h"
+
 namespace qs::cpu::attention_avx512_impl {
 
 struct Vec {
@@ -33,20 +35,14 @@ struct Vec {
     if (k <= 0) return set1(fill);
     return _mm512_mask_blend_ps(__mmask16((1u << k) - 1), set1(fill), v);
   }
-  // 2^x: x = n + f, |f| <= 1/2, 2^f by its Taylor polynomial to degree 6 (relative error < 2e-7), times 2^n by
-  // vscalefps; 0 below -126 (and for -inf, the masked scores).
+  // 2^x: x = n + f, |f| <= 1/2, 2^f by exp2_fraction, times 2^n by vscalefps; 0 below -126 (and for -inf, the
+  // masked scores).
   static R exp2(R x) {
     const __mmask16 tiny = _mm512_cmp_ps_mask(x, set1(-126.0f), _CMP_LT_OQ);
     x = _mm512_min_ps(_mm512_max_ps(x, set1(-126.0f)), set1(126.0f));
     const R n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const R f = sub(x, n);
-    R p = set1(1.5403530393381606e-4f);
-    p = fmadd(p, f, set1(1.3333558146428443e-3f));
-    p = fmadd(p, f, set1(9.6181291076284772e-3f));
-    p = fmadd(p, f, set1(5.5504108664821580e-2f));
-    p = fmadd(p, f, set1(2.4022650695910071e-1f));
-    p = fmadd(p, f, set1(6.9314718055994531e-1f));
-    p = fmadd(p, f, set1(1.0f));
+    const R p = exp2_fraction<Vec>(f);
     return _mm512_maskz_mov_ps(__mmask16(~tiny), _mm512_scalef_ps(p, n));
   }
 };
