@@ -24,10 +24,8 @@ make_usable() {
     cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
   fi
   # The mirror's own settings (e.g. snapshot Release files past their Valid-Until) are the network's, not ours.
-  for f in /etc/apt/apt.conf.d/99artifact-registry; do
-    [ -f "$f" ] && cp "$f" "$root/etc/apt/apt.conf.d/"
-  done
-  [ -f /etc/pip.conf ] && cp /etc/pip.conf "$root/etc/pip.conf"
+  if [ -f /etc/apt/apt.conf.d/99artifact-registry ]; then cp /etc/apt/apt.conf.d/99artifact-registry "$root/etc/apt/apt.conf.d/"; fi
+  if [ -f /etc/pip.conf ]; then cp /etc/pip.conf "$root/etc/pip.conf"; fi
   # A chroot has no init: package scripts must not start services (Debian's prometheus would take :9090).
   printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
   chmod +x "$root/usr/sbin/policy-rc.d"
@@ -72,13 +70,20 @@ in_root() {
   chroot "$root" /usr/bin/env -i "${env_vars[@]}" /bin/bash -c "cd /work/quantserve && $*"
 }
 
-# kill_processes_under DIR: every process whose root directory is DIR or inside it (background servers, builds).
-kill_processes_under() {
+# pids_under DIR: every process whose root directory is DIR or inside it (chroot, buildah run).
+pids_under() {
   local dir=$1 pid link
   for pid in /proc/[0-9]*; do
     link=$(readlink "$pid/root" 2>/dev/null || true)
-    case "$link" in "$dir"|"$dir"/*) kill -KILL "${pid#/proc/}" 2>/dev/null || true ;; esac
+    case "$link" in "$dir"|"$dir"/*) echo "${pid#/proc/}" ;; esac
   done
+  return 0
+}
+
+# kill_processes_under DIR: all of pids_under DIR (background servers, builds).
+kill_processes_under() {
+  local pid
+  for pid in $(pids_under "$1"); do kill -KILL "$pid" 2>/dev/null || true; done
   sleep 1
 }
 
@@ -89,15 +94,13 @@ kill_tree() {
   kill -KILL "$1" 2>/dev/null || true
 }
 
-# quantserve_pids_under DIR: the quantserve processes whose root directory is DIR or inside it (by executable, as
-# the name may be a wrapper's).
+# quantserve_pids_under DIR: those of pids_under DIR that run the quantserve executable (by executable, as the
+# process name may be a wrapper's).
 quantserve_pids_under() {
-  local dir=$1 pid link exe
-  for pid in /proc/[0-9]*; do
-    link=$(readlink "$pid/root" 2>/dev/null || true)
-    case "$link" in "$dir"|"$dir"/*) ;; *) continue ;; esac
-    exe=$(readlink "$pid/exe" 2>/dev/null || true)
-    case "$exe" in */quantserve|*"/quantserve (deleted)") echo "${pid#/proc/}" ;; esac
+  local pid exe
+  for pid in $(pids_under "$1"); do
+    exe=$(readlink "/proc/$pid/exe" 2>/dev/null || true)
+    case "$exe" in */quantserve|*"/quantserve (deleted)") echo "$pid" ;; esac
   done
   return 0
 }
