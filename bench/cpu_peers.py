@@ -22,13 +22,12 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-from bench_common import ROOT, find_binary, git_commit, load_average, machine_info  # noqa: E402
+from bench_common import ROOT, find_binary, git_commit, load_average, machine_info, run  # noqa: E402
 
 MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 OUT = os.path.join(ROOT, "bench", "results", "cpu_peers.json")
@@ -43,11 +42,6 @@ CLASSES = {
 LLAMA_FTYPES = {"F32": 0, "F16": 1, "Q8_0": 7}
 
 
-def run(cmd, env=None):
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    return p.stdout
 
 
 # ---------------------------------------------------------------------------------------------------------------

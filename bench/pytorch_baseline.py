@@ -20,23 +20,17 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-from bench_common import ROOT, find_binary, git_commit, load_average  # noqa: E402
+from bench_common import ROOT, find_binary, git_commit, load_average, run  # noqa: E402
 MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 TEXT = "/usr/share/common-licenses/GPL-3"
 OUT = os.path.join(ROOT, "bench", "results", "cpu_pytorch_baseline.json")
 
 
-def run(cmd):
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    return p.stdout
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -26,13 +26,12 @@ import glob
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-from bench_common import ROOT, find_binary, machine_info, load_average, git_commit  # noqa: E402
+from bench_common import ROOT, find_binary, machine_info, load_average, git_commit, run  # noqa: E402
 RESULTS = os.path.join(ROOT, "bench", "results")
 DOC = os.path.join(ROOT, "docs", "QUANTIZATION.md")
 IMG = os.path.join(ROOT, "docs", "img")
@@ -44,11 +43,9 @@ DEFAULT_TEXT = "/usr/share/common-licenses/GPL-3"
 TARGETS = {"fp16": 0.001, "bf16": 0.001, "int8-weight-only": 0.005, "int8-mixed": 0.02, "int8-smooth": 0.02}
 
 
-def run(cmd, parse_json=True):
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-2000:]}")
-    return json.loads(p.stdout) if parse_json else p.stdout
+def run_command(cmd, parse_json=True):
+    out = run(cmd)
+    return json.loads(out) if parse_json else out
 
 
 def model_spec(key, args):
@@ -81,7 +78,7 @@ def measure(binary, key, args):
                           "/usr/share/common-licenses/Apache-2.0, alpha 0.5",
            "prompts": PROMPTS, "precisions": {}}
     print(f"[{key}] inspect", flush=True)
-    insp = run([binary, "inspect", "--model", path, "--precisions", ",".join(args.precisions), "--json",
+    insp = run_command([binary, "inspect", "--model", path, "--precisions", ",".join(args.precisions), "--json",
                 "--tensors"] + th)
     out["architecture"] = insp.get("architecture")
     for p in insp["precisions"]:
@@ -96,7 +93,7 @@ def measure(binary, key, args):
         cmd = [binary, "perplexity", "--model", path, "--precision", prec, "--json"] + ppl_args + th
         if prec != "fp32":
             cmd += ["--compare-to", "fp32"]
-        r = run(cmd)
+        r = run_command(cmd)
         e = out["precisions"].setdefault(prec, {})
         e.update({"perplexity": r["perplexity"], "mean_nll": r["mean_nll"], "predicted_tokens": r["predicted_tokens"],
                   "perplexity_seconds": r["seconds"]})
@@ -113,7 +110,7 @@ def measure(binary, key, args):
         gens = []
         for prompt in PROMPTS:
             print(f"[{key}] generate {prec}: {prompt}", flush=True)
-            gens.append(run([binary, "generate", "--model", path, "--precision", prec, "--raw", "-q", "-t", "0",
+            gens.append(run_command([binary, "generate", "--model", path, "--precision", prec, "--raw", "-q", "-t", "0",
                              "-n", "24", prompt] + th, parse_json=False))
         out["precisions"][prec]["generations"] = gens
     if ppl_args[0] == "--ids-file":

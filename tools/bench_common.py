@@ -1,5 +1,5 @@
-"""What the Python checks and benchmarks share: the repository root, finding the built quantserve binary, and
-the facts recorded beside every figure (commit, machine, load average)."""
+"""What the Python checks and benchmarks share: the repository root, finding the built quantserve binary, running
+a command that must succeed, and the facts recorded beside every figure (commit, machine, load average)."""
 import os
 import platform
 import subprocess
@@ -15,6 +15,14 @@ def find_binary(explicit):
         if c and os.access(c, os.X_OK):
             return c
     sys.exit(f"quantserve binary not found (tried {candidates}); pass --binary")
+
+
+def run(cmd):
+    """Runs cmd and returns its stdout; a non-zero exit raises with the command and the end of its stderr."""
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return p.stdout
 
 
 def git_commit():

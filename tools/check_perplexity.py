@@ -21,22 +21,18 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 
-from bench_common import ROOT, find_binary, git_commit  # noqa: E402
+from bench_common import ROOT, find_binary, git_commit, run  # noqa: E402
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "models")
 DEFAULT_MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 DEFAULT_TEXT = "/usr/share/common-licenses/GPL-3"
 
 
 def run_json(cmd):
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-2000:]}")
-    return json.loads(p.stdout)
+    return json.loads(run(cmd))
 
 
 def check_fixture(binary, name, tolerance):
