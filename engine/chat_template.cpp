@@ -1,8 +1,10 @@
 // Chat templates for instruct models. Rather than a Jinja interpreter, the known template families are
 // recognised by their markers (ChatML, Llama 3, Zephyr/TinyLlama) and rendered directly.
 #include <string>
+#include <vector>
 
 #include "engine/engine.h"
+#include "kernels/error.h"
 
 namespace qs {
 
@@ -22,29 +24,45 @@ std::string chatml_default_system(const std::string& tmpl) {
 }  // namespace
 
 std::string Engine::apply_chat_template(const std::string& user_message, const std::string& system) const {
-  const std::string& tmpl = model().config().chat_template;
+  std::vector<ChatMessage> messages;
+  if (!system.empty()) messages.push_back({"system", system});
+  messages.push_back({"user", user_message});
+  return apply_chat_template(messages);
+}
+
+std::string Engine::apply_chat_template(const std::vector<ChatMessage>& messages) const {
+  return render_chat_template(model().config().chat_template, messages);
+}
+
+std::string render_chat_template(const std::string& tmpl, const std::vector<ChatMessage>& messages) {
+  for (const ChatMessage& m : messages) {
+    QS_CHECK(m.role == "system" || m.role == "user" || m.role == "assistant", ErrorCode::kInvalidArgument,
+             "chat message role '", m.role.substr(0, 32), "' is not one of: system, user, assistant");
+  }
+  const bool has_system = !messages.empty() && messages.front().role == "system";
+  std::string out;
   if (tmpl.find("<|im_start|>") != std::string::npos) {
-    const std::string sys = system.empty() ? chatml_default_system(tmpl) : system;
-    std::string out;
-    if (!sys.empty()) out += "<|im_start|>system\n" + sys + "<|im_end|>\n";
-    out += "<|im_start|>user\n" + user_message + "<|im_end|>\n<|im_start|>assistant\n";
-    return out;
+    if (!has_system) {
+      const std::string sys = chatml_default_system(tmpl);
+      if (!sys.empty()) out += "<|im_start|>system\n" + sys + "<|im_end|>\n";
+    }
+    for (const ChatMessage& m : messages) out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+    return out + "<|im_start|>assistant\n";
   }
   if (tmpl.find("<|start_header_id|>") != std::string::npos) {
-    std::string out = "<|begin_of_text|>";
-    if (!system.empty()) out += "<|start_header_id|>system<|end_header_id|>\n\n" + system + "<|eot_id|>";
-    out += "<|start_header_id|>user<|end_header_id|>\n\n" + user_message +
-           "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n";
-    return out;
+    out = "<|begin_of_text|>";
+    for (const ChatMessage& m : messages) {
+      out += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + m.content + "<|eot_id|>";
+    }
+    return out + "<|start_header_id|>assistant<|end_header_id|>\n\n";
   }
   if (tmpl.find("<|user|>") != std::string::npos) {
-    std::string out;
-    if (!system.empty()) out += "<|system|>\n" + system + "</s>\n";
-    out += "<|user|>\n" + user_message + "</s>\n<|assistant|>\n";
-    return out;
+    for (const ChatMessage& m : messages) out += "<|" + m.role + "|>\n" + m.content + "</s>\n";
+    return out + "<|assistant|>\n";
   }
-  // No template (base models): the message as it is.
-  return system.empty() ? user_message : system + "\n\n" + user_message;
+  // No template (base models): the turns' texts, one paragraph each.
+  for (const ChatMessage& m : messages) out += (out.empty() ? "" : "\n\n") + m.content;
+  return out;
 }
 
 }  // namespace qs

@@ -234,7 +234,9 @@ struct Engine::Impl {
     for (size_t i = 0; i < wants_logits.size(); ++i) {
       Sequence& s = *wants_logits[i];
       if (s.cancel_requested) continue;   // dropped at the next step
-      const SampleResult r = sample_token(logits.data() + int64_t(i) * V, V, s.params, s.tokens, s.rng);
+      float* row = logits.data() + int64_t(i) * V;
+      apply_presence_frequency_penalties(row, V, s.params, s.tokens.data() + s.prompt_len, size_t(s.generated()));
+      const SampleResult r = sample_token(row, V, s.params, s.tokens, s.rng);
       if (!s.has_first_token) {
         s.has_first_token = true;
         s.first_token = Clock::now();

@@ -25,6 +25,15 @@ struct SamplingParams {
   std::vector<int32_t> stop_token_ids;
   bool ignore_eos = false;
   int32_t logprobs = 0;                 // top-N log-probabilities per generated token (0 = none)
+  // OpenAI's penalties, over the tokens generated so far: logit -= frequency * count + presence * (count > 0).
+  float presence_penalty = 0;           // [-2, 2], 0 = off
+  float frequency_penalty = 0;          // [-2, 2], 0 = off
+};
+
+// One turn of a conversation, for chat templates.
+struct ChatMessage {
+  std::string role;                     // "system", "user" or "assistant"
+  std::string content;
 };
 
 enum class FinishReason { kNone, kLength, kEos, kStop, kCancelled, kError };
@@ -100,11 +109,18 @@ class Engine {
 
   // Applies the model's chat template to one user message (ChatML for SmolLM2; plain text when none).
   std::string apply_chat_template(const std::string& user_message, const std::string& system = "") const;
+  // The same for a whole conversation, ending with the assistant's turn opened (the generation prompt).
+  // Throws kInvalidArgument for a role other than system, user or assistant.
+  std::string apply_chat_template(const std::vector<ChatMessage>& messages) const;
 
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// The chat template `tmpl` (the model's Jinja text, recognised by its family's markers) rendered for `messages`;
+// what Engine::apply_chat_template uses. Throws kInvalidArgument for an unknown role.
+std::string render_chat_template(const std::string& tmpl, const std::vector<ChatMessage>& messages);
 
 // Convenience for CLIs and tests: runs one prompt to completion and returns the generated text and ids.
 struct GenerateResult {

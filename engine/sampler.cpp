@@ -28,6 +28,26 @@ void validate_sampling(const SamplingParams& p) {
   for (const auto& s : p.stop) {
     QS_CHECK(!s.empty(), ErrorCode::kInvalidArgument, "stop sequences must not be empty");
   }
+  QS_CHECK(std::isfinite(p.presence_penalty) && std::fabs(p.presence_penalty) <= 2, ErrorCode::kInvalidArgument,
+           "presence_penalty must be in [-2, 2], got ", p.presence_penalty);
+  QS_CHECK(std::isfinite(p.frequency_penalty) && std::fabs(p.frequency_penalty) <= 2, ErrorCode::kInvalidArgument,
+           "frequency_penalty must be in [-2, 2], got ", p.frequency_penalty);
+}
+
+void apply_presence_frequency_penalties(float* logits, int64_t V, const SamplingParams& params,
+                                        const int32_t* generated, size_t n_generated) {
+  if (params.presence_penalty == 0 && params.frequency_penalty == 0) return;
+  // Sorting a copy counts repeats without a vocabulary-sized table per step.
+  std::vector<int32_t> ids(generated, generated + n_generated);
+  std::sort(ids.begin(), ids.end());
+  for (size_t i = 0; i < ids.size();) {
+    size_t j = i;
+    while (j < ids.size() && ids[j] == ids[i]) ++j;
+    if (ids[i] >= 0 && ids[i] < V) {
+      logits[ids[i]] -= params.frequency_penalty * float(j - i) + params.presence_penalty;
+    }
+    i = j;
+  }
 }
 
 namespace {

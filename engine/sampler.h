@@ -18,6 +18,11 @@ struct SampleResult {
 // Checks sampling values a caller sent; throws kInvalidArgument naming the bad field.
 void validate_sampling(const SamplingParams& params);
 
+// OpenAI's presence and frequency penalties over `generated` (the ids sampled so far), applied to logits (V) in
+// place before sample_token; a no-op when both are 0.
+void apply_presence_frequency_penalties(float* logits, int64_t V, const SamplingParams& params,
+                                        const int32_t* generated, size_t n_generated);
+
 // Samples one token from logits (V), modified in place. `history` holds the ids the repetition penalty applies
 // to (prompt and generated so far). Temperature 0 is greedy (argmax, lowest id on ties).
 SampleResult sample_token(float* logits, int64_t V, const SamplingParams& params, const std::vector<int32_t>& history,

@@ -126,8 +126,10 @@ void ModelWorker::do_submit(const std::shared_ptr<GenerationJob>& job) {
     std::vector<int32_t> ids = job->prompt_ids;
     if (ids.empty()) {
       const Tokenizer& tokenizer = engine_->tokenizer();
-      std::string text = job->chat ? engine_->apply_chat_template(job->prompt, job->system_prompt) : job->prompt;
-      ids = tokenizer.encode(text, /*parse_special=*/job->chat);
+      std::string text = !job->messages.empty() ? engine_->apply_chat_template(job->messages)
+                         : job->chat      ? engine_->apply_chat_template(job->prompt, job->system_prompt)
+                                          : job->prompt;
+      ids = tokenizer.encode(text, /*parse_special=*/job->chat || !job->messages.empty());
       if (tokenizer.add_bos() && tokenizer.bos_id() >= 0 && (ids.empty() || ids.front() != tokenizer.bos_id())) {
         ids.insert(ids.begin(), tokenizer.bos_id());
       }

@@ -33,6 +33,7 @@ struct GenerationJob {
   std::vector<int32_t> prompt_ids;
   bool chat = false;
   std::string system_prompt;
+  std::vector<ChatMessage> messages;   // a conversation (chat); when set, prompt and system_prompt are empty
   SamplingParams params;
   Clock::time_point arrival = Clock::now();
 

@@ -316,8 +316,23 @@ grpc::Status InferenceService::prepare(const v1::GenerateRequest& request, Model
   *worker_out = worker;
   const ServerLimits& limits = options_.limits;
 
-  if (request.prompt().empty() && request.prompt_token_ids().empty()) {
-    return invalid("empty prompt: set prompt (text) or prompt_token_ids");
+  if (!request.messages().empty()) {
+    if (!request.prompt().empty() || !request.prompt_token_ids().empty() || !request.system_prompt().empty()) {
+      return invalid("messages carry the whole conversation: leave prompt, prompt_token_ids and system_prompt empty");
+    }
+    int64_t bytes = 0;
+    for (const v1::ChatMessage& m : request.messages()) {
+      if (m.role() != "system" && m.role() != "user" && m.role() != "assistant") {
+        return invalid("messages: role '" + m.role().substr(0, 32) + "' is not one of: system, user, assistant");
+      }
+      bytes += int64_t(m.content().size());
+    }
+    if (bytes > limits.max_prompt_tokens * 64) {
+      return invalid("the messages are " + std::to_string(bytes) + " bytes, far over the server's limit of " +
+                     std::to_string(limits.max_prompt_tokens) + " tokens (--max-prompt-tokens)");
+    }
+  } else if (request.prompt().empty() && request.prompt_token_ids().empty()) {
+    return invalid("empty prompt: set prompt (text), prompt_token_ids or messages");
   }
   if (!request.prompt().empty() && !request.prompt_token_ids().empty()) {
     return invalid("set either prompt or prompt_token_ids, not both");
@@ -375,6 +390,18 @@ grpc::Status InferenceService::prepare(const v1::GenerateRequest& request, Model
     return invalid("logprobs must be in [0, 20], got " + std::to_string(request.logprobs()));
   }
   params.logprobs = request.logprobs();
+  if (request.has_presence_penalty()) {
+    if (!(std::fabs(request.presence_penalty()) <= 2)) {
+      return invalid("presence_penalty must be in [-2, 2], got " + std::to_string(request.presence_penalty()));
+    }
+    params.presence_penalty = request.presence_penalty();
+  }
+  if (request.has_frequency_penalty()) {
+    if (!(std::fabs(request.frequency_penalty()) <= 2)) {
+      return invalid("frequency_penalty must be in [-2, 2], got " + std::to_string(request.frequency_penalty()));
+    }
+    params.frequency_penalty = request.frequency_penalty();
+  }
   if (request.has_seed()) params.seed = request.seed();
   for (const std::string& s : request.stop()) {
     if (s.empty()) return invalid("stop sequences must not be empty");
@@ -392,6 +419,7 @@ grpc::Status InferenceService::prepare(const v1::GenerateRequest& request, Model
   job.prompt_ids.assign(request.prompt_token_ids().begin(), request.prompt_token_ids().end());
   job.chat = request.chat();
   job.system_prompt = request.system_prompt();
+  for (const v1::ChatMessage& m : request.messages()) job.messages.push_back({m.role(), m.content()});
   job.params = std::move(params);
 
   if (!worker->try_reserve()) {

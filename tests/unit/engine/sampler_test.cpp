@@ -38,6 +38,8 @@ TEST(Sampler, ValidateRejectsEachBadField) {
   expect_invalid([](SamplingParams& p) { p.top_p = 1.01f; }, "top_p 1.01");
   expect_invalid([&](SamplingParams& p) { p.top_p = nan; }, "top_p NaN");
   expect_invalid([](SamplingParams& p) { p.repetition_penalty = 0.0f; }, "repetition_penalty 0");
+  expect_invalid([](SamplingParams& p) { p.presence_penalty = 2.5f; }, "presence_penalty 2.5");
+  expect_invalid([&](SamplingParams& p) { p.frequency_penalty = nan; }, "frequency_penalty NaN");
   expect_invalid([](SamplingParams& p) { p.repetition_penalty = -1.0f; }, "repetition_penalty -1");
   expect_invalid([&](SamplingParams& p) { p.repetition_penalty = nan; }, "repetition_penalty NaN");
   expect_invalid([](SamplingParams& p) { p.max_new_tokens = 0; }, "max_new_tokens 0");
@@ -171,6 +173,26 @@ TEST(Sampler, RepetitionPenaltyDividesPositiveMultipliesNegativeOncePerId) {
   const SampleResult r2 = sample_token(l2.data(), 3, p, {2, 1}, rng);
   EXPECT_EQ(l2, (std::vector<float>{1.0f, -0.5f, 1.6f}));
   EXPECT_EQ(r2.token, 2);
+}
+
+TEST(Sampler, PresenceAndFrequencyPenaltiesSubtractPerGeneratedCount) {
+  std::vector<float> logits = {1.0f, 1.0f, 1.0f, 1.0f};
+  SamplingParams p;
+  p.presence_penalty = 0.5f;
+  p.frequency_penalty = 0.25f;
+  // Id 1 once, id 2 three times, out-of-range ids ignored, id 0 and 3 untouched.
+  const std::vector<int32_t> generated = {2, 1, 2, 9, -4, 2};
+  apply_presence_frequency_penalties(logits.data(), 4, p, generated.data(), generated.size());
+  EXPECT_EQ(logits, (std::vector<float>{1.0f, 0.25f, -0.25f, 1.0f}));
+  // Negative values reward repeats; both 0 is a no-op.
+  std::vector<float> l2 = {0.0f, 0.0f};
+  p.presence_penalty = -1.0f;
+  p.frequency_penalty = 0;
+  apply_presence_frequency_penalties(l2.data(), 2, p, generated.data(), 2);   // {2, 1}
+  EXPECT_EQ(l2, (std::vector<float>{0.0f, 1.0f}));
+  SamplingParams off;
+  apply_presence_frequency_penalties(l2.data(), 2, off, generated.data(), 2);
+  EXPECT_EQ(l2, (std::vector<float>{0.0f, 1.0f}));
 }
 
 TEST(Sampler, LogprobsAreLogSoftmaxAndTopNIsSorted) {
