@@ -153,7 +153,17 @@ struct Engine::Impl {
       Sequence& s = *waiting.front();
       // Reserve the whole request (prompt + max_new_tokens) up front: a running request never waits for
       // memory, so there is no preemption and no deadlock; the cost is admitting fewer long requests.
-      if (!blocks->reserve(s.block_table, int64_t(s.prompt_len) + s.params.max_new_tokens)) break;
+      // The prompt's cached prefix is shared, not computed; its last token is always computed, for the logits
+      // (as vLLM does: at most prompt_len - 1 tokens are looked up, so a fully cached prompt recomputes its
+      // last block into a fresh one, and shared blocks are never written).
+      const std::optional<int64_t> cached = blocks->allocate(
+          s.block_table, s.tokens, int64_t(s.prompt_len) - 1, int64_t(s.prompt_len) + s.params.max_new_tokens);
+      if (!cached) break;
+      s.num_computed = *cached;
+      if (blocks->prefix_caching()) {
+        stats.prefix_cache_queried_tokens += s.prompt_len;
+        stats.prefix_cache_hit_tokens += *cached;
+      }
       s.scheduled = Clock::now();
       running.push_back(std::move(waiting.front()));
       waiting.pop_front();
@@ -229,6 +239,8 @@ struct Engine::Impl {
       });
       return;
     }
+    // The blocks this pass filled can be shared from now on (before sampling: a finished request releases them).
+    for (Sequence* s : in_batch) blocks->commit(s->block_table, s->tokens, s->num_computed);
     const int64_t V = model->config().vocab_size;
     std::vector<Sequence*> finished;
     for (size_t i = 0; i < wants_logits.size(); ++i) {
@@ -286,7 +298,16 @@ Engine::Engine(std::unique_ptr<Model> model, std::unique_ptr<Tokenizer> tokenize
   o.kv_cache_tokens = num_blocks * o.kv_block_size;
   o.kv_cache_bytes = int64_t(kv.bytes_per_token()) * o.kv_cache_tokens;
   impl_->cache = backend.make_kv_cache(kv);
-  impl_->blocks = std::make_unique<KvBlockManager>(num_blocks, o.kv_block_size);
+  // A cached block's contents depend on the tokens and on what this engine is: the model, its precision and the
+  // KV dtype seed every chain hash.
+  std::optional<uint64_t> prefix_seed;
+  if (o.prefix_cache) {
+    const LoadReport& report = impl_->model->report();
+    prefix_seed = std::hash<std::string>{}(report.model_path + "|" + c.name + "|" + architecture_name(c.arch) + "|" +
+                                           precision_name(report.precision) + "|" + kv_cache_dtype_name(kv_dtype) +
+                                           "|" + std::to_string(o.kv_block_size));
+  }
+  impl_->blocks = std::make_unique<KvBlockManager>(num_blocks, o.kv_block_size, prefix_seed);
 }
 
 Engine::~Engine() = default;
@@ -348,6 +369,7 @@ EngineStats Engine::stats() const {
   s.waiting = int64_t(impl_->waiting.size());
   s.kv_blocks_used = impl_->blocks->used();
   s.kv_blocks_total = impl_->blocks->total();
+  s.kv_blocks_cached = impl_->blocks->cached();
   s.kv_cache_bytes = int64_t(impl_->cache->bytes());
   s.kv_cache_committed_bytes = int64_t(impl_->cache->committed_bytes());
   s.kv_cache_used_bytes = s.kv_blocks_total > 0 ? s.kv_cache_bytes / s.kv_blocks_total * s.kv_blocks_used : 0;

@@ -71,6 +71,7 @@ struct EngineOptions {
                                         // or the default: max_batch_size * context length (capped, kv_cache.h)
   std::optional<DType> kv_cache_dtype;  // storage; none = the backend's default (fp16 on the CPU, fp32 on CUDA)
   int64_t max_context = 0;              // prompt + new tokens; 0 = the model's max_positions
+  bool prefix_cache = true;             // reuse the KV blocks of earlier prompts' common prefixes (kv_cache.h)
 };
 
 struct EngineStats {
@@ -81,6 +82,9 @@ struct EngineStats {
   int64_t kv_cache_bytes = 0;           // capacity (the budget)
   int64_t kv_cache_committed_bytes = 0; // backed by memory now (committed as blocks are first written)
   int64_t kv_cache_used_bytes = 0;      // the blocks sequences hold
+  int64_t kv_blocks_cached = 0;         // full blocks no sequence holds, kept for prefix reuse (evictable)
+  int64_t prefix_cache_queried_tokens = 0;  // prompt tokens of admitted requests looked up in the prefix cache
+  int64_t prefix_cache_hit_tokens = 0;      // of those, found cached (not computed again)
   int64_t last_batch_size = 0;          // sequences in the last forward pass
   int64_t last_batch_tokens = 0;
   int64_t steps = 0;

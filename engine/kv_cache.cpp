@@ -55,25 +55,125 @@ int64_t kv_cache_blocks(int64_t budget_bytes, int64_t budget_tokens, size_t byte
   return (tokens + block_size - 1) / block_size;
 }
 
-KvBlockManager::KvBlockManager(int64_t num_blocks, int64_t block_size)
-    : num_blocks_(num_blocks), block_size_(block_size) {
+namespace {
+// splitmix64's finalizer: every input bit reaches every output bit.
+uint64_t mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+}  // namespace
+
+KvBlockManager::KvBlockManager(int64_t num_blocks, int64_t block_size, std::optional<uint64_t> prefix_cache_seed)
+    : num_blocks_(num_blocks), block_size_(block_size), seed_(prefix_cache_seed), blocks_(size_t(num_blocks)) {
   free_.reserve(size_t(num_blocks));
   for (int64_t b = num_blocks - 1; b >= 0; --b) free_.push_back(int32_t(b));
+  if (seed_) block_tokens_.resize(size_t(num_blocks * block_size));
+}
+
+uint64_t KvBlockManager::chain_hash(uint64_t parent, const int32_t* tokens) const {
+  uint64_t h = mix64(parent ^ 0x9e3779b97f4a7c15ULL);
+  for (int64_t i = 0; i < block_size_; ++i) h = mix64(h + uint64_t(uint32_t(tokens[i])));
+  return h;
+}
+
+void KvBlockManager::forget(int32_t block) {
+  Block& b = blocks_[size_t(block)];
+  if (b.indexed) index_.erase(b.hash);
+  b.hashed = b.indexed = false;
+}
+
+int32_t KvBlockManager::take_fresh() {
+  int32_t block;
+  if (!free_.empty()) {
+    block = free_.back();
+    free_.pop_back();
+  } else {
+    block = lru_.front();   // allocate() checked that free + cached blocks suffice
+    lru_.pop_front();
+    forget(block);
+  }
+  blocks_[size_t(block)].refs = 1;
+  return block;
+}
+
+std::optional<int64_t> KvBlockManager::allocate(std::vector<int32_t>& table, std::span<const int32_t> prompt,
+                                                int64_t max_cached_tokens, int64_t tokens) {
+  QS_CHECK(table.empty(), ErrorCode::kInternal, "allocate() is for a new sequence's empty block table");
+  std::vector<int32_t> shared;
+  int64_t shared_unheld = 0;   // shared blocks now in the LRU list: they stop being available to others
+  if (seed_) {
+    const int64_t whole = std::min<int64_t>(max_cached_tokens, int64_t(prompt.size())) / block_size_;
+    uint64_t parent = *seed_;
+    for (int64_t i = 0; i < whole; ++i) {
+      const int32_t* block_prompt = prompt.data() + i * block_size_;
+      const uint64_t h = chain_hash(parent, block_prompt);
+      const auto it = index_.find(h);
+      if (it == index_.end()) break;
+      // The hash is 64 bits: the tokens and the parent are compared too, so a collision is a miss, not wrong KV.
+      const Block& b = blocks_[size_t(it->second)];
+      if (b.parent != parent || !std::equal(block_prompt, block_prompt + block_size_,
+                                            block_tokens_.begin() + it->second * block_size_)) {
+        break;
+      }
+      shared.push_back(it->second);
+      if (b.refs == 0) ++shared_unheld;
+      parent = h;
+    }
+  }
+  const int64_t fresh = std::max<int64_t>(0, blocks_for(tokens) - int64_t(shared.size()));
+  if (fresh > free_blocks() + cached() - shared_unheld) return std::nullopt;
+  for (int32_t block : shared) {
+    Block& b = blocks_[size_t(block)];
+    if (b.refs++ == 0) lru_.erase(b.lru);
+    table.push_back(block);
+  }
+  for (int64_t i = 0; i < fresh; ++i) table.push_back(take_fresh());
+  return int64_t(shared.size()) * block_size_;
 }
 
 bool KvBlockManager::reserve(std::vector<int32_t>& table, int64_t tokens) {
   const int64_t need = blocks_for(tokens) - int64_t(table.size());
   if (need <= 0) return true;
-  if (need > int64_t(free_.size())) return false;
-  for (int64_t i = 0; i < need; ++i) {
-    table.push_back(free_.back());
-    free_.pop_back();
-  }
+  if (need > free_blocks() + cached()) return false;
+  for (int64_t i = 0; i < need; ++i) table.push_back(take_fresh());
   return true;
 }
 
+void KvBlockManager::commit(const std::vector<int32_t>& table, std::span<const int32_t> tokens, int64_t computed) {
+  if (!seed_) return;
+  const int64_t full = std::min<int64_t>(std::min<int64_t>(computed, int64_t(tokens.size())) / block_size_,
+                                         int64_t(table.size()));
+  // Hashed blocks are a prefix of the table (shared ones, then those committed at earlier steps).
+  int64_t first = full;
+  while (first > 0 && !blocks_[size_t(table[size_t(first - 1)])].hashed) --first;
+  for (int64_t i = first; i < full; ++i) {
+    const int32_t block = table[size_t(i)];
+    Block& b = blocks_[size_t(block)];
+    b.parent = i == 0 ? *seed_ : blocks_[size_t(table[size_t(i - 1)])].hash;
+    const int32_t* block_tokens = tokens.data() + i * block_size_;
+    b.hash = chain_hash(b.parent, block_tokens);
+    b.hashed = true;
+    std::copy(block_tokens, block_tokens + block_size_, block_tokens_.begin() + int64_t(block) * block_size_);
+    // Another sequence may have computed the same block meanwhile (both were admitted before either committed):
+    // the first stays the one later prompts find; this one is freed when its sequence ends.
+    b.indexed = index_.emplace(b.hash, block).second;
+  }
+}
+
 void KvBlockManager::release(std::vector<int32_t>& table) {
-  for (auto it = table.rbegin(); it != table.rend(); ++it) free_.push_back(*it);
+  for (auto it = table.rbegin(); it != table.rend(); ++it) {
+    Block& b = blocks_[size_t(*it)];
+    if (--b.refs > 0) continue;
+    if (b.indexed) {
+      b.lru = lru_.insert(lru_.end(), *it);
+    } else {
+      forget(*it);
+      free_.push_back(*it);
+    }
+  }
   table.clear();
 }
 

@@ -1,9 +1,13 @@
-// The KV-cache block manager: hands out fixed-size blocks of the backend's paged KV memory to sequences.
+// The KV-cache block manager: hands out fixed-size blocks of the backend's paged KV memory to sequences and
+// caches full blocks of prompts for reuse (prefix caching).
 #pragma once
 #include <cstdint>
 #include <cstddef>
+#include <list>
 #include <optional>
+#include <span>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "kernels/dtype.h"
@@ -23,22 +27,65 @@ const char* kv_cache_dtype_name(DType dtype);
 int64_t kv_cache_blocks(int64_t budget_bytes, int64_t budget_tokens, size_t bytes_per_token, int64_t block_size,
                         int64_t max_context, int64_t max_batch_size);
 
+// Hands out fixed-size blocks of the paged KV memory to sequences, and keeps full blocks for reuse by later
+// prompts that begin with the same tokens (automatic prefix caching, as vLLM and SGLang do):
+//  - a block becomes cached once all its tokens are written (commit()): it is named by a chain hash of its
+//    token ids and the previous block's hash, seeded with what else decides its contents (model, precision,
+//    KV dtype), so equal hashes mean equal KV;
+//  - allocate() shares the longest run of cached blocks a new prompt begins with (reference count + 1): those
+//    tokens are not computed again; a shared block is never written, since it is full and only positions past
+//    a sequence's cached prefix are written;
+//  - a block no sequence holds stays cached in an LRU list while memory allows; fresh blocks come from never
+//    cached ones first, then the least recently released cached block is evicted, so a request is refused only
+//    when free + cached blocks do not cover it. A block a sequence holds is never evicted.
+// Without a seed (prefix caching off), released blocks are free at once and nothing is hashed.
 class KvBlockManager {
  public:
-  KvBlockManager(int64_t num_blocks, int64_t block_size);
+  KvBlockManager(int64_t num_blocks, int64_t block_size, std::optional<uint64_t> prefix_cache_seed = std::nullopt);
   int64_t blocks_for(int64_t tokens) const { return (tokens + block_size_ - 1) / block_size_; }
-  // Grows `table` so it holds `tokens` tokens; returns false (and changes nothing) if the blocks are not free.
+  // Gives a new sequence (empty `table`) blocks for `tokens` tokens: first the cached blocks that hold the
+  // longest run of whole blocks `prompt` begins with, but no more than its first `max_cached_tokens` tokens,
+  // then fresh ones. Returns how many leading prompt tokens are already in the KV cache (whole blocks), or
+  // nullopt if the blocks do not fit, in which case nothing changes.
+  std::optional<int64_t> allocate(std::vector<int32_t>& table, std::span<const int32_t> prompt,
+                                  int64_t max_cached_tokens, int64_t tokens);
+  // Grows `table` with fresh blocks so it holds `tokens` tokens; false (and nothing changes) if they do not fit.
   bool reserve(std::vector<int32_t>& table, int64_t tokens);
-  // Returns a sequence's blocks to the pool; the one mutation besides reserve().
+  // Records that the first `computed` of `tokens` are written into `table`'s blocks: each block that is now
+  // full gets its chain hash and can be shared from then on. No-op without prefix caching.
+  void commit(const std::vector<int32_t>& table, std::span<const int32_t> tokens, int64_t computed);
+  // Returns a sequence's blocks: unshared cached blocks go to the LRU list (the sequence's last block first,
+  // so a prefix outlives its continuations), the others are free.
   void release(std::vector<int32_t>& table);
-  int64_t used() const { return total() - int64_t(free_.size()); }
+  int64_t used() const { return total() - free_blocks() - cached(); }   // held by sequences
+  int64_t cached() const { return int64_t(lru_.size()); }              // held by none, kept for reuse
   int64_t total() const { return num_blocks_; }
   int64_t block_size() const { return block_size_; }
+  bool prefix_caching() const { return seed_.has_value(); }
 
  private:
+  struct Block {
+    int32_t refs = 0;                 // sequences holding it
+    bool hashed = false;              // full, with `hash` (and its tokens in block_tokens_)
+    bool indexed = false;             // the block index_ names for `hash` (a duplicate is hashed but not indexed)
+    uint64_t hash = 0;
+    uint64_t parent = 0;              // the previous block's hash (the seed for a prompt's first block)
+    std::list<int32_t>::iterator lru; // valid while refs == 0 and indexed
+  };
+  int64_t free_blocks() const { return int64_t(free_.size()); }
+  uint64_t chain_hash(uint64_t parent, const int32_t* tokens) const;
+  // A fresh block for a sequence: a never-cached one if any, else the least recently used cached one, evicted.
+  int32_t take_fresh();
+  void forget(int32_t block);   // drops a block's hash and index entry
+
   int64_t num_blocks_;
   int64_t block_size_;
-  std::vector<int32_t> free_;   // a stack: recently freed blocks are reused first (warm in cache)
+  std::optional<uint64_t> seed_;
+  std::vector<Block> blocks_;
+  std::vector<int32_t> block_tokens_;             // (num_blocks, block_size): each hashed block's token ids
+  std::vector<int32_t> free_;                     // a stack: recently freed blocks are reused first (warm)
+  std::list<int32_t> lru_;                        // cached blocks no sequence holds, least recently used first
+  std::unordered_map<uint64_t, int32_t> index_;   // chain hash -> cached block
 };
 
 }  // namespace qs

@@ -1,8 +1,10 @@
-// The KV-cache block manager (engine/kv_cache.h): block accounting, atomic reservation, release; and how the
-// cache is sized (byte budget, tokens, default) and its dtype named.
+// The KV-cache block manager (engine/kv_cache.h): block accounting, atomic reservation, release, prefix caching
+// (chain hashes, reference counts, LRU eviction, pinning); and how the cache is sized (byte budget, tokens,
+// default) and its dtype named.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <numeric>
 #include <set>
 #include <vector>
 
@@ -68,6 +70,169 @@ TEST(KvBlockManager, ReserveFailsAtomically) {
   EXPECT_EQ(m.used(), 4);
   EXPECT_FALSE(m.reserve(b, 17));
   EXPECT_EQ(b.size(), 1u);
+}
+
+// Prefix caching on blocks of 4 tokens.
+constexpr uint64_t kSeed = 12345;
+std::vector<int32_t> iota_tokens(int32_t from, size_t n) {
+  std::vector<int32_t> v(n);
+  std::iota(v.begin(), v.end(), from);
+  return v;
+}
+std::vector<int32_t> first_n(const std::vector<int32_t>& v, size_t n) { return {v.begin(), v.begin() + int64_t(n)}; }
+std::vector<int32_t> concat(std::vector<int32_t> a, const std::vector<int32_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+// A sequence's whole life in the manager: allocated for its prompt + `extra` tokens, the prompt committed
+// (as the engine does after the pass that computes it), released. Returns the cached prompt tokens it found.
+int64_t run_sequence(KvBlockManager& m, const std::vector<int32_t>& prompt, int64_t extra = 0) {
+  std::vector<int32_t> table;
+  const std::optional<int64_t> cached = m.allocate(table, prompt, int64_t(prompt.size()) - 1,
+                                                   int64_t(prompt.size()) + extra);
+  EXPECT_TRUE(cached.has_value());
+  m.commit(table, prompt, int64_t(prompt.size()));
+  m.release(table);
+  return cached.value_or(-1);
+}
+
+TEST(PrefixCache, ChainHashesShareOnlyTheSamePrefix) {
+  KvBlockManager m(16, 4, kSeed);
+  ASSERT_TRUE(m.prefix_caching());
+  const std::vector<int32_t> a = iota_tokens(100, 10);   // blocks [100..103] [104..107], 2 tokens over
+  EXPECT_EQ(run_sequence(m, a), 0);
+  EXPECT_EQ(m.cached(), 2) << "the two full blocks stay cached, the partial one is freed";
+  EXPECT_EQ(m.used(), 0);
+  EXPECT_EQ(run_sequence(m, concat(first_n(a, 8), {1, 2, 3})), 8) << "both full blocks shared";
+  EXPECT_EQ(run_sequence(m, concat(first_n(a, 6), {1, 2, 3, 4, 5})), 4) << "the second block differs";
+  // The second block's tokens alone, after another first block, are a different chain.
+  EXPECT_EQ(run_sequence(m, concat({7, 7, 7, 7}, {a.begin() + 4, a.end()})), 0);
+  EXPECT_EQ(run_sequence(m, {a.begin() + 4, a.end()}), 0) << "position matters: not the first block";
+}
+
+TEST(PrefixCache, AtMostMaxCachedTokensAreShared) {
+  KvBlockManager m(16, 4, kSeed);
+  const std::vector<int32_t> p = iota_tokens(0, 8);   // exactly two blocks
+  EXPECT_EQ(run_sequence(m, p), 0);
+  // The same prompt again: only 7 tokens may come from the cache (the last is computed for its logits), so the
+  // last block is recomputed into a fresh block and the cached one is not written.
+  std::vector<int32_t> table;
+  EXPECT_EQ(m.allocate(table, p, 7, 12), 4);
+  ASSERT_EQ(table.size(), 3u);
+  std::vector<int32_t> other;
+  EXPECT_EQ(m.allocate(other, p, 8, 8), 8) << "the cached second block is still there";
+  EXPECT_NE(other[1], table[1]);
+  m.release(table);
+  m.release(other);
+}
+
+TEST(PrefixCache, SharedBlocksAreCountedAndPinnedUntilTheLastHolderEnds) {
+  KvBlockManager m(8, 4, kSeed);
+  const std::vector<int32_t> p = iota_tokens(0, 9);
+  std::vector<int32_t> a, b;
+  ASSERT_EQ(m.allocate(a, p, 8, 12), 0);
+  m.commit(a, p, 9);
+  ASSERT_EQ(m.allocate(b, p, 8, 12), 8);   // shares a's two full blocks (a still runs)
+  EXPECT_EQ(b[0], a[0]);
+  EXPECT_EQ(b[1], a[1]);
+  EXPECT_NE(b[2], a[2]);
+  EXPECT_EQ(m.used(), 4) << "two shared + one each";
+  m.release(a);
+  EXPECT_EQ(m.used(), 3) << "b still holds the shared blocks";
+  EXPECT_EQ(m.cached(), 0);
+  // Everything else is asked for: the blocks b holds are not taken.
+  std::vector<int32_t> c;
+  ASSERT_TRUE(m.reserve(c, 20));
+  EXPECT_FALSE(m.reserve(c, 24));
+  for (int32_t block : c) EXPECT_TRUE(std::find(b.begin(), b.end(), block) == b.end());
+  m.release(c);
+  m.release(b);
+  EXPECT_EQ(m.cached(), 2);
+  EXPECT_EQ(m.used(), 0);
+  EXPECT_EQ(run_sequence(m, p), 8);
+}
+
+TEST(PrefixCache, LeastRecentlyReleasedIsEvictedFirstAndAPrefixOutlivesItsTail) {
+  KvBlockManager m(4, 4, kSeed);
+  const std::vector<int32_t> x = iota_tokens(0, 9), y = iota_tokens(50, 5);
+  EXPECT_EQ(run_sequence(m, x), 0);   // caches x0 x1 (x1 released before x0: a tail goes first)
+  EXPECT_EQ(run_sequence(m, y), 0);   // caches y0
+  EXPECT_EQ(m.cached(), 3);
+  // One fresh block beyond the free one: the oldest cached block goes, x's tail x1.
+  std::vector<int32_t> t;
+  ASSERT_TRUE(m.reserve(t, 8));
+  EXPECT_EQ(m.cached(), 2);
+  m.release(t);
+  EXPECT_EQ(run_sequence(m, y), 4);
+  EXPECT_EQ(run_sequence(m, x), 4) << "x0 survived, x1 was evicted";
+  // Every block asked for at once: all cached ones are evicted.
+  std::vector<int32_t> all;
+  ASSERT_TRUE(m.reserve(all, 16)) << "cached blocks are evicted before an allocation is refused";
+  EXPECT_EQ(m.cached(), 0);
+  m.release(all);
+  EXPECT_EQ(run_sequence(m, x), 0);
+}
+
+TEST(PrefixCache, ExhaustionWithEverythingPinnedIsRefusedAndChangesNothing) {
+  KvBlockManager m(4, 4, kSeed);
+  const std::vector<int32_t> p = iota_tokens(0, 8);
+  std::vector<int32_t> a;
+  ASSERT_EQ(m.allocate(a, p, 7, 12), 0);   // 3 of 4 blocks
+  m.commit(a, p, 8);
+  EXPECT_EQ(run_sequence(m, iota_tokens(70, 4)), 0);   // its full block is cached in the fourth
+  EXPECT_EQ(m.cached(), 1);
+  std::vector<int32_t> b;
+  EXPECT_FALSE(m.allocate(b, iota_tokens(90, 6), 5, 8).has_value()) << "2 needed: 1 cached, the rest pinned";
+  EXPECT_TRUE(b.empty());
+  EXPECT_EQ(m.cached(), 1) << "a refused allocation evicts nothing";
+  EXPECT_EQ(m.used(), 3);
+  // Sharing a's pinned blocks needs only one fresh block: that fits, by evicting the cached one.
+  ASSERT_EQ(m.allocate(b, p, 8, 9), 8);
+  EXPECT_EQ(m.cached(), 0);
+  EXPECT_EQ(m.used(), 4);
+  m.release(a);
+  m.release(b);
+  EXPECT_EQ(m.used(), 0);
+}
+
+TEST(PrefixCache, ABlockComputedTwiceIsCachedOnce) {
+  KvBlockManager m(8, 4, kSeed);
+  const std::vector<int32_t> p = iota_tokens(0, 5);
+  std::vector<int32_t> a, b;
+  ASSERT_EQ(m.allocate(a, p, 4, 5), 0);
+  ASSERT_EQ(m.allocate(b, p, 4, 5), 0);   // admitted before a's pass committed anything
+  m.commit(a, p, 5);
+  m.commit(b, p, 5);
+  m.release(a);
+  m.release(b);
+  EXPECT_EQ(m.cached(), 1) << "b's copy is freed, not cached";
+  EXPECT_EQ(m.used(), 0);
+  EXPECT_EQ(run_sequence(m, p), 4);
+}
+
+TEST(PrefixCache, CommitHashesOnlyWrittenFullBlocksAndDecodedOnesToo) {
+  KvBlockManager m(8, 4, kSeed);
+  std::vector<int32_t> tokens = iota_tokens(0, 6);
+  std::vector<int32_t> a;
+  ASSERT_EQ(m.allocate(a, tokens, 5, 16), 0);
+  m.commit(a, tokens, 3);   // a chunk of 3 prompt tokens: no block is full
+  tokens.push_back(40);     // decoded tokens...
+  tokens.push_back(41);
+  m.commit(a, tokens, 7);   // ...fill the second block but one
+  m.commit(a, tokens, 8);   // now it is full
+  m.release(a);
+  EXPECT_EQ(m.cached(), 2);
+  EXPECT_EQ(run_sequence(m, concat(tokens, {9})), 8) << "a follow-up prompt reuses generated blocks too";
+}
+
+TEST(PrefixCache, OffFreesEverythingAndSharesNothing) {
+  KvBlockManager m(8, 4);
+  EXPECT_FALSE(m.prefix_caching());
+  const std::vector<int32_t> p = iota_tokens(0, 9);
+  EXPECT_EQ(run_sequence(m, p), 0);
+  EXPECT_EQ(m.cached(), 0);
+  EXPECT_EQ(run_sequence(m, p), 0);
+  EXPECT_EQ(m.used(), 0);
 }
 
 // SmolLM2-135M: 30 layers, 3 KV heads of 64; fp16 K and V are 23,040 bytes a token, a block of 16 is 368,640.
