@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "kernels/error.h"
+#include "kernels/gguf_blocks.h"
 
 namespace qs {
 
@@ -129,6 +130,14 @@ bool supported_tensor_type(uint32_t t, DType* out) {
     case kGgmlQ8_0: *out = DType::Q8_0; return true;
     case kGgmlQ4_0: *out = DType::Q4_0; return true;
     case kGgmlQ4_1: *out = DType::Q4_1; return true;
+    case kGgmlQ5_0: *out = DType::Q5_0; return true;
+    case kGgmlQ5_1: *out = DType::Q5_1; return true;
+    case kGgmlQ2_K: *out = DType::Q2_K; return true;
+    case kGgmlQ3_K: *out = DType::Q3_K; return true;
+    case kGgmlQ4_K: *out = DType::Q4_K; return true;
+    case kGgmlQ5_K: *out = DType::Q5_K; return true;
+    case kGgmlQ6_K: *out = DType::Q6_K; return true;
+    case kGgmlQ8_K: *out = DType::Q8_K; return true;
     default: return false;
   }
 }
@@ -288,7 +297,8 @@ GgufFile read_gguf(const std::string& path) {
     StoredTensor t;
     QS_CHECK(supported_tensor_type(info.ggml_type, &t.dtype), ErrorCode::kUnsupported, where, " has type ",
              ggml_type_name(info.ggml_type), " (", info.ggml_type,
-             "), which quantserve does not load (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)");
+             "), which quantserve does not load (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, "
+             "Q3_K, Q4_K, Q5_K, Q6_K, Q8_K)");
     int64_t numel = 1;
     for (int64_t d : info.dims) {
       QS_CHECK(d == 0 || numel <= (int64_t(1) << 48) / d, ErrorCode::kInvalidModel, where, " has an absurd shape ",
@@ -304,6 +314,12 @@ GgufFile read_gguf(const std::string& path) {
     QS_CHECK(info.offset <= data_size && nbytes <= data_size - info.offset, ErrorCode::kInvalidModel, where,
              " data [", g.data_offset + info.offset, ", ", g.data_offset + info.offset + nbytes,
              ") is not within the file (size ", file_size, ")", kCorrupt);
+    if (is_gguf_block_type(t.dtype)) {
+      const int64_t bad = first_block_with_nonfinite_scale(base + g.data_offset + info.offset, t.dtype,
+                                                           numel / block);
+      QS_CHECK(bad < 0, ErrorCode::kInvalidModel, where, " (", dtype_name(t.dtype), ") block ", bad, " of ",
+               numel / block, " has a scale that is not a finite number (NaN or infinite)", kCorrupt);
+    }
     t.name = info.name;
     t.shape.assign(info.dims.rbegin(), info.dims.rend());   // GGUF is innermost-first; PyTorch outermost-first
     t.data = base + g.data_offset + info.offset;

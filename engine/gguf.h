@@ -51,7 +51,9 @@ struct GgufTensorInfo {
 };
 
 // ggml tensor type codes quantserve reads.
-constexpr uint32_t kGgmlF32 = 0, kGgmlF16 = 1, kGgmlQ4_0 = 2, kGgmlQ4_1 = 3, kGgmlQ8_0 = 8, kGgmlBF16 = 30;
+constexpr uint32_t kGgmlF32 = 0, kGgmlF16 = 1, kGgmlQ4_0 = 2, kGgmlQ4_1 = 3, kGgmlQ5_0 = 6, kGgmlQ5_1 = 7,
+                   kGgmlQ8_0 = 8, kGgmlQ2_K = 10, kGgmlQ3_K = 11, kGgmlQ4_K = 12, kGgmlQ5_K = 13, kGgmlQ6_K = 14,
+                   kGgmlQ8_K = 15, kGgmlBF16 = 30;
 const char* ggml_type_name(uint32_t type);  // "Q6_K" etc.; "type N" when unknown
 
 struct GgufFile {
@@ -72,7 +74,8 @@ struct GgufFile {
 };
 
 // Parses and validates the whole file. Throws qs::Error: kNotFound, kInvalidModel (bad magic, truncated,
-// offsets out of bounds), kUnsupported (version, tensor types other than F32/F16/BF16/Q8_0/Q4_0/Q4_1).
+// offsets out of bounds, a block with a NaN or infinite scale), kUnsupported (version, tensor types other than
+// F32/F16/BF16, Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 and the K-quants Q2_K..Q6_K/Q8_K).
 GgufFile read_gguf(const std::string& path);
 
 }  // namespace qs

@@ -22,7 +22,7 @@ namespace qs {
 // come out as F32 in a buffer the ModelFile owns.
 struct StoredTensor {
   std::string name;                 // canonical Hugging Face name, e.g. "model.layers.0.self_attn.q_proj.weight"
-  DType dtype = DType::F32;         // as stored: F32, F16, BF16, Q8_0, Q4_0, Q4_1
+  DType dtype = DType::F32;         // as stored: F32, F16, BF16 or a GGUF block format
   std::vector<int64_t> shape;
   const void* data = nullptr;
   size_t nbytes = 0;

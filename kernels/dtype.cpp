@@ -1,17 +1,10 @@
-// Element-type sizes and conversions, including the GGUF block formats (layouts as in ggml's ggml-common.h).
+// Element-type sizes and conversions; the GGUF block formats are in gguf_blocks.cpp.
 #include "kernels/dtype.h"
 
 #include "kernels/error.h"
+#include "kernels/gguf_blocks.h"
 
 namespace qs {
-
-namespace {
-constexpr int64_t kGgufBlock = 32;
-struct BlockQ8_0 { uint16_t d; int8_t qs[32]; };
-struct BlockQ4_0 { uint16_t d; uint8_t qs[16]; };
-struct BlockQ4_1 { uint16_t d; uint16_t m; uint8_t qs[16]; };
-static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20);
-}  // namespace
 
 const char* dtype_name(DType t) {
   switch (t) {
@@ -24,12 +17,20 @@ const char* dtype_name(DType t) {
     case DType::Q8_0: return "Q8_0";
     case DType::Q4_0: return "Q4_0";
     case DType::Q4_1: return "Q4_1";
+    case DType::Q5_0: return "Q5_0";
+    case DType::Q5_1: return "Q5_1";
+    case DType::Q2_K: return "Q2_K";
+    case DType::Q3_K: return "Q3_K";
+    case DType::Q4_K: return "Q4_K";
+    case DType::Q5_K: return "Q5_K";
+    case DType::Q6_K: return "Q6_K";
+    case DType::Q8_K: return "Q8_K";
   }
   return "?";
 }
 
 int64_t dtype_block_size(DType t) {
-  return (t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1) ? kGgufBlock : 1;
+  return gguf_block_elements(t);
 }
 
 size_t dtype_bytes(DType t, int64_t n) {
@@ -37,11 +38,8 @@ size_t dtype_bytes(DType t, int64_t n) {
     case DType::F32: case DType::I32: return size_t(n) * 4;
     case DType::F16: case DType::BF16: return size_t(n) * 2;
     case DType::I8: case DType::U8: return size_t(n);
-    case DType::Q8_0: return size_t(n / kGgufBlock) * sizeof(BlockQ8_0);
-    case DType::Q4_0: return size_t(n / kGgufBlock) * sizeof(BlockQ4_0);
-    case DType::Q4_1: return size_t(n / kGgufBlock) * sizeof(BlockQ4_1);
+    default: return size_t(n / gguf_block_elements(t)) * gguf_block_bytes(t);
   }
-  return 0;
 }
 
 float f16_to_f32(uint16_t h) {
@@ -107,39 +105,11 @@ void convert_to_f32(float* dst, const void* src, DType src_type, int64_t n) {
       for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
       return;
     }
-    case DType::Q8_0: {
-      const auto* b = static_cast<const BlockQ8_0*>(src);
-      for (int64_t i = 0; i < n / kGgufBlock; ++i) {
-        const float d = f16_to_f32(b[i].d);
-        for (int j = 0; j < 32; ++j) dst[i * 32 + j] = d * float(b[i].qs[j]);
-      }
-      return;
-    }
-    case DType::Q4_0: {
-      const auto* b = static_cast<const BlockQ4_0*>(src);
-      for (int64_t i = 0; i < n / kGgufBlock; ++i) {
-        const float d = f16_to_f32(b[i].d);
-        for (int j = 0; j < 16; ++j) {
-          dst[i * 32 + j] = d * float(int(b[i].qs[j] & 0x0f) - 8);
-          dst[i * 32 + j + 16] = d * float(int(b[i].qs[j] >> 4) - 8);
-        }
-      }
-      return;
-    }
-    case DType::Q4_1: {
-      const auto* b = static_cast<const BlockQ4_1*>(src);
-      for (int64_t i = 0; i < n / kGgufBlock; ++i) {
-        const float d = f16_to_f32(b[i].d);
-        const float m = f16_to_f32(b[i].m);
-        for (int j = 0; j < 16; ++j) {
-          dst[i * 32 + j] = d * float(b[i].qs[j] & 0x0f) + m;
-          dst[i * 32 + j + 16] = d * float(b[i].qs[j] >> 4) + m;
-        }
-      }
-      return;
-    }
     default:
-      QS_FAIL(ErrorCode::kUnsupported, "cannot convert ", dtype_name(src_type), " to F32");
+      QS_CHECK(is_gguf_block_type(src_type), ErrorCode::kUnsupported, "cannot convert ", dtype_name(src_type),
+               " to F32");
+      dequantize_gguf_blocks(dst, src, src_type, n);
+      return;
   }
 }
 

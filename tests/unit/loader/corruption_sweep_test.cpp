@@ -3,6 +3,7 @@
 
 #include <random>
 
+#include "kernels/gguf_blocks.h"
 #include "loader_test_util.h"
 
 namespace qs::loader_test {
@@ -13,8 +14,7 @@ void open_or_qs_error(const std::string& path, const std::string& what) {
   try {
     auto m = ModelFile::open(path);
     for (const StoredTensor& t : m->tensors()) {
-      if (t.dtype == DType::F32 || t.dtype == DType::F16 || t.dtype == DType::BF16 || t.dtype == DType::Q8_0 ||
-          t.dtype == DType::Q4_0 || t.dtype == DType::Q4_1) {
+      if (t.dtype == DType::F32 || t.dtype == DType::F16 || t.dtype == DType::BF16 || is_gguf_block_type(t.dtype)) {
         m->get_f32(t.name, t.shape);   // every view must be readable in full
       }
     }

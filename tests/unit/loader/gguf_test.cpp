@@ -128,25 +128,6 @@ TEST(Gguf, OpensTinyGpt2WithConv1DLayout) {
 
 // ---- corrupt GGUF ------------------------------------------------------------------------------------------
 
-template <typename T>
-void poke(std::string& bytes, size_t at, T value) {
-  ASSERT_LE(at + sizeof(T), bytes.size());
-  std::memcpy(bytes.data() + at, &value, sizeof(T));
-}
-size_t find_string(const std::string& bytes, const std::string& s) {
-  const size_t at = bytes.find(s);
-  EXPECT_NE(at, std::string::npos) << s;
-  return at;
-}
-// Where the fields after a tensor's name start: n_dims (u32), dims (i64 each), type (u32), offset (u64).
-size_t tensor_info_at(const std::string& bytes, const std::string& name) {
-  // The name is preceded by its u64 length; search for length + name to skip metadata mentions.
-  std::string key(8, '\0');
-  const uint64_t len = name.size();
-  std::memcpy(key.data(), &len, 8);
-  return find_string(bytes, key + name) + 8 + name.size();
-}
-
 struct GgufCopy {
   TempDir tmp;
   std::string path;
@@ -237,9 +218,9 @@ TEST(GgufCorrupt, BlockRowNotMultipleOf32) {
 TEST(GgufCorrupt, UnsupportedTensorType) {
   GgufCopy f;
   const size_t at = tensor_info_at(f.bytes, "blk.0.attn_v.weight");
-  poke<uint32_t>(f.bytes, at + 4 + 2 * 8, 14);   // Q6_K
+  poke<uint32_t>(f.bytes, at + 4 + 2 * 8, 16);   // IQ2_XXS
   f.save();
-  expect_open_error(f.path, ErrorCode::kUnsupported, {"tiny_llama.gguf", "'blk.0.attn_v.weight'", "Q6_K"});
+  expect_open_error(f.path, ErrorCode::kUnsupported, {"tiny_llama.gguf", "'blk.0.attn_v.weight'", "IQ2_XXS"});
   poke<uint32_t>(f.bytes, at + 4 + 2 * 8, 1234);
   f.save();
   expect_open_error(f.path, ErrorCode::kUnsupported, {"'blk.0.attn_v.weight'", "1234"});

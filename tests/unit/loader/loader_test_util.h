@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -76,6 +77,26 @@ inline void expect_error(const std::function<void()>& fn, ErrorCode code, std::i
 
 inline void expect_open_error(const std::string& path, ErrorCode code, std::initializer_list<std::string> parts) {
   expect_error([&] { ModelFile::open(path); }, code, parts);
+}
+
+// Byte surgery on a copied GGUF file.
+template <typename T>
+inline void poke(std::string& bytes, size_t at, T value) {
+  ASSERT_LE(at + sizeof(T), bytes.size());
+  std::memcpy(bytes.data() + at, &value, sizeof(T));
+}
+inline size_t find_string(const std::string& bytes, const std::string& s) {
+  const size_t at = bytes.find(s);
+  EXPECT_NE(at, std::string::npos) << s;
+  return at;
+}
+// Where the fields after a tensor's name start: n_dims (u32), dims (i64 each), type (u32), offset (u64).
+inline size_t tensor_info_at(const std::string& bytes, const std::string& name) {
+  // The name is preceded by its u64 length; search for length + name to skip metadata mentions.
+  std::string key(8, '\0');
+  const uint64_t len = name.size();
+  std::memcpy(key.data(), &len, 8);
+  return find_string(bytes, key + name) + 8 + name.size();
 }
 
 inline std::vector<int64_t> shape_of(const nlohmann::json& j) { return j.get<std::vector<int64_t>>(); }
