@@ -72,6 +72,7 @@ void add_bench_command(CLI::App& app) {
     int64_t prompt_tokens = 128;
     int64_t new_tokens = 64;
     std::string output;
+    bool prefix_cache = true;
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand("bench", "Local prefill/decode throughput and peak memory (no server)");
@@ -81,11 +82,13 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--prompt-tokens", args->prompt_tokens, "Prompt length in tokens")->check(CLI::PositiveNumber);
   cmd->add_option("--new-tokens", args->new_tokens, "Generated tokens per sequence")->check(CLI::PositiveNumber);
   cmd->add_option("-o,--output", args->output, "Write the results as JSON to this file");
+  add_prefix_cache_option(cmd, args->prefix_cache);
   cmd->callback([args] {
     nlohmann::json out = {{"tool", "quantserve bench"},
                           {"threads", int(std::thread::hardware_concurrency())},
                           {"prompt_tokens", args->prompt_tokens},
                           {"new_tokens", args->new_tokens},
+                          {"prefix_cache", args->prefix_cache},
                           {"results", nlohmann::json::array()}};
     std::printf("%-17s %6s %14s %14s %10s %10s %12s %12s\n", "precision", "batch", "prefill tok/s", "decode tok/s",
                 "TTFT ms", "ITL ms", "weights MB", "peak RSS MB");
@@ -98,6 +101,7 @@ void add_bench_command(CLI::App& app) {
       eo.max_batch_size = max_batch;
       eo.max_batch_tokens = std::max<int64_t>(512, max_batch);
       eo.kv_cache_tokens = max_batch * (args->prompt_tokens + args->new_tokens);
+      eo.prefix_cache = args->prefix_cache;
       LoadedEngine loaded = load_model_for_cli(m, /*quiet=*/true, eo);
       Engine& engine = *loaded.engine;
       const LoadReport& report = engine.model().report();
@@ -109,7 +113,8 @@ void add_bench_command(CLI::App& app) {
       out["cuda_graphs"] = report.device.rfind("cuda", 0) == 0 && g != "0" && g != "off" && g != "false";
       run_point(engine, 1, std::min<int64_t>(args->prompt_tokens, 16), 4, 1);   // warm-up
       for (int64_t b : args->batches) {
-        const BenchPoint r = run_point(engine, b, args->prompt_tokens, args->new_tokens, 42);
+        // Each point its own random prompts: none begins like an earlier one, so the prefix cache finds nothing.
+        const BenchPoint r = run_point(engine, b, args->prompt_tokens, args->new_tokens, 42 + uint64_t(b));
         const MemoryInfo mem = engine.model().backend().memory_info();
         std::printf("%-17s %6lld %14.1f %14.1f %10.1f %10.2f %12.1f %12.1f\n", name.c_str(), (long long)b,
                     r.prefill_tokens_per_second, r.decode_tokens_per_second, r.time_to_first_token_ms,

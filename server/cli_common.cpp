@@ -27,6 +27,16 @@ void add_model_args(CLI::App* cmd, ModelArgs& args) {
                 "In the int8 modes, quantize the embedding table and LM head too (default: fp16)");
 }
 
+void add_prefix_cache_option(CLI::App* cmd, bool& enabled) {
+  // CLI11 reads "on"/"off" as a bool; the check keeps the other spellings it would take (yes, 1, ...) out.
+  cmd->add_option("--prefix-cache", enabled,
+                  "on: keep the KV blocks of finished prompts and reuse them for later prompts with the same "
+                  "beginning (least recently used evicted first); off: compute every prompt")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->envname("QUANTSERVE_PREFIX_CACHE")
+      ->default_str("on");
+}
+
 LoadedEngine load_model_for_cli(const ModelArgs& args, bool quiet, const EngineOptions& engine) {
   if (args.threads > 0) omp_set_num_threads(args.threads);
   LoadEngineOptions o;

@@ -15,6 +15,8 @@ struct ModelArgs {
   bool quantize_embeddings = false;
 };
 void add_model_args(CLI::App* cmd, ModelArgs& args);
+// --prefix-cache on|off (QUANTSERVE_PREFIX_CACHE), on by default: reuse the KV blocks of prompts' common prefixes.
+void add_prefix_cache_option(CLI::App* cmd, bool& enabled);
 // Loads with a one-line summary on stderr unless quiet.
 LoadedEngine load_model_for_cli(const ModelArgs& args, bool quiet, const EngineOptions& engine = {});
 Precision parse_precision_arg(const std::string& name);

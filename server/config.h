@@ -17,6 +17,7 @@ struct ServerLimits {
   int64_t kv_cache_tokens = 0;         // 0 = kv_cache_bytes, or the engine's default
   int64_t kv_cache_bytes = 0;          // KV-cache budget in bytes; 0 = kv_cache_tokens, or the engine's default
   std::string kv_cache_dtype;          // "fp32", "fp16", ...; empty = the backend's default (fp16 on the CPU)
+  bool prefix_cache = true;            // reuse cached KV blocks of prompts' common prefixes (--prefix-cache)
 };
 
 // One served model: the name requests use and the file or directory it is loaded from.

@@ -62,6 +62,14 @@ Metrics::Metrics(const std::string& listen) : registry_(std::make_shared<prometh
                        .Register(r);
   kv_used_bytes_ = &BuildGauge().Name("quantserve_kv_cache_used_bytes")
                         .Help("Bytes of the KV-cache blocks held by sequences").Register(r);
+  kv_cached_ = &BuildGauge().Name("quantserve_kv_cache_blocks_cached")
+                   .Help("KV-cache blocks no sequence holds, kept for prefix reuse (evicted, least recently used "
+                         "first, when blocks are needed)")
+                   .Register(r);
+  prefix_queried_ = &BuildCounter().Name("quantserve_prefix_cache_queried_tokens_total")
+                         .Help("Prompt tokens of admitted requests looked up in the prefix cache").Register(r);
+  prefix_hits_ = &BuildCounter().Name("quantserve_prefix_cache_hit_tokens_total")
+                      .Help("Prompt tokens found in the prefix cache (their KV reused, not computed)").Register(r);
   device_used_ = &BuildGauge().Name("quantserve_device_memory_used_bytes")
                       .Help("Memory in use on the device (host RSS on CPU hosts)").Register(r);
   device_total_ = &BuildGauge().Name("quantserve_device_memory_total_bytes")
@@ -107,6 +115,9 @@ ModelMetrics& Metrics::make_model(const std::string& model, const std::string& p
   mm->batch_size = &batch_size_->Add(labels);
   mm->kv_blocks_used = &kv_used_->Add(labels);
   mm->kv_blocks_total = &kv_total_->Add(labels);
+  mm->kv_blocks_cached = &kv_cached_->Add(labels);
+  mm->prefix_cache_queried_tokens = &prefix_queried_->Add(labels);
+  mm->prefix_cache_hit_tokens = &prefix_hits_->Add(labels);
   const prometheus::Labels with_dtype{{"model", model}, {"dtype", kv_cache_dtype}};
   mm->kv_cache_bytes = &kv_bytes_->Add(with_dtype);
   mm->kv_cache_committed_bytes = &kv_committed_->Add(with_dtype);

@@ -37,6 +37,9 @@ struct ModelMetrics {
   prometheus::Gauge* kv_cache_bytes = nullptr;            // capacity (the budget)
   prometheus::Gauge* kv_cache_committed_bytes = nullptr;  // backed by memory
   prometheus::Gauge* kv_cache_used_bytes = nullptr;       // held by sequences
+  prometheus::Gauge* kv_blocks_cached = nullptr;          // kept for prefix reuse, held by no sequence
+  prometheus::Counter* prefix_cache_queried_tokens = nullptr;
+  prometheus::Counter* prefix_cache_hit_tokens = nullptr;
   prometheus::Gauge* weight_bytes = nullptr;
   prometheus::Gauge* load_seconds = nullptr;
   prometheus::Gauge* quantize_seconds = nullptr;
@@ -84,6 +87,9 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* kv_bytes_ = nullptr;
   prometheus::Family<prometheus::Gauge>* kv_committed_ = nullptr;
   prometheus::Family<prometheus::Gauge>* kv_used_bytes_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* kv_cached_ = nullptr;
+  prometheus::Family<prometheus::Counter>* prefix_queried_ = nullptr;
+  prometheus::Family<prometheus::Counter>* prefix_hits_ = nullptr;
   prometheus::Family<prometheus::Gauge>* device_used_ = nullptr;
   prometheus::Family<prometheus::Gauge>* device_total_ = nullptr;
   prometheus::Family<prometheus::Gauge>* weight_bytes_ = nullptr;

@@ -225,6 +225,12 @@ void ModelWorker::update_gauges(bool memory) {
   metrics_->kv_cache_bytes->Set(double(stats.kv_cache_bytes));
   metrics_->kv_cache_committed_bytes->Set(double(stats.kv_cache_committed_bytes));
   metrics_->kv_cache_used_bytes->Set(double(stats.kv_cache_used_bytes));
+  metrics_->kv_blocks_cached->Set(double(stats.kv_blocks_cached));
+  // The engine counts since it started; the counters advance by what is new since the last update.
+  metrics_->prefix_cache_queried_tokens->Increment(double(stats.prefix_cache_queried_tokens - prefix_queried_seen_));
+  metrics_->prefix_cache_hit_tokens->Increment(double(stats.prefix_cache_hit_tokens - prefix_hits_seen_));
+  prefix_queried_seen_ = stats.prefix_cache_queried_tokens;
+  prefix_hits_seen_ = stats.prefix_cache_hit_tokens;
   if (memory) {
     MemoryInfo info = model_->backend().memory_info();
     all_metrics_.set_device_memory(device_, double(info.used_bytes), double(info.total_bytes));

@@ -119,6 +119,8 @@ class ModelWorker {
   const Model* model_ = nullptr;
   int64_t vocab_size_ = 0;
   int64_t kv_blocks_total_ = 0;
+  int64_t prefix_queried_seen_ = 0;   // EngineStats' prefix-cache counts already added to the metrics
+  int64_t prefix_hits_seen_ = 0;
   ModelMetrics* metrics_ = nullptr;
   Metrics& all_metrics_;
   WorkerOptions options_;

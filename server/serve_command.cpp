@@ -18,6 +18,7 @@
 #include "engine/model_file.h"
 #include "engine/tokenizer.h"
 #include "kernels/error.h"
+#include "server/cli_common.h"
 #include "server/commands.h"
 #include "server/config.h"
 #include "server/metrics.h"
@@ -108,15 +109,18 @@ LoadedModel load_model(const server::ModelSpec& spec, const server::ServeOptions
     engine_options.prefill_chunk = std::min<int64_t>(engine_options.prefill_chunk, options.limits.max_batch_tokens);
     engine_options.kv_cache_tokens = options.limits.kv_cache_tokens;
     engine_options.kv_cache_bytes = options.limits.kv_cache_bytes;
+    engine_options.prefix_cache = options.limits.prefix_cache;
     if (!options.limits.kv_cache_dtype.empty()) {
       engine_options.kv_cache_dtype = parse_kv_cache_dtype(options.limits.kv_cache_dtype);
     }
     out.engine = std::make_unique<Engine>(std::move(model), std::move(tokenizer), engine_options);
     const EngineOptions& resolved = out.engine->options();
     kv_dtype = kv_cache_dtype_name(*resolved.kv_cache_dtype);
-    std::fprintf(stderr, "quantserve: %s: KV cache %.1f MiB (%lld tokens, %s), memory committed as it is used\n",
+    std::fprintf(stderr,
+                 "quantserve: %s: KV cache %.1f MiB (%lld tokens, %s), memory committed as it is used, prefix cache "
+                 "%s\n",
                  spec.name.c_str(), double(resolved.kv_cache_bytes) / (1 << 20), (long long)resolved.kv_cache_tokens,
-                 kv_dtype.c_str());
+                 kv_dtype.c_str(), resolved.prefix_cache ? "on" : "off");
     return out;
   };
   auto make_metrics = [&](const Model& model) -> server::ModelMetrics& {
@@ -290,6 +294,7 @@ void add_serve_command(CLI::App& app) {
       ->envname("QUANTSERVE_KV_CACHE_BYTES");
   cmd->add_option("--kv-cache-dtype", l.kv_cache_dtype, "KV-cache storage: fp32 or fp16 (default: fp16 on CPU, fp32 on CUDA)")
       ->envname("QUANTSERVE_KV_CACHE_DTYPE");
+  add_prefix_cache_option(cmd, l.prefix_cache);
   cmd->add_option("--drain-grace-seconds", options->drain_grace_seconds,
                   "On SIGTERM, how long running requests may take to finish")
       ->envname("QUANTSERVE_DRAIN_GRACE_SECONDS")

@@ -579,6 +579,7 @@ v1::ModelInfo describe_model(const std::string& name, const Model& model, const 
   l->set_max_message_bytes(limits.max_message_bytes);
   l->set_kv_cache_tokens(limits.kv_cache_tokens);
   l->set_kv_cache_blocks_total(kv_blocks_total);
+  l->set_prefix_cache(limits.prefix_cache);
   return info;
 }
 

@@ -341,6 +341,9 @@ TEST_F(ServeTest, MetricsFamiliesPresent) {
       {"quantserve_kv_cache_capacity_bytes", "gauge"},
       {"quantserve_kv_cache_committed_bytes", "gauge"},
       {"quantserve_kv_cache_used_bytes", "gauge"},
+      {"quantserve_kv_cache_blocks_cached", "gauge"},
+      {"quantserve_prefix_cache_queried_tokens_total", "counter"},
+      {"quantserve_prefix_cache_hit_tokens_total", "counter"},
       {"quantserve_device_memory_used_bytes", "gauge"},
       {"quantserve_device_memory_total_bytes", "gauge"},
       {"quantserve_model_weight_bytes", "gauge"},
@@ -584,4 +587,75 @@ TEST(KvCacheFlags, ByteBudgetAndDtypeReachTheMetrics) {
   EXPECT_LE(capacity, 64.0 * (1 << 20));
   EXPECT_GT(capacity, 63.0 * (1 << 20));   // whole blocks of the budget
   EXPECT_EQ(scrape.value("quantserve_kv_cache_committed_bytes", {"model=\"gpt2\"", "dtype=\"fp32\""}), 0);   // idle
+}
+
+// Prefix caching through the server: on by default, the same greedy ids as with it off, the metrics (there from
+// start-up) count queried and hit tokens, GetModel says whether it is on, and the flag's env var and bad values.
+namespace {
+std::vector<int32_t> fixture_tokens(int32_t from, int n) {
+  std::vector<int32_t> v;
+  for (int i = 0; i < n; ++i) v.push_back((from + i * 37) % 997 + 2);
+  return v;
+}
+v1::GenerateRequest greedy_ids(const std::vector<int32_t>& ids, int max_new_tokens) {
+  v1::GenerateRequest r = greedy("", max_new_tokens);
+  for (int32_t id : ids) r.add_prompt_token_ids(id);
+  return r;
+}
+// Two prompts sharing a 40-token beginning (two full blocks of 16), one after the other; their generated ids.
+std::vector<std::vector<int32_t>> two_turns(ServerProcess& server) {
+  auto stub = stub_for(server);
+  std::vector<std::vector<int32_t>> out;
+  for (int32_t user : {500, 700}) {
+    std::vector<int32_t> prompt = fixture_tokens(3, 40);
+    for (int32_t id : fixture_tokens(user, 6)) prompt.push_back(id);
+    v1::GenerateResponse r;
+    EXPECT_TRUE(generate(*stub, greedy_ids(prompt, 6), &r).ok());
+    out.emplace_back(r.token_ids().begin(), r.token_ids().end());
+  }
+  return out;
+}
+bool prefix_cache_in_get_model(ServerProcess& server) {
+  grpc::ClientContext context;
+  deadline_in(context, 10);
+  v1::ModelInfo info;
+  EXPECT_TRUE(stub_for(server)->GetModel(&context, {}, &info).ok());
+  return info.limits().prefix_cache();
+}
+}  // namespace
+
+TEST(PrefixCache, OnByDefaultSameIdsAsOffAndCounted) {
+  auto on = start_server({});
+  ASSERT_TRUE(on);
+  qs::test::Scrape start = qs::test::parse_metrics(qs::test::http_get(on->metrics_port, "/metrics"));
+  EXPECT_EQ(start.value("quantserve_prefix_cache_queried_tokens_total", {"model=\"gpt2\""}), 0);
+  EXPECT_EQ(start.value("quantserve_prefix_cache_hit_tokens_total", {"model=\"gpt2\""}), 0);
+  EXPECT_EQ(start.value("quantserve_kv_cache_blocks_cached", {"model=\"gpt2\""}), 0);
+  EXPECT_TRUE(prefix_cache_in_get_model(*on));
+  const auto cached = two_turns(*on);
+  qs::test::Scrape after;
+  EXPECT_TRUE(wait_metrics(on->metrics_port, [](const qs::test::Scrape& s) {
+    return s.value("quantserve_prefix_cache_queried_tokens_total", {"model=\"gpt2\""}) == 92;
+  }, 10, &after)) << "queried: " << after.value("quantserve_prefix_cache_queried_tokens_total", {"model=\"gpt2\""});
+  EXPECT_EQ(after.value("quantserve_prefix_cache_hit_tokens_total", {"model=\"gpt2\""}), 32);
+  EXPECT_GT(after.value("quantserve_kv_cache_blocks_cached", {"model=\"gpt2\""}), 0);
+
+  setenv("QUANTSERVE_PREFIX_CACHE", "off", 1);
+  auto off = start_server({});
+  unsetenv("QUANTSERVE_PREFIX_CACHE");
+  ASSERT_TRUE(off);
+  EXPECT_FALSE(prefix_cache_in_get_model(*off));
+  EXPECT_EQ(two_turns(*off), cached);
+  qs::test::Scrape off_after;
+  EXPECT_TRUE(wait_metrics(off->metrics_port, [](const qs::test::Scrape& s) {
+    return s.value("quantserve_requests_total", {"model=\"gpt2\"", "status=\"OK\"", "finish_reason=\"length\""}) == 2;
+  }, 10, &off_after));
+  EXPECT_EQ(off_after.value("quantserve_prefix_cache_hit_tokens_total", {"model=\"gpt2\""}), 0);
+  EXPECT_EQ(off_after.value("quantserve_kv_cache_blocks_cached", {"model=\"gpt2\""}), 0);
+}
+
+TEST(PrefixCache, BadFlagValueFailsAtStartUp) {
+  const RunResult r = run_quantserve("--prefix-cache maybe");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("--prefix-cache"), std::string::npos) << r.output;
 }
