@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include <grpcpp/grpcpp.h>
@@ -72,5 +73,50 @@ INSTANTIATE_TEST_SUITE_P(Precisions, GpuServe, ::testing::Values("fp32", "fp16",
                            for (auto& c : name) c = c == '-' ? '_' : c;
                            return name;
                          });
+
+// Prefix caching on the GPU: prompts sharing a 40-token beginning give the same greedy ids with the cache on and
+// off (the second prompt's first two blocks come from the cache), in fp32 and in int8 (decode through graphs).
+class GpuPrefixCache : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GpuPrefixCache, SameIdsOnAndOff) {
+  if (!nvidia_device_present()) GTEST_SKIP() << "no NVIDIA device on this machine";
+  std::vector<std::vector<int32_t>> ids[2];
+  for (int on = 0; on < 2; ++on) {
+    ServerProcess server({"--model", "gpt2=" + kFixture, "--device", "cuda", "--precision", GetParam(),
+                          "--prefix-cache", on ? "on" : "off"});
+    if (!server.start()) {
+      if (server.log().find("built without CUDA") != std::string::npos) GTEST_SKIP() << "quantserve built without CUDA";
+      FAIL() << "quantserve --device cuda did not become healthy; its log:\n" << server.log();
+    }
+    auto stub = v1::Inference::NewStub(grpc::CreateChannel(server.address, grpc::InsecureChannelCredentials()));
+    for (int user = 0; user < 3; ++user) {
+      v1::GenerateRequest request;
+      for (int i = 0; i < 40; ++i) request.add_prompt_token_ids((11 + i * 37) % 997 + 2);
+      for (int i = 0; i < 5 + user; ++i) request.add_prompt_token_ids((300 * user + i * 53) % 997 + 2);
+      request.set_max_new_tokens(12);
+      request.set_temperature(0);
+      request.set_ignore_eos(true);
+      v1::GenerateResponse response;
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+      const grpc::Status status = stub->Generate(&context, request, &response);
+      ASSERT_TRUE(status.ok()) << status.error_message();
+      ids[on].emplace_back(response.token_ids().begin(), response.token_ids().end());
+    }
+    // The counters advance after the step that finished the last request: poll briefly.
+    const double expected_hits = on ? 64 : 0;
+    double hits = -1;
+    for (int i = 0; i < 100 && hits != expected_hits; ++i) {
+      if (i > 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      hits = qs::test::parse_metrics(qs::test::http_get(server.metrics_port, "/metrics"))
+                 .value("quantserve_prefix_cache_hit_tokens_total", {"model=\"gpt2\""});
+    }
+    EXPECT_EQ(hits, expected_hits);
+  }
+  EXPECT_EQ(ids[1], ids[0]);
+}
+
+INSTANTIATE_TEST_SUITE_P(Precisions, GpuPrefixCache, ::testing::Values("fp32", "int8"),
+                         [](const auto& info) { return info.param; });
 
 }  // namespace
