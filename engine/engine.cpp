@@ -8,6 +8,7 @@
 #include <map>
 #include <random>
 
+#include "engine/grammar.h"
 #include "engine/kv_cache.h"
 #include "engine/sampler.h"
 #include "kernels/error.h"
@@ -59,6 +60,7 @@ struct Sequence {
   std::vector<int32_t> block_table;
   std::mt19937_64 rng;
   std::unique_ptr<StreamingDecoder> decoder;
+  std::unique_ptr<GrammarMatcher> grammar;   // constrained decoding: where the output stands in its grammar
   std::string text;                    // decoded generated text so far
   size_t emitted = 0;                  // bytes of `text` already sent
   bool cancel_requested = false;
@@ -79,6 +81,16 @@ struct Engine::Impl {
   EngineStats stats;
   BatchLayout batch;
   std::vector<float> logits;
+  std::unique_ptr<VocabularyIndex> vocabulary;   // built for the first constrained request, then shared
+
+  const VocabularyIndex& vocabulary_index() {
+    if (!vocabulary) {
+      std::vector<int32_t> eos = {tokenizer->eos_id()};
+      if (model->config().eos_token_id != tokenizer->eos_id()) eos.push_back(model->config().eos_token_id);
+      vocabulary = std::make_unique<VocabularyIndex>(*tokenizer, std::move(eos));
+    }
+    return *vocabulary;
+  }
 
   void emit(Sequence& s, GenerationEvent& ev, FinishReason finish) {
     const auto now = Clock::now();
@@ -248,7 +260,16 @@ struct Engine::Impl {
       if (s.cancel_requested) continue;   // dropped at the next step
       float* row = logits.data() + int64_t(i) * V;
       apply_presence_frequency_penalties(row, V, s.params, s.tokens.data() + s.prompt_len, size_t(s.generated()));
+      if (s.grammar) mask_logits(row, V, s.grammar->allowed_tokens());
       const SampleResult r = sample_token(row, V, s.params, s.tokens, s.rng);
+      if (s.grammar && !s.grammar->accept_token(r.token)) {
+        // Only reachable if the grammar left no token at all: fail the request rather than emit invalid output.
+        GenerationEvent ev;
+        ev.error = "constrained decoding: no token can continue the document";
+        finish(s, ev, FinishReason::kError);
+        finished.push_back(&s);
+        continue;
+      }
       if (!s.has_first_token) {
         s.has_first_token = true;
         s.first_token = Clock::now();
@@ -338,6 +359,7 @@ uint64_t Engine::submit(std::vector<int32_t> prompt_ids, const SamplingParams& p
   s->on_event = std::move(on_event);
   s->rng.seed(params.seed ? *params.seed : std::random_device{}());
   s->decoder = std::make_unique<StreamingDecoder>(*m.tokenizer);
+  if (params.grammar) s->grammar = std::make_unique<GrammarMatcher>(params.grammar, m.vocabulary_index());
   s->submitted = Clock::now();
   const uint64_t id = s->id;
   m.waiting.push_back(std::move(s));

@@ -14,6 +14,8 @@
 
 namespace qs {
 
+struct JsonGrammar;   // engine/grammar.h
+
 struct SamplingParams {
   float temperature = 1.0f;             // 0 = greedy
   int32_t top_k = 0;                    // 0 = off
@@ -28,6 +30,9 @@ struct SamplingParams {
   // OpenAI's penalties, over the tokens generated so far: logit -= frequency * count + presence * (count > 0).
   float presence_penalty = 0;           // [-2, 2], 0 = off
   float frequency_penalty = 0;          // [-2, 2], 0 = off
+  // Constrained decoding (engine/json_schema.h compiles one): only tokens that keep the output a valid prefix of
+  // a document are sampled, EOS only once it is complete. Not with ignore_eos, stop or stop_token_ids.
+  std::shared_ptr<const JsonGrammar> grammar;
 };
 
 // One turn of a conversation, for chat templates.

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -32,6 +33,13 @@ void validate_sampling(const SamplingParams& p) {
            "presence_penalty must be in [-2, 2], got ", p.presence_penalty);
   QS_CHECK(std::isfinite(p.frequency_penalty) && std::fabs(p.frequency_penalty) <= 2, ErrorCode::kInvalidArgument,
            "frequency_penalty must be in [-2, 2], got ", p.frequency_penalty);
+  if (p.grammar) {
+    // The document ends itself (EOS once it is complete): a stop that cut it short, or generation past its
+    // end, would hand back text that does not parse.
+    QS_CHECK(!p.ignore_eos, ErrorCode::kInvalidArgument, "ignore_eos cannot be combined with json_schema");
+    QS_CHECK(p.stop.empty() && p.stop_token_ids.empty(), ErrorCode::kInvalidArgument,
+             "stop sequences and stop_token_ids cannot be combined with json_schema");
+  }
 }
 
 void apply_presence_frequency_penalties(float* logits, int64_t V, const SamplingParams& params,
@@ -47,6 +55,18 @@ void apply_presence_frequency_penalties(float* logits, int64_t V, const Sampling
       logits[ids[i]] -= params.frequency_penalty * float(j - i) + params.presence_penalty;
     }
     i = j;
+  }
+}
+
+void mask_logits(float* logits, int64_t V, const std::vector<uint64_t>& allowed) {
+  const float minus_inf = -std::numeric_limits<float>::infinity();
+  for (int64_t w = 0; w * 64 < V; ++w) {
+    const uint64_t bits = size_t(w) < allowed.size() ? allowed[size_t(w)] : 0;
+    if (bits == ~uint64_t(0)) continue;
+    const int64_t end = std::min<int64_t>(V, (w + 1) * 64);
+    for (int64_t t = w * 64; t < end; ++t) {
+      if (!((bits >> (t - w * 64)) & 1)) logits[t] = minus_inf;
+    }
   }
 }
 

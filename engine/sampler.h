@@ -23,6 +23,11 @@ void validate_sampling(const SamplingParams& params);
 void apply_presence_frequency_penalties(float* logits, int64_t V, const SamplingParams& params,
                                         const int32_t* generated, size_t n_generated);
 
+// Constrained decoding's mask: logits (V) of tokens whose bit in `allowed` (bit t = word t / 64, bit t % 64) is
+// clear become -inf, as do tokens past the mask's end. Applied before sample_token, so the penalty, temperature,
+// top-k and top-p all see only the allowed tokens.
+void mask_logits(float* logits, int64_t V, const std::vector<uint64_t>& allowed);
+
 // Samples one token from logits (V), modified in place. `history` holds the ids the repetition penalty applies
 // to (prompt and generated so far). Temperature 0 is greedy (argmax, lowest id on ties).
 SampleResult sample_token(float* logits, int64_t V, const SamplingParams& params, const std::vector<int32_t>& history,
