@@ -35,6 +35,7 @@ struct ServeOptions {
   ServerLimits limits;
   double drain_grace_seconds = 30;
   int threads = 0;                     // CPU backend threads; 0 = all cores
+  std::string json_whitespace = "space";  // constrained JSON: "space" (one optional ' ' after ':' and ',') or "none"
   double step_delay_ms = 0;            // tests only: sleep between engine steps to mimic a slow device
 };
 

@@ -302,6 +302,12 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--threads", options->threads, "CPU backend threads (0 = all cores)")
       ->envname("QUANTSERVE_THREADS")
       ->capture_default_str();
+  cmd->add_option("--json-whitespace", options->json_whitespace,
+                  "Constrained JSON output (json_schema): 'space' allows one space after ':' and ',' (the model "
+                  "chooses), 'none' allows no whitespace at all")
+      ->check(CLI::IsMember({"space", "none"}))
+      ->envname("QUANTSERVE_JSON_WHITESPACE")
+      ->capture_default_str();
   // Tests only (hidden): slows every engine step so cancellation and drain can be observed on tiny models.
   cmd->add_option("--step-delay-ms", options->step_delay_ms)->envname("QUANTSERVE_STEP_DELAY_MS")->group("");
   cmd->callback([options, model_args, name, kv_bytes] {

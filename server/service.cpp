@@ -419,7 +419,9 @@ grpc::Status InferenceService::prepare(const v1::GenerateRequest& request, Model
     // Compiled here, on the RPC thread: a bad schema is refused before it queues, and the engine thread only
     // walks the grammar (Engine::submit refuses it next to ignore_eos, stop or stop_token_ids).
     try {
-      params.grammar = compile_json_schema(request.json_schema());
+      JsonSchemaOptions schema_options;
+      schema_options.space_after_separators = options_.json_whitespace != "none";
+      params.grammar = compile_json_schema(request.json_schema(), schema_options);
     } catch (const Error& e) {
       return invalid(e.what());
     }
