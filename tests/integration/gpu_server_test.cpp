@@ -36,6 +36,19 @@ std::vector<Greedy> read_greedy() {
   return out;
 }
 
+// Greedy generation of `max_new_tokens` tokens after `prompt` (ignoring EOS), with a 60 s deadline.
+grpc::Status generate_greedy(v1::Inference::Stub& stub, const std::vector<int32_t>& prompt, int32_t max_new_tokens,
+                             v1::GenerateResponse* response) {
+  v1::GenerateRequest request;
+  for (int32_t id : prompt) request.add_prompt_token_ids(id);
+  request.set_max_new_tokens(max_new_tokens);
+  request.set_temperature(0);
+  request.set_ignore_eos(true);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  return stub.Generate(&context, request, response);
+}
+
 class GpuServe : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GpuServe, GreedyGenerationOnCuda) {
@@ -47,15 +60,8 @@ TEST_P(GpuServe, GreedyGenerationOnCuda) {
   }
   auto stub = v1::Inference::NewStub(grpc::CreateChannel(server.address, grpc::InsecureChannelCredentials()));
   for (const Greedy& g : read_greedy()) {
-    v1::GenerateRequest request;
-    for (int32_t id : g.prompt) request.add_prompt_token_ids(id);
-    request.set_max_new_tokens(int32_t(g.expected.size()));
-    request.set_temperature(0);
-    request.set_ignore_eos(true);
     v1::GenerateResponse response;
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-    const grpc::Status status = stub->Generate(&context, request, &response);
+    const grpc::Status status = generate_greedy(*stub, g.prompt, int32_t(g.expected.size()), &response);
     ASSERT_TRUE(status.ok()) << status.error_message();
     const std::vector<int32_t> got(response.token_ids().begin(), response.token_ids().end());
     ASSERT_EQ(got.size(), g.expected.size());
@@ -90,16 +96,11 @@ TEST_P(GpuPrefixCache, SameIdsOnAndOff) {
     }
     auto stub = v1::Inference::NewStub(grpc::CreateChannel(server.address, grpc::InsecureChannelCredentials()));
     for (int user = 0; user < 3; ++user) {
-      v1::GenerateRequest request;
-      for (int i = 0; i < 40; ++i) request.add_prompt_token_ids((11 + i * 37) % 997 + 2);
-      for (int i = 0; i < 5 + user; ++i) request.add_prompt_token_ids((300 * user + i * 53) % 997 + 2);
-      request.set_max_new_tokens(12);
-      request.set_temperature(0);
-      request.set_ignore_eos(true);
+      std::vector<int32_t> prompt;
+      for (int i = 0; i < 40; ++i) prompt.push_back((11 + i * 37) % 997 + 2);
+      for (int i = 0; i < 5 + user; ++i) prompt.push_back((300 * user + i * 53) % 997 + 2);
       v1::GenerateResponse response;
-      grpc::ClientContext context;
-      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-      const grpc::Status status = stub->Generate(&context, request, &response);
+      const grpc::Status status = generate_greedy(*stub, prompt, 12, &response);
       ASSERT_TRUE(status.ok()) << status.error_message();
       ids[on].emplace_back(response.token_ids().begin(), response.token_ids().end());
     }
