@@ -36,7 +36,7 @@ int64_t kv_cache_blocks(int64_t budget_bytes, int64_t budget_tokens, size_t byte
 //    tokens are not computed again; a shared block is never written, since it is full and only positions past
 //    a sequence's cached prefix are written;
 //  - a block no sequence holds stays cached in an LRU list while memory allows; fresh blocks come from never
-//    cached ones first, then the least recently released cached block is evicted, so a request is refused only
+//    cached ones first, then the least recently released cached block is evicted, so an allocation fails only
 //    when free + cached blocks do not cover it. A block a sequence holds is never evicted.
 // Without a seed (prefix caching off), released blocks are free at once and nothing is hashed.
 class KvBlockManager {
@@ -54,8 +54,8 @@ class KvBlockManager {
   // Records that the first `computed` of `tokens` are written into `table`'s blocks: each block that is now
   // full gets its chain hash and can be shared from then on. No-op without prefix caching.
   void commit(const std::vector<int32_t>& table, std::span<const int32_t> tokens, int64_t computed);
-  // Returns a sequence's blocks: unshared cached blocks go to the LRU list (the sequence's last block first,
-  // so a prefix outlives its continuations), the others are free.
+  // Returns a sequence's blocks. One that no sequence holds any more joins the LRU list if it is cached, else it
+  // is free; the table is walked from its last block, so a prefix is evicted after its continuations.
   void release(std::vector<int32_t>& table);
   int64_t used() const { return total() - free_blocks() - cached(); }   // held by sequences
   int64_t cached() const { return int64_t(lru_.size()); }              // held by none, kept for reuse
