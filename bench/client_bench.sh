@@ -36,7 +36,7 @@ cleanup() {
 trap cleanup EXIT
 
 "$SERVER" serve --model "bench=$MODEL" --precision "$PRECISION" --device cpu \
-  --listen "127.0.0.1:$PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" \
+  --listen "127.0.0.1:$PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" --http-listen "" \
   --max-batch-size 32 --max-queued 64 >"$tmp/server.log" 2>&1 &
 server_pid=$!
 ready=0

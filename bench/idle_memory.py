@@ -35,7 +35,8 @@ def gauge(text, name):
 
 def measure(binary, precision, port, metrics_port):
     cmd = [binary, "serve", "--model", MODEL, "--precision", precision, "--device", "cpu",
-           "--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{metrics_port}"]
+           "--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{metrics_port}",
+           "--http-listen", ""]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         text = None

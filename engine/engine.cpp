@@ -349,8 +349,11 @@ uint64_t Engine::submit(std::vector<int32_t> prompt_ids, const SamplingParams& p
   const int64_t need = int64_t(prompt_ids.size()) + params.max_new_tokens;
   QS_CHECK(need <= m.options.max_context, ErrorCode::kInvalidArgument, "prompt (", prompt_ids.size(),
            " tokens) + max_new_tokens (", params.max_new_tokens, ") exceeds the context length ", m.options.max_context);
-  QS_CHECK(m.blocks->blocks_for(need) <= m.blocks->total(), ErrorCode::kResourceExhausted, "the request needs ",
-           m.blocks->blocks_for(need), " KV-cache blocks but the cache has ", m.blocks->total());
+  // Never fits, whatever else runs: a bad argument, not "exhausted" (which clients retry for ever).
+  QS_CHECK(m.blocks->blocks_for(need) <= m.blocks->total(), ErrorCode::kInvalidArgument, "prompt (",
+           prompt_ids.size(), " tokens", ") + max_new_tokens (", params.max_new_tokens, ") needs ",
+           m.blocks->blocks_for(need), " KV-cache blocks but the whole cache has ", m.blocks->total(), " (",
+           m.blocks->total() * m.options.kv_block_size, " tokens; --kv-cache-bytes): it can never fit");
   auto s = std::make_unique<Sequence>();
   s->id = m.next_id++;
   s->prompt_len = int32_t(prompt_ids.size());

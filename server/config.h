@@ -32,6 +32,9 @@ struct ServeOptions {
   std::string device = "auto";
   std::string listen = "0.0.0.0:50051";
   std::string metrics_listen = "0.0.0.0:9090";
+  std::string http_listen = "0.0.0.0:8000";   // the OpenAI-compatible API; empty = off
+  double http_request_timeout_seconds = 10;   // a request's headers and body must be in within this
+  int64_t http_max_connections = 1024;
   ServerLimits limits;
   double drain_grace_seconds = 30;
   int threads = 0;                     // CPU backend threads; 0 = all cores

@@ -1,6 +1,8 @@
 // Prometheus families for quantserve (names and labels exactly as deploy/METRICS.md lists them).
 #include "server/metrics.h"
 
+#include <prometheus/text_serializer.h>
+
 #include <unistd.h>
 
 #include <cstdio>
@@ -26,10 +28,17 @@ const FinishReason kReasons[] = {FinishReason::kLength, FinishReason::kEos,   Fi
 
 }  // namespace
 
-void ModelMetrics::count_request(grpc::StatusCode status, FinishReason reason) {
-  auto it = requests.find({status, reason});
-  if (it == requests.end()) it = requests.find({grpc::StatusCode::INTERNAL, FinishReason::kError});
+const char* api_name(Api api) { return api == Api::kHttp ? "http" : "grpc"; }
+
+void ModelMetrics::count_request(Api api, grpc::StatusCode status, FinishReason reason) {
+  auto it = requests.find({api, status, reason});
+  if (it == requests.end()) it = requests.find({api, grpc::StatusCode::INTERNAL, FinishReason::kError});
   it->second->Increment();
+}
+
+void ModelMetrics::observe_api_duration(Api api, double seconds) {
+  // Refused requests (no time measured) would only pile up in the lowest bucket.
+  if (prometheus::Histogram* h = api_duration[int(api)]; h && seconds > 0) h->Observe(seconds);
 }
 
 Metrics::Metrics(const std::string& listen) : registry_(std::make_shared<prometheus::Registry>()) {
@@ -41,6 +50,9 @@ Metrics::Metrics(const std::string& listen) : registry_(std::make_shared<prometh
               .Help("Time between two consecutive generated tokens of one request").Register(r);
   duration_ = &BuildHistogram().Name("quantserve_request_duration_seconds")
                    .Help("Request arrival to the last token or final status").Register(r);
+  api_duration_ = &BuildHistogram().Name("quantserve_api_request_duration_seconds")
+                       .Help("Request arrival to its last byte handed to the front door (api: grpc or http)")
+                       .Register(r);
   queue_ = &BuildHistogram().Name("quantserve_queue_duration_seconds")
                 .Help("Time a request waited before it was admitted to the running batch").Register(r);
   prompt_tokens_ = &BuildCounter().Name("quantserve_prompt_tokens_total")
@@ -48,7 +60,7 @@ Metrics::Metrics(const std::string& listen) : registry_(std::make_shared<prometh
   generated_tokens_ = &BuildCounter().Name("quantserve_generated_tokens_total")
                            .Help("Tokens generated (sampled)").Register(r);
   requests_ = &BuildCounter().Name("quantserve_requests_total")
-                   .Help("Finished requests by gRPC status and finish reason").Register(r);
+                   .Help("Finished requests by front door (api), gRPC status (HTTP maps onto it) and finish reason").Register(r);
   running_ = &BuildGauge().Name("quantserve_requests_running").Help("Requests in the running batch").Register(r);
   waiting_ = &BuildGauge().Name("quantserve_requests_waiting")
                   .Help("Requests queued, not yet admitted to the running batch").Register(r);
@@ -84,7 +96,24 @@ Metrics::Metrics(const std::string& listen) : registry_(std::make_shared<prometh
   unknown_ = &make_model("unknown", "", "", false);
   update_process_memory();
 
-  if (!listen.empty()) http_ = std::make_unique<MetricsHttpServer>(listen, registry_);
+  if (!listen.empty()) {
+    HttpServerOptions options;
+    options.listen = listen;
+    options.name = "metrics";
+    options.max_body_bytes = 64 << 10;   // a scrape has no body
+    options.max_connections = 256;
+    http_ = std::make_unique<HttpServer>(options, [registry = registry_](const HttpRequest& request,
+                                                                         std::shared_ptr<HttpExchange> exchange) {
+      if (request.method != "GET" && request.method != "HEAD") {
+        exchange->respond(405, "text/plain", "only GET\n", {{"Allow", "GET, HEAD"}});
+      } else if (request.path != "/metrics" && request.path != "/") {
+        exchange->respond(404, "text/plain", "metrics are at /metrics\n");
+      } else {
+        exchange->respond(200, "text/plain; version=0.0.4; charset=utf-8",
+                          prometheus::TextSerializer().Serialize(registry->Collect()));
+      }
+    });
+  }
 }
 
 Metrics::~Metrics() = default;
@@ -94,10 +123,13 @@ ModelMetrics& Metrics::make_model(const std::string& model, const std::string& p
   auto m = std::make_unique<ModelMetrics>();
   m->model = model;
   const prometheus::Labels labels{{"model", model}};
-  for (grpc::StatusCode status : kStatuses) {
-    for (FinishReason reason : kReasons) {
-      m->requests[{status, reason}] = &requests_->Add(
-          {{"model", model}, {"status", grpc_code_name(status)}, {"finish_reason", finish_reason_name(reason)}});
+  for (Api api : {Api::kGrpc, Api::kHttp}) {
+    for (grpc::StatusCode status : kStatuses) {
+      for (FinishReason reason : kReasons) {
+        m->requests[{api, status, reason}] =
+            &requests_->Add({{"model", model}, {"api", api_name(api)}, {"status", grpc_code_name(status)},
+                             {"finish_reason", finish_reason_name(reason)}});
+      }
     }
   }
   auto& ref = *m;
@@ -108,6 +140,9 @@ ModelMetrics& Metrics::make_model(const std::string& model, const std::string& p
   mm->inter_token_latency = &itl_->Add(labels, kLatencyBuckets);
   mm->request_duration = &duration_->Add(labels, kLatencyBuckets);
   mm->queue_duration = &queue_->Add(labels, kLatencyBuckets);
+  for (Api api : {Api::kGrpc, Api::kHttp}) {
+    mm->api_duration[int(api)] = &api_duration_->Add({{"model", model}, {"api", api_name(api)}}, kLatencyBuckets);
+  }
   mm->prompt_tokens = &prompt_tokens_->Add(labels);
   mm->generated_tokens = &generated_tokens_->Add(labels);
   mm->requests_running = &running_->Add(labels);

@@ -5,6 +5,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -16,9 +17,13 @@
 #include <prometheus/registry.h>
 
 #include "engine/engine.h"
-#include "server/metrics_http.h"
+#include "server/http_server.h"
 
 namespace qs::server {
+
+// The front door a request came through (label api="grpc" / "http").
+enum class Api { kGrpc = 0, kHttp = 1 };
+const char* api_name(Api api);
 
 // The series of one served model.
 struct ModelMetrics {
@@ -43,10 +48,13 @@ struct ModelMetrics {
   prometheus::Gauge* weight_bytes = nullptr;
   prometheus::Gauge* load_seconds = nullptr;
   prometheus::Gauge* quantize_seconds = nullptr;
-  // quantserve_requests_total{status, finish_reason}, every combination pre-created.
-  std::map<std::pair<grpc::StatusCode, FinishReason>, prometheus::Counter*> requests;
+  // quantserve_requests_total{api, status, finish_reason}, every combination pre-created.
+  std::map<std::tuple<Api, grpc::StatusCode, FinishReason>, prometheus::Counter*> requests;
+  // quantserve_api_request_duration_seconds{api}: arrival to the last byte handed to the front door.
+  prometheus::Histogram* api_duration[2] = {nullptr, nullptr};
 
-  void count_request(grpc::StatusCode status, FinishReason reason);
+  void count_request(Api api, grpc::StatusCode status, FinishReason reason);
+  void observe_api_duration(Api api, double seconds);
 };
 
 class Metrics {
@@ -71,11 +79,12 @@ class Metrics {
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
-  std::unique_ptr<MetricsHttpServer> http_;   // /metrics (not prometheus-cpp's Exposer: see metrics_http.h)
+  std::unique_ptr<HttpServer> http_;   // /metrics (not prometheus-cpp's Exposer, civetweb: see http_server.h)
   prometheus::Family<prometheus::Histogram>* ttft_ = nullptr;
   prometheus::Family<prometheus::Histogram>* itl_ = nullptr;
   prometheus::Family<prometheus::Histogram>* duration_ = nullptr;
   prometheus::Family<prometheus::Histogram>* queue_ = nullptr;
+  prometheus::Family<prometheus::Histogram>* api_duration_ = nullptr;
   prometheus::Family<prometheus::Counter>* prompt_tokens_ = nullptr;
   prometheus::Family<prometheus::Counter>* generated_tokens_ = nullptr;
   prometheus::Family<prometheus::Counter>* requests_ = nullptr;

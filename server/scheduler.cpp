@@ -139,6 +139,10 @@ void ModelWorker::do_submit(const std::shared_ptr<GenerationJob>& job) {
              ids.size(), " tokens, over the server's limit of ", options_.limits.max_prompt_tokens,
              " (--max-prompt-tokens)");
     const size_t prompt_tokens = ids.size();
+    if (job->max_new_tokens_to_context) {
+      const int64_t room = engine_->options().max_context - int64_t(prompt_tokens);
+      if (room >= 1 && room < job->params.max_new_tokens) job->params.max_new_tokens = int32_t(room);
+    }
     std::shared_ptr<GenerationJob> keep = job;
     uint64_t id = engine_->submit(std::move(ids), job->params,
                                   [this, keep](const GenerationEvent& event) { handle_event(keep, event); });

@@ -35,6 +35,8 @@ struct GenerationJob {
   std::string system_prompt;
   std::vector<ChatMessage> messages;   // a conversation (chat); when set, prompt and system_prompt are empty
   SamplingParams params;
+  // OpenAI's "no max_tokens": params.max_new_tokens is lowered to what the context has room for after the prompt.
+  bool max_new_tokens_to_context = false;
   Clock::time_point arrival = Clock::now();
 
   // Timings the server measures (arrival-based), filled by the worker before on_event is called.
@@ -85,6 +87,8 @@ class ModelWorker {
   const std::string& name() const { return name_; }
   // Read-only after construction; safe from any thread (the engine never changes its model or tokenizer).
   const Model& model() const { return *model_; }
+  // Likewise read-only after construction (token_bytes, ids): safe from any thread.
+  const Tokenizer& tokenizer() const { return engine_->tokenizer(); }
   int64_t vocab_size() const { return vocab_size_; }
   int64_t kv_blocks_total() const { return kv_blocks_total_; }
   ModelMetrics& metrics() { return *metrics_; }

@@ -1,9 +1,10 @@
 // `quantserve serve`: loads the models, starts one engine thread per model, the gRPC server (Inference, health,
-// reflection) and the /metrics endpoint, and drains on SIGTERM/SIGINT.
+// reflection), the OpenAI-compatible HTTP API and the /metrics endpoint, and drains on SIGTERM/SIGINT.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -21,7 +22,9 @@
 #include "server/cli_common.h"
 #include "server/commands.h"
 #include "server/config.h"
+#include "server/http_server.h"
 #include "server/metrics.h"
+#include "server/openai_api.h"
 #include "server/scheduler.h"
 #include "server/service.h"
 
@@ -164,6 +167,13 @@ void run_serve(server::ServeOptions options, const std::vector<std::string>& mod
     options.models.front().name = name;
   }
   server::validate(options);
+  // Every HTTP and gRPC connection is a file descriptor: take the hard limit (the usual soft 1,024 would be
+  // reached before --http-max-connections).
+  rlimit files{};
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &files);
+  }
 
   // Every thread started from here on inherits the blocked signals; the main thread takes them with sigwait.
   sigset_t signals;
@@ -173,6 +183,22 @@ void run_serve(server::ServeOptions options, const std::vector<std::string>& mod
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   server::Metrics metrics(options.metrics_listen);
+  // The OpenAI-compatible API listens from the start, so that /health says 503 "loading" while models load.
+  server::OpenAiApi openai(options, metrics);
+  std::unique_ptr<server::HttpServer> http;
+  if (!options.http_listen.empty()) {
+    server::HttpServerOptions http_options;
+    http_options.listen = options.http_listen;
+    http_options.name = "openai";
+    http_options.max_body_bytes = options.limits.max_message_bytes;
+    http_options.max_connections = options.http_max_connections;
+    http_options.request_timeout_seconds = options.http_request_timeout_seconds;
+    http_options.threads = 2;
+    http = std::make_unique<server::HttpServer>(
+        http_options, [&openai](const server::HttpRequest& request, std::shared_ptr<server::HttpExchange> exchange) {
+          openai.handle(request, std::move(exchange));
+        });
+  }
   std::vector<LoadedModel> models;
   for (const auto& spec : options.models) models.push_back(load_model(spec, options, metrics));
 
@@ -195,9 +221,12 @@ void run_serve(server::ServeOptions options, const std::vector<std::string>& mod
     health->SetServingStatus(true);
     health->SetServingStatus("quantserve.v1.Inference", true);
   }
+  openai.attach(&service);
   std::string metrics_where = options.metrics_listen.empty() ? "off" : "http://" + options.metrics_listen + "/metrics";
-  std::fprintf(stderr, "quantserve: serving %zu model(s) on %s (gRPC port %d), metrics %s\n", models.size(),
-               options.listen.c_str(), port, metrics_where.c_str());
+  std::string http_where = http ? "http://" + options.http_listen + "/v1 (port " + std::to_string(http->port()) + ")"
+                                : "off";
+  std::fprintf(stderr, "quantserve: serving %zu model(s) on %s (gRPC port %d), OpenAI API %s, metrics %s\n",
+               models.size(), options.listen.c_str(), port, http_where.c_str(), metrics_where.c_str());
 
   int sig = 0;
   while (!wait_signal(signals, 3600, &sig)) {
@@ -228,9 +257,10 @@ void run_serve(server::ServeOptions options, const std::vector<std::string>& mod
   // Let the last chunks and statuses reach their clients, then stop at once: an idle client connection would
   // otherwise hold Shutdown until its deadline.
   const auto calls_end = Clock::now() + std::chrono::seconds(5);
-  while (service.active_calls() > 0 && Clock::now() < calls_end) {
+  while ((service.active_calls() > 0 || openai.active() > 0) && Clock::now() < calls_end) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
+  http.reset();   // what is still open gets its last bytes or a 503
   grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(100));
   for (auto& m : models) m.worker->stop();
   grpc_server->Wait();
@@ -263,6 +293,19 @@ void add_serve_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--metrics-listen", options->metrics_listen, "Prometheus /metrics address HOST:PORT")
       ->envname("QUANTSERVE_METRICS_LISTEN")
+      ->capture_default_str();
+  cmd->add_option("--http-listen", options->http_listen,
+                  "OpenAI-compatible HTTP API address HOST:PORT (/v1/completions, /v1/chat/completions, /v1/models, "
+                  "/health); empty = off")
+      ->envname("QUANTSERVE_HTTP_LISTEN")
+      ->capture_default_str();
+  cmd->add_option("--http-request-timeout", options->http_request_timeout_seconds,
+                  "Seconds an HTTP client has to send a whole request (headers and body); also the idle limit")
+      ->envname("QUANTSERVE_HTTP_REQUEST_TIMEOUT")
+      ->capture_default_str();
+  cmd->add_option("--http-max-connections", options->http_max_connections,
+                  "Open HTTP connections at most; more are closed at once")
+      ->envname("QUANTSERVE_HTTP_MAX_CONNECTIONS")
       ->capture_default_str();
   cmd->add_option("--max-queued", l.max_queued, "Requests waiting for the running batch before RESOURCE_EXHAUSTED")
       ->envname("QUANTSERVE_MAX_QUEUED")

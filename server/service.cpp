@@ -112,10 +112,11 @@ class GenerationCall {
   // One log line and one count per request, whatever its end.
   void record(const grpc::Status& status, FinishReason reason) {
     ModelMetrics& m = worker_ ? worker_->metrics() : service_.metrics().unknown_model();
-    m.count_request(status.error_code(), reason);
+    m.count_request(Api::kGrpc, status.error_code(), reason);
     const GenerationJob* j = job_.get();
+    if (j) m.observe_api_duration(Api::kGrpc, j->total_seconds);
     std::fprintf(stderr,
-                 "quantserve: request %s model=%s prompt_tokens=%d generated_tokens=%d queue_ms=%.1f ttft_ms=%.1f "
+                 "quantserve: request %s api=grpc model=%s prompt_tokens=%d generated_tokens=%d queue_ms=%.1f ttft_ms=%.1f "
                  "total_ms=%.1f status=%s finish=%s%s%s\n",
                  request_id_.c_str(), model_name_.empty() ? "-" : model_name_.c_str(), prompt_tokens_,
                  generated_tokens_, j ? j->queue_seconds * 1e3 : 0.0, j ? j->first_token_seconds * 1e3 : 0.0,

@@ -38,7 +38,8 @@ class InferenceService final : public quantserve::v1::Inference::CallbackService
                                      const quantserve::v1::TokenizeRequest* request,
                                      quantserve::v1::TokenizeResponse* response) override;
 
-  // Used by the call reactors (service.cpp).
+  // Used by the call reactors (service.cpp) and the OpenAI-compatible API (openai_api.cpp).
+  const std::vector<ModelWorker*>& workers() const { return workers_; }
   ModelWorker* find_worker(const std::string& name) const;
   std::string next_request_id() { return "req-" + std::to_string(next_id_.fetch_add(1)); }
   // Checks a request against the limits and fills `job`; on OK a queue place is reserved on `*worker`.

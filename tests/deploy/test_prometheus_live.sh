@@ -84,7 +84,7 @@ EOF
 
 # ---- 1. the server
 "$QS" serve --model "$MODEL" --listen "127.0.0.1:$GRPC_PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" \
-  >"$TMP/server.log" 2>&1 &
+  --http-listen "" >"$TMP/server.log" 2>&1 &
 QS_PID=$!
 PIDS+=("$QS_PID")
 ready=0

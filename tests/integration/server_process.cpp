@@ -42,6 +42,8 @@ ServerProcess::ServerProcess(std::vector<std::string> args) : args_(std::move(ar
   int port = free_port();
   metrics_port = free_port();
   while (metrics_port == port) metrics_port = free_port();
+  http_port = free_port();
+  while (http_port == port || http_port == metrics_port) http_port = free_port();
   address = "127.0.0.1:" + std::to_string(port);
   metrics_address = "127.0.0.1:" + std::to_string(metrics_port);
   char tmpl[] = "/tmp/quantserve-test-XXXXXX";
@@ -60,7 +62,7 @@ ServerProcess::~ServerProcess() {
 
 bool ServerProcess::start(double timeout_seconds) {
   std::vector<std::string> argv_s = {QS_QUANTSERVE_BIN, "serve", "--listen", address, "--metrics-listen",
-                                     metrics_address};
+                                     metrics_address, "--http-listen", "127.0.0.1:" + std::to_string(http_port)};
   argv_s.insert(argv_s.end(), args_.begin(), args_.end());
   pid_ = fork();
   if (pid_ == 0) {

@@ -12,7 +12,8 @@ int free_port();
 
 class ServerProcess {
  public:
-  // `args` go after `quantserve serve` (the model, limits); --listen and --metrics-listen are added here.
+  // `args` go after `quantserve serve` (the model, limits); --listen, --metrics-listen and --http-listen are added
+  // here.
   explicit ServerProcess(std::vector<std::string> args);
   ~ServerProcess();   // SIGKILL if still running
 
@@ -26,6 +27,7 @@ class ServerProcess {
   std::string address;          // 127.0.0.1:PORT (gRPC)
   std::string metrics_address;  // 127.0.0.1:PORT
   int metrics_port = 0;
+  int http_port = 0;            // the OpenAI-compatible API, on 127.0.0.1
 
  private:
   std::vector<std::string> args_;

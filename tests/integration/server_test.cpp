@@ -543,7 +543,7 @@ struct RunResult {
 RunResult run_quantserve(const std::string& args) {
   RunResult r;
   const std::string command = std::string(QS_QUANTSERVE_BIN) + " serve --model gpt2=" + kFixture +
-                              " --device cpu --threads 1 --listen 127.0.0.1:0 --metrics-listen '' " + args + " 2>&1";
+                              " --device cpu --threads 1 --listen 127.0.0.1:0 --metrics-listen '' --http-listen '' " + args + " 2>&1";
   std::FILE* pipe = popen(command.c_str(), "r");
   if (!pipe) return r;
   char buf[4096];

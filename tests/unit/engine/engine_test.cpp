@@ -108,14 +108,16 @@ TEST(Engine, SubmitRejectsBadRequests) {
   EXPECT_EQ(e.stats().waiting, 1);
 }
 
-TEST(Engine, RequestLargerThanTheWholeKvCacheIsResourceExhausted) {
+// Not kResourceExhausted: that says "retry later", and this request can never run.
+TEST(Engine, RequestLargerThanTheWholeKvCacheIsInvalidNamingTheLimit) {
   EngineOptions o;
   o.kv_cache_tokens = 32;   // two blocks of 16
   LoadedEngine le = load(o);
   Engine& e = *le.engine;
   EXPECT_EQ(e.stats().kv_blocks_total, 2);
   RequestLog r;
-  expect_error([&] { e.submit(kPrompt2, greedy(40), into(r)); }, ErrorCode::kResourceExhausted, "50 tokens in 32");
+  expect_error([&] { e.submit(kPrompt2, greedy(40), into(r)); }, ErrorCode::kInvalidArgument,
+               "the whole cache has 2 (32 tokens");
   EXPECT_FALSE(e.has_work());
   RequestLog ok;
   e.submit(kPrompt2, greedy(22), into(ok));   // 32 tokens: exactly the cache
