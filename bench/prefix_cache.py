@@ -51,7 +51,7 @@ class Server:
         self.metrics_port = metrics_port
         cmd = [binary, "serve", "--model", f"smollm2={MODEL}", "--device", "cpu", "--threads", str(threads),
                "--prefix-cache", prefix_cache, "--listen", f"127.0.0.1:{port}",
-               "--metrics-listen", f"127.0.0.1:{metrics_port}"]
+               "--metrics-listen", f"127.0.0.1:{metrics_port}", "--http-listen", ""]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         self.stub = pb2_grpc.InferenceStub(self.channel)

@@ -34,7 +34,7 @@ def serve(binary, model, extra_args=(), startup_timeout=300, log_path=None):
     port, metrics_port = free_port(), free_port()
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen([binary, "serve", "--model", model, "--listen", f"127.0.0.1:{port}",
-                             "--metrics-listen", f"127.0.0.1:{metrics_port}", *extra_args],
+                             "--metrics-listen", f"127.0.0.1:{metrics_port}", "--http-listen", "", *extra_args],
                             stdout=log, stderr=subprocess.STDOUT)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
