@@ -172,14 +172,6 @@ void refuse_unsupported(const json& body, bool chat) {
       refuse(name, std::string(name) + ": tool and function calling are not supported");
     }
   }
-  if (const json* format = field(body, "response_format")) {
-    const json* type = format->is_object() ? field(*format, "type") : nullptr;
-    if (!type || !type->is_string()) refuse("response_format", "response_format must be an object with a type");
-    if (type->get<std::string>() != "text") {
-      refuse("response_format", "response_format type '" + printable(type->dump()) +
-                                    "' is not supported by this server (only 'text')");
-    }
-  }
   if (const json* modalities = field(body, "modalities")) {
     if (!(modalities->is_array() && modalities->size() == 1 && (*modalities)[0] == "text")) {
       refuse("modalities", "only the text modality is supported");
@@ -334,6 +326,25 @@ ParsedRequest parse_generation(const json& body, bool chat, const ServerLimits& 
     if (!parsed.stream) refuse("stream_options", "stream_options needs stream: true");
     if (!options->is_object()) refuse("stream_options", "stream_options must be an object");
     parsed.include_usage = boolean(*options, "include_usage").value_or(false);
+  }
+  // Structured output: both forms become the JSON Schema of constrained decoding (prepare() compiles it).
+  if (const json* format = field(body, "response_format")) {
+    const json* type = format->is_object() ? field(*format, "type") : nullptr;
+    if (!type || !type->is_string()) refuse("response_format", "response_format must be an object with a type");
+    const std::string kind = type->get<std::string>();
+    if (kind == "json_object") {
+      r.set_json_schema("{\"type\":\"object\"}");
+    } else if (kind == "json_schema") {
+      const json* spec = field(*format, "json_schema");
+      const json* schema = spec && spec->is_object() ? field(*spec, "schema") : nullptr;
+      if (!schema || !(schema->is_object() || schema->is_boolean())) {
+        refuse("response_format", "response_format.json_schema.schema must be a JSON Schema object");
+      }
+      r.set_json_schema(schema->dump());
+    } else if (kind != "text") {
+      refuse("response_format", "response_format type '" + printable(kind) +
+                                    "' is not one of: text, json_object, json_schema");
+    }
   }
   if (const json* user = field(body, "user")) text_of(*user, "user");
   return parsed;
@@ -647,8 +658,10 @@ void OpenAiApi::generate(InferenceService& service, const HttpRequest& request,
                  grpc_code_name(status.error_code()), http_status(status.error_code()),
                  status.error_message().c_str());
     const bool unknown_model = status.error_code() == grpc::StatusCode::NOT_FOUND;
+    const bool schema = status.error_message().rfind("json_schema", 0) == 0;
     return send_error(*exchange, http_status(status.error_code()), status.error_message(),
-                      unknown_model ? "model" : "", unknown_model ? "model_not_found" : "", job->request_id);
+                      unknown_model ? "model" : schema ? "response_format" : "",
+                      unknown_model ? "model_not_found" : "", job->request_id);
   }
   if (!parsed.max_tokens_given) {   // chat without max_tokens: as much as the context holds, up to the limit
     job->params.max_new_tokens = int32_t(options_.limits.max_new_tokens);

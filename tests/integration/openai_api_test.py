@@ -326,6 +326,36 @@ class DefaultModel(unittest.TestCase):
         self.assertEqual(s.get("/health")[0], 200)
         self.assertIsNotNone(self.chat("Hi", max_tokens=2).choices[0].message)
 
+    def test_response_format_constrains_the_reply_to_json(self):
+        import jsonschema
+        schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+                  "required": ["city", "population"], "additionalProperties": False}
+        for stream in (False, True):
+            with self.subTest(stream=stream):
+                kwargs = dict(temperature=0, max_tokens=64,
+                              response_format={"type": "json_schema",
+                                               "json_schema": {"name": "city", "schema": schema, "strict": True}})
+                if stream:
+                    text = "".join(c.choices[0].delta.content or "" for c in
+                                   self.chat("Describe Paris as JSON.", stream=True, **kwargs) if c.choices)
+                else:
+                    r = self.chat("Describe Paris as JSON.", **kwargs)
+                    self.assertEqual(r.choices[0].finish_reason, "stop")
+                    text = r.choices[0].message.content
+                jsonschema.validate(json.loads(text), schema)
+        r = self.chat("Give me a JSON object about cats.", temperature=0.8, seed=7, max_tokens=96,
+                      response_format={"type": "json_object"})
+        if r.choices[0].finish_reason == "stop":
+            self.assertIsInstance(json.loads(r.choices[0].message.content), dict)
+        with self.assertRaises(openai.BadRequestError) as e:
+            self.chat("x", response_format={"type": "json_schema",
+                                            "json_schema": {"name": "x", "schema": {"type": "object",
+                                                                                     "patternProperties": {}}}})
+        self.assertEqual(e.exception.body["param"], "response_format")
+        self.assertIn("patternProperties", e.exception.body["message"])
+        with self.assertRaises(openai.BadRequestError):
+            self.chat("x", response_format={"type": "yaml"})
+
     def test_requests_are_counted_by_api(self):
         before = self.server.metric("quantserve_requests_total", 'api="http"', 'status="OK"') or 0
         self.chat("Hi", max_tokens=2)
