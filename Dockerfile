@@ -135,11 +135,12 @@ LABEL org.opencontainers.image.title="quantserve" \
 ENV QUANTSERVE_MODEL=/models/SmolLM2-135M-Instruct.Q4_1.gguf \
     QUANTSERVE_LISTEN=0.0.0.0:50051 \
     QUANTSERVE_METRICS_LISTEN=0.0.0.0:9090 \
+    QUANTSERVE_HTTP_LISTEN=0.0.0.0:8000 \
     QUANTSERVE_DRAIN_GRACE_SECONDS=30
 
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 50051/tcp 9090/tcp
+EXPOSE 50051/tcp 8000/tcp 9090/tcp
 # grpc.health.v1 Check through our own client (no grpc_health_probe needed).
 # The start period covers loading and quantizing the model.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10m --retries=3 \

@@ -20,6 +20,6 @@ fi
 grep -q '^ENTRYPOINT \["quantserve", "serve"\]' "$REPO/Dockerfile" || { echo "FAIL: ENTRYPOINT must be quantserve serve"; exit 1; }
 grep -q '^USER 10001' "$REPO/Dockerfile" || { echo "FAIL: the runtime must run as the non-root uid 10001 (k8s runAsUser)"; exit 1; }
 grep -q '^HEALTHCHECK .*' "$REPO/Dockerfile" || { echo "FAIL: no HEALTHCHECK"; exit 1; }
-grep -q '^EXPOSE 50051/tcp 9090/tcp' "$REPO/Dockerfile" || { echo "FAIL: EXPOSE 50051 and 9090"; exit 1; }
+grep -q '^EXPOSE 50051/tcp 8000/tcp 9090/tcp' "$REPO/Dockerfile" || { echo "FAIL: EXPOSE 50051 (gRPC), 8000 (OpenAI HTTP API) and 9090 (metrics)"; exit 1; }
 [ -f "$REPO/.dockerignore" ] || { echo "FAIL: no .dockerignore"; exit 1; }
 echo "OK: Dockerfile lint"

@@ -36,11 +36,12 @@ K8S_VERSIONS = ["1.30.0", "1.37.0"]  # oldest supported (preStop sleep action, g
 
 REQUIRED_ENV = [
     "QUANTSERVE_MODEL", "QUANTSERVE_PRECISION", "QUANTSERVE_DEVICE", "QUANTSERVE_LISTEN",
-    "QUANTSERVE_METRICS_LISTEN", "QUANTSERVE_MAX_QUEUED", "QUANTSERVE_MAX_BATCH_SIZE",
+    "QUANTSERVE_METRICS_LISTEN", "QUANTSERVE_HTTP_LISTEN", "QUANTSERVE_MAX_QUEUED", "QUANTSERVE_MAX_BATCH_SIZE",
     "QUANTSERVE_MAX_NEW_TOKENS", "QUANTSERVE_DRAIN_GRACE_SECONDS",
 ]
 GRPC_PORT = 50051
 METRICS_PORT = 9090
+HTTP_PORT = 8000
 
 try:
     import yaml
@@ -432,13 +433,17 @@ def check_target(target, docs, exposed_metrics):
         fail(target, f"container envFrom does not reference the ConfigMap {cm['metadata']['name']}")
 
     ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
-    if ports.get("grpc") != GRPC_PORT or ports.get("metrics") != METRICS_PORT:
-        fail(target, f"container ports must be grpc:{GRPC_PORT} and metrics:{METRICS_PORT}, got {ports}")
+    if ports.get("grpc") != GRPC_PORT or ports.get("metrics") != METRICS_PORT or ports.get("http") != HTTP_PORT:
+        fail(target, f"container ports must be grpc:{GRPC_PORT}, metrics:{METRICS_PORT} and http:{HTTP_PORT}, "
+                     f"got {ports}")
+    if "QUANTSERVE_HTTP_LISTEN" in env and port_of(env["QUANTSERVE_HTTP_LISTEN"]) != ports.get("http"):
+        fail(target, "QUANTSERVE_HTTP_LISTEN port differs from the http container port")
     if "QUANTSERVE_LISTEN" in env and port_of(env["QUANTSERVE_LISTEN"]) != ports.get("grpc"):
         fail(target, "QUANTSERVE_LISTEN port differs from the grpc container port")
     if "QUANTSERVE_METRICS_LISTEN" in env and port_of(env["QUANTSERVE_METRICS_LISTEN"]) != ports.get("metrics"):
         fail(target, "QUANTSERVE_METRICS_LISTEN port differs from the metrics container port")
-    for env_name, port in (("QUANTSERVE_LISTEN", GRPC_PORT), ("QUANTSERVE_METRICS_LISTEN", METRICS_PORT)):
+    for env_name, port in (("QUANTSERVE_LISTEN", GRPC_PORT), ("QUANTSERVE_METRICS_LISTEN", METRICS_PORT),
+                           ("QUANTSERVE_HTTP_LISTEN", HTTP_PORT)):
         if env.get(env_name, "").startswith("127."):
             fail(target, f"{env_name} listens on loopback: probes and Services cannot reach it")
 
