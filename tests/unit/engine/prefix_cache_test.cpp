@@ -93,7 +93,8 @@ class PrefixCacheEngine : public ::testing::TestWithParam<std::string> {
   // The scenario with the cache on and off: the same token ids for every request. Returns the cached run.
   Outcome same_with_and_without(const std::vector<Request>& requests, EngineOptions options = {}) {
     options.prefix_cache = false;
-    const Outcome off = run(requests, options);
+    off_ = run(requests, options);
+    const Outcome& off = off_;
     options.prefix_cache = true;
     const Outcome on = run(requests, options);
     for (size_t i = 0; i < requests.size(); ++i) EXPECT_EQ(on.ids[i], off.ids[i]) << "request " << i;
@@ -106,6 +107,7 @@ class PrefixCacheEngine : public ::testing::TestWithParam<std::string> {
     EXPECT_EQ(on.stats.kv_blocks_used, 0) << "every block is back once the requests ended";
     return on;
   }
+  Outcome off_;   // the last scenario's run with the cache off
 };
 
 TEST_P(PrefixCacheEngine, OneAfterAnotherReusesTheSystemPrompt) {
@@ -130,6 +132,8 @@ TEST_P(PrefixCacheEngine, BatchedRequestsSharingAPrefix) {
   const Outcome on = same_with_and_without(
       {{kUserA, 16, 0}, {kUserB, 12, 3}, {kUserC, 12, 3}, {kOther, 10, 3}, {kUserA, 8, 3}});
   EXPECT_EQ(on.stats.prefix_cache_hit_tokens, 32 * 3);
+  // B, C and A' hold A's two system-prompt blocks with A instead of copies of their own.
+  EXPECT_EQ(on.max_blocks_used, off_.max_blocks_used - 3 * 2);
 }
 
 TEST_P(PrefixCacheEngine, ChunkedPrefillSharesOnlyWhatIsWritten) {
