@@ -37,7 +37,7 @@ nlohmann::json percentiles(const std::vector<double>& v) {
 }
 
 // A prompt of exactly `n` tokens, from the server's own tokenizer (so it is valid for any model).
-std::vector<int32_t> make_prompt(v1::Inference::Stub& stub, const std::string& model, int n) {
+std::vector<int32_t> make_prompt(v1::Inference::Stub& stub, const std::string& model, int n, const std::string& token) {
   v1::TokenizeRequest request;
   request.set_model(model);
   std::string text;
@@ -48,6 +48,7 @@ std::vector<int32_t> make_prompt(v1::Inference::Stub& stub, const std::string& m
   v1::TokenizeResponse response;
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
   grpc::Status status = stub.Tokenize(&context, request, &response);
   if (!status.ok() || response.token_ids().empty()) {
     throw std::runtime_error("bench: cannot tokenize the prompt: " + status.error_message());
@@ -79,7 +80,7 @@ nlohmann::json run_bench(const std::shared_ptr<grpc::Channel>& channel, const Be
     throw std::runtime_error("bench: give --requests N or --duration S");
   }
   auto stub = v1::Inference::NewStub(channel);
-  const std::vector<int32_t> prompt = make_prompt(*stub, options.model, options.prompt_tokens);
+  const std::vector<int32_t> prompt = make_prompt(*stub, options.model, options.prompt_tokens, options.token);
 
   std::mutex mutex;
   std::vector<double> ttft, itl, latency;
@@ -106,6 +107,7 @@ nlohmann::json run_bench(const std::shared_ptr<grpc::Channel>& channel, const Be
       grpc::ClientContext context;
       context.set_deadline(std::chrono::system_clock::now() +
                            std::chrono::milliseconds(int64_t(options.timeout_seconds * 1000)));
+      if (!options.token.empty()) context.AddMetadata("authorization", "Bearer " + options.token);
       const Clock::time_point t0 = Clock::now();
       auto reader = stub->GenerateStream(&context, request);
       v1::GenerateResponse chunk;

@@ -12,6 +12,7 @@ namespace qs::client {
 
 struct BenchOptions {
   std::string address;
+  std::string token;                   // bearer token, if the server asks for one
   std::string model;
   int concurrency = 1;
   int64_t requests = 0;           // total; 0 = until duration

@@ -22,6 +22,7 @@ namespace {
 struct Common {
   std::string address = "localhost:50051";
   double timeout = 600;
+  std::string token;   // bearer token, when the server has --auth-token-file
 };
 
 struct GenerateFlags {
@@ -49,8 +50,10 @@ std::shared_ptr<grpc::Channel> connect(const Common& common) {
   return grpc::CreateCustomChannel(common.address, grpc::InsecureChannelCredentials(), args);
 }
 
+// Every call's deadline, and its bearer token when one is given.
 void set_deadline(grpc::ClientContext& context, const Common& common) {
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(int64_t(common.timeout * 1000)));
+  if (!common.token.empty()) context.AddMetadata("authorization", "Bearer " + common.token);
 }
 
 [[noreturn]] void fail(const grpc::Status& status) {
@@ -64,6 +67,8 @@ void set_deadline(grpc::ClientContext& context, const Common& common) {
                    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
                    case grpc::StatusCode::CANCELLED: return "CANCELLED";
                    case grpc::StatusCode::INTERNAL: return "INTERNAL";
+                   case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
+                   case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
                    default: return "error";
                  }
                }(),
@@ -281,6 +286,8 @@ int main(int argc, char** argv) {
   Common common;
   app.add_option("--address", common.address, "Server HOST:PORT")->envname("QUANTSERVE_ADDRESS")->capture_default_str();
   app.add_option("--timeout", common.timeout, "Deadline per call in seconds")->capture_default_str();
+  app.add_option("--token", common.token, "Bearer token (a server with --auth-token-file asks for one)")
+      ->envname("QUANTSERVE_TOKEN");
   int rc = 0;
 
   GenerateFlags gen, stream;
@@ -330,6 +337,7 @@ int main(int argc, char** argv) {
   bench_cmd->callback([&] {
     if (bench.requests <= 0 && bench.duration_seconds <= 0) bench.requests = 4 * int64_t(bench.concurrency);
     bench.address = common.address;
+    bench.token = common.token;
     bench.timeout_seconds = common.timeout;
     nlohmann::json summary = qs::client::run_bench(connect(common), bench);
     if (bench_json) {

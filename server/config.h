@@ -35,6 +35,7 @@ struct ServeOptions {
   std::string http_listen = "0.0.0.0:8000";   // the OpenAI-compatible API; empty = off
   double http_request_timeout_seconds = 10;   // a request's headers and body must be in within this
   int64_t http_max_connections = 1024;
+  std::string auth_token_file;                 // bearer tokens for both doors (server/auth.h); empty = none
   ServerLimits limits;
   double drain_grace_seconds = 30;
   int threads = 0;                     // CPU backend threads; 0 = all cores

@@ -22,7 +22,7 @@ const grpc::StatusCode kStatuses[] = {
     grpc::StatusCode::OK,          grpc::StatusCode::INVALID_ARGUMENT,   grpc::StatusCode::NOT_FOUND,
     grpc::StatusCode::RESOURCE_EXHAUSTED, grpc::StatusCode::DEADLINE_EXCEEDED, grpc::StatusCode::CANCELLED,
     grpc::StatusCode::UNAVAILABLE, grpc::StatusCode::INTERNAL,           grpc::StatusCode::FAILED_PRECONDITION,
-    grpc::StatusCode::UNIMPLEMENTED};
+    grpc::StatusCode::UNIMPLEMENTED, grpc::StatusCode::UNAUTHENTICATED, grpc::StatusCode::PERMISSION_DENIED};
 const FinishReason kReasons[] = {FinishReason::kLength, FinishReason::kEos,   FinishReason::kStop,
                                  FinishReason::kCancelled, FinishReason::kError, FinishReason::kNone};
 

@@ -599,6 +599,23 @@ void OpenAiApi::handle(const HttpRequest& request, std::shared_ptr<HttpExchange>
   if (models != get) {
     return send_error(*exchange, 405, "use " + std::string(models ? "GET " : "POST ") + printable(path));
   }
+  if (auth_) {
+    const AuthResult result = auth_->check(request.header("authorization"), models ? AuthScope::kRead : AuthScope::kAll);
+    if (result != AuthResult::kAllowed) {
+      const bool forbidden = result == AuthResult::kForbidden;
+      metrics_.unknown_model().count_request(
+          Api::kHttp, forbidden ? grpc::StatusCode::PERMISSION_DENIED : grpc::StatusCode::UNAUTHENTICATED,
+          FinishReason::kNone);
+      std::fprintf(stderr, "quantserve: request refused api=http route=%s http=%d message=%s\n",
+                   printable(path).c_str(), forbidden ? 403 : 401, auth_message(result));
+      HttpExchange::Headers headers;
+      if (!forbidden) headers.push_back({"WWW-Authenticate", "Bearer"});
+      return exchange->respond(forbidden ? 403 : 401, "application/json",
+                               http_error_json(auth_message(result), error_type(forbidden ? 403 : 401), "",
+                                               forbidden ? "insufficient_scope" : "invalid_api_key"),
+                               std::move(headers));
+    }
+  }
   if (!service) return send_error(*exchange, 503, "the server is loading its models; retry shortly", "", "loading");
   if (models) return list_models(*service, path.size() > 11 ? path.substr(11) : "", *exchange);
   generate(*service, request, std::move(exchange), chat);

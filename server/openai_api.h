@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 
+#include "server/auth.h"
 #include "server/config.h"
 #include "server/http_server.h"
 #include "server/metrics.h"
@@ -18,7 +19,9 @@ namespace qs::server {
 
 class OpenAiApi {
  public:
-  OpenAiApi(const ServeOptions& options, Metrics& metrics) : options_(options), metrics_(metrics) {}
+  // `auth` (null = no authentication) outlives the API.
+  OpenAiApi(const ServeOptions& options, Metrics& metrics, const TokenAuth* auth = nullptr)
+      : options_(options), metrics_(metrics), auth_(auth) {}
 
   // Until a service is attached (the models are loading), /health and every /v1 route answer 503.
   void attach(InferenceService* service) { service_.store(service); }
@@ -33,6 +36,7 @@ class OpenAiApi {
 
   ServeOptions options_;
   Metrics& metrics_;
+  const TokenAuth* auth_;
   std::atomic<InferenceService*> service_{nullptr};
   int64_t started_ = int64_t(std::time(nullptr));   // "created" of the models
   std::shared_ptr<std::atomic<int64_t>> active_ = std::make_shared<std::atomic<int64_t>>(0);

@@ -22,6 +22,7 @@
 #include "server/cli_common.h"
 #include "server/commands.h"
 #include "server/config.h"
+#include "server/auth.h"
 #include "server/http_server.h"
 #include "server/metrics.h"
 #include "server/openai_api.h"
@@ -182,9 +183,15 @@ void run_serve(server::ServeOptions options, const std::vector<std::string>& mod
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  std::unique_ptr<server::TokenAuth> auth;
+  if (!options.auth_token_file.empty()) {
+    auth = std::make_unique<server::TokenAuth>(options.auth_token_file);
+    std::fprintf(stderr, "quantserve: auth: %zu bearer token(s) from %s; health and /metrics stay open\n",
+                 auth->tokens(), options.auth_token_file.c_str());
+  }
   server::Metrics metrics(options.metrics_listen);
   // The OpenAI-compatible API listens from the start, so that /health says 503 "loading" while models load.
-  server::OpenAiApi openai(options, metrics);
+  server::OpenAiApi openai(options, metrics, auth.get());
   std::unique_ptr<server::HttpServer> http;
   if (!options.http_listen.empty()) {
     server::HttpServerOptions http_options;
@@ -204,9 +211,12 @@ void run_serve(server::ServeOptions options, const std::vector<std::string>& mod
 
   std::vector<server::ModelWorker*> workers;
   for (auto& m : models) workers.push_back(m.worker.get());
-  server::InferenceService service(workers, options, metrics);
+  server::InferenceService service(workers, options, metrics, auth.get());
 
   grpc::EnableDefaultHealthCheckService(true);
+  // Reflection stays on with tokens too: Debian's libgrpc++_reflection registers its plugin from a static
+  // initializer, so every ServerBuilder of a process that links it serves reflection. It lists the service's
+  // methods (public in proto/), not models or data; every method it names asks for a token.
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
@@ -307,6 +317,10 @@ void add_serve_command(CLI::App& app) {
                   "Open HTTP connections at most; more are closed at once")
       ->envname("QUANTSERVE_HTTP_MAX_CONNECTIONS")
       ->capture_default_str();
+  cmd->add_option("--auth-token-file", options->auth_token_file,
+                  "Bearer tokens, one per line ('TOKEN' or 'TOKEN read' for a read-only one), for every gRPC call "
+                  "and /v1 route but health; reloaded when the file changes")
+      ->envname("QUANTSERVE_AUTH_TOKEN_FILE");
   cmd->add_option("--max-queued", l.max_queued, "Requests waiting for the running batch before RESOURCE_EXHAUSTED")
       ->envname("QUANTSERVE_MAX_QUEUED")
       ->capture_default_str();

@@ -290,8 +290,9 @@ class StreamGenerateCall final : public grpc::ServerWriteReactor<v1::GenerateRes
 
 }  // namespace
 
-InferenceService::InferenceService(std::vector<ModelWorker*> workers, const ServeOptions& options, Metrics& metrics)
-    : workers_(std::move(workers)), options_(options), metrics_(metrics) {
+InferenceService::InferenceService(std::vector<ModelWorker*> workers, const ServeOptions& options, Metrics& metrics,
+                                   const TokenAuth* auth)
+    : workers_(std::move(workers)), options_(options), metrics_(metrics), auth_(auth) {
   for (ModelWorker* w : workers_) {
     infos_[w->name()] = describe_model(w->name(), w->model(), options_.limits, w->kv_blocks_total());
   }
@@ -443,20 +444,57 @@ grpc::Status InferenceService::prepare(const v1::GenerateRequest& request, Model
   return grpc::Status::OK;
 }
 
+grpc::Status InferenceService::authorize(const grpc::CallbackServerContext* context, AuthScope scope) {
+  if (!auth_) return grpc::Status::OK;
+  std::string authorization;
+  const auto& metadata = context->client_metadata();
+  if (auto it = metadata.find("authorization"); it != metadata.end()) {
+    authorization.assign(it->second.data(), it->second.size());
+  }
+  const AuthResult result = auth_->check(authorization, scope);
+  if (result == AuthResult::kAllowed) return grpc::Status::OK;
+  const grpc::StatusCode code =
+      result == AuthResult::kForbidden ? grpc::StatusCode::PERMISSION_DENIED : grpc::StatusCode::UNAUTHENTICATED;
+  metrics_.unknown_model().count_request(Api::kGrpc, code, FinishReason::kNone);
+  std::fprintf(stderr, "quantserve: request refused api=grpc status=%s message=%s\n", grpc_code_name(code),
+               auth_message(result));
+  return {code, auth_message(result)};
+}
+
+namespace {
+// A stream refused before it starts (authentication): finishes at once.
+class RefusedStream final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+ public:
+  explicit RefusedStream(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+}  // namespace
+
 grpc::ServerUnaryReactor* InferenceService::Generate(grpc::CallbackServerContext* context,
                                                      const v1::GenerateRequest* request,
                                                      v1::GenerateResponse* response) {
+  if (grpc::Status denied = authorize(context, AuthScope::kAll); !denied.ok()) {
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(denied);
+    return reactor;
+  }
   return new UnaryGenerateCall(*this, context, request, response);
 }
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* InferenceService::GenerateStream(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
+  if (grpc::Status denied = authorize(context, AuthScope::kAll); !denied.ok()) return new RefusedStream(denied);
   return new StreamGenerateCall(*this, context, request);
 }
 
 grpc::ServerUnaryReactor* InferenceService::ListModels(grpc::CallbackServerContext* context,
                                                        const v1::ListModelsRequest*,
                                                        v1::ListModelsResponse* response) {
+  if (grpc::Status denied = authorize(context, AuthScope::kRead); !denied.ok()) {
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(denied);
+    return reactor;
+  }
   for (ModelWorker* w : workers_) {
     const v1::ModelInfo& info = infos_.at(w->name());
     v1::ModelSummary* s = response->add_models();
@@ -474,6 +512,10 @@ grpc::ServerUnaryReactor* InferenceService::ListModels(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext* context,
                                                      const v1::GetModelRequest* request, v1::ModelInfo* response) {
   auto* reactor = context->DefaultReactor();
+  if (grpc::Status denied = authorize(context, AuthScope::kRead); !denied.ok()) {
+    reactor->Finish(denied);
+    return reactor;
+  }
   ModelWorker* worker = find_worker(request->name());
   if (!worker) {
     reactor->Finish({grpc::StatusCode::NOT_FOUND, "unknown model '" + request->name() + "'"});
@@ -488,6 +530,10 @@ grpc::ServerUnaryReactor* InferenceService::Tokenize(grpc::CallbackServerContext
                                                      const v1::TokenizeRequest* request,
                                                      v1::TokenizeResponse* response) {
   auto* reactor = context->DefaultReactor();
+  if (grpc::Status denied = authorize(context, AuthScope::kRead); !denied.ok()) {
+    reactor->Finish(denied);
+    return reactor;
+  }
   ModelWorker* worker = find_worker(request->model());
   if (!worker) {
     reactor->Finish({grpc::StatusCode::NOT_FOUND, "unknown model '" + request->model() + "'"});

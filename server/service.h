@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "quantserve/v1/inference.grpc.pb.h"
+#include "server/auth.h"
 #include "server/config.h"
 #include "server/metrics.h"
 #include "server/scheduler.h"
@@ -16,8 +17,10 @@ namespace qs::server {
 
 class InferenceService final : public quantserve::v1::Inference::CallbackService {
  public:
-  // `workers` in --model order (the first is the default); they outlive the service.
-  InferenceService(std::vector<ModelWorker*> workers, const ServeOptions& options, Metrics& metrics);
+  // `workers` in --model order (the first is the default); they and `auth` (null = no authentication) outlive the
+  // service.
+  InferenceService(std::vector<ModelWorker*> workers, const ServeOptions& options, Metrics& metrics,
+                   const TokenAuth* auth = nullptr);
 
   // Shutdown: from now on generation requests are refused with UNAVAILABLE.
   void start_draining() { draining_ = true; }
@@ -45,6 +48,8 @@ class InferenceService final : public quantserve::v1::Inference::CallbackService
   // Checks a request against the limits and fills `job`; on OK a queue place is reserved on `*worker`.
   grpc::Status prepare(const quantserve::v1::GenerateRequest& request, ModelWorker** worker, GenerationJob& job);
   Metrics& metrics() { return metrics_; }
+  // OK, or UNAUTHENTICATED / PERMISSION_DENIED for a call that needs `scope` (always OK without --auth-token-file).
+  grpc::Status authorize(const grpc::CallbackServerContext* context, AuthScope scope);
   // Generate/GenerateStream calls not yet done (their reactor not yet freed); shutdown waits for zero.
   int64_t active_calls() const { return active_calls_.load(); }
   std::atomic<int64_t>& active_calls_counter() { return active_calls_; }
@@ -53,6 +58,7 @@ class InferenceService final : public quantserve::v1::Inference::CallbackService
   std::vector<ModelWorker*> workers_;
   ServeOptions options_;
   Metrics& metrics_;
+  const TokenAuth* auth_;
   std::map<std::string, quantserve::v1::ModelInfo> infos_;   // built once at start-up
   std::atomic<bool> draining_{false};
   std::atomic<uint64_t> next_id_{1};

@@ -42,6 +42,8 @@ def main():
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--no-chat", action="store_true", help="send the prompt without the chat template")
     parser.add_argument("--timeout", type=float, default=120, help="deadline per call, seconds")
+    parser.add_argument("--token", default=os.environ.get("QUANTSERVE_TOKEN", ""),
+                        help="bearer token, for a server started with --auth-token-file")
     parser.add_argument("--json-schema", default="",
                         help="constrain the output to this JSON Schema: a file, or the JSON itself "
                              "('{\"type\":\"object\"}' = any JSON object)")
@@ -59,9 +61,11 @@ def main():
                                       max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                       seed=args.seed, json_schema=schema)
 
+        metadata = [("authorization", f"Bearer {args.token}")] if args.token else []
+
         # Unary: the whole generation in one response.
         try:
-            response = stub.Generate(request, timeout=args.timeout)
+            response = stub.Generate(request, timeout=args.timeout, metadata=metadata)
         except grpc.RpcError as e:
             sys.exit(f"Generate failed: {e.code().name}: {e.details()}")
         print("== Generate ==")
@@ -75,7 +79,7 @@ def main():
         print("== GenerateStream ==")
         streamed = []
         try:
-            for chunk in stub.GenerateStream(request, timeout=args.timeout):
+            for chunk in stub.GenerateStream(request, timeout=args.timeout, metadata=metadata):
                 print(chunk.text, end="", flush=True)
                 streamed.append(chunk.text)
                 if chunk.finish_reason:

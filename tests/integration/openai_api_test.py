@@ -493,6 +493,105 @@ class SlowServer(unittest.TestCase):
         self.assertTrue(self.wait_for(lambda: self.server.proc.poll() is None))
 
 
+class Tokens(unittest.TestCase):
+    """--auth-token-file on both doors: a full token, a read-only one, rotation by rewriting the file."""
+
+    FULL, READ, NEW = "full-token-0123456789abcdef", "read-token-0123456789abcdef", "rotated-token-0123456789ab"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="quantserve-auth-")
+        cls.token_file = os.path.join(cls.dir, "tokens")
+        with open(cls.token_file, "w") as f:
+            f.write(f"# comment\n{cls.FULL}\n{cls.READ} read\n")
+        cls.server = Server(["--model", f"gpt2={FIXTURE}", "--device", "cpu", "--threads", "1",
+                             "--auth-token-file", cls.token_file])
+        cls.pb2, pb2_grpc = load_grpc_stubs()
+        import grpc
+        cls.grpc = grpc
+        cls.channel = grpc.insecure_channel(f"127.0.0.1:{cls.server.grpc_port}")
+        cls.stub = pb2_grpc.InferenceStub(cls.channel)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.channel.close()
+        cls.server.stop()
+
+    def http(self, token):
+        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.server.http_port}/v1", api_key=token,
+                             max_retries=0, timeout=60)
+
+    def generate(self, token):
+        metadata = [("authorization", f"Bearer {token}")] if token is not None else []
+        return self.stub.Generate(self.pb2.GenerateRequest(prompt="Hello", max_new_tokens=2), metadata=metadata,
+                                  timeout=30)
+
+    def test_http_tokens_and_scopes(self):
+        self.assertEqual(self.http(self.FULL).completions.create(model="gpt2", prompt="Hi", max_tokens=2)
+                         .usage.completion_tokens, 2)
+        for bad in ("x", "wrong-token-0123456789abcdef", self.FULL[:-1]):
+            with self.subTest(token=bad[:6]):
+                with self.assertRaises(openai.AuthenticationError) as e:
+                    self.http(bad).completions.create(model="gpt2", prompt="Hi", max_tokens=2)
+                self.assertNotIn(self.FULL, json.dumps(e.exception.body))
+        status, _, headers = self.server.post_json("/v1/completions", {"prompt": "Hi"})
+        self.assertEqual(status, 401)
+        self.assertEqual(headers.get("WWW-Authenticate"), "Bearer")
+        self.assertEqual(len(self.http(self.READ).models.list().data), 1)
+        with self.assertRaises(openai.PermissionDeniedError):
+            self.http(self.READ).completions.create(model="gpt2", prompt="Hi", max_tokens=2)
+        self.assertEqual(self.server.get("/health")[0], 200)   # probes need no token
+
+    def test_grpc_tokens_scopes_and_open_health(self):
+        grpc = self.grpc
+        self.assertEqual(self.generate(self.FULL).usage.generated_tokens, 2)
+        for token, code in ((None, grpc.StatusCode.UNAUTHENTICATED), ("nope-0123456789abcdef", grpc.StatusCode.UNAUTHENTICATED),
+                            (self.READ, grpc.StatusCode.PERMISSION_DENIED)):
+            with self.subTest(code=code):
+                with self.assertRaises(grpc.RpcError) as e:
+                    self.generate(token)
+                self.assertEqual(e.exception.code(), code)
+                self.assertNotIn(self.FULL, e.exception.details())
+        with self.assertRaises(grpc.RpcError) as e:
+            list(self.stub.GenerateStream(self.pb2.GenerateRequest(prompt="Hello", max_new_tokens=2), timeout=30))
+        self.assertEqual(e.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+        models = self.stub.ListModels(self.pb2.ListModelsRequest(), metadata=[("authorization", f"Bearer {self.READ}")],
+                                      timeout=30)
+        self.assertEqual(len(models.models), 1)
+        client = os.path.join(os.path.dirname(os.path.dirname(BINARY)), "client", "quantserve-client")
+        address = f"127.0.0.1:{self.server.grpc_port}"
+        self.assertEqual(subprocess.run([client, "--address", address, "health"], capture_output=True).returncode, 0)
+        refused = subprocess.run([client, "--address", address, "generate", "--max-new-tokens", "2", "Hi"], capture_output=True,
+                                 text=True)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("UNAUTHENTICATED", refused.stderr)
+        ok = subprocess.run([client, "--address", address, "--token", self.FULL, "generate", "--max-new-tokens", "2", "Hi"],
+                            capture_output=True, text=True)
+        self.assertEqual(ok.returncode, 0, ok.stderr)
+        example = [sys.executable, os.path.join(ROOT, "client", "python", "example.py"), "--address", address,
+                   "--max-new-tokens", "2", "Hi"]
+        self.assertNotEqual(subprocess.run(example, capture_output=True).returncode, 0)
+        self.assertEqual(subprocess.run(example + ["--token", self.FULL], capture_output=True).returncode, 0)
+
+    def test_rotation_by_rewriting_the_file(self):
+        with open(self.token_file + ".new", "w") as f:
+            f.write(f"{self.NEW}\n{self.READ} read\n")
+        os.replace(self.token_file + ".new", self.token_file)   # as a Secret update swaps the file
+        end = time.time() + 10
+        while time.time() < end:
+            try:
+                self.generate(self.NEW)
+                break
+            except self.grpc.RpcError:
+                time.sleep(0.25)
+        self.assertEqual(self.generate(self.NEW).usage.generated_tokens, 2)
+        with self.assertRaises(self.grpc.RpcError):
+            self.generate(self.FULL)
+        with open(self.token_file, "w") as f:   # put the first token back for the other tests
+            f.write(f"{self.FULL}\n{self.READ} read\n")
+        time.sleep(3)
+
+
 def main():
     global BINARY
     parser = argparse.ArgumentParser()
