@@ -38,13 +38,6 @@ struct BadRequest {
 // JSON text for a reply; invalid UTF-8 (a token that ends mid-character) becomes U+FFFD instead of an exception.
 std::string dump(const json& value) { return value.dump(-1, ' ', false, json::error_handler_t::replace); }
 
-// Names and paths from a request, made safe to echo in a message or a log line: bounded, no control characters.
-std::string printable(const std::string& text, size_t limit = 64) {
-  std::string out;
-  for (unsigned char c : text.substr(0, limit)) out += (c < 0x20 || c == 0x7f) ? '?' : char(c);
-  return text.size() > limit ? out + "..." : out;
-}
-
 const char* error_type(int status) {
   switch (status) {
     case 401: return "authentication_error";

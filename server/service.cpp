@@ -73,7 +73,7 @@ class GenerationCall {
  protected:
   // Validates and posts the job. Returns a non-OK status when the call must finish at once.
   grpc::Status begin(const v1::GenerateRequest& request) {
-    model_name_ = request.model();
+    model_name_ = printable(request.model());
     job_ = std::make_shared<GenerationJob>();
     job_->request_id = request_id_;
     grpc::Status status = service_.prepare(request, &worker_, *job_);
@@ -314,7 +314,7 @@ grpc::Status InferenceService::prepare(const v1::GenerateRequest& request, Model
   if (!worker) {
     std::string served;
     for (ModelWorker* w : workers_) served += (served.empty() ? "" : ", ") + w->name();
-    return {grpc::StatusCode::NOT_FOUND, "unknown model '" + request.model() + "'; this server serves: " + served};
+    return {grpc::StatusCode::NOT_FOUND, "unknown model '" + printable(request.model()) + "'; this server serves: " + served};
   }
   *worker_out = worker;
   const ServerLimits& limits = options_.limits;
@@ -355,7 +355,7 @@ grpc::Status InferenceService::prepare(const v1::GenerateRequest& request, Model
     }
   }
   // A text prompt's token count is only known after encoding (on the engine thread); bytes bound it cheaply.
-  if (int64_t(request.prompt().size()) > limits.max_prompt_tokens * 64) {
+  if (int64_t(request.prompt().size() + request.system_prompt().size()) > limits.max_prompt_tokens * 64) {
     return invalid("the prompt is " + std::to_string(request.prompt().size()) +
                    " bytes, far over the server's limit of " + std::to_string(limits.max_prompt_tokens) +
                    " tokens (--max-prompt-tokens)");
@@ -384,8 +384,10 @@ grpc::Status InferenceService::prepare(const v1::GenerateRequest& request, Model
     params.top_p = request.top_p();
   }
   if (request.has_repetition_penalty()) {
-    if (!(request.repetition_penalty() > 0) || !std::isfinite(request.repetition_penalty())) {
-      return invalid("repetition_penalty must be > 0 (1 = off), got " + std::to_string(request.repetition_penalty()));
+    // Bounded: a penalty of 1e-38 turns logits into inf and logprobs into NaN.
+    if (!(request.repetition_penalty() >= 0.01f && request.repetition_penalty() <= 100.0f)) {
+      return invalid("repetition_penalty must be in [0.01, 100] (1 = off), got " +
+                     std::to_string(request.repetition_penalty()));
     }
     params.repetition_penalty = request.repetition_penalty();
   }
@@ -406,8 +408,10 @@ grpc::Status InferenceService::prepare(const v1::GenerateRequest& request, Model
     params.frequency_penalty = request.frequency_penalty();
   }
   if (request.has_seed()) params.seed = request.seed();
+  // Bounded: every stop sequence is searched for after every token.
+  if (request.stop_size() > 16) return invalid("at most 16 stop sequences, got " + std::to_string(request.stop_size()));
   for (const std::string& s : request.stop()) {
-    if (s.empty()) return invalid("stop sequences must not be empty");
+    if (s.empty() || s.size() > 256) return invalid("each stop sequence must be 1 to 256 bytes");
     params.stop.push_back(s);
   }
   for (int32_t id : request.stop_token_ids()) {
@@ -518,7 +522,7 @@ grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext
   }
   ModelWorker* worker = find_worker(request->name());
   if (!worker) {
-    reactor->Finish({grpc::StatusCode::NOT_FOUND, "unknown model '" + request->name() + "'"});
+    reactor->Finish({grpc::StatusCode::NOT_FOUND, "unknown model '" + printable(request->name()) + "'"});
     return reactor;
   }
   *response = infos_.at(worker->name());
@@ -536,7 +540,7 @@ grpc::ServerUnaryReactor* InferenceService::Tokenize(grpc::CallbackServerContext
   }
   ModelWorker* worker = find_worker(request->model());
   if (!worker) {
-    reactor->Finish({grpc::StatusCode::NOT_FOUND, "unknown model '" + request->model() + "'"});
+    reactor->Finish({grpc::StatusCode::NOT_FOUND, "unknown model '" + printable(request->model()) + "'"});
     return reactor;
   }
   if (int64_t(request->text().size()) > options_.limits.max_prompt_tokens * 64) {

@@ -49,4 +49,10 @@ const char* grpc_code_name(grpc::StatusCode code) {
   }
 }
 
+std::string printable(const std::string& text, size_t limit) {
+  std::string out;
+  for (unsigned char c : text.substr(0, limit)) out += (c < 0x20 || c == 0x7f) ? '?' : char(c);
+  return text.size() > limit ? out + "..." : out;
+}
+
 }  // namespace qs::server

@@ -9,10 +9,9 @@ queue, a client that leaves mid-stream, SIGTERM drain, slow and idle connections
 """
 import argparse
 import http.client
-import importlib.util
 import json
 import os
-import re
+import resource
 import signal
 import socket
 import subprocess
@@ -25,15 +24,11 @@ import unittest
 import openai
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from quantserve_grpc import free_port, load_stubs as load_grpc_stubs  # noqa: E402
 DEFAULT_MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "models", "gpt2")
 BINARY = os.environ.get("QUANTSERVE_BIN", os.path.join(ROOT, "build", "server", "quantserve"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -106,13 +101,6 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
-
-
-def load_grpc_stubs():
-    spec = importlib.util.spec_from_file_location("example", os.path.join(ROOT, "client", "python", "example.py"))
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    return example.load_stubs()
 
 
 class DefaultModel(unittest.TestCase):
@@ -440,10 +428,13 @@ class SlowServer(unittest.TestCase):
         self.assertRegex(log, r"api=http .*generated_tokens=40 .*status=OK")
 
     def test_slow_and_idle_connections_do_not_block_others(self):
-        # A client trickling its headers a byte at a time, and 200 idle connections: others are answered at once,
-        # and the trickler is cut off at --http-request-timeout (2 s) even though it keeps sending.
+        # A client trickling its headers a byte at a time, and 1,000 idle connections: others (the API and the
+        # /metrics scrape, the same HTTP server) are answered at once, and the trickler is cut off at
+        # --http-request-timeout (2 s) even though it keeps sending.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
         idle = []
-        for _ in range(200):
+        for _ in range(1000):
             s = socket.create_connection(("127.0.0.1", self.server.http_port))
             idle.append(s)
         trickler = socket.create_connection(("127.0.0.1", self.server.http_port))
@@ -465,6 +456,7 @@ class SlowServer(unittest.TestCase):
         t0 = time.time()
         for _ in range(10):
             self.assertEqual(self.server.get("/health")[0], 200)
+            self.assertIsNotNone(self.server.metric("quantserve_requests_total"))
         self.assertLess(time.time() - t0, 2.0)
         self.assertTrue(cut.wait(6), "the trickling client was not cut off")
         t.join(10)

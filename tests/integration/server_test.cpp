@@ -210,6 +210,14 @@ TEST_F(ServeTest, InvalidArguments) {
   { auto r = base; r.set_top_p(1.5f); cases.push_back({"top_p > 1", r}); }
   { auto r = base; r.set_top_k(-1); cases.push_back({"top_k < 0", r}); }
   { auto r = base; r.set_repetition_penalty(0); cases.push_back({"repetition_penalty = 0", r}); }
+  { auto r = base; r.set_repetition_penalty(1e-38f); cases.push_back({"repetition_penalty 1e-38 (inf logits)", r}); }
+  { auto r = base; r.set_presence_penalty(2.5f); cases.push_back({"presence_penalty > 2", r}); }
+  { auto r = base; for (int i = 0; i < 17; ++i) r.add_stop("s" + std::to_string(i)); cases.push_back({"17 stops", r}); }
+  { auto r = base; r.add_stop(std::string(300, 'x')); cases.push_back({"a 300-byte stop", r}); }
+  { auto r = base; r.set_chat(true); r.set_system_prompt(std::string(40000, 's'));
+    cases.push_back({"a system prompt far over --max-prompt-tokens", r}); }
+  { auto r = greedy("", 8); auto* m = r.add_messages(); m->set_role("tool"); m->set_content("x");
+    cases.push_back({"message role tool", r}); }
   { auto r = base; r.set_logprobs(21); cases.push_back({"logprobs > 20", r}); }
   { auto r = base; r.set_max_new_tokens(101); cases.push_back({"max_new_tokens over --max-new-tokens", r}); }
   { auto r = base; r.set_max_new_tokens(-1); cases.push_back({"max_new_tokens < 0", r}); }
@@ -248,6 +256,12 @@ TEST_F(ServeTest, UnknownModelAndMessageSize) {
   v1::GenerateResponse r;
   grpc::Status status = generate(*stub_, request, &r);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << status.error_message();
+  // A name is echoed bounded and without control characters (a newline would forge a log line).
+  request.set_model(std::string(60000, 'm') + "\nquantserve: forged");
+  status = generate(*stub_, request, &r);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << status.error_message();
+  EXPECT_LT(status.error_message().size(), 400u);
+  EXPECT_EQ(status.error_message().find('\n'), std::string::npos);
 
   auto huge = greedy(std::string(100000, 'a'), 4);   // over --max-message-bytes 65536
   status = generate(*stub_, huge, &r);
