@@ -35,8 +35,8 @@ int64_t kv_cache_blocks(int64_t budget_bytes, int64_t budget_tokens, size_t byte
 //  - allocate() shares the longest run of cached blocks a new prompt begins with (reference count + 1): those
 //    tokens are not computed again; a shared block is never written, since it is full and only positions past
 //    a sequence's cached prefix are written;
-//  - a block no sequence holds stays cached in an LRU list while memory allows; fresh blocks come from never
-//    cached ones first, then the least recently released cached block is evicted, so an allocation fails only
+//  - a block no sequence holds stays cached in an LRU list while memory allows; fresh blocks come from uncached
+//    (free) ones first, then the least recently released cached block is evicted, so an allocation fails only
 //    when free + cached blocks do not cover it. A block a sequence holds is never evicted.
 // Without a seed (prefix caching off), released blocks are free at once and nothing is hashed.
 class KvBlockManager {
@@ -74,7 +74,7 @@ class KvBlockManager {
   };
   int64_t free_blocks() const { return int64_t(free_.size()); }
   uint64_t chain_hash(uint64_t parent, const int32_t* tokens) const;
-  // A fresh block for a sequence: a never-cached one if any, else the least recently used cached one, evicted.
+  // A fresh block for a sequence: a free (uncached) one if any, else the least recently used cached one, evicted.
   int32_t take_fresh();
   void forget(int32_t block);   // drops a block's hash and index entry
 
