@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <sstream>
 #include <optional>
 
 #include <google/protobuf/util/json_util.h>
@@ -23,7 +24,20 @@ struct Common {
   std::string address = "localhost:50051";
   double timeout = 600;
   std::string token;   // bearer token, when the server has --auth-token-file
+  std::string tls_ca;  // TLS: the CA bundle that signed the server's certificate (PEM); empty = plaintext
+  std::string tls_cert, tls_key;   // mutual TLS: this client's certificate and key (PEM)
 };
+
+std::string read_pem(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    std::fprintf(stderr, "quantserve-client: cannot read %s\n", path.c_str());
+    std::exit(2);
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
 
 struct GenerateFlags {
   std::string model;
@@ -47,7 +61,16 @@ struct GenerateFlags {
 std::shared_ptr<grpc::Channel> connect(const Common& common) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
-  return grpc::CreateCustomChannel(common.address, grpc::InsecureChannelCredentials(), args);
+  if (common.tls_ca.empty() && common.tls_cert.empty()) {
+    return grpc::CreateCustomChannel(common.address, grpc::InsecureChannelCredentials(), args);
+  }
+  grpc::SslCredentialsOptions tls;
+  if (!common.tls_ca.empty()) tls.pem_root_certs = read_pem(common.tls_ca);   // else the system's roots
+  if (!common.tls_cert.empty()) {
+    tls.pem_cert_chain = read_pem(common.tls_cert);
+    tls.pem_private_key = read_pem(common.tls_key);
+  }
+  return grpc::CreateCustomChannel(common.address, grpc::SslCredentials(tls), args);
 }
 
 // Every call's deadline, and its bearer token when one is given.
@@ -288,6 +311,12 @@ int main(int argc, char** argv) {
   app.add_option("--timeout", common.timeout, "Deadline per call in seconds")->capture_default_str();
   app.add_option("--token", common.token, "Bearer token (a server with --auth-token-file asks for one)")
       ->envname("QUANTSERVE_TOKEN");
+  app.add_option("--tls-ca", common.tls_ca, "TLS: CA bundle (PEM) that signed the server's certificate")
+      ->envname("QUANTSERVE_TLS_CA");
+  app.add_option("--tls-cert", common.tls_cert, "Mutual TLS: this client's certificate chain (PEM)")
+      ->envname("QUANTSERVE_TLS_CLIENT_CERT");
+  app.add_option("--tls-key", common.tls_key, "Mutual TLS: this client's private key (PEM)")
+      ->envname("QUANTSERVE_TLS_CLIENT_KEY");
   int rc = 0;
 
   GenerateFlags gen, stream;

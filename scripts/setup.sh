@@ -30,8 +30,9 @@ APT_PACKAGES=(
   prometheus-cpp-dev libdnnl-dev ocl-icd-opencl-dev nlohmann-json3-dev libcli11-dev libmicrohttpd-dev
   libpcre2-dev
 )
-# The test suite's: GoogleTest, and a real Prometheus for the live scrape test (tests/deploy).
-TEST_APT_PACKAGES=(libgtest-dev libgmock-dev prometheus)
+# The test suite's: GoogleTest, a real Prometheus for the live scrape test (tests/deploy), openssl for the TLS
+# tests' certificates.
+TEST_APT_PACKAGES=(libgtest-dev libgmock-dev prometheus openssl)
 [ "$build_only" = 1 ] || APT_PACKAGES+=("${TEST_APT_PACKAGES[@]}")
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

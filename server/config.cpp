@@ -82,6 +82,14 @@ void validate(const ServeOptions& o) {
            ErrorCode::kInvalidArgument, "--http-request-timeout must be in (0, 3600] seconds");
   QS_CHECK(o.http_max_connections >= 1 && o.http_max_connections <= 1000000, ErrorCode::kInvalidArgument,
            "--http-max-connections must be in [1, 1000000], got ", o.http_max_connections);
+  QS_CHECK(o.tls_cert.empty() == o.tls_key.empty(), ErrorCode::kInvalidArgument,
+           "--tls-cert and --tls-key go together");
+  QS_CHECK(o.tls_client_ca.empty() || !o.tls_cert.empty(), ErrorCode::kInvalidArgument,
+           "--tls-client-ca needs --tls-cert and --tls-key");
+  for (const std::string* file : {&o.tls_cert, &o.tls_key, &o.tls_client_ca}) {
+    QS_CHECK(file->empty() || fs::is_regular_file(*file), ErrorCode::kInvalidArgument, "TLS file '",
+             file->substr(0, 200), "' does not exist or is not a file");
+  }
   QS_CHECK(o.drain_grace_seconds >= 0, ErrorCode::kInvalidArgument, "--drain-grace-seconds must be >= 0");
   QS_CHECK(o.threads >= 0, ErrorCode::kInvalidArgument, "--threads must be >= 0");
 }

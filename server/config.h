@@ -35,6 +35,11 @@ struct ServeOptions {
   std::string http_listen = "0.0.0.0:8000";   // the OpenAI-compatible API; empty = off
   double http_request_timeout_seconds = 10;   // a request's headers and body must be in within this
   int64_t http_max_connections = 1024;
+  // TLS for both doors: certificate chain and key (PEM); with a client CA, clients must present a certificate
+  // it signed (mTLS, gRPC). Without them both doors are plaintext (a warning unless bound to loopback).
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
   std::string auth_token_file;                 // bearer tokens for both doors (server/auth.h); empty = none
   ServerLimits limits;
   double drain_grace_seconds = 30;

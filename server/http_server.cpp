@@ -477,6 +477,13 @@ HttpServer::HttpServer(const HttpServerOptions& options, HttpHandler handler) : 
       {MHD_OPTION_NOTIFY_CONNECTION, intptr_t(&Impl::on_connection), impl_.get()},
   };
   if (options.threads > 1) items.push_back({MHD_OPTION_THREAD_POOL_SIZE, intptr_t(options.threads), nullptr});
+  if (!options.tls_cert_pem.empty()) {
+    QS_CHECK(MHD_is_feature_supported(MHD_FEATURE_TLS) == MHD_YES, ErrorCode::kUnsupported,
+             "this libmicrohttpd has no TLS: cannot serve ", options.name, " over HTTPS");
+    flags |= MHD_USE_TLS;
+    items.push_back({MHD_OPTION_HTTPS_MEM_CERT, 0, const_cast<char*>(options.tls_cert_pem.c_str())});
+    items.push_back({MHD_OPTION_HTTPS_MEM_KEY, 0, const_cast<char*>(options.tls_key_pem.c_str())});
+  }
   items.push_back({MHD_OPTION_END, 0, nullptr});
   impl_->daemon = MHD_start_daemon(flags, port, nullptr, nullptr, &Impl::on_request, impl_.get(), MHD_OPTION_ARRAY,
                                    items.data(), MHD_OPTION_END);

@@ -39,6 +39,8 @@ struct HttpServerOptions {
   double request_timeout_seconds = 10; // a request (headers and body) must be in within this; also the idle limit
   int threads = 1;                     // epoll threads answering connections
   std::string name = "http";           // for log lines: "metrics", "openai"
+  std::string tls_cert_pem;            // HTTPS when both are set (read once at start)
+  std::string tls_key_pem;
 };
 
 // One request's reply. The handler may answer at once or keep the exchange and answer later from any thread;

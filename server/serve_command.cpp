@@ -3,6 +3,9 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -10,6 +13,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <memory>
 #include <thread>
 
@@ -156,6 +161,41 @@ bool wait_signal(const sigset_t& signals, double seconds, int* which) {
   return false;
 }
 
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  QS_CHECK(in.good(), ErrorCode::kInvalidArgument, "cannot read ", path.substr(0, 200));
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+bool loopback(const std::string& listen) {
+  return listen.rfind("127.", 0) == 0 || listen.rfind("localhost:", 0) == 0 || listen.rfind("[::1]:", 0) == 0;
+}
+
+// TLS when a certificate is given: grpc's file watcher re-reads the key, the chain and the client CA every few
+// seconds, so a renewed certificate (cert-manager, a Secret update) is served without a restart.
+std::shared_ptr<grpc::ServerCredentials> grpc_credentials(const server::ServeOptions& options) {
+  if (options.tls_cert.empty()) {
+    if (!loopback(options.listen)) {
+      std::fprintf(stderr, "quantserve: warning: gRPC on %s is plaintext: pass --tls-cert and --tls-key to encrypt it\n",
+                   options.listen.c_str());
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      options.tls_key, options.tls_cert, options.tls_client_ca, /*refresh_interval_sec=*/2);
+  grpc::experimental::TlsServerCredentialsOptions tls(provider);
+  tls.watch_identity_key_cert_pairs();
+  if (options.tls_client_ca.empty()) {
+    tls.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  } else {
+    tls.watch_root_certs();
+    tls.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  }
+  return grpc::experimental::TlsServerCredentials(tls);
+}
+
 void run_serve(server::ServeOptions options, const std::vector<std::string>& model_args, const std::string& name) {
   for (const std::string& arg : model_args) options.models.push_back(server::parse_model_spec(arg));
   if (options.models.empty()) {
@@ -201,6 +241,14 @@ void run_serve(server::ServeOptions options, const std::vector<std::string>& mod
     http_options.max_connections = options.http_max_connections;
     http_options.request_timeout_seconds = options.http_request_timeout_seconds;
     http_options.threads = 2;
+    if (!options.tls_cert.empty()) {
+      http_options.tls_cert_pem = read_file(options.tls_cert);
+      http_options.tls_key_pem = read_file(options.tls_key);
+    }
+    if (options.tls_cert.empty() && !loopback(options.http_listen)) {
+      std::fprintf(stderr, "quantserve: warning: the OpenAI API on %s is plaintext: pass --tls-cert and --tls-key\n",
+                   options.http_listen.c_str());
+    }
     http = std::make_unique<server::HttpServer>(
         http_options, [&openai](const server::HttpRequest& request, std::shared_ptr<server::HttpExchange> exchange) {
           openai.handle(request, std::move(exchange));
@@ -220,7 +268,7 @@ void run_serve(server::ServeOptions options, const std::vector<std::string>& mod
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(options.listen, grpc_credentials(options), &port);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(int(options.limits.max_message_bytes));
   std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
@@ -317,6 +365,13 @@ void add_serve_command(CLI::App& app) {
                   "Open HTTP connections at most; more are closed at once")
       ->envname("QUANTSERVE_HTTP_MAX_CONNECTIONS")
       ->capture_default_str();
+  cmd->add_option("--tls-cert", options->tls_cert,
+                  "TLS certificate chain (PEM) for gRPC and the OpenAI API; gRPC re-reads it when it changes")
+      ->envname("QUANTSERVE_TLS_CERT");
+  cmd->add_option("--tls-key", options->tls_key, "TLS private key (PEM) of --tls-cert")->envname("QUANTSERVE_TLS_KEY");
+  cmd->add_option("--tls-client-ca", options->tls_client_ca,
+                  "CA bundle (PEM): gRPC clients must present a certificate it signed (mutual TLS)")
+      ->envname("QUANTSERVE_TLS_CLIENT_CA");
   cmd->add_option("--auth-token-file", options->auth_token_file,
                   "Bearer tokens, one per line ('TOKEN' or 'TOKEN read' for a read-only one), for every gRPC call "
                   "and /v1 route but health; reloaded when the file changes")

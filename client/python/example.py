@@ -42,6 +42,8 @@ def main():
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--no-chat", action="store_true", help="send the prompt without the chat template")
     parser.add_argument("--timeout", type=float, default=120, help="deadline per call, seconds")
+    parser.add_argument("--tls-ca", default=os.environ.get("QUANTSERVE_TLS_CA", ""),
+                        help="TLS: the CA bundle (PEM) that signed the server's certificate")
     parser.add_argument("--token", default=os.environ.get("QUANTSERVE_TOKEN", ""),
                         help="bearer token, for a server started with --auth-token-file")
     parser.add_argument("--json-schema", default="",
@@ -55,7 +57,12 @@ def main():
             schema = f.read()
 
     pb2, pb2_grpc = load_stubs()
-    with grpc.insecure_channel(args.address) as channel:
+    if args.tls_ca:
+        with open(args.tls_ca, "rb") as f:
+            channel = grpc.secure_channel(args.address, grpc.ssl_channel_credentials(root_certificates=f.read()))
+    else:
+        channel = grpc.insecure_channel(args.address)
+    with channel:
         stub = pb2_grpc.InferenceStub(channel)
         request = pb2.GenerateRequest(model=args.model, prompt=args.prompt, chat=not args.no_chat,
                                       max_new_tokens=args.max_new_tokens, temperature=args.temperature,

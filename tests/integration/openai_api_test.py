@@ -34,7 +34,7 @@ BINARY = os.environ.get("QUANTSERVE_BIN", os.path.join(ROOT, "build", "server", 
 class Server:
     """`quantserve serve` on free loopback ports; waits until GET /health says ok."""
 
-    def __init__(self, args, timeout=180):
+    def __init__(self, args, timeout=180, health_tls_ca=None):
         self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="quantserve-openai-", suffix=".log", delete=False)
         cmd = [BINARY, "serve", "--listen", f"127.0.0.1:{self.grpc_port}",
@@ -45,8 +45,17 @@ class Server:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"quantserve exited with {self.proc.returncode}:\n{self.read_log()}")
-            status, _ = self.get("/health")
-            if status == 200:
+            if health_tls_ca:
+                import ssl
+                try:
+                    c = http.client.HTTPSConnection("localhost", self.http_port, timeout=5,
+                                                    context=ssl.create_default_context(cafile=health_tls_ca))
+                    c.request("GET", "/health")
+                    if c.getresponse().status == 200:
+                        return
+                except (OSError, http.client.HTTPException):
+                    pass
+            elif self.get("/health")[0] == 200:
                 return
             time.sleep(0.2)
         raise RuntimeError(f"quantserve not healthy after {timeout}s:\n{self.read_log()}")
@@ -582,6 +591,90 @@ class Tokens(unittest.TestCase):
         with open(self.token_file, "w") as f:   # put the first token back for the other tests
             f.write(f"{self.FULL}\n{self.READ} read\n")
         time.sleep(3)
+
+
+def make_ca_and_cert(directory, name):
+    """A CA and a certificate it signed for localhost / 127.0.0.1, with openssl: (ca, cert, key) paths."""
+    ca_key, ca, key, csr, cert = (os.path.join(directory, f"{name}-{x}") for x in
+                                  ("ca.key", "ca.pem", "key.pem", "csr.pem", "cert.pem"))
+    ext = os.path.join(directory, f"{name}.ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
+    quiet = dict(check=True, capture_output=True)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+                    "-days", "2", "-subj", f"/CN={name} test CA"], **quiet)
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+                    "-subj", "/CN=localhost"], **quiet)
+    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+                    "-out", cert, "-days", "2", "-extfile", ext], **quiet)
+    return ca, cert, key
+
+
+class Tls(unittest.TestCase):
+    """--tls-cert / --tls-key on both doors, --tls-client-ca (mutual TLS) on gRPC, a certificate renewed in place."""
+
+    @classmethod
+    def setUpClass(cls):
+        import grpc
+        cls.grpc = grpc
+        cls.pb2, cls.pb2_grpc = load_grpc_stubs()
+        cls.dir = tempfile.mkdtemp(prefix="quantserve-tls-")
+        cls.ca, cert, key = make_ca_and_cert(cls.dir, "server")
+        cls.client_ca, cls.client_cert, cls.client_key = make_ca_and_cert(cls.dir, "client")
+        cls.cert, cls.key = os.path.join(cls.dir, "serving-cert.pem"), os.path.join(cls.dir, "serving-key.pem")
+        os.replace(cert, cls.cert)
+        os.replace(key, cls.key)
+        cls.server = Server(["--model", f"gpt2={FIXTURE}", "--device", "cpu", "--threads", "1",
+                             "--tls-cert", cls.cert, "--tls-key", cls.key, "--tls-client-ca", cls.client_ca],
+                            health_tls_ca=cls.ca)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+
+    def channel(self, ca, client_cert=True):
+        read = lambda p: open(p, "rb").read()
+        creds = self.grpc.ssl_channel_credentials(
+            root_certificates=read(ca), private_key=read(self.client_key) if client_cert else None,
+            certificate_chain=read(self.client_cert) if client_cert else None)
+        return self.grpc.secure_channel(f"localhost:{self.server.grpc_port}", creds)
+
+    def generate(self, channel):
+        stub = self.pb2_grpc.InferenceStub(channel)
+        return stub.Generate(self.pb2.GenerateRequest(prompt="Hello", max_new_tokens=2), timeout=10)
+
+    def test_grpc_mutual_tls(self):
+        with self.channel(self.ca) as c:
+            self.assertEqual(self.generate(c).usage.generated_tokens, 2)
+        with self.channel(self.ca, client_cert=False) as c, self.assertRaises(self.grpc.RpcError):
+            self.generate(c)   # no client certificate: the handshake fails
+        with self.grpc.insecure_channel(f"127.0.0.1:{self.server.grpc_port}") as c, \
+                self.assertRaises(self.grpc.RpcError):
+            self.generate(c)   # plaintext against TLS
+        client = os.path.join(os.path.dirname(os.path.dirname(BINARY)), "client", "quantserve-client")
+        ok = subprocess.run([client, "--address", f"localhost:{self.server.grpc_port}", "--tls-ca", self.ca,
+                             "--tls-cert", self.client_cert, "--tls-key", self.client_key, "generate",
+                             "--max-new-tokens", "2", "Hi"], capture_output=True, text=True)
+        self.assertEqual(ok.returncode, 0, ok.stderr)
+
+    def test_https_openai_api(self):
+        client = openai.OpenAI(base_url=f"https://localhost:{self.server.http_port}/v1", api_key="unused",
+                               max_retries=0, timeout=30, http_client=openai.DefaultHttpx2Client(verify=self.ca))
+        self.assertEqual(client.completions.create(model="gpt2", prompt="Hi", max_tokens=2).usage.completion_tokens, 2)
+        self.assertEqual(self.server.request("GET", "/health")[0], 0)   # plaintext HTTP gets no answer
+
+    def test_zz_renewed_certificate_is_served_without_a_restart(self):
+        new_ca, cert, key = make_ca_and_cert(self.dir, "renewed")
+        os.replace(key, self.key)
+        os.replace(cert, self.cert)
+        end, served = time.time() + 20, False
+        while time.time() < end and not served:
+            try:
+                with self.channel(new_ca) as c:
+                    served = self.generate(c).usage.generated_tokens == 2
+            except self.grpc.RpcError:
+                time.sleep(0.5)
+        self.assertTrue(served, "the renewed certificate was not picked up")
 
 
 def main():
