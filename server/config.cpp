@@ -90,6 +90,7 @@ void validate(const ServeOptions& o) {
     QS_CHECK(file->empty() || fs::is_regular_file(*file), ErrorCode::kInvalidArgument, "TLS file '",
              file->substr(0, 200), "' does not exist or is not a file");
   }
+  QS_CHECK(o.engine_stall_seconds > 0, ErrorCode::kInvalidArgument, "--engine-stall-seconds must be > 0");
   QS_CHECK(o.drain_grace_seconds >= 0, ErrorCode::kInvalidArgument, "--drain-grace-seconds must be >= 0");
   QS_CHECK(o.threads >= 0, ErrorCode::kInvalidArgument, "--threads must be >= 0");
 }

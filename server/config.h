@@ -43,6 +43,7 @@ struct ServeOptions {
   std::string auth_token_file;                 // bearer tokens for both doors (server/auth.h); empty = none
   ServerLimits limits;
   double drain_grace_seconds = 30;
+  double engine_stall_seconds = 60;    // an engine thread this long without progress, with work queued: NOT_SERVING
   int threads = 0;                     // CPU backend threads; 0 = all cores
   std::string json_whitespace = "space";  // constrained JSON: "space" (one optional ' ' after ':' and ',') or "none"
   double step_delay_ms = 0;            // tests only: sleep between engine steps to mimic a slow device

@@ -578,6 +578,7 @@ void OpenAiApi::handle(const HttpRequest& request, std::shared_ptr<HttpExchange>
     if (!get) return send_error(*exchange, 405, "use GET /health");
     if (!service) return exchange->respond(503, "application/json", "{\"status\":\"loading\"}\n");
     if (service->draining()) return exchange->respond(503, "application/json", "{\"status\":\"draining\"}\n");
+    if (stalled_.load()) return exchange->respond(503, "application/json", "{\"status\":\"stalled\"}\n");
     return exchange->respond(200, "application/json", "{\"status\":\"ok\"}\n");
   }
   const bool models = path == "/v1/models" || path.rfind("/v1/models/", 0) == 0;

@@ -25,6 +25,8 @@ class OpenAiApi {
 
   // Until a service is attached (the models are loading), /health and every /v1 route answer 503.
   void attach(InferenceService* service) { service_.store(service); }
+  // The watchdog's verdict: while set, /health answers 503 "stalled".
+  void set_stalled(bool stalled) { stalled_.store(stalled); }
   void handle(const HttpRequest& request, std::shared_ptr<HttpExchange> exchange);
   // Generation requests not yet answered in full; shutdown waits for zero.
   int64_t active() const { return active_->load(); }
@@ -38,6 +40,7 @@ class OpenAiApi {
   Metrics& metrics_;
   const TokenAuth* auth_;
   std::atomic<InferenceService*> service_{nullptr};
+  std::atomic<bool> stalled_{false};
   int64_t started_ = int64_t(std::time(nullptr));   // "created" of the models
   std::shared_ptr<std::atomic<int64_t>> active_ = std::make_shared<std::atomic<int64_t>>(0);
 };

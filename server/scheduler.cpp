@@ -242,10 +242,17 @@ void ModelWorker::update_gauges(bool memory) {
   }
 }
 
+double ModelWorker::stalled_seconds() const {
+  if (outstanding_.load() == 0) return 0;
+  const int64_t now = Clock::now().time_since_epoch().count();
+  return std::chrono::duration<double>(Clock::duration(now - heartbeat_ns_.load())).count();
+}
+
 void ModelWorker::loop() {
   Clock::time_point last_memory = Clock::now();
   const auto step_delay = std::chrono::duration<double, std::milli>(options_.step_delay_ms);
   for (;;) {
+    heartbeat_ns_.store(Clock::now().time_since_epoch().count());
     std::deque<std::function<void(Engine&)>> tasks;
     bool stopping = false;
     {

@@ -101,6 +101,9 @@ class ModelWorker {
   bool try_reserve();
   void release();
   int64_t outstanding() const { return outstanding_.load(); }
+  // Seconds the engine thread has gone without finishing a loop iteration while requests wait for it; 0 when it
+  // has nothing to do. The serve loop's watchdog reports NOT_SERVING past --engine-stall-seconds.
+  double stalled_seconds() const;
 
   void submit(std::shared_ptr<GenerationJob> job);
   void cancel(std::shared_ptr<GenerationJob> job);
@@ -138,6 +141,7 @@ class ModelWorker {
   bool stopping_ = false;
 
   std::atomic<int64_t> outstanding_{0};   // reserved, not yet finished
+  std::atomic<int64_t> heartbeat_ns_{0};  // steady-clock time of the engine thread's last loop iteration
   std::atomic<int64_t> started_{0};       // reserved and admitted (an event seen), not yet finished
   // Engine thread only.
   std::unordered_map<uint64_t, std::shared_ptr<GenerationJob>> active_;

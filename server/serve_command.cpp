@@ -286,8 +286,36 @@ void run_serve(server::ServeOptions options, const std::vector<std::string>& mod
   std::fprintf(stderr, "quantserve: serving %zu model(s) on %s (gRPC port %d), OpenAI API %s, metrics %s\n",
                models.size(), options.listen.c_str(), port, http_where.c_str(), metrics_where.c_str());
 
+  // Readiness is the overall status ("", and the Inference service's): SERVING once loaded, NOT_SERVING while
+  // draining or while an engine is stalled. Liveness ("quantserve.liveness") turns NOT_SERVING only for a stalled
+  // engine, so that a draining pod is taken out of the Services but not restarted.
+  if (health) health->SetServingStatus("quantserve.liveness", true);
   int sig = 0;
-  while (!wait_signal(signals, 3600, &sig)) {
+  bool stalled = false;
+  while (!wait_signal(signals, 1, &sig)) {
+    std::string stuck;
+    double worst = 0;
+    for (auto& m : models) {
+      const double s = m.worker->stalled_seconds();
+      if (s > options.engine_stall_seconds && s > worst) {
+        worst = s;
+        stuck = m.worker->name();
+      }
+    }
+    if (stuck.empty() == !stalled) continue;
+    stalled = !stuck.empty();
+    if (stalled) {
+      std::fprintf(stderr, "quantserve: watchdog: the engine of model %s made no progress for %.0fs with requests "
+                   "waiting: health NOT_SERVING\n", stuck.c_str(), worst);
+    } else {
+      std::fprintf(stderr, "quantserve: watchdog: every engine makes progress again: health SERVING\n");
+    }
+    openai.set_stalled(stalled);
+    if (health) {
+      health->SetServingStatus(!stalled);
+      health->SetServingStatus("quantserve.v1.Inference", !stalled);
+      health->SetServingStatus("quantserve.liveness", !stalled);
+    }
   }
   std::fprintf(stderr, "quantserve: %s: draining (%lld requests in flight, grace %.1fs)\n",
                sig == SIGTERM ? "SIGTERM" : "SIGINT", (long long)total_outstanding(models), options.drain_grace_seconds);
@@ -407,6 +435,11 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--kv-cache-dtype", l.kv_cache_dtype, "KV-cache storage: fp32 or fp16 (default: fp16 on CPU, fp32 on CUDA)")
       ->envname("QUANTSERVE_KV_CACHE_DTYPE");
   add_prefix_cache_option(cmd, l.prefix_cache);
+  cmd->add_option("--engine-stall-seconds", options->engine_stall_seconds,
+                  "Health turns NOT_SERVING (gRPC health, /health 503) when an engine thread makes no progress this "
+                  "long with requests waiting")
+      ->envname("QUANTSERVE_ENGINE_STALL_SECONDS")
+      ->capture_default_str();
   cmd->add_option("--drain-grace-seconds", options->drain_grace_seconds,
                   "On SIGTERM, how long running requests may take to finish")
       ->envname("QUANTSERVE_DRAIN_GRACE_SECONDS")

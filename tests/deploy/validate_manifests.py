@@ -454,6 +454,10 @@ def check_target(target, docs, exposed_metrics):
             continue
         if p.get("grpc", {}).get("port") != GRPC_PORT:
             fail(target, f"{probe} must be a grpc.health.v1 probe on port {GRPC_PORT}")
+        wanted = "quantserve.liveness" if probe == "livenessProbe" else None
+        if p.get("grpc", {}).get("service") != wanted:
+            fail(target, f"{probe} must ask the health service {wanted or 'of the server (no service)'}: liveness "
+                         "must not fail while draining, readiness must")
     sp = c.get("startupProbe", {})
     budget = sp.get("failureThreshold", 3) * sp.get("periodSeconds", 10)
     if budget < 600:

@@ -593,6 +593,45 @@ class Tokens(unittest.TestCase):
         time.sleep(3)
 
 
+class Watchdog(unittest.TestCase):
+    """A stuck engine (here: 3 s steps) with work queued turns health NOT_SERVING, and back once it moves."""
+
+    def test_stalled_engine_turns_health_not_serving(self):
+        import grpc
+        server = Server(["--model", f"gpt2={FIXTURE}", "--device", "cpu", "--threads", "1", "--step-delay-ms", "3000",
+                         "--engine-stall-seconds", "1"])
+        try:
+            channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+            check = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=lambda b: b,
+                                        response_deserializer=lambda b: b)
+
+            def status(service):   # HealthCheckRequest{service}, HealthCheckResponse{status}: 1 SERVING, 2 NOT_SERVING
+                name = service.encode()
+                reply = check(b"\x0a" + bytes([len(name)]) + name if name else b"", timeout=5)
+                return reply[1] if len(reply) > 1 else 0
+
+            self.assertEqual((status(""), status("quantserve.liveness")), (1, 1))
+            worker = threading.Thread(target=lambda: server.client().completions.create(
+                model="gpt2", prompt="Hi", max_tokens=3, extra_body={"ignore_eos": True}))
+            worker.start()
+            end, seen = time.time() + 15, False
+            while time.time() < end and not seen:
+                seen = server.get("/health") == (503, b'{"status":"stalled"}\n')
+                time.sleep(0.2)
+            self.assertTrue(seen, server.read_log()[-1500:])
+            self.assertEqual((status(""), status("quantserve.liveness")), (2, 2))
+            worker.join(60)
+            end = time.time() + 10
+            while time.time() < end and server.get("/health")[0] != 200:
+                time.sleep(0.2)
+            self.assertEqual(server.get("/health")[0], 200)
+            self.assertEqual(status("quantserve.liveness"), 1)
+            self.assertIn("watchdog: the engine of model gpt2 made no progress", server.read_log())
+            channel.close()
+        finally:
+            server.stop(signal.SIGKILL)
+
+
 def make_ca_and_cert(directory, name):
     """A CA and a certificate it signed for localhost / 127.0.0.1, with openssl: (ca, cert, key) paths."""
     ca_key, ca, key, csr, cert = (os.path.join(directory, f"{name}-{x}") for x in
