@@ -1,5 +1,5 @@
 // Chat templates for instruct models. Rather than a Jinja interpreter, the known template families are
-// recognised by their markers (ChatML, Llama 3, Zephyr/TinyLlama) and rendered directly.
+// recognised by their markers (ChatML, Llama 3, Zephyr/TinyLlama, Gemma) and rendered directly.
 #include <string>
 #include <vector>
 
@@ -55,6 +55,21 @@ std::string render_chat_template(const std::string& tmpl, const std::vector<Chat
       out += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + m.content + "<|eot_id|>";
     }
     return out + "<|start_header_id|>assistant<|end_header_id|>\n\n";
+  }
+  if (tmpl.find("<start_of_turn>") != std::string::npos) {
+    // Gemma: no system role (its text opens the first user turn), the assistant is "model".
+    out = "<bos>";
+    std::string pending_system;
+    for (const ChatMessage& m : messages) {
+      if (m.role == "system") {
+        pending_system = m.content + "\n\n";
+        continue;
+      }
+      const std::string role = m.role == "assistant" ? "model" : m.role;
+      out += "<start_of_turn>" + role + "\n" + pending_system + m.content + "<end_of_turn>\n";
+      pending_system.clear();
+    }
+    return out + "<start_of_turn>model\n";
   }
   if (tmpl.find("<|user|>") != std::string::npos) {
     for (const ChatMessage& m : messages) out += "<|" + m.role + "|>\n" + m.content + "</s>\n";

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <vector>
 
 #include "kernels/error.h"
 
@@ -80,6 +81,37 @@ HiddenAct parse_activation(const std::string& act, const std::string& file, cons
           "' is not supported (supported: gelu_new, gelu_pytorch_tanh, gelu, silu, relu)");
 }
 
+// transformers 5 writes RoPE as rope_parameters: {"rope_type": "default", "rope_theta": ...}, or one such dict
+// per layer type (Gemma 3: "full_attention", "sliding_attention"); older configs have rope_theta and
+// rope_scaling. Returns the base for `layer_type` (or the only one); anything but plain RoPE is refused.
+double rope_base(const json& j, const std::string& file, const char* layer_type, double fallback) {
+  if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
+    const json* p = &j["rope_parameters"];
+    if (layer_type != nullptr && p->contains(layer_type) && (*p)[layer_type].is_object()) p = &(*p)[layer_type];
+    const std::string type = p->contains("rope_type") && (*p)["rope_type"].is_string()
+                                 ? (*p)["rope_type"].get<std::string>() : "default";
+    QS_CHECK(type == "default", ErrorCode::kUnsupported, file, ": rope_parameters has rope_type '", type,
+             "'; quantserve supports only plain RoPE (no scaling)");
+    if (p->contains("rope_theta") && (*p)["rope_theta"].is_number()) return (*p)["rope_theta"].get<double>();
+  }
+  if (j.contains("rope_theta") && j["rope_theta"].is_number()) return j["rope_theta"].get<double>();
+  return fallback;
+}
+
+// layer_types ("sliding_attention" / "full_attention" per layer) as flags; empty when the config has none.
+std::vector<bool> sliding_layer_flags(const json& j, const std::string& file) {
+  std::vector<bool> out;
+  if (!j.contains("layer_types") || j["layer_types"].is_null()) return out;
+  QS_CHECK(j["layer_types"].is_array(), ErrorCode::kInvalidModel, file, ": 'layer_types' is not a list");
+  for (const json& t : j["layer_types"]) {
+    const std::string s = t.is_string() ? t.get<std::string>() : "";
+    QS_CHECK(s == "sliding_attention" || s == "full_attention", ErrorCode::kUnsupported, file, ": layer type ",
+             t.dump(), " is not supported (supported: sliding_attention, full_attention)");
+    out.push_back(s == "sliding_attention");
+  }
+  return out;
+}
+
 void check_positive(int64_t v, const char* what, const std::string& file) {
   QS_CHECK(v > 0 && v < (int64_t(1) << 40), ErrorCode::kInvalidModel, file, ": ", what, " is ", v,
            ", expected a positive number");
@@ -149,8 +181,10 @@ ModelConfig parse_hf_config(const std::string& json_text, const std::string& fil
     check_positive(c.num_heads, "num_attention_heads", file);
     c.head_dim = c.hidden_size / c.num_heads;
     c.rotary_dim = int64_t(double(c.head_dim) * pct);  // as transformers: int(head_size * rotary_pct)
-  } else if (model_type == "llama") {
-    c.arch = Architecture::kLlama;
+  } else if (model_type == "llama" || model_type == "qwen2" || model_type == "qwen3" || model_type == "mistral") {
+    c.arch = model_type == "qwen2" ? Architecture::kQwen2
+             : model_type == "qwen3" ? Architecture::kQwen3
+             : model_type == "mistral" ? Architecture::kMistral : Architecture::kLlama;
     c.vocab_size = r.get_int("vocab_size");
     c.hidden_size = r.get_int("hidden_size");
     c.num_layers = r.get_int("num_hidden_layers");
@@ -160,17 +194,59 @@ ModelConfig parse_hf_config(const std::string& json_text, const std::string& fil
     c.max_positions = r.get_int("max_position_embeddings", 2048);
     c.norm_eps = float(r.get_float("rms_norm_eps", 1e-6));
     c.hidden_act = parse_activation(r.get_string("hidden_act", "silu"), file, "hidden_act");
-    c.rope_theta = float(r.get_float("rope_theta", 10000.0));
+    c.rope_theta = float(rope_base(j, file, nullptr, 10000.0));
     c.tie_word_embeddings = r.get_bool("tie_word_embeddings", false);
-    c.attention_bias = r.get_bool("attention_bias", false);
+    c.attention_bias = r.get_bool("attention_bias", c.arch == Architecture::kQwen2);   // Qwen2: q/k/v biases
     c.mlp_bias = r.get_bool("mlp_bias", false);
+    c.qk_norm = c.arch == Architecture::kQwen3;
     check_positive(c.num_heads, "num_attention_heads", file);
     c.head_dim = r.get_int("head_dim", c.hidden_size / c.num_heads);
     c.rotary_dim = c.head_dim;
+    // Mistral slides every layer when sliding_window is set; Qwen2/3 only with use_sliding_window, on the layers
+    // layer_types marks.
+    const bool qwen = c.arch == Architecture::kQwen2 || c.arch == Architecture::kQwen3;
+    if (c.arch == Architecture::kMistral || (qwen && r.get_bool("use_sliding_window", false))) {
+      c.sliding_window = r.get_int("sliding_window", 0);
+      if (qwen) c.sliding_layers = sliding_layer_flags(j, file);
+    }
+  } else if (model_type == "gemma3_text") {
+    c.arch = Architecture::kGemma3;
+    c.vocab_size = r.get_int("vocab_size");
+    c.hidden_size = r.get_int("hidden_size");
+    c.num_layers = r.get_int("num_hidden_layers");
+    c.num_heads = r.get_int("num_attention_heads");
+    c.num_kv_heads = r.get_int("num_key_value_heads", c.num_heads);
+    c.intermediate_size = r.get_int("intermediate_size");
+    c.max_positions = r.get_int("max_position_embeddings", 131072);
+    c.norm_eps = float(r.get_float("rms_norm_eps", 1e-6));
+    c.hidden_act = parse_activation(r.get_string("hidden_activation", "gelu_pytorch_tanh"), file, "hidden_activation");
+    QS_CHECK(c.hidden_act == HiddenAct::kGeluTanh, ErrorCode::kUnsupported, file,
+             ": Gemma 3 with a hidden_activation other than gelu_pytorch_tanh is not supported");
+    for (const char* cap : {"final_logit_softcapping", "attn_logit_softcapping"}) {
+      QS_CHECK(!r.has(cap), ErrorCode::kUnsupported, file, ": ", cap, " is set; quantserve has no logit soft-capping");
+    }
+    QS_CHECK(!r.get_bool("use_bidirectional_attention", false), ErrorCode::kUnsupported, file,
+             ": bidirectional attention (EmbeddingGemma) is not supported");
+    c.rope_theta = float(rope_base(j, file, "full_attention", 1000000.0));
+    c.rope_local_theta = float(rope_base(j, file, "sliding_attention", r.get_float("rope_local_base_freq", 10000.0)));
+    c.tie_word_embeddings = r.get_bool("tie_word_embeddings", true);
+    QS_CHECK(!r.get_bool("attention_bias", false), ErrorCode::kUnsupported, file,
+             ": Gemma 3 with attention biases is not supported");
+    c.qk_norm = true;
+    check_positive(c.num_heads, "num_attention_heads", file);
+    c.head_dim = r.get_int("head_dim", 256);
+    c.rotary_dim = c.head_dim;
+    c.query_pre_attn_scalar = float(r.get_float("query_pre_attn_scalar", double(c.head_dim)));
+    c.sliding_window = r.get_int("sliding_window", 4096);
+    c.sliding_window_pattern = r.get_int("sliding_window_pattern", 6);
+    c.sliding_layers = sliding_layer_flags(j, file);
   } else {
     QS_FAIL(ErrorCode::kUnsupported, file, ": model_type '", model_type,
-            "' is not supported (supported: gpt2, gpt_neox, llama)");
+            "' is not supported (supported: gpt2, gpt_neox, llama, qwen2, qwen3, mistral, gemma3_text)");
   }
+  QS_CHECK(c.sliding_window >= 0 && c.sliding_layers.size() <= size_t(c.num_layers), ErrorCode::kInvalidModel, file,
+           ": sliding_window ", c.sliding_window, " or layer_types (", c.sliding_layers.size(), " for ", c.num_layers,
+           " layers) make no sense");
 
   check_positive(c.vocab_size, "the vocabulary size", file);
   check_positive(c.hidden_size, "the hidden size", file);

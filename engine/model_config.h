@@ -2,11 +2,12 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace qs {
 
-enum class Architecture { kGpt2, kGptNeoX, kLlama };
-const char* architecture_name(Architecture a);  // "gpt2", "gpt_neox", "llama"
+enum class Architecture { kGpt2, kGptNeoX, kLlama, kQwen2, kQwen3, kMistral, kGemma3 };
+const char* architecture_name(Architecture a);  // "gpt2", "gpt_neox", "llama", "qwen2", "qwen3", "mistral", "gemma3"
 
 enum class HiddenAct { kGeluTanh, kGeluErf, kSilu, kRelu };
 
@@ -31,6 +32,21 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   bool attention_bias = false;      // Llama q/k/v/o biases (false for SmolLM2/TinyLlama)
   bool mlp_bias = false;            // Llama mlp biases
+  bool qk_norm = false;             // Qwen3, Gemma 3: RMSNorm over each q and k head (HD) before RoPE
+  // Sliding-window attention (Mistral, Gemma 3): a token sees the `sliding_window` latest positions, itself
+  // included; 0 = no window. With sliding_window_pattern P > 0 (Gemma 3: 6) only layers l with (l + 1) % P != 0
+  // slide, the others are global and use rope_theta, the sliding ones rope_local_theta.
+  // A config's layer_types list ("sliding_attention" / "full_attention"), when it has one, decides instead.
+  int64_t sliding_window = 0;
+  int64_t sliding_window_pattern = 0;
+  std::vector<bool> sliding_layers;
+  float rope_local_theta = 10000.0f;
+  float query_pre_attn_scalar = 0;  // Gemma 3: scores are scaled by 1/sqrt(this); 0 = head_dim
+  bool layer_slides(int64_t layer) const {
+    if (sliding_window <= 0) return false;
+    if (!sliding_layers.empty()) return layer < int64_t(sliding_layers.size()) && sliding_layers[size_t(layer)];
+    return sliding_window_pattern <= 0 || (layer + 1) % sliding_window_pattern != 0;
+  }
   int32_t bos_token_id = -1;
   int32_t eos_token_id = -1;
   std::string chat_template;        // Jinja text from tokenizer_config.json or GGUF; empty when none

@@ -60,6 +60,10 @@ const char* architecture_label(Architecture a) {
     case Architecture::kGpt2: return "gpt2";
     case Architecture::kGptNeoX: return "gpt_neox";
     case Architecture::kLlama: return "llama";
+    case Architecture::kQwen2: return "qwen2";
+    case Architecture::kQwen3: return "qwen3";
+    case Architecture::kMistral: return "mistral";
+    case Architecture::kGemma3: return "gemma3";
   }
   return "?";
 }
@@ -118,6 +122,21 @@ constexpr NameRule kLlamaLayerNames[] = {
     {"attn_output", "self_attn.o_proj"}, {"ffn_gate", "mlp.gate_proj"},    {"ffn_up", "mlp.up_proj"},
     {"ffn_down", "mlp.down_proj"},       {"attn_norm", "input_layernorm"}, {"ffn_norm", "post_attention_layernorm"},
 };
+// Qwen2/Qwen3 use Llama's names, plus Qwen3's QK-norm.
+constexpr NameRule kQwenLayerNames[] = {
+    {"attn_q", "self_attn.q_proj"},     {"attn_k", "self_attn.k_proj"},   {"attn_v", "self_attn.v_proj"},
+    {"attn_output", "self_attn.o_proj"}, {"ffn_gate", "mlp.gate_proj"},    {"ffn_up", "mlp.up_proj"},
+    {"ffn_down", "mlp.down_proj"},       {"attn_norm", "input_layernorm"}, {"ffn_norm", "post_attention_layernorm"},
+    {"attn_q_norm", "self_attn.q_norm"}, {"attn_k_norm", "self_attn.k_norm"},
+};
+// Gemma 3: llama.cpp's "ffn_norm" is the pre-feed-forward norm; the two post norms have their own names.
+constexpr NameRule kGemma3LayerNames[] = {
+    {"attn_q", "self_attn.q_proj"},     {"attn_k", "self_attn.k_proj"},   {"attn_v", "self_attn.v_proj"},
+    {"attn_output", "self_attn.o_proj"}, {"ffn_gate", "mlp.gate_proj"},    {"ffn_up", "mlp.up_proj"},
+    {"ffn_down", "mlp.down_proj"},       {"attn_norm", "input_layernorm"}, {"ffn_norm", "pre_feedforward_layernorm"},
+    {"attn_q_norm", "self_attn.q_norm"}, {"attn_k_norm", "self_attn.k_norm"},
+    {"post_attention_norm", "post_attention_layernorm"}, {"post_ffw_norm", "post_feedforward_layernorm"},
+};
 constexpr NameRule kLlamaGlobalNames[] = {
     {"token_embd", "model.embed_tokens"}, {"output_norm", "model.norm"}, {"output", "lm_head"}};
 constexpr NameRule kGpt2LayerNames[] = {
@@ -146,7 +165,19 @@ std::string hf_name_for_gguf(Architecture arch, const std::string& name) {
   std::string layer_prefix;
   switch (arch) {
     case Architecture::kLlama:
+    case Architecture::kMistral:
       layer_rules = kLlamaLayerNames, n_layer_rules = std::size(kLlamaLayerNames);
+      global_rules = kLlamaGlobalNames, n_global_rules = std::size(kLlamaGlobalNames);
+      layer_prefix = "model.layers.";
+      break;
+    case Architecture::kQwen2:
+    case Architecture::kQwen3:
+      layer_rules = kQwenLayerNames, n_layer_rules = std::size(kQwenLayerNames);
+      global_rules = kLlamaGlobalNames, n_global_rules = std::size(kLlamaGlobalNames);
+      layer_prefix = "model.layers.";
+      break;
+    case Architecture::kGemma3:
+      layer_rules = kGemma3LayerNames, n_layer_rules = std::size(kGemma3LayerNames);
       global_rules = kLlamaGlobalNames, n_global_rules = std::size(kLlamaGlobalNames);
       layer_prefix = "model.layers.";
       break;
@@ -388,6 +419,29 @@ void ModelFileLoader::load_gguf_config(const GgufFile& g, const std::string& a) 
   QS_CHECK(scaling == "none" && g.get_float(a + ".rope.scaling.factor", 0.0) <= 1.0, ErrorCode::kUnsupported, file,
            ": RoPE scaling ('", scaling, "') is set; quantserve does not support RoPE scaling");
   switch (c.arch) {
+    case Architecture::kGemma3:
+      // llama.cpp's Gemma 3: every sixth layer global (rope.freq_base), the rest sliding with base 10000;
+      // scores scaled by 1/sqrt(head_dim) (query_pre_attn_scalar = head_dim for the sizes that write no key).
+      c.norm_eps = float(g.get_float(a + ".attention.layer_norm_rms_epsilon", 1e-6));
+      c.hidden_act = HiddenAct::kGeluTanh;
+      c.rotary_dim = c.head_dim;
+      c.qk_norm = true;
+      c.sliding_window = g.get_int(a + ".attention.sliding_window", 0);
+      c.sliding_window_pattern = g.get_int(a + ".attention.sliding_window_pattern", 6);
+      c.rope_local_theta = float(g.get_float(a + ".rope.freq_base_swa", 10000.0));
+      c.query_pre_attn_scalar = float(c.head_dim);
+      QS_CHECK(c.sliding_window >= 0 && c.sliding_window_pattern >= 0, ErrorCode::kInvalidModel, file,
+               ": the sliding window ", c.sliding_window, " or its pattern ", c.sliding_window_pattern,
+               " is negative", kCorrupt);
+      break;
+    case Architecture::kQwen2:
+    case Architecture::kQwen3:
+      c.norm_eps = float(g.get_float(a + ".attention.layer_norm_rms_epsilon", 1e-6));
+      c.hidden_act = HiddenAct::kSilu;
+      c.rotary_dim = c.head_dim;
+      c.qk_norm = c.arch == Architecture::kQwen3;
+      break;
+    case Architecture::kMistral:
     case Architecture::kLlama:
       c.norm_eps = float(g.get_float(a + ".attention.layer_norm_rms_epsilon", 1e-5));
       c.hidden_act = HiddenAct::kSilu;
@@ -419,11 +473,9 @@ void ModelFileLoader::load_gguf_tokenizer(const GgufFile& g) {
   QS_CHECK(model != nullptr, ErrorCode::kInvalidModel, file,
            ": has no tokenizer (metadata 'tokenizer.ggml.model' is missing)");
   const std::string kind = g.get_string("tokenizer.ggml.model", "");
-  QS_CHECK(kind != "llama", ErrorCode::kUnsupported, file,
-           ": its tokenizer is SentencePiece ('llama'); quantserve supports only byte-level BPE ('gpt2') tokenizers");
-  QS_CHECK(kind == "gpt2", ErrorCode::kUnsupported, file, ": its tokenizer model is '", kind,
-           "'; quantserve supports only byte-level BPE ('gpt2') tokenizers");
-
+  QS_CHECK(kind == "gpt2" || kind == "llama", ErrorCode::kUnsupported, file, ": its tokenizer model is '", kind,
+           "'; quantserve supports byte-level BPE ('gpt2') and SentencePiece BPE ('llama') tokenizers");
+  const bool spm = kind == "llama";
   auto string_array = [&](const char* key, bool required) {
     std::vector<std::string> out;
     const GgufValue* v = g.find(key);
@@ -437,7 +489,19 @@ void ModelFileLoader::load_gguf_tokenizer(const GgufFile& g) {
   spec.tokens = string_array("tokenizer.ggml.tokens", true);
   QS_CHECK(!spec.tokens.empty(), ErrorCode::kInvalidModel, file, ": the tokenizer has no tokens", kCorrupt);
   const int64_t n_tokens = int64_t(spec.tokens.size());
-  for (const std::string& m : string_array("tokenizer.ggml.merges", true)) {
+  if (spm) {
+    // SentencePiece: merges are implied by the scores; control tokens are special, user-defined ones ("\n",
+    // "<start_of_image>") are matched whole in any text, as llama.cpp and transformers' GGUF converter do.
+    spec.model = "spm";
+    const GgufValue* scores = g.find("tokenizer.ggml.scores");
+    QS_CHECK(scores != nullptr && scores->is_array() && int64_t(scores->floats.size()) == n_tokens &&
+                 int64_t(scores->array_size()) == n_tokens,
+             ErrorCode::kInvalidModel, file, ": a SentencePiece tokenizer needs 'tokenizer.ggml.scores', one float per "
+             "token (", n_tokens, ")", kCorrupt);
+    spec.scores.assign(scores->floats.begin(), scores->floats.end());
+    spec.add_space_prefix = g.get_bool("tokenizer.ggml.add_space_prefix", true);
+  }
+  for (const std::string& m : string_array("tokenizer.ggml.merges", !spm)) {
     const size_t space = m.find(' ');
     QS_CHECK(space != std::string::npos && space > 0 && space + 1 < m.size(), ErrorCode::kInvalidModel, file,
              ": tokenizer merge '", m, "' is not two tokens separated by a space", kCorrupt);
@@ -449,7 +513,8 @@ void ModelFileLoader::load_gguf_tokenizer(const GgufFile& g) {
              " integers (one per token)", kCorrupt);
     for (int64_t i = 0; i < n_tokens; ++i) {
       const int64_t t = types->ints[size_t(i)];
-      if (t == 3 || t == 4) spec.special_ids.push_back(int32_t(i));   // control, user-defined
+      if (t == 3 || (t == 4 && !spm)) spec.special_ids.push_back(int32_t(i));   // control, user-defined
+      if (t == 4 && spm) spec.added_ids.push_back(int32_t(i));
     }
   }
   auto token_id = [&](const char* key) -> int32_t {
@@ -473,6 +538,15 @@ void ModelFileLoader::load_gguf_tokenizer(const GgufFile& g) {
   config_.bos_token_id = spec.bos_id;
   config_.eos_token_id = spec.eos_id;
   config_.chat_template = g.get_string("tokenizer.chat_template", "");
+  if (config_.arch == Architecture::kGemma3) {
+    // Gemma's turns end with <end_of_turn>, which stops generation as <eos> does (its generation_config lists
+    // both); files without a template (llama.cpp writes none for some) get Gemma's turn format.
+    if (const int32_t end = find_token(spec, "<end_of_turn>"); end >= 0) config_.eos_token_id = end;
+    if (config_.chat_template.empty()) {
+      config_.chat_template = "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n"
+                              "{{ m['content'] }}<end_of_turn>\n{% endfor %}<start_of_turn>model\n";
+    }
+  }
   validate_tokenizer_spec(spec, file);
 }
 
@@ -490,9 +564,15 @@ void ModelFileLoader::load_gguf(const std::string& path) {
     config_.arch = Architecture::kGpt2;
   } else if (arch == "gptneox") {
     config_.arch = Architecture::kGptNeoX;
+  } else if (arch == "qwen2") {
+    config_.arch = Architecture::kQwen2;
+  } else if (arch == "qwen3") {
+    config_.arch = Architecture::kQwen3;
+  } else if (arch == "gemma3") {
+    config_.arch = Architecture::kGemma3;
   } else {
     QS_FAIL(ErrorCode::kUnsupported, path, ": architecture '", arch,
-            "' is not supported (supported: llama, gpt2, gptneox)");
+            "' is not supported (supported: llama, gpt2, gptneox, qwen2, qwen3, gemma3)");
   }
   load_gguf_config(g, arch);
   const ModelConfig& c = config_;
@@ -535,6 +615,13 @@ void ModelFileLoader::load_gguf(const std::string& path) {
       for (int64_t o = 0; o < rows; ++o) {
         for (int64_t i = 0; i < cols; ++i) out[i * rows + o] = linear[size_t(o * cols + i)];
       }
+    } else if (c.arch == Architecture::kGemma3 && ends_with(gguf_name, "norm.weight")) {
+      // llama.cpp's converter stored Gemma's norm weights as 1 + w; the loader gives HF's w (as transformers'
+      // GGUF reader does) and the model adds the one back.
+      std::vector<float> shifted(static_cast<size_t>(t.numel()));
+      convert_to_f32(shifted.data(), t.data, t.dtype, t.numel());
+      float* out = materialise_f32(t, t.shape);
+      for (size_t i = 0; i < shifted.size(); ++i) out[i] = shifted[i] - 1.0f;
     } else if (c.arch == Architecture::kGptNeoX && is("attn_qkv")) {
       // llama.cpp's converter regrouped NeoX's fused QKV rows (head, 3, HD) as (3, head, HD); put them back.
       const int64_t C = c.num_heads * c.head_dim;
@@ -564,6 +651,7 @@ void ModelFileLoader::load_gguf(const std::string& path) {
   }
   QS_CHECK(config_.vocab_size > 0, ErrorCode::kInvalidModel, path, ": tensor 'token_embd.weight' is missing",
            kCorrupt);
+  if (c.arch == Architecture::kQwen2) config_.attention_bias = true;
   if (config_.attention_bias == false && c.arch == Architecture::kLlama) {
     config_.attention_bias = find("model.layers.0.self_attn.q_proj.bias") != nullptr;
     config_.mlp_bias = find("model.layers.0.mlp.up_proj.bias") != nullptr;

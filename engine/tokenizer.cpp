@@ -1,5 +1,6 @@
 // Byte-level BPE: special-token splitting, the GPT-2 pre-tokenizer regex (PCRE2), BPE merges, and UTF-8-safe
 // decoding. Behaviour follows Hugging Face `tokenizers` (BPE model + ByteLevel pre-tokenizer/decoder) exactly.
+// SentencePiece-style BPE ("spm", Gemma) follows llama.cpp's llm_tokenizer_spm and HF's GemmaTokenizer.
 #include "engine/tokenizer.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -7,6 +8,8 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
+#include <cstdio>
 #include <mutex>
 #include <queue>
 #include <unordered_map>
@@ -210,6 +213,17 @@ class Regex {
   pcre2_code* code_ = nullptr;
 };
 
+// A run of byte-fallback tokens as HF's ByteFallback decoder gives it: its bytes if they are valid UTF-8 as a
+// whole, else U+FFFD for each token.
+std::string resolve_byte_run(const std::string& bytes, size_t tokens) {
+  std::string checked;
+  utf8_lossy_append(bytes, checked, /*final=*/true);
+  if (checked == bytes) return bytes;
+  std::string out;
+  for (size_t i = 0; i < tokens; ++i) out += "\xEF\xBF\xBD";
+  return out;
+}
+
 uint64_t pair_key(int32_t a, int32_t b) { return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b); }
 
 struct Merge {
@@ -224,7 +238,12 @@ struct Merge {
 // ---------------------------------------------------------------------------------------------------------
 void validate_tokenizer_spec(const TokenizerSpec& spec, const std::string& source) {
   QS_CHECK(!spec.tokens.empty(), ErrorCode::kInvalidModel, source, ": the tokenizer has no tokens");
-  QS_CHECK(spec.pretokenizer == "gpt2" || spec.pretokenizer == "gpt2-digits" || spec.pretokenizer == "llama3",
+  QS_CHECK(spec.model == "bpe" || spec.model == "spm", ErrorCode::kInvalidModel, source, ": unknown tokenizer model '",
+           spec.model, "' (expected bpe or spm)");
+  QS_CHECK(spec.model != "spm" || (spec.scores.size() == spec.tokens.size() && spec.merges.empty()),
+           ErrorCode::kInvalidModel, source, ": a SentencePiece tokenizer needs one score per token (", spec.scores.size(),
+           " scores for ", spec.tokens.size(), " tokens) and no merges");
+  QS_CHECK(spec.model == "spm" || spec.pretokenizer == "gpt2" || spec.pretokenizer == "gpt2-digits" || spec.pretokenizer == "llama3",
            ErrorCode::kInvalidModel, source, ": unknown pre-tokenizer '", spec.pretokenizer,
            "' (expected gpt2, gpt2-digits or llama3)");
   const int64_t n = static_cast<int64_t>(spec.tokens.size());
@@ -259,8 +278,46 @@ void validate_tokenizer_spec(const TokenizerSpec& spec, const std::string& sourc
 // ---------------------------------------------------------------------------------------------------------
 // Tokenizer.
 // ---------------------------------------------------------------------------------------------------------
+// SentencePiece's space marker, U+2581.
+constexpr std::string_view kSpaceMarker = "\xE2\x96\x81";
+
+std::string replace_spaces(std::string_view text, std::string_view with) {
+  std::string out;
+  out.reserve(text.size());
+  for (char c : text) {
+    if (c == ' ') {
+      out += with;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+// "▁the" -> " the", "<0x0A>" -> "\n" (the raw bytes an SPM token stands for).
+std::string spm_token_bytes(const std::string& token) {
+  if (token.size() == 6 && token.compare(0, 3, "<0x") == 0 && token[5] == '>') {
+    const std::string hex = token.substr(3, 2);
+    if (std::isxdigit(static_cast<unsigned char>(hex[0])) && std::isxdigit(static_cast<unsigned char>(hex[1]))) {
+      return std::string(1, static_cast<char>(std::stoi(hex, nullptr, 16)));
+    }
+  }
+  std::string out;
+  for (size_t i = 0; i < token.size();) {
+    if (token.compare(i, kSpaceMarker.size(), kSpaceMarker) == 0) {
+      out += ' ';
+      i += kSpaceMarker.size();
+    } else {
+      out += token[i++];
+    }
+  }
+  return out;
+}
+
 struct Tokenizer::Impl {
   TokenizerSpec spec;
+  bool spm = false;
+  std::vector<uint8_t> byte_fallback;                   // "spm": id -> 1 for the <0xXX> tokens
   std::vector<std::string> bytes;                       // id -> raw bytes
   std::unordered_map<std::string, int32_t> ids;         // token string -> id
   std::unordered_map<uint64_t, Merge> merges;           // (left id, right id) -> rank, merged id
@@ -280,6 +337,7 @@ struct Tokenizer::Impl {
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache;   // pre-token bytes -> ids
 
   void bpe(std::string_view word, std::vector<int32_t>& out) const;
+  void spm_encode(std::string_view text, std::vector<int32_t>& out) const;
   void encode_words(std::string_view text, std::vector<int32_t>& out) const;
   void encode_word(std::string_view word, std::vector<int32_t>& out) const;
 };
@@ -288,12 +346,16 @@ Tokenizer::Tokenizer(TokenizerSpec spec) : impl_(std::make_unique<Impl>()) {
   validate_tokenizer_spec(spec, "tokenizer");
   Impl& m = *impl_;
   m.spec = std::move(spec);
+  m.spm = m.spec.model == "spm";
   const auto& tokens = m.spec.tokens;
   m.bytes.reserve(tokens.size());
   m.ids.reserve(tokens.size());
   for (size_t i = 0; i < tokens.size(); ++i) {
-    m.bytes.push_back(byte_level_decode(tokens[i]));
-    if (!tokens[i].empty()) m.ids.emplace(tokens[i], static_cast<int32_t>(i));  // first id wins on duplicates
+    m.bytes.push_back(m.spm ? spm_token_bytes(tokens[i]) : byte_level_decode(tokens[i]));
+    if (tokens[i].empty()) continue;
+    // Gemma's GGUF spells its all-space tokens with real spaces; the text they match is ▁s (as HF respells them).
+    const bool all_spaces = m.spm && tokens[i].find_first_not_of(' ') == std::string::npos;
+    m.ids.emplace(all_spaces ? replace_spaces(tokens[i], kSpaceMarker) : tokens[i], static_cast<int32_t>(i));
   }
   // The later of two identical merges wins, as in HF (its map is collected in order).
   m.merges.reserve(m.spec.merges.size());
@@ -303,8 +365,15 @@ Tokenizer::Tokenizer(TokenizerSpec spec) : impl_(std::make_unique<Impl>()) {
   }
   const ByteTable& table = byte_table();
   for (int b = 0; b < 256; ++b) {
-    auto it = m.ids.find(table.byte_to_utf8[b]);
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "<0x%02X>", b);
+    auto it = m.ids.find(m.spm ? std::string(hex) : table.byte_to_utf8[b]);
     m.byte_ids[b] = it == m.ids.end() ? -1 : it->second;
+  }
+  if (m.spm) {
+    m.byte_fallback.assign(tokens.size(), 0);
+    for (int32_t id : m.byte_ids)
+      if (id >= 0) m.byte_fallback[size_t(id)] = 1;
   }
   m.special.assign(tokens.size(), 0);
   for (int32_t id : m.spec.special_ids) m.special[id] = 1;
@@ -321,6 +390,7 @@ Tokenizer::Tokenizer(TokenizerSpec spec) : impl_(std::make_unique<Impl>()) {
   for (auto& bucket : m.added_by_first_byte)
     std::stable_sort(bucket.begin(), bucket.end(),
                      [](const Impl::Added& x, const Impl::Added& y) { return x.text.size() > y.text.size(); });
+  if (m.spm) return;
   if (m.spec.pretokenizer == "gpt2-digits") m.pretokenizer.push_back(std::make_unique<Regex>(kDigitPattern));
   m.pretokenizer.push_back(std::make_unique<Regex>(m.spec.pretokenizer == "llama3" ? kLlama3Pattern : kGpt2Pattern));
 }
@@ -405,7 +475,70 @@ void Tokenizer::Impl::encode_word(std::string_view word, std::vector<int32_t>& o
   cache.emplace(std::string(word), std::move(word_ids));
 }
 
+// SentencePiece BPE over a whole text (its spaces already ▁): symbols start as UTF-8 characters; the adjacent
+// pair whose joined piece is a token with the highest score is merged first, the leftmost of equals; stale heap
+// entries (a side merged away since) are skipped. A symbol that is no token is spelled in byte tokens.
+void Tokenizer::Impl::spm_encode(std::string_view text, std::vector<int32_t>& out) const {
+  struct Symbol {
+    size_t begin, len;
+    int32_t prev, next;
+  };
+  std::vector<Symbol> symbols;
+  for (size_t i = 0; i < text.size();) {
+    const size_t start = i;
+    next_code_point(text, i);
+    const int32_t n = static_cast<int32_t>(symbols.size());
+    symbols.push_back({start, i - start, n - 1, n + 1});
+  }
+  if (symbols.empty()) return;
+  symbols.back().next = -1;
+  struct Candidate {
+    float score;
+    int32_t left;
+    size_t len;   // of the joined piece, to tell a stale entry
+    bool operator<(const Candidate& o) const { return score != o.score ? score < o.score : left > o.left; }
+  };
+  std::priority_queue<Candidate> queue;
+  auto try_pair = [&](int32_t left) {
+    if (left < 0 || symbols[size_t(left)].next < 0) return;
+    const Symbol& a = symbols[size_t(left)];
+    const Symbol& b = symbols[size_t(a.next)];
+    auto it = ids.find(std::string(text.substr(a.begin, a.len + b.len)));
+    if (it != ids.end()) queue.push({spec.scores[size_t(it->second)], left, a.len + b.len});
+  };
+  for (int32_t i = 0; i + 1 < static_cast<int32_t>(symbols.size()); ++i) try_pair(i);
+  while (!queue.empty()) {
+    const Candidate top = queue.top();
+    queue.pop();
+    Symbol& a = symbols[size_t(top.left)];
+    if (a.len == 0 || a.next < 0 || a.len + symbols[size_t(a.next)].len != top.len) continue;   // stale
+    Symbol& b = symbols[size_t(a.next)];
+    a.len += b.len;
+    b.len = 0;
+    a.next = b.next;
+    if (a.next >= 0) symbols[size_t(a.next)].prev = top.left;
+    try_pair(a.prev);
+    try_pair(top.left);
+  }
+  for (int32_t i = 0; i >= 0; i = symbols[size_t(i)].next) {
+    const Symbol& sym = symbols[size_t(i)];
+    auto it = ids.find(std::string(text.substr(sym.begin, sym.len)));
+    if (it != ids.end()) {
+      out.push_back(it->second);
+      continue;
+    }
+    for (size_t k = 0; k < sym.len; ++k) {   // byte fallback (HF drops a byte without a token, as we do)
+      const int32_t id = byte_ids[static_cast<unsigned char>(text[sym.begin + k])];
+      if (id >= 0) out.push_back(id);
+    }
+  }
+}
+
 void Tokenizer::Impl::encode_words(std::string_view text, std::vector<int32_t>& out) const {
+  if (spm) {
+    spm_encode(replace_spaces(text, kSpaceMarker), out);
+    return;
+  }
   // Each regex of the pre-tokenizer splits every piece the previous one produced.
   auto apply = [&](auto& self, size_t level, std::string_view piece) -> void {
     if (level == pretokenizer.size()) {
@@ -417,10 +550,12 @@ void Tokenizer::Impl::encode_words(std::string_view text, std::vector<int32_t>& 
   apply(apply, 0, text);
 }
 
-std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special) const {
+std::vector<int32_t> Tokenizer::encode(std::string_view text_in, bool parse_special) const {
   const Impl& m = *impl_;
   std::vector<int32_t> out;
-  out.reserve(text.size() / 3 + 4);
+  out.reserve(text_in.size() / 3 + 4);
+  const std::string prefixed = m.spm && m.spec.add_space_prefix ? " " + std::string(text_in) : std::string();
+  const std::string_view text = prefixed.empty() ? text_in : std::string_view(prefixed);
   if (!m.has_added) {
     m.encode_words(text, out);
     return out;
@@ -449,12 +584,24 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special) const {
   const Impl& m = *impl_;
-  std::string raw;
+  std::string raw, run;
+  size_t run_tokens = 0;
   for (int32_t id : ids) {
     if (id < 0 || id >= static_cast<int32_t>(m.bytes.size())) continue;  // HF skips unknown ids too
     if (skip_special && m.special[id]) continue;
+    if (is_byte_fallback(id)) {
+      run += m.bytes[id];
+      ++run_tokens;
+      continue;
+    }
+    if (run_tokens > 0) {
+      raw += resolve_byte_run(run, run_tokens);
+      run.clear();
+      run_tokens = 0;
+    }
     raw += m.bytes[id];
   }
+  if (run_tokens > 0) raw += resolve_byte_run(run, run_tokens);
   std::string text;
   text.reserve(raw.size());
   utf8_lossy_append(raw, text, /*final=*/true);
@@ -471,6 +618,10 @@ std::optional<int32_t> Tokenizer::token_id(std::string_view token) const {
   auto it = impl_->ids.find(std::string(token));
   if (it == impl_->ids.end()) return std::nullopt;
   return it->second;
+}
+
+bool Tokenizer::is_byte_fallback(int32_t id) const {
+  return id >= 0 && id < static_cast<int32_t>(impl_->byte_fallback.size()) && impl_->byte_fallback[size_t(id)];
 }
 
 bool Tokenizer::is_special(int32_t id) const {
@@ -491,6 +642,16 @@ StreamingDecoder::StreamingDecoder(const Tokenizer& tokenizer, bool skip_special
 std::string StreamingDecoder::push(int32_t id) {
   if (id < 0 || id >= tokenizer_.vocab_size()) return {};
   if (skip_special_ && tokenizer_.is_special(id)) return {};
+  if (tokenizer_.is_byte_fallback(id)) {   // held until the run ends: its validity decides how it decodes
+    byte_run_ += tokenizer_.token_bytes(id);
+    ++byte_run_tokens_;
+    return {};
+  }
+  if (byte_run_tokens_ > 0) {
+    pending_ += resolve_byte_run(byte_run_, byte_run_tokens_);
+    byte_run_.clear();
+    byte_run_tokens_ = 0;
+  }
   pending_ += tokenizer_.token_bytes(id);
   std::string text;
   size_t used = utf8_lossy_append(pending_, text, /*final=*/false);
@@ -499,6 +660,9 @@ std::string StreamingDecoder::push(int32_t id) {
 }
 
 std::string StreamingDecoder::flush() {
+  if (byte_run_tokens_ > 0) pending_ += resolve_byte_run(byte_run_, byte_run_tokens_);
+  byte_run_.clear();
+  byte_run_tokens_ = 0;
   std::string text;
   utf8_lossy_append(pending_, text, /*final=*/true);
   pending_.clear();

@@ -1,4 +1,5 @@
-// Byte-level BPE tokenizer (GPT-2, GPT-NeoX, SmolLM2 style) and a UTF-8-safe streaming decoder.
+// Byte-level BPE tokenizer (GPT-2, GPT-NeoX, SmolLM2 style), SentencePiece-style BPE (Gemma: scores, the ▁ space
+// marker, byte fallback) and a UTF-8-safe streaming decoder.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -11,9 +12,17 @@
 namespace qs {
 
 // What a tokenizer is made of, independent of the file it came from (tokenizer.json, vocab.json +
-// merges.txt, or GGUF metadata). Token strings are in byte-level form ("Ġthe").
+// merges.txt, or GGUF metadata). Token strings are in byte-level form ("Ġthe") for "bpe", in SentencePiece form
+// ("▁the", "<0x0A>") for "spm".
 struct TokenizerSpec {
+  // "bpe": byte-level BPE over merges after a regex pre-tokenizer. "spm": SentencePiece BPE as llama.cpp and
+  // sentencepiece run it: spaces become ▁ (U+2581), no pre-tokenizer, the adjacent pair whose joined piece has
+  // the highest score is merged first (leftmost on ties), and a character left without a token is spelled in
+  // its bytes' <0xXX> tokens.
+  std::string model = "bpe";
   std::vector<std::string> tokens;                              // id -> token string
+  std::vector<float> scores;                                    // "spm": id -> merge priority (higher first)
+  bool add_space_prefix = false;                                // "spm": prepend ▁ to the text
   std::vector<std::pair<std::string, std::string>> merges;     // in rank order
   std::vector<int32_t> special_ids;   // added/control tokens matched verbatim in text (e.g. <|im_start|>)
   std::vector<int32_t> added_ids;     // non-special added tokens: matched verbatim even when parse_special is
@@ -55,6 +64,9 @@ class Tokenizer {
   const std::string& token_bytes(int32_t id) const;
   std::optional<int32_t> token_id(std::string_view token) const;   // by token string
   bool is_special(int32_t id) const;
+  // "spm" only: a <0xXX> byte-fallback token. Decoding treats a run of them as HF's ByteFallback decoder does:
+  // the run's bytes when they are valid UTF-8 as a whole, else one U+FFFD per token.
+  bool is_byte_fallback(int32_t id) const;
   int64_t vocab_size() const;
   int32_t bos_id() const;
   int32_t eos_id() const;
@@ -77,6 +89,8 @@ class StreamingDecoder {
   const Tokenizer& tokenizer_;
   bool skip_special_;
   std::string pending_;
+  std::string byte_run_;        // bytes of consecutive byte-fallback tokens, held until the run ends
+  size_t byte_run_tokens_ = 0;
 };
 
 }  // namespace qs

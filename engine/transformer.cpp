@@ -26,6 +26,10 @@ const char* architecture_name(Architecture a) {
     case Architecture::kGpt2: return "gpt2";
     case Architecture::kGptNeoX: return "gpt_neox";
     case Architecture::kLlama: return "llama";
+    case Architecture::kQwen2: return "qwen2";
+    case Architecture::kQwen3: return "qwen3";
+    case Architecture::kMistral: return "mistral";
+    case Architecture::kGemma3: return "gemma3";
   }
   return "?";
 }
@@ -37,6 +41,10 @@ std::unique_ptr<Model> make_model(const ModelFile& file, Backend& backend, const
     case Architecture::kGpt2: return make_gpt2(file, backend, options);
     case Architecture::kGptNeoX: return make_gpt_neox(file, backend, options);
     case Architecture::kLlama: return make_llama(file, backend, options);
+    case Architecture::kQwen2: return make_qwen2(file, backend, options);
+    case Architecture::kQwen3: return make_qwen3(file, backend, options);
+    case Architecture::kMistral: return make_mistral(file, backend, options);
+    case Architecture::kGemma3: return make_gemma3(file, backend, options);
   }
   QS_FAIL(ErrorCode::kInternal, "unknown architecture");
 }
@@ -197,6 +205,12 @@ DenseWeight TransformerModel::make_dense(const std::string& name, const std::str
              divide_by.size(), " channels, the tensor has ", rows * cols);
     for (size_t i = 0; i < host.size(); ++i) host[i] /= divide_by[i];
   }
+  return upload_dense(name, tensor_class, shape, host);
+}
+
+DenseWeight TransformerModel::upload_dense(const std::string& name, const std::string& tensor_class,
+                                           const std::vector<int64_t>& shape, const std::vector<float>& host) {
+  const int64_t rows = shape[0], cols = shape.size() == 2 ? shape[1] : 1;
   const auto start = Clock::now();
   DenseWeight d = backend_->make_dense(HostTensor{host.data(), DType::F32, rows, cols}, DType::F32);
   quantize_seconds_ += seconds_since(start);
@@ -302,6 +316,25 @@ void TransformerModel::load_embeddings(const std::string& table, const std::stri
   }
 }
 
+void TransformerModel::require_ops(std::initializer_list<BackendOp> ops) const {
+  for (BackendOp op : ops) {
+    QS_CHECK(backend_->supports_op(op), ErrorCode::kUnsupported, "the ", backend_->name(), " backend cannot run ",
+             architecture_name(config_.arch), " models: it has no kernel for ", backend_op_name(op));
+  }
+}
+
+DenseWeight TransformerModel::make_dense_plus_one(const std::string& name, const std::string& tensor_class,
+                                                  int64_t rows, const std::vector<float>& divide_by) {
+  std::vector<float> host = file_.get_f32(name, {rows});
+  for (float& w : host) w += 1.0f;
+  if (!divide_by.empty()) {
+    QS_CHECK(int64_t(divide_by.size()) == rows, ErrorCode::kInternal, name, ": smoothing factors for ",
+             divide_by.size(), " channels, the tensor has ", rows);
+    for (size_t i = 0; i < host.size(); ++i) host[i] /= divide_by[i];
+  }
+  return upload_dense(name, tensor_class, {rows}, host);
+}
+
 void TransformerModel::finish_load() {
   report_.quantize_seconds = quantize_seconds_;
   for (const auto& t : report_.tensors) {
@@ -316,8 +349,9 @@ void TransformerModel::ensure_activations(int64_t T) {
   const int64_t C = config_.hidden_size;
   const int64_t qkv_cols = (config_.num_heads + 2 * config_.num_kv_heads) * config_.head_dim;
   const int64_t att_cols = config_.num_heads * config_.head_dim;
-  const int64_t mlp_cols = config_.arch == Architecture::kLlama ? 2 * config_.intermediate_size
-                                                                  : config_.intermediate_size;
+  // GPT-2 and NeoX have one up-projection; the others a gate and an up projection side by side (2F).
+  const bool gated = config_.arch != Architecture::kGpt2 && config_.arch != Architecture::kGptNeoX;
+  const int64_t mlp_cols = gated ? 2 * config_.intermediate_size : config_.intermediate_size;
   Backend& b = *backend_;
   x_ = b.new_tensor(x_buf_, T, C);
   h_ = b.new_tensor(h_buf_, T, C);
@@ -327,20 +361,32 @@ void TransformerModel::ensure_activations(int64_t T) {
   qkv_ = b.new_tensor(qkv_buf_, T, qkv_cols);
   att_ = b.new_tensor(att_buf_, T, att_cols);
   mlp_ = b.new_tensor(mlp_buf_, T, mlp_cols);
-  if (config_.arch == Architecture::kLlama) act_ = b.new_tensor(act_buf_, T, config_.intermediate_size);
+  if (gated) act_ = b.new_tensor(act_buf_, T, config_.intermediate_size);
   mlp_width_ = mlp_cols;
   capacity_tokens_ = std::max(capacity_tokens_, T);
 }
 
 void TransformerModel::self_attention(Tensor out, Tensor in, KvCache& cache, int64_t layer, const LinearWeight& qkv,
                                       const LinearWeight& proj, int64_t rotary_dim) {
+  AttentionOptions a;
+  a.rotary_dim = rotary_dim;
+  a.rope_theta = config_.rope_theta;
+  self_attention(out, in, cache, layer, qkv, proj, a);
+}
+
+void TransformerModel::self_attention(Tensor out, Tensor in, KvCache& cache, int64_t layer, const LinearWeight& qkv,
+                                      const LinearWeight& proj, const AttentionOptions& a) {
   Backend& b = *backend_;
+  const int64_t NH = config_.num_heads, NKV = config_.num_kv_heads, HD = config_.head_dim;
   if (calibration_) observe_input(in, qkv);
   b.linear(qkv_, in, qkv, Activation::kNone);
-  if (rotary_dim > 0) {
-    b.rope(qkv_, config_.num_heads, config_.num_kv_heads, config_.head_dim, rotary_dim, config_.rope_theta);
+  if (a.q_norm != nullptr) b.head_rmsnorm(qkv_, *a.q_norm, *a.k_norm, NH, NKV, HD, config_.norm_eps);
+  if (a.rotary_dim > 0) b.rope(qkv_, NH, NKV, HD, a.rotary_dim, a.rope_theta);
+  if (a.window > 0) {
+    b.attention_window(att_, qkv_, cache, layer, NH, NKV, HD, a.window);
+  } else {
+    b.attention(att_, qkv_, cache, layer, NH, NKV, HD);
   }
-  b.attention(att_, qkv_, cache, layer, config_.num_heads, config_.num_kv_heads, config_.head_dim);
   b.linear(out, att_, proj, Activation::kNone);
 }
 
@@ -356,6 +402,16 @@ void TransformerModel::swiglu_mlp(Tensor out, Tensor in, const LinearWeight& gat
   if (calibration_) observe_input(in, gate_up);
   b.linear(mlp_, in, gate_up, Activation::kNone);
   b.silu_mul(act_, mlp_);
+  b.linear(out, act_, down, Activation::kNone);
+}
+
+void TransformerModel::gated_mlp(Tensor out, Tensor in, const LinearWeight& gate_up, const LinearWeight& down,
+                                 Activation act) {
+  if (act == Activation::kSilu) return swiglu_mlp(out, in, gate_up, down);
+  Backend& b = *backend_;
+  if (calibration_) observe_input(in, gate_up);
+  b.linear(mlp_, in, gate_up, Activation::kNone);
+  b.gated_activation(act_, mlp_, act);
   b.linear(out, act_, down, Activation::kNone);
 }
 
@@ -407,6 +463,7 @@ void TransformerModel::forward(const BatchLayout& batch, KvCache& cache, std::ve
   // The pass's device work, from the uploaded batch to the logits on the device.
   auto device_pass = [&] {
     b.embedding(x_, *embed_, position_table());
+    if (embedding_multiplier_ != 1.0f) b.scale(x_, embedding_multiplier_);
     forward_layers(*run, cache);
     b.gather_logit_rows(last, x_);
     final_norm_(last, last);

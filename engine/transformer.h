@@ -2,6 +2,7 @@
 // activation buffers, and the attention / MLP blocks each architecture's forward pass is a sequence of.
 #pragma once
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <string>
@@ -18,6 +19,22 @@ struct HostLinear {
   std::vector<float> weight;   // (N, K)
   std::vector<float> bias;     // (N) or empty
   int64_t rows = 0, cols = 0;
+};
+
+// How one layer's attention runs beyond q, k, v and the output projection.
+struct AttentionOptions {
+  int64_t rotary_dim = 0;               // 0: no rotary embedding
+  float rope_theta = 10000.0f;
+  int64_t window = 0;                   // sliding window (0: none)
+  const DenseWeight* q_norm = nullptr;  // QK-norm weights (HD) when the architecture has them
+  const DenseWeight* k_norm = nullptr;
+};
+
+// The Llama family differs in which projections carry biases, QK-norm and sliding windows (from the config).
+struct LlamaVariant {
+  bool qkv_bias = false;   // q_proj, k_proj, v_proj biases
+  bool o_bias = false;     // o_proj bias
+  bool qk_norm = false;    // self_attn.q_norm / k_norm (HD) before RoPE
 };
 
 class TransformerModel : public Model {
@@ -55,14 +72,26 @@ class TransformerModel : public Model {
   Precision embedding_precision() const;
   void load_embeddings(const std::string& table, const std::string& lm_head);   // sets embed_, lm_head_
   void finish_load();
+  // Refuses (kUnsupported, naming the op and the architecture) when the backend lacks one of `ops`.
+  void require_ops(std::initializer_list<BackendOp> ops) const;
+  // Gemma's norms multiply by (1 + w): the stored w plus one, as a DenseWeight.
+  DenseWeight make_dense_plus_one(const std::string& name, const std::string& tensor_class, int64_t rows,
+                                  const std::vector<float>& divide_by = {});
+  // Uploads host values (fp32, `shape`) as a DenseWeight and reports it under `name`.
+  DenseWeight upload_dense(const std::string& name, const std::string& tensor_class, const std::vector<int64_t>& shape,
+                           const std::vector<float>& host);
 
   // --- forward helpers ---
   // Grows (never shrinks) the activation buffers to T tokens.
   void ensure_activations(int64_t T);
   void self_attention(Tensor out, Tensor in, KvCache& cache, int64_t layer, const LinearWeight& qkv,
                       const LinearWeight& proj, int64_t rotary_dim);
+  void self_attention(Tensor out, Tensor in, KvCache& cache, int64_t layer, const LinearWeight& qkv,
+                      const LinearWeight& proj, const AttentionOptions& attention);
   void gelu_mlp(Tensor out, Tensor in, const LinearWeight& fc, const LinearWeight& proj, Activation act);
   void swiglu_mlp(Tensor out, Tensor in, const LinearWeight& gate_up, const LinearWeight& down);
+  // down(act(gate) * up) for a gate_up linear (2F, C): kSilu is SwiGLU, kGeluTanh GeGLU.
+  void gated_mlp(Tensor out, Tensor in, const LinearWeight& gate_up, const LinearWeight& down, Activation act);
   // During calibrate(): folds `in`'s per-column absmax into the statistics of `weight` (a linear after a norm).
   void observe_input(Tensor in, const LinearWeight& weight);
 
@@ -72,6 +101,7 @@ class TransformerModel : public Model {
   std::unique_ptr<LinearWeight> embed_;          // (V, C), also the LM head when tied
   std::unique_ptr<LinearWeight> lm_head_;        // (V, C) when untied
   std::function<void(Tensor out, Tensor in)> final_norm_;   // set by the architecture
+  float embedding_multiplier_ = 1.0f;                       // Gemma: sqrt(C), applied to the embedded tokens
   std::map<const LinearWeight*, std::string> linear_names_;
   std::map<std::string, std::vector<float>>* calibration_ = nullptr;   // set while calibrate() runs
   std::vector<float> observe_host_;
@@ -93,5 +123,11 @@ class TransformerModel : public Model {
 std::unique_ptr<Model> make_gpt2(const ModelFile& file, Backend& backend, const LoadOptions& options);
 std::unique_ptr<Model> make_gpt_neox(const ModelFile& file, Backend& backend, const LoadOptions& options);
 std::unique_ptr<Model> make_llama(const ModelFile& file, Backend& backend, const LoadOptions& options);
+std::unique_ptr<Model> make_llama_variant(const ModelFile& file, Backend& backend, const LoadOptions& options,
+                                          const LlamaVariant& variant);
+std::unique_ptr<Model> make_qwen2(const ModelFile& file, Backend& backend, const LoadOptions& options);
+std::unique_ptr<Model> make_qwen3(const ModelFile& file, Backend& backend, const LoadOptions& options);
+std::unique_ptr<Model> make_mistral(const ModelFile& file, Backend& backend, const LoadOptions& options);
+std::unique_ptr<Model> make_gemma3(const ModelFile& file, Backend& backend, const LoadOptions& options);
 
 }  // namespace qs

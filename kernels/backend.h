@@ -70,6 +70,15 @@ struct LinearOptions {
 
 enum class Activation { kNone, kGeluTanh, kGeluErf, kRelu, kSilu };
 
+// Ops a backend may lack; architectures that need one ask supports_op() at load and refuse with its name.
+enum class BackendOp {
+  kGeluTanhGate,            // gated_activation with kGeluTanh (Gemma's GeGLU)
+  kHeadRmsNorm,             // head_rmsnorm (QK-norm: Qwen3, Gemma 3)
+  kScale,                   // scale (Gemma's embedding multiplier)
+  kSlidingWindowAttention,  // attention_window with a window (Mistral, Gemma 3)
+};
+const char* backend_op_name(BackendOp op);
+
 // The tokens of one forward pass. Tokens of one sequence are consecutive and in position order.
 struct BatchLayout {
   std::vector<int32_t> token_ids;      // [T]
@@ -161,6 +170,20 @@ class Backend {
                          int64_t num_kv_heads, int64_t head_dim) = 0;
   // out[L, C] = in[logit_rows of the batch].
   virtual void gather_logit_rows(Tensor out, Tensor in) = 0;
+
+  // ---- Ops some architectures add (the defaults refuse, naming the op; see supports_op) ----
+  virtual bool supports_op(BackendOp op) const { return false; }
+  // out[T, F] = act(gate_up[T, :F]) * gate_up[T, F:]; kSilu is silu_mul.
+  virtual void gated_activation(Tensor out, Tensor gate_up, Activation act);
+  // In place on qkv[T, (NH + 2 NKV) HD]: each q head (HD) = rmsnorm(head) * q_weight, each k head with k_weight.
+  virtual void head_rmsnorm(Tensor qkv, const DenseWeight& q_weight, const DenseWeight& k_weight, int64_t num_heads,
+                            int64_t num_kv_heads, int64_t head_dim, float eps);
+  // x *= factor, in place.
+  virtual void scale(Tensor x, float factor);
+  // attention() where each token sees only the `window` latest positions of its sequence, itself included
+  // (window 0: all of them, as attention()).
+  virtual void attention_window(Tensor out, Tensor qkv, KvCache& cache, int64_t layer, int64_t num_heads,
+                                int64_t num_kv_heads, int64_t head_dim, int64_t window);
 
   // ---- Graphs for decode steps (optional; the defaults mean "not supported": every pass runs its ops) ----
   // A backend that can record a pass's device work once and replay it (CUDA graphs) turns a small model's

@@ -129,7 +129,7 @@ def check_default_model(binary, model_path, text, tokens, context, stride, toler
     rel = q["perplexity"] / ppl - 1.0
     return {
         "model": os.path.relpath(os.path.abspath(model_path), ROOT),
-        "architecture": "llama",
+        "architecture": model.config.model_type,
         "reference": f"transformers {transformers.__version__} (torch {torch.__version__}) fp32 from the same GGUF "
                      f"(dequantized at load)",
         "text": text,

@@ -9,6 +9,9 @@ Writes, under tests/fixtures/tokenizer/:
   llama3/tokenizer.json    the tiny vocabulary with Llama 3's pre-tokenizer (Split on its regex, then
                            ByteLevel without regex) and ignore_merges, as Llama 3's tokenizer.json has them
   llama3/cases.json        reference ids for it
+  gemma3/cases.json        reference ids for Gemma 3's SentencePiece tokenizer as transformers builds it from
+                           models/gemma-3-270m-q4_k_m.gguf (scripts/setup.sh --extra-models); the test reads the
+                           tokenizer from that GGUF and skips itself when the file is absent
 
 Each cases.json holds: "encode": [{text, ids, ids_no_special?}], "decode": [{ids, text, text_skip_special}].
 The strings are generated deterministically (fixed seed), so rerunning gives identical files.
@@ -242,6 +245,7 @@ def write_json(path: Path, obj):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gguf", default=str(ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    ap.add_argument("--gemma-gguf", default=str(ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"))
     args = ap.parse_args()
     strings = test_strings()
     print(f"{len(strings)} test strings")
@@ -267,6 +271,14 @@ def main():
     llama3.save(str(OUT / "llama3" / "tokenizer.json"), pretty=False)
     write_json(OUT / "llama3" / "cases.json",
                {"tokenizer": "tests/fixtures/tokenizer/llama3/tokenizer.json", **cases(llama3, strings)})
+
+    # Gemma 3: transformers' own GGUF tokenizer converter (GemmaTokenizer: Replace " " -> U+2581, BPE with
+    # byte fallback, merges recovered from the vocabulary order).
+    from transformers import AutoTokenizer
+    gemma_path = Path(args.gemma_gguf)
+    gemma = AutoTokenizer.from_pretrained(str(gemma_path.parent), gguf_file=gemma_path.name).backend_tokenizer
+    write_json(OUT / "gemma3" / "cases.json",
+               {"tokenizer": "models/gemma-3-270m-q4_k_m.gguf", **cases(gemma, strings)})
 
 
 if __name__ == "__main__":

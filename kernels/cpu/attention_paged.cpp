@@ -93,7 +93,7 @@ void write_kv(E* k_pool, E* v_pool, const float* qkv, const BatchLayout& batch, 
 }
 
 struct Tile {
-  int32_t seq, first_token, num_tokens, key_end;
+  int32_t seq, first_token, num_tokens, key_begin, key_end;   // key_begin a multiple of BS
 };
 
 // Reused between calls (one forward pass runs attention once per layer): no allocation per call.
@@ -147,13 +147,13 @@ int64_t attention_partial_floats(int64_t max_rows, int64_t HD) { return max_rows
 
 int64_t attention_scratch_floats(int64_t max_rows, int64_t HD, int64_t BS) {
   const int64_t bsp = (BS + 15) / 16 * 16, rows = (max_rows + 15) / 16 * 16;
-  const int64_t n = max_rows * (2 * HD + bsp) + rows * 6;   // qs, acc, S; m, l, alpha, block_sum, limit, qpos
+  const int64_t n = max_rows * (2 * HD + bsp) + rows * 7;   // qs, acc, S; m, l, alpha, block_sum, limit, qpos, lower
   return (n + 15) / 16 * 16 + 16;                           // keep each thread's scratch on its own cache lines
 }
 
 void attention_paged_forward(float* out, const float* qkv, void* k_pool, void* v_pool, DType kv_dtype,
                              const BatchLayout& batch, int64_t BS, int64_t NH, int64_t NKV, int64_t HD,
-                             int64_t block_stride, AttentionIsa isa) {
+                             int64_t block_stride, AttentionIsa isa, int64_t window) {
   if (block_stride <= 0) block_stride = NKV * HD * BS;
   QS_CHECK(NKV > 0 && NH % NKV == 0 && HD > 0 && BS > 0, ErrorCode::kInternal, "attention: ", NH,
            " query heads are not a multiple of ", NKV, " KV heads (head dim ", HD, ", block size ", BS, ")");
@@ -185,9 +185,14 @@ void attention_paged_forward(float* out, const float* qkv, void* k_pool, void* v
     while (end < T && batch.seq_of_token[size_t(end)] == seq) ++end;
     for (int64_t a = t; a < end; a += tile_tokens) {
       const int64_t n = std::min(tile_tokens, end - a);
-      int32_t last = 0;
-      for (int64_t i = a; i < a + n; ++i) last = std::max(last, batch.positions[size_t(i)]);
-      ws.tiles.push_back(Tile{seq, int32_t(a), int32_t(n), last + 1});
+      int32_t last = 0, first = INT32_MAX;
+      for (int64_t i = a; i < a + n; ++i) {
+        last = std::max(last, batch.positions[size_t(i)]);
+        first = std::min(first, batch.positions[size_t(i)]);
+      }
+      // With a window, the blocks before the earliest query's window hold no key any row of the tile sees.
+      const int64_t key_begin = window > 0 ? std::max<int64_t>(0, first + 1 - window) / BS * BS : 0;
+      ws.tiles.push_back(Tile{seq, int32_t(a), int32_t(n), int32_t(key_begin), last + 1});
     }
     t = end;
   }
@@ -207,17 +212,18 @@ void attention_paged_forward(float* out, const float* qkv, void* k_pool, void* v
   // Latest tiles first: in a prefill they see the most keys, and dynamic scheduling balances best big-first.
   for (auto tile = ws.tiles.rbegin(); tile != ws.tiles.rend(); ++tile) {
     max_rows = std::max(max_rows, int64_t(tile->num_tokens) * G);
-    const int64_t blocks = (tile->key_end + BS - 1) / BS;
-    const int64_t ranges = std::min(split, std::max<int64_t>(1, blocks / kMinBlocksPerRange));
+    const int64_t first_block = tile->key_begin / BS, blocks = (tile->key_end + BS - 1) / BS;
+    const int64_t ranges = std::min(split, std::max<int64_t>(1, (blocks - first_block) / kMinBlocksPerRange));
     for (int64_t h = 0; h < NKV; ++h) {
-      AttentionWorkItem item{tile->seq, int32_t(h), tile->first_token, tile->num_tokens, 0, tile->key_end, -1};
+      AttentionWorkItem item{tile->seq, int32_t(h), tile->first_token, tile->num_tokens, tile->key_begin,
+                             tile->key_end, -1};
       if (ranges <= 1) {
         ws.items.push_back(item);
         continue;
       }
-      const int64_t per_range = (blocks + ranges - 1) / ranges;
+      const int64_t per_range = (blocks - first_block + ranges - 1) / ranges;
       AttentionMerge merge{int32_t(h), tile->first_token, tile->num_tokens, partials, 0};
-      for (int64_t b = 0; b < blocks; b += per_range) {
+      for (int64_t b = first_block; b < blocks; b += per_range) {
         item.key_begin = int32_t(b * BS);
         item.key_end = int32_t(std::min<int64_t>(tile->key_end, (b + per_range) * BS));
         item.partial = partials++;
@@ -244,6 +250,7 @@ void attention_paged_forward(float* out, const float* qkv, void* k_pool, void* v
   plan.HD = HD;
   plan.block_stride = block_stride;
   plan.scale_log2 = float(1.4426950408889634 / std::sqrt(double(HD)));
+  plan.window = window;
   plan.items = ws.items.data();
   plan.num_items = int64_t(ws.items.size());
   plan.merges = ws.merges.data();

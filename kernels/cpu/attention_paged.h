@@ -22,11 +22,13 @@ const char* attention_isa_name(AttentionIsa isa);
 
 // Writes this pass's k, v of qkv (T, (NH+2NKV)*HD) into the layer's pools, then out (T, NH*HD) = causal
 // softmax(q k^T / sqrt(HD)) v over each token's sequence, as attention_forward does. kv_dtype is F32 or F16.
+// window > 0: each token sees only positions (pos - window, pos] (sliding-window attention); blocks wholly
+// before every query's window are not read.
 // Work is split over the OpenMP threads by (sequence, KV head, query tile) and, when that gives too few
 // pieces for the threads (long decode at small batch), by key ranges whose partial results are merged.
 void attention_paged_forward(float* out, const float* qkv, void* k_pool, void* v_pool, DType kv_dtype,
                              const BatchLayout& batch, int64_t BS, int64_t NH, int64_t NKV, int64_t HD,
-                             int64_t block_stride = 0, AttentionIsa isa = AttentionIsa::kAuto);
+                             int64_t block_stride = 0, AttentionIsa isa = AttentionIsa::kAuto, int64_t window = 0);
 
 // ---- internal: what the per-ISA kernels (attention_paged_kernel.h) are handed -----------------------------
 
@@ -57,6 +59,7 @@ struct AttentionPlan {
   int64_t BS = 0, NH = 0, NKV = 0, HD = 0;
   int64_t block_stride = 0;          // elements from one block of a pool to the next
   float scale_log2 = 0;              // log2(e) / sqrt(HD): scores are kept in base 2
+  int64_t window = 0;                // sliding window (0: none): keys before pos + 1 - window are masked
   const AttentionWorkItem* items = nullptr;
   int64_t num_items = 0;
   const AttentionMerge* merges = nullptr;

@@ -152,6 +152,7 @@ void run_item(const AttentionPlan& p, const AttentionWorkItem& it, float* scratc
   float* block_sum = alpha + MRV; // (MRV)
   int32_t* limit = reinterpret_cast<int32_t*>(block_sum + MRV);   // (MRV) keys of the block each row sees
   int32_t* qpos = limit + MRV;    // (MRV)
+  int32_t* lower = qpos + MRV;    // (MRV) keys of the block before each row's window
 
   const int64_t row = (p.NH + 2 * p.NKV) * HD;
   for (int64_t r = 0; r < R; ++r) {
@@ -189,6 +190,12 @@ void run_item(const AttentionPlan& p, const AttentionWorkItem& it, float* scratc
 #define QS_ATTN_SCORES(RRV) block_scores<E, RRV>(S + r0 * BSP, BSP, qs + r0 * HD, HD, kb, BS, n, limit + r0)
     QS_ATTN_FOR_ROW_TILES(R, QS_ATTN_SCORES)
 #undef QS_ATTN_SCORES
+    if (p.window > 0) {   // sliding window: the block's keys before each row's window are masked too
+      for (int64_t r = 0; r < R; ++r) {
+        lower[r] = int32_t(max_i64(0, min_i64(int64_t(qpos[r]) + 1 - p.window - key0, n)));
+        for (int64_t c = 0; c < lower[r]; ++c) S[r * BSP + c] = -__builtin_inff();
+      }
+    }
     block_softmax(S, BSP, n, R, m, l, alpha, block_sum);
 #define QS_ATTN_VALUES(RRV) block_values<E, RRV>(acc + r0 * HD, HD, S + r0 * BSP, BSP, alpha + r0, vb, n)
     QS_ATTN_FOR_ROW_TILES(R, QS_ATTN_VALUES)

@@ -371,6 +371,10 @@ class CpuBackend final : public Backend {
   }
   void attention(Tensor out, Tensor qkv, KvCache& cache, int64_t layer, int64_t num_heads, int64_t num_kv_heads,
                  int64_t head_dim) override {
+    attention_window(out, qkv, cache, layer, num_heads, num_kv_heads, head_dim, 0);
+  }
+  void attention_window(Tensor out, Tensor qkv, KvCache& cache, int64_t layer, int64_t num_heads,
+                        int64_t num_kv_heads, int64_t head_dim, int64_t window) override {
     auto& kv = static_cast<CpuKvCache&>(cache);
     QS_CHECK(layer >= 0 && layer < kv.config().num_layers && num_kv_heads == kv.config().num_kv_heads &&
                  head_dim == kv.config().head_dim,
@@ -378,7 +382,30 @@ class CpuBackend final : public Backend {
              " does not match the KV cache");
     kv.note_blocks(*batch_);
     cpu::attention_paged_forward(f32(out), f32(qkv), kv.k(layer), kv.v(layer), kv.dtype(), *batch_,
-                                 kv.config().block_size, num_heads, num_kv_heads, head_dim, kv.block_stride());
+                                 kv.config().block_size, num_heads, num_kv_heads, head_dim, kv.block_stride(),
+                                 cpu::AttentionIsa::kAuto, window);
+  }
+  bool supports_op(BackendOp) const override { return true; }
+  void gated_activation(Tensor out, Tensor gate_up, Activation act) override {
+    QS_CHECK(act == Activation::kSilu || act == Activation::kGeluTanh, ErrorCode::kInternal,
+             "gated_activation: only silu and gelu-tanh gates exist");
+    if (act == Activation::kSilu) {
+      cpu::silu_mul_forward(f32(out), f32(gate_up), gate_up.rows, gate_up.cols / 2);
+    } else {
+      cpu::gelu_tanh_mul_forward(f32(out), f32(gate_up), gate_up.rows, gate_up.cols / 2);
+    }
+  }
+  void head_rmsnorm(Tensor qkv, const DenseWeight& q_weight, const DenseWeight& k_weight, int64_t num_heads,
+                    int64_t num_kv_heads, int64_t head_dim, float eps) override {
+    QS_CHECK(q_weight.rows * q_weight.cols == head_dim && k_weight.rows * k_weight.cols == head_dim &&
+                 qkv.cols == (num_heads + 2 * num_kv_heads) * head_dim,
+             ErrorCode::kInternal, "head_rmsnorm: weights or qkv do not match the head size ", head_dim);
+    cpu::head_rmsnorm_forward(f32(qkv), dense(q_weight), dense(k_weight), qkv.rows, num_heads, num_kv_heads,
+                              head_dim, eps);
+  }
+  void scale(Tensor x, float factor) override {
+    float* p = f32(x);
+    for (int64_t i = 0; i < x.rows * x.cols; ++i) p[i] *= factor;
   }
   void gather_logit_rows(Tensor out, Tensor in) override {
     const float* x = f32(in);

@@ -88,6 +88,32 @@ void silu_mul_forward(float* out, const float* gate_up, int64_t T, int64_t F) {
   }
 }
 
+void gelu_tanh_mul_forward(float* out, const float* gate_up, int64_t T, int64_t F) {
+#pragma omp parallel for schedule(static) if (T * F > 16384)
+  for (int64_t t = 0; t < T; ++t) {
+    const float* g = gate_up + t * 2 * F;
+    const float* u = g + F;
+    float* y = out + t * F;
+    for (int64_t f = 0; f < F; ++f) y[f] = gelu_tanh(g[f]) * u[f];
+  }
+}
+
+void head_rmsnorm_forward(float* qkv, const float* q_w, const float* k_w, int64_t T, int64_t NH, int64_t NKV,
+                          int64_t HD, float eps) {
+  const int64_t row = (NH + 2 * NKV) * HD;
+#pragma omp parallel for schedule(static) if (T * row > 16384)
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t h = 0; h < NH + NKV; ++h) {   // q heads, then k heads
+      float* x = qkv + t * row + h * HD;
+      const float* w = h < NH ? q_w : k_w;
+      float ss = 0;
+      for (int64_t d = 0; d < HD; ++d) ss += x[d] * x[d];
+      const float rms = 1.0f / std::sqrt(ss / float(HD) + eps);
+      for (int64_t d = 0; d < HD; ++d) x[d] = w[d] * (x[d] * rms);
+    }
+  }
+}
+
 void rope_forward(float* qkv, const int32_t* positions, int64_t T, int64_t NH, int64_t NKV, int64_t HD,
                   int64_t rotary_dim, float theta) {
   const int64_t half = rotary_dim / 2;
@@ -124,7 +150,7 @@ inline int64_t cache_slot(const BatchLayout& batch, int64_t seq, int64_t pos, in
 }  // namespace
 
 void attention_forward(float* out, const float* qkv, float* k_pool, float* v_pool, const BatchLayout& batch,
-                       int64_t BS, int64_t NH, int64_t NKV, int64_t HD) {
+                       int64_t BS, int64_t NH, int64_t NKV, int64_t HD, int64_t window) {
   const int64_t T = batch.num_tokens();
   const int64_t row = (NH + 2 * NKV) * HD;
   const int64_t kv_row = NKV * HD;
@@ -144,11 +170,12 @@ void attention_forward(float* out, const float* qkv, float* k_pool, float* v_poo
       for (int64_t h = 0; h < NH; ++h) {
         const int64_t seq = batch.seq_of_token[size_t(t)];
         const int64_t len = batch.positions[size_t(t)] + 1;   // causal: positions 0..own
+        const int64_t first = window > 0 ? std::max<int64_t>(0, len - window) : 0;   // sliding window
         const int64_t kvh = h / group;
         const float* q = qkv + t * row + h * HD;
-        scores.resize(size_t(len));
+        scores.assign(size_t(len), 0.0f);
         float max_score = -INFINITY;
-        for (int64_t j = 0; j < len; ++j) {
+        for (int64_t j = first; j < len; ++j) {
           const float* k = k_pool + cache_slot(batch, seq, j, BS) * kv_row + kvh * HD;
           float dot = 0;
           for (int64_t d = 0; d < HD; ++d) dot += q[d] * k[d];
@@ -156,13 +183,13 @@ void attention_forward(float* out, const float* qkv, float* k_pool, float* v_poo
           max_score = std::max(max_score, scores[size_t(j)]);
         }
         float sum = 0;
-        for (int64_t j = 0; j < len; ++j) {
+        for (int64_t j = first; j < len; ++j) {
           scores[size_t(j)] = std::exp(scores[size_t(j)] - max_score);
           sum += scores[size_t(j)];
         }
         const float inv_sum = 1.0f / sum;
         std::fill(acc.begin(), acc.end(), 0.0f);
-        for (int64_t j = 0; j < len; ++j) {
+        for (int64_t j = first; j < len; ++j) {
           const float* v = v_pool + cache_slot(batch, seq, j, BS) * kv_row + kvh * HD;
           const float p = scores[size_t(j)] * inv_sum;
           for (int64_t d = 0; d < HD; ++d) acc[size_t(d)] += p * v[d];

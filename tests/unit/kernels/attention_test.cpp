@@ -1,6 +1,6 @@
 // The fast paged attention (kernels/cpu/attention_paged.h) against the reference attention_forward of
 // cpu_ops.h: every ISA this CPU has, fp32 and fp16 caches, GQA and MHA, head dims 64 and 128, contexts 1 to
-// 4,096, batches that mix prefill chunks and decode tokens, key-range splits.
+// 4,096, batches that mix prefill chunks and decode tokens, key-range splits, sliding windows.
 //
 // Tolerances: an fp32 cache must agree with the reference to 2e-5 + 1e-4 |ref| (the two differ only in the
 // order of sums and in exp2 by polynomial, relative error < 2e-7). An fp16 cache is compared with the
@@ -52,7 +52,8 @@ struct Slice {
 
 class PagedAttention {
  public:
-  PagedAttention(const AttnConfig& c, const std::vector<int64_t>& lens, uint32_t seed) : c_(c) {
+  PagedAttention(const AttnConfig& c, const std::vector<int64_t>& lens, uint32_t seed, int64_t window = 0)
+      : c_(c), window_(window) {
     row_ = (c.NH + 2 * c.NKV) * c.HD;
     int64_t blocks = 0;
     for (int64_t L : lens) blocks += (L + c.BS - 1) / c.BS;
@@ -97,7 +98,7 @@ class PagedAttention {
     const int64_t T = batch.num_tokens(), C = c_.NH * c_.HD;
     std::vector<float> out(static_cast<size_t>(T * C), NAN);
     cpu::attention_paged_forward(out.data(), in.data(), fast_k_.data(), fast_v_.data(), c_.dtype, batch, c_.BS,
-                                 c_.NH, c_.NKV, c_.HD, 0, c_.isa);
+                                 c_.NH, c_.NKV, c_.HD, 0, c_.isa, window_);
 
     // The reference over a subset of each slice's rows (first, last and evenly between), its cache filled with
     // the positions before the slice as the reference itself would have written them.
@@ -178,11 +179,13 @@ class PagedAttention {
       std::copy_n(in_all.begin() + i * row_ + (c_.NH + c_.NKV) * c_.HD, kv_row, ref_v_.begin() + slot * kv_row);
     }
     std::vector<float> out(static_cast<size_t>(int64_t(rows.size()) * c_.NH * c_.HD));
-    cpu::attention_forward(out.data(), in.data(), ref_k_.data(), ref_v_.data(), batch, c_.BS, c_.NH, c_.NKV, c_.HD);
+    cpu::attention_forward(out.data(), in.data(), ref_k_.data(), ref_v_.data(), batch, c_.BS, c_.NH, c_.NKV, c_.HD,
+                           window_);
     return out;
   }
 
   AttnConfig c_;
+  int64_t window_ = 0;
   int64_t row_ = 0, num_blocks_ = 0;
   std::vector<TestSeq> seqs_;
   std::vector<uint8_t> fast_k_, fast_v_;
@@ -232,6 +235,29 @@ TEST_P(FastAttention, SplitKeyRangesAcrossThreads) {
     a.run_pass({{0, 0, L - 1}, {1, 0, 69}}, 4, what + " prefill");
     a.run_pass({{0, L - 1, 1}}, 1, what + " decode b1");
     a.run_pass({{1, 69, 1}}, 1, what + " short decode");
+  }
+  omp_set_num_threads(saved);
+}
+
+// Sliding windows (Mistral, Gemma 3) of 1 position, less than a block, a block, several blocks and more than
+// the context: prefill chunks whose tiles straddle window starts, decode, mixed batches, split key ranges.
+TEST_P(FastAttention, SlidingWindowMatchesReference) {
+  const AttnConfig& c = GetParam();
+  const int saved = omp_get_max_threads();
+  const int64_t L = c.isa == cpu::AttentionIsa::kScalar ? 300 : 1200;
+  for (int64_t window : {1, 5, 16, 100, 512, 5000}) {
+    for (int threads : {1, 8}) {
+      omp_set_num_threads(threads);
+      PagedAttention a(c, {L + 1, 90}, uint32_t(window), window);
+      const std::string what = config_name(c) + " window " + std::to_string(window) + ", " +
+                               std::to_string(threads) + " threads";
+      for (int64_t p = 0; p < L - 1; p += 256) {
+        a.run_pass({{0, p, std::min<int64_t>(256, L - 1 - p)}}, 6, what + " prefill");
+      }
+      a.run_pass({{0, L - 1, 1}, {1, 0, 60}}, 6, what + " decode + prefill");
+      a.run_pass({{0, L, 1}}, 1, what + " decode");
+      a.run_pass({{1, 60, 30}}, 8, what + " second chunk");
+    }
   }
   omp_set_num_threads(saved);
 }

@@ -1,5 +1,6 @@
 // Tokenizer tests: exact ids against Hugging Face `tokenizers` (fixtures from tools/make_tokenizer_fixtures.py),
 // round trips, streaming decoding, special tokens, file errors, speed.
+#include "engine/model_file.h"
 #include "engine/tokenizer.h"
 
 #include <gtest/gtest.h>
@@ -54,14 +55,29 @@ const Tokenizer& llama3() {
   static const Tokenizer t(read_tokenizer_json(kLlama3Tokenizer));
   return t;
 }
+// Gemma 3's SentencePiece tokenizer, as the GGUF loader reads it from the real model (setup.sh --extra-models).
+const std::string kGemmaModel = kRoot + "/models/gemma-3-270m-q4_k_m.gguf";
+const std::string kGemmaCases = kRoot + "/tests/fixtures/tokenizer/gemma3/cases.json";
+const Tokenizer& gemma3() {
+  static const Tokenizer t(ModelFile::open(kGemmaModel)->tokenizer_spec());
+  return t;
+}
 
 struct Named {
   const char* name;
   const Tokenizer& (*tokenizer)();
   const std::string* cases;
+  const std::string* needs_file = nullptr;   // a model file the setup script fetches; the test skips without it
 };
 
-class ReferenceTest : public ::testing::TestWithParam<Named> {};
+class ReferenceTest : public ::testing::TestWithParam<Named> {
+ protected:
+  void SetUp() override {
+    if (GetParam().needs_file && !std::filesystem::exists(*GetParam().needs_file)) {
+      GTEST_SKIP() << *GetParam().needs_file << " is absent (bash scripts/setup.sh --extra-models fetches it)";
+    }
+  }
+};
 
 TEST_P(ReferenceTest, EncodeMatchesHuggingFace) {
   const Tokenizer& tok = GetParam().tokenizer();
@@ -137,7 +153,8 @@ TEST_P(ReferenceTest, StreamingConcatenatesToDecode) {
 
 INSTANTIATE_TEST_SUITE_P(Tokenizers, ReferenceTest,
                          ::testing::Values(Named{"smollm2", &smol, &kSmolCases}, Named{"tiny", &tiny, &kTinyCases},
-                                           Named{"llama3", &llama3, &kLlama3Cases}),
+                                           Named{"llama3", &llama3, &kLlama3Cases},
+                                           Named{"gemma3", &gemma3, &kGemmaCases, &kGemmaModel}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 TEST(Tokenizer, SmolLM2SpecFromTokenizerJson) {
