@@ -154,7 +154,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binary", help="quantserve binary (default: $QUANTSERVE_BIN or build*/server/quantserve)")
     ap.add_argument("--fixtures-only", action="store_true", help="only (a): needs no torch/transformers")
-    ap.add_argument("--fixtures", default="gpt2,gpt_neox,gpt_neox_seq,llama,llama_untied")
+    ap.add_argument("--fixtures", default="gpt2,gpt_neox,gpt_neox_seq,llama,llama_untied,qwen2,qwen3,mistral,gemma3")
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--text", default=DEFAULT_TEXT)
     ap.add_argument("--tokens", type=int, default=2048)
