@@ -112,6 +112,18 @@ std::vector<bool> sliding_layer_flags(const json& j, const std::string& file) {
   return out;
 }
 
+// The sizes every Llama-style config (Llama, Qwen, Mistral, Gemma) spells the same way.
+void read_decoder_sizes(const ConfigReader& r, ModelConfig& c, int64_t default_positions) {
+  c.vocab_size = r.get_int("vocab_size");
+  c.hidden_size = r.get_int("hidden_size");
+  c.num_layers = r.get_int("num_hidden_layers");
+  c.num_heads = r.get_int("num_attention_heads");
+  c.num_kv_heads = r.get_int("num_key_value_heads", c.num_heads);
+  c.intermediate_size = r.get_int("intermediate_size");
+  c.max_positions = r.get_int("max_position_embeddings", default_positions);
+  c.norm_eps = float(r.get_float("rms_norm_eps", 1e-6));
+}
+
 void check_positive(int64_t v, const char* what, const std::string& file) {
   QS_CHECK(v > 0 && v < (int64_t(1) << 40), ErrorCode::kInvalidModel, file, ": ", what, " is ", v,
            ", expected a positive number");
@@ -185,14 +197,7 @@ ModelConfig parse_hf_config(const std::string& json_text, const std::string& fil
     c.arch = model_type == "qwen2" ? Architecture::kQwen2
              : model_type == "qwen3" ? Architecture::kQwen3
              : model_type == "mistral" ? Architecture::kMistral : Architecture::kLlama;
-    c.vocab_size = r.get_int("vocab_size");
-    c.hidden_size = r.get_int("hidden_size");
-    c.num_layers = r.get_int("num_hidden_layers");
-    c.num_heads = r.get_int("num_attention_heads");
-    c.num_kv_heads = r.get_int("num_key_value_heads", c.num_heads);
-    c.intermediate_size = r.get_int("intermediate_size");
-    c.max_positions = r.get_int("max_position_embeddings", 2048);
-    c.norm_eps = float(r.get_float("rms_norm_eps", 1e-6));
+    read_decoder_sizes(r, c, 2048);
     c.hidden_act = parse_activation(r.get_string("hidden_act", "silu"), file, "hidden_act");
     c.rope_theta = float(rope_base(j, file, nullptr, 10000.0));
     c.tie_word_embeddings = r.get_bool("tie_word_embeddings", false);
@@ -211,14 +216,7 @@ ModelConfig parse_hf_config(const std::string& json_text, const std::string& fil
     }
   } else if (model_type == "gemma3_text") {
     c.arch = Architecture::kGemma3;
-    c.vocab_size = r.get_int("vocab_size");
-    c.hidden_size = r.get_int("hidden_size");
-    c.num_layers = r.get_int("num_hidden_layers");
-    c.num_heads = r.get_int("num_attention_heads");
-    c.num_kv_heads = r.get_int("num_key_value_heads", c.num_heads);
-    c.intermediate_size = r.get_int("intermediate_size");
-    c.max_positions = r.get_int("max_position_embeddings", 131072);
-    c.norm_eps = float(r.get_float("rms_norm_eps", 1e-6));
+    read_decoder_sizes(r, c, 131072);
     c.hidden_act = parse_activation(r.get_string("hidden_activation", "gelu_pytorch_tanh"), file, "hidden_activation");
     QS_CHECK(c.hidden_act == HiddenAct::kGeluTanh, ErrorCode::kUnsupported, file,
              ": Gemma 3 with a hidden_activation other than gelu_pytorch_tanh is not supported");

@@ -26,27 +26,28 @@ void unpack_k_scales(const uint8_t* s, uint8_t* sc, uint8_t* mn) {
   }
 }
 
-void dequantize_q5_0(float* y, const BlockQ5_0& b) {
-  const float d = f16_to_f32(b.d);
-  const uint32_t qh = uint32_t(b.qh[0]) | uint32_t(b.qh[1]) << 8 | uint32_t(b.qh[2]) << 16 | uint32_t(b.qh[3]) << 24;
+// Q5_0 / Q5_1: element j (< 16) is the low nibble of qs[j], element j + 16 the high one; bit j / j + 16 of qh is
+// their fifth bit. x = d (q - 16) for Q5_0, d q + m for Q5_1.
+void dequantize_q5(float* y, uint16_t d_half, const uint8_t* qh_bytes, const uint8_t* qs, int offset,
+                   const uint16_t* m_half) {
+  const float d = f16_to_f32(d_half);
+  const uint32_t qh = uint32_t(qh_bytes[0]) | uint32_t(qh_bytes[1]) << 8 | uint32_t(qh_bytes[2]) << 16 |
+                      uint32_t(qh_bytes[3]) << 24;
   for (int j = 0; j < 16; ++j) {
-    const int lo = (b.qs[j] & 0x0f) | int((qh >> j) & 1) << 4;
-    const int hi = (b.qs[j] >> 4) | int((qh >> (j + 16)) & 1) << 4;
-    y[j] = d * float(lo - 16);
-    y[j + 16] = d * float(hi - 16);
+    const int lo = ((qs[j] & 0x0f) | int((qh >> j) & 1) << 4) - offset;
+    const int hi = ((qs[j] >> 4) | int((qh >> (j + 16)) & 1) << 4) - offset;
+    if (m_half == nullptr) {
+      y[j] = d * float(lo);
+      y[j + 16] = d * float(hi);
+    } else {
+      const float m = f16_to_f32(*m_half);
+      y[j] = d * float(lo) + m;
+      y[j + 16] = d * float(hi) + m;
+    }
   }
 }
-
-void dequantize_q5_1(float* y, const BlockQ5_1& b) {
-  const float d = f16_to_f32(b.d), m = f16_to_f32(b.m);
-  const uint32_t qh = uint32_t(b.qh[0]) | uint32_t(b.qh[1]) << 8 | uint32_t(b.qh[2]) << 16 | uint32_t(b.qh[3]) << 24;
-  for (int j = 0; j < 16; ++j) {
-    const int lo = (b.qs[j] & 0x0f) | int((qh >> j) & 1) << 4;
-    const int hi = (b.qs[j] >> 4) | int((qh >> (j + 16)) & 1) << 4;
-    y[j] = d * float(lo) + m;
-    y[j + 16] = d * float(hi) + m;
-  }
-}
+void dequantize_q5_0(float* y, const BlockQ5_0& b) { dequantize_q5(y, b.d, b.qh, b.qs, 16, nullptr); }
+void dequantize_q5_1(float* y, const BlockQ5_1& b) { dequantize_q5(y, b.d, b.qh, b.qs, 0, &b.m); }
 
 // Element e = 128 h + 32 s + l (h half, s shift 0..3, l < 32): 2 bits at shift 2s of qs[32 h + l]; scale e / 16.
 void dequantize_q2_k(float* y, const BlockQ2_K& b) {
@@ -77,30 +78,22 @@ void dequantize_q3_k(float* y, const BlockQ3_K& b) {
   }
 }
 
-// Element e = 64 c + 32 k + l: nibble k of qs[32 c + l]; sub-block e / 32 = 2c + k.
-void dequantize_q4_k(float* y, const BlockQ4_K& b) {
-  const float d = f16_to_f32(b.d), dmin = f16_to_f32(b.dmin);
+// Q4_K / Q5_K: element e = 64 c + 32 k + l is nibble k of qs[32 c + l] (sub-block j = e / 32 = 2c + k), plus for
+// Q5_K a fifth bit, bit j of qh[l]; x = (d sc_j) q - (dmin m_j).
+void dequantize_k_nibbles(float* y, uint16_t d_half, uint16_t dmin_half, const uint8_t* scales, const uint8_t* qs,
+                          const uint8_t* qh) {
+  const float d = f16_to_f32(d_half), dmin = f16_to_f32(dmin_half);
   uint8_t sc[8], mn[8];
-  unpack_k_scales(b.scales, sc, mn);
+  unpack_k_scales(scales, sc, mn);
   for (int e = 0; e < 256; ++e) {
     const int j = e / 32, c = e / 64, k = j % 2, l = e % 32;
     const float dl = d * float(sc[j]), ml = dmin * float(mn[j]);
-    y[e] = dl * float((b.qs[32 * c + l] >> (4 * k)) & 0x0f) - ml;
+    const int high = qh != nullptr ? ((qh[l] >> j) & 1) << 4 : 0;
+    y[e] = dl * float(((qs[32 * c + l] >> (4 * k)) & 0x0f) | high) - ml;
   }
 }
-
-// As Q4_K, plus a fifth bit: bit j of qh[l] for element 32 j + l.
-void dequantize_q5_k(float* y, const BlockQ5_K& b) {
-  const float d = f16_to_f32(b.d), dmin = f16_to_f32(b.dmin);
-  uint8_t sc[8], mn[8];
-  unpack_k_scales(b.scales, sc, mn);
-  for (int e = 0; e < 256; ++e) {
-    const int j = e / 32, c = e / 64, k = j % 2, l = e % 32;
-    const float dl = d * float(sc[j]), ml = dmin * float(mn[j]);
-    const int q = ((b.qs[32 * c + l] >> (4 * k)) & 0x0f) | ((b.qh[l] >> j) & 1) << 4;
-    y[e] = dl * float(q) - ml;
-  }
-}
+void dequantize_q4_k(float* y, const BlockQ4_K& b) { dequantize_k_nibbles(y, b.d, b.dmin, b.scales, b.qs, nullptr); }
+void dequantize_q5_k(float* y, const BlockQ5_K& b) { dequantize_k_nibbles(y, b.d, b.dmin, b.scales, b.qs, b.qh); }
 
 // Element e = 128 h + 64 k + m (m < 64): nibble k of ql[64 h + m]; its high 2 bits at shift 2 (e % 128 / 32)
 // of qh[32 h + e % 32]; scale e / 16.

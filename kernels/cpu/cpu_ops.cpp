@@ -78,24 +78,26 @@ void apply_activation(float* x, int64_t n, Activation act) {
   }
 }
 
-void silu_mul_forward(float* out, const float* gate_up, int64_t T, int64_t F) {
+namespace {
+// out (T, F) = gate(gate_up[:, :F]) * gate_up[:, F:].
+template <float (*Gate)(float)>
+void gated_forward(float* out, const float* gate_up, int64_t T, int64_t F) {
 #pragma omp parallel for schedule(static) if (T * F > 16384)
   for (int64_t t = 0; t < T; ++t) {
     const float* g = gate_up + t * 2 * F;
     const float* u = g + F;
     float* y = out + t * F;
-    for (int64_t f = 0; f < F; ++f) y[f] = silu(g[f]) * u[f];
+    for (int64_t f = 0; f < F; ++f) y[f] = Gate(g[f]) * u[f];
   }
+}
+}  // namespace
+
+void silu_mul_forward(float* out, const float* gate_up, int64_t T, int64_t F) {
+  gated_forward<silu>(out, gate_up, T, F);
 }
 
 void gelu_tanh_mul_forward(float* out, const float* gate_up, int64_t T, int64_t F) {
-#pragma omp parallel for schedule(static) if (T * F > 16384)
-  for (int64_t t = 0; t < T; ++t) {
-    const float* g = gate_up + t * 2 * F;
-    const float* u = g + F;
-    float* y = out + t * F;
-    for (int64_t f = 0; f < F; ++f) y[f] = gelu_tanh(g[f]) * u[f];
-  }
+  gated_forward<gelu_tanh>(out, gate_up, T, F);
 }
 
 void head_rmsnorm_forward(float* qkv, const float* q_w, const float* k_w, int64_t T, int64_t NH, int64_t NKV,

@@ -331,5 +331,44 @@ TEST(DefaultModel, SmolLM2Q4_1Opens) {
   }
 }
 
+// The second real model (setup.sh --extra-models): Gemma 3 270M, Q4_K_M (Q4_K, Q6_K, Q5_0, Q8_0 and F32 tensors).
+TEST(ExtraModel, Gemma3_270mQ4KMOpens) {
+  const std::string path = std::string(QS_SOURCE_DIR) + "/models/gemma-3-270m-q4_k_m.gguf";
+  if (!fs::exists(path)) GTEST_SKIP() << path << " is absent (bash scripts/setup.sh --extra-models fetches it)";
+  auto m = ModelFile::open(path);
+  const ModelConfig& c = m->config();
+  EXPECT_EQ(c.arch, Architecture::kGemma3);
+  EXPECT_EQ(c.num_layers, 18);
+  EXPECT_EQ(c.hidden_size, 640);
+  EXPECT_EQ(c.num_heads, 4);
+  EXPECT_EQ(c.num_kv_heads, 1);
+  EXPECT_EQ(c.head_dim, 256);
+  EXPECT_EQ(c.vocab_size, 262144);
+  EXPECT_TRUE(c.qk_norm);
+  EXPECT_TRUE(c.tie_word_embeddings);
+  EXPECT_EQ(c.sliding_window, 512);
+  for (int64_t l = 0; l < c.num_layers; ++l) EXPECT_EQ(c.layer_slides(l), (l + 1) % 6 != 0) << l;
+  EXPECT_FLOAT_EQ(c.rope_theta, 1e6f);
+  EXPECT_FLOAT_EQ(c.rope_local_theta, 1e4f);
+  EXPECT_EQ(m->get("model.layers.0.self_attn.o_proj.weight", {640, 1024}).dtype, DType::Q4_K);
+  EXPECT_EQ(m->get("model.layers.0.mlp.down_proj.weight", {640, 2048}).dtype, DType::Q6_K);
+  EXPECT_EQ(m->get("model.layers.0.self_attn.q_proj.weight", {1024, 640}).dtype, DType::Q5_0);
+  // llama.cpp stored Gemma's norms as 1 + w; the loader gives HF's w.
+  const std::vector<float> norm = m->get_f32("model.layers.0.input_layernorm.weight", {640});
+  GgufFile g = read_gguf(path);
+  for (const StoredTensor& t : g.tensors) {
+    if (t.name != "blk.0.attn_norm.weight") continue;
+    std::vector<float> stored(640);
+    convert_to_f32(stored.data(), t.data, t.dtype, 640);
+    for (size_t i = 0; i < 640; ++i) EXPECT_EQ(norm[i], stored[i] - 1.0f) << i;
+  }
+  m->get("model.layers.5.post_feedforward_layernorm.weight", {640});
+  const TokenizerSpec& s = m->tokenizer_spec();
+  EXPECT_EQ(s.model, "spm");
+  EXPECT_TRUE(s.add_bos);
+  EXPECT_FALSE(s.add_space_prefix);
+  EXPECT_EQ(s.tokens.at(size_t(c.eos_token_id)), "<end_of_turn>");
+}
+
 }  // namespace
 }  // namespace qs::loader_test

@@ -383,12 +383,13 @@ TEST(Safetensors, OpensConformanceFixtures) {
     if (c.arch == Architecture::kGpt2) {
       EXPECT_NE(m->find("transformer.h.0.attn.c_attn.weight"), nullptr);
       m->get("transformer.wte.weight", {c.vocab_size, c.hidden_size});
-    } else if (c.arch == Architecture::kLlama) {
+    } else if (c.arch == Architecture::kGptNeoX) {
+      m->get("gpt_neox.embed_in.weight", {c.vocab_size, c.hidden_size});
+    } else {   // the Llama family and Gemma 3 share Llama's names
       m->get("model.embed_tokens.weight", {c.vocab_size, c.hidden_size});
       m->get("model.layers.0.self_attn.k_proj.weight", {c.num_kv_heads * c.head_dim, c.hidden_size});
-    } else {
-      m->get("gpt_neox.embed_in.weight", {c.vocab_size, c.hidden_size});
     }
+    if (c.qk_norm) m->get("model.layers.0.self_attn.q_norm.weight", {c.head_dim});
   }
   EXPECT_GT(opened, 0);
 }
