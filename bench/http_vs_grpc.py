@@ -11,7 +11,6 @@ paired HTTP/gRPC ratios go to bench/results/http_vs_grpc.json.
 """
 import argparse
 import concurrent.futures
-import json
 import os
 import statistics
 import subprocess
@@ -22,7 +21,7 @@ import grpc
 import openai
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
-from bench_common import ROOT, find_binary, git_commit, load_average, machine_info  # noqa: E402
+from bench_common import ROOT, find_binary, git_commit, load_average, machine_info, write_results  # noqa: E402
 from quantserve_grpc import DEFAULT_MODEL, free_port, load_stubs  # noqa: E402
 
 WORDS = ("river stone cloud lantern maple orbit velvet harbor signal meadow copper winter garden "
@@ -137,11 +136,7 @@ def main():
     finally:
         server.stop()
     results["load_average_after"] = load_average()
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

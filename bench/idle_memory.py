@@ -7,7 +7,6 @@ Usage: python3 bench/idle_memory.py [--binary build/server/quantserve] [--precis
 """
 import argparse
 import datetime
-import json
 import os
 import re
 import signal
@@ -17,7 +16,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-from bench_common import ROOT, find_binary, git_commit, load_average, machine_info  # noqa: E402
+from bench_common import ROOT, find_binary, git_commit, load_average, machine_info, write_results  # noqa: E402
 
 MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 OUT = os.path.join(ROOT, "bench", "results", "cpu_idle_memory.json")
@@ -93,10 +92,7 @@ def main():
            "commit": git_commit(), "machine": machine_info(), "load_average": load_average(),
            "model": os.path.relpath(MODEL, ROOT), "rule": "idle RSS <= weights + KV-cache budget + 150 MB",
            "rows": rows}
-    with open(args.output, "w") as f:
-        json.dump(out, f, indent=1)
-        f.write("\n")
-    print(f"wrote {os.path.relpath(args.output, ROOT)}")
+    write_results(args.output, out, indent=1)
 
 
 if __name__ == "__main__":

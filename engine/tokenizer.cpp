@@ -335,6 +335,7 @@ struct Tokenizer::Impl {
 
   mutable std::mutex cache_mutex;
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache;   // pre-token bytes -> ids
+  mutable size_t cache_bytes = 0;                                        // keys and ids held by `cache`
 
   void bpe(std::string_view word, std::vector<int32_t>& out) const;
   void spm_encode(std::string_view text, std::vector<int32_t>& out) const;
@@ -470,9 +471,17 @@ void Tokenizer::Impl::encode_word(std::string_view word, std::vector<int32_t>& o
   }
   if (word_ids.empty()) bpe(word, word_ids);
   out.insert(out.end(), word_ids.begin(), word_ids.end());
+  // Bounded in bytes, and only words of the size real text repeats: a prompt of one 255 KB "word" (refused later
+  // for its length, perhaps) would otherwise stay in memory.
+  constexpr size_t kMaxCachedWord = 64, kMaxCacheBytes = size_t(16) << 20;
+  if (word.size() > kMaxCachedWord) return;
   std::lock_guard<std::mutex> lock(cache_mutex);
-  if (cache.size() >= 200000) cache.clear();  // bound memory on adversarial input
-  cache.emplace(std::string(word), std::move(word_ids));
+  const size_t bytes = word.size() + word_ids.size() * sizeof(int32_t) + 64;   // + the node's own overhead
+  if (cache_bytes + bytes > kMaxCacheBytes) {
+    cache.clear();
+    cache_bytes = 0;
+  }
+  if (cache.emplace(std::string(word), std::move(word_ids)).second) cache_bytes += bytes;
 }
 
 // SentencePiece BPE over a whole text (its spaces already ▁): symbols start as UTF-8 characters; the adjacent

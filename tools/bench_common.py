@@ -1,5 +1,6 @@
 """What the Python checks and benchmarks share: the repository root, finding the built quantserve binary, running
 a command that must succeed, and the facts recorded beside every figure (commit, machine, load average)."""
+import json
 import os
 import platform
 import subprocess
@@ -49,3 +50,12 @@ def machine_info(threads=None):
     except OSError:
         pass
     return info
+
+
+def write_results(path, results, indent=2):
+    """Writes a benchmark's JSON (made folders, a final newline) and says where."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=indent)
+        f.write("\n")
+    print(f"wrote {os.path.relpath(path, ROOT)}")
