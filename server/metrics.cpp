@@ -5,6 +5,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+
 #include <cstdio>
 
 #include "kernels/error.h"
@@ -91,6 +93,12 @@ Metrics::Metrics(const std::string& listen) : registry_(std::make_shared<prometh
   load_seconds_ = &BuildGauge().Name("quantserve_model_load_seconds").Help("Wall time of the last model load").Register(r);
   quantize_seconds_ = &BuildGauge().Name("quantserve_model_quantize_seconds")
                            .Help("Part of the model load spent quantizing").Register(r);
+  quant_error_ = &BuildGauge().Name("quantserve_quantization_relative_error")
+                      .Help("Relative Frobenius error ||W - Q(W)|| / ||W|| of the loaded weights by tensor class: "
+                            "stat=mean or max over the class's tensors")
+                      .Register(r);
+  bytes_saved_ = &BuildGauge().Name("quantserve_model_weight_bytes_saved")
+                      .Help("Bytes the loaded precision saves against the same weights in fp32").Register(r);
   resident_bytes_ = &BuildGauge().Name("process_resident_memory_bytes")
                          .Help("Resident memory size in bytes").Register(r).Add({});
   unknown_ = &make_model("unknown", "", "", false);
@@ -168,6 +176,30 @@ ModelMetrics& Metrics::add_model(const std::string& model, const std::string& pr
                                  const std::string& kv_cache_dtype) {
   QS_CHECK(!models_.count(model), ErrorCode::kInvalidArgument, "model name '", model, "' is used twice");
   return make_model(model, precision, kv_cache_dtype, true);
+}
+
+void Metrics::set_quantization(const std::string& model, const std::string& precision, const LoadReport& report) {
+  struct Class {
+    double sum = 0, max = 0;
+    int tensors = 0;
+  };
+  std::map<std::string, Class> classes;
+  for (const TensorReport& t : report.tensors) {
+    Class& c = classes[t.tensor_class.empty() ? "other" : t.tensor_class];
+    c.sum += t.error.rel_frobenius;
+    c.max = std::max(c.max, t.error.rel_frobenius);
+    c.tensors++;
+  }
+  for (const auto& [tensor_class, c] : classes) {
+    const prometheus::Labels base{{"model", model}, {"precision", precision}, {"tensor_class", tensor_class}};
+    prometheus::Labels mean = base, max = base;
+    mean["stat"] = "mean";
+    max["stat"] = "max";
+    quant_error_->Add(mean).Set(c.sum / c.tensors);
+    quant_error_->Add(max).Set(c.max);
+  }
+  const double saved = double(report.original_bytes) - double(report.weight_bytes);
+  bytes_saved_->Add({{"model", model}, {"precision", precision}}).Set(std::max(0.0, saved));
 }
 
 void Metrics::register_device(const std::string& device) {

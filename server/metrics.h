@@ -72,6 +72,9 @@ class Metrics {
   // Device memory gauges for `device` ("cpu", "cuda:0"); children made on first use at start-up.
   void register_device(const std::string& device);
   void set_device_memory(const std::string& device, double used_bytes, double total_bytes);
+  // Start-up, once per model: the load report's quantization error per tensor class (mean and max of the tensors'
+  // relative Frobenius errors) and the bytes saved against fp32, as gauges labelled model and precision.
+  void set_quantization(const std::string& model, const std::string& precision, const LoadReport& report);
   // Reads /proc/self/statm into process_resident_memory_bytes.
   void update_process_memory();
   std::vector<int> listening_ports() const;
@@ -104,6 +107,8 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* weight_bytes_ = nullptr;
   prometheus::Family<prometheus::Gauge>* load_seconds_ = nullptr;
   prometheus::Family<prometheus::Gauge>* quantize_seconds_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* quant_error_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* bytes_saved_ = nullptr;
   prometheus::Gauge* resident_bytes_ = nullptr;
 
   std::mutex devices_mutex_;   // guards the map's structure only; gauges are thread-safe

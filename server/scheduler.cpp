@@ -46,6 +46,7 @@ void ModelWorker::run(const std::function<LoadedEngine()>& load,
     if (metrics_->weight_bytes) metrics_->weight_bytes->Set(double(report.weight_bytes));
     if (metrics_->load_seconds) metrics_->load_seconds->Set(report.load_seconds);
     if (metrics_->quantize_seconds) metrics_->quantize_seconds->Set(report.quantize_seconds);
+    all_metrics_.set_quantization(name_, precision_name(report.precision), report);
     update_gauges(true);
   } catch (...) {
     std::lock_guard<std::mutex> lock(mutex_);

@@ -353,6 +353,18 @@ class DefaultModel(unittest.TestCase):
         with self.assertRaises(openai.BadRequestError):
             self.chat("x", response_format={"type": "yaml"})
 
+    def test_quantization_error_and_bytes_saved_are_exported(self):
+        s = self.server
+        for tensor_class in ("attention", "mlp"):
+            mean = s.metric("quantserve_quantization_relative_error", 'precision="int8"',
+                            f'tensor_class="{tensor_class}"', 'stat="mean"')
+            worst = s.metric("quantserve_quantization_relative_error", 'precision="int8"',
+                             f'tensor_class="{tensor_class}"', 'stat="max"')
+            self.assertGreater(mean, 0.001)   # int8 per-row scales: about 1%
+            self.assertLess(worst, 0.05)      # the alert's bound
+            self.assertLessEqual(mean, worst)
+        self.assertGreater(s.metric("quantserve_model_weight_bytes_saved", 'precision="int8"'), 100e6)
+
     def test_requests_are_counted_by_api(self):
         before = self.server.metric("quantserve_requests_total", 'api="http"', 'status="OK"') or 0
         self.chat("Hi", max_tokens=2)

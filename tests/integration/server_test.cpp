@@ -363,6 +363,9 @@ TEST_F(ServeTest, MetricsFamiliesPresent) {
       {"quantserve_model_weight_bytes", "gauge"},
       {"quantserve_model_load_seconds", "gauge"},
       {"quantserve_model_quantize_seconds", "gauge"},
+      {"quantserve_model_weight_bytes_saved", "gauge"},
+      {"quantserve_quantization_relative_error", "gauge"},
+      {"quantserve_api_request_duration_seconds", "histogram"},
       {"process_resident_memory_bytes", "gauge"},
   };
   for (const auto& [name, type] : families) {
@@ -375,6 +378,9 @@ TEST_F(ServeTest, MetricsFamiliesPresent) {
   // Pre-created, so dashboards never see a gap.
   EXPECT_GE(scrape.value("quantserve_requests_total", {"status=\"RESOURCE_EXHAUSTED\"", "finish_reason=\"none\""}), 0);
   EXPECT_GT(scrape.value("quantserve_kv_cache_blocks_total", {"model=\"gpt2\""}), 0);
+  // fp32: every class is there, exact.
+  EXPECT_EQ(scrape.value("quantserve_quantization_relative_error",
+                         {"model=\"gpt2\"", "tensor_class=\"attention\"", "stat=\"max\""}), 0);
   // The CPU stores the cache in fp16 by default and commits it as it is written: after generating, some of the
   // budget is committed, never more than all of it.
   const double kv_capacity = scrape.value("quantserve_kv_cache_capacity_bytes", {"model=\"gpt2\"", "dtype=\"fp16\""});
