@@ -49,6 +49,8 @@ def main():
     parser.add_argument("--requests", type=int, default=10000)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--max-rss-growth", type=float, default=0.05,
+                        help="allowed RSS growth after warm-up (CI's short run, too short to judge it, passes 1)")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "soak.json"))
     args = parser.parse_args()
     binary = find_binary(args.binary)
@@ -160,7 +162,7 @@ def main():
               "unexpected_statuses": unexpected, "kv_blocks_used_at_end": blocks_used,
               "rss_after_warm_up_bytes": rss.get("warm"), "rss_end_bytes": rss["end"], "rss_growth": growth,
               "server_exit_code_after_sigterm": exit_code,
-              "passed": not unexpected and blocks_used == 0 and growth is not None and growth < 0.05 and exit_code == 0}
+              "passed": not unexpected and blocks_used == 0 and growth is not None and growth < args.max_rss_growth and exit_code == 0}
     write_results(args.out, result)
     print(f"{args.requests} requests in {elapsed:.0f}s: {dict(statuses)}; unexpected {unexpected}; KV blocks held at "
           f"the end {blocks_used}; RSS {rss.get('warm', 0) / 1e6:.1f} -> {rss['end'] / 1e6:.1f} MB "
