@@ -447,6 +447,9 @@ struct HttpServer::Impl {
   static void log(void* cls, const char* format, va_list args) {
     char line[512];
     std::vsnprintf(line, sizeof line, format, args);
+    // A client that goes away mid-reply is normal traffic, not an error worth a line each (it is counted as a
+    // cancelled request where it matters).
+    if (std::strstr(line, "socket is no longer available") != nullptr) return;
     size_t n = std::strlen(line);
     while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
     std::fprintf(stderr, "quantserve: %s: %s\n", static_cast<Impl*>(cls)->options.name.c_str(), line);
