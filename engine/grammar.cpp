@@ -239,6 +239,15 @@ class Transitions {
     return i;
   }
 
+  // The one space allowed after ':' and ',' (with space_after_separators); true when c was it.
+  bool optional_space(Stack& s, uint8_t c, State& out) const {
+    Frame& f = s.top();
+    if (c != ' ' || !g_.space_after_separators || f.sub != 0) return false;
+    f.sub = 1;
+    out.push(s);
+    return true;
+  }
+
   void feed_object(Stack& s, uint8_t c, State& out) const {
     Frame& f = s.top();
     const GrammarNode& n = g_.nodes[f.node];
@@ -251,9 +260,8 @@ class Transitions {
         return;
       case kObjFirst:
       case kObjNext:
-        if (c == ' ' && f.phase == kObjNext && g_.space_after_separators && f.sub == 0) {
-          f.sub = 1;
-          out.push(s);
+        if (f.phase == kObjNext && optional_space(s, c, out)) {
+          return;
         } else if (c == '"') {
           if (n.any_keys) {
             if (too_deep(s)) return;
@@ -300,10 +308,7 @@ class Transitions {
         }
         return;
       case kObjValue:
-        if (c == ' ' && g_.space_after_separators && f.sub == 0) {
-          f.sub = 1;
-          out.push(s);
-        } else {
+        if (!optional_space(s, c, out)) {
           f.phase = kObjValueChild;
           open_and_feed(s, n.any_keys ? n.value : n.properties[f.a].value, c, out);
         }
@@ -346,10 +351,7 @@ class Transitions {
         }
         return;
       case kArrNext:
-        if (c == ' ' && g_.space_after_separators && f.sub == 0) {
-          f.sub = 1;
-          out.push(s);
-        } else {
+        if (!optional_space(s, c, out)) {
           f.phase = kArrItemChild;
           open_and_feed(s, n.value, c, out);
         }

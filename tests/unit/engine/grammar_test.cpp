@@ -118,13 +118,17 @@ TEST(Grammar, MaskLogitsSetsDisallowedToMinusInfinity) {
   for (int t = 0; t < 130; ++t) EXPECT_EQ(std::isfinite(logits[size_t(t)]), t == 5 || t == 67) << t;
 }
 
-// The tiny random Llama fixture writes noise, but constrained it writes noise that parses.
-TEST(Grammar, EngineGeneratesOnlyValidPrefixesAndEndsWithEosWhenComplete) {
-  omp_set_num_threads(1);
+LoadedEngine load_tiny_llama() {
+  omp_set_num_threads(1);   // a tiny model runs faster on one thread than on two busy ones
   LoadEngineOptions o;
   o.model_path = kRoot + "/tests/fixtures/models/llama";
   o.device = "cpu";
-  LoadedEngine loaded = load_engine(o);
+  return load_engine(o);
+}
+
+// The tiny random Llama fixture writes noise, but constrained it writes noise that parses.
+TEST(Grammar, EngineGeneratesOnlyValidPrefixesAndEndsWithEosWhenComplete) {
+  LoadedEngine loaded = load_tiny_llama();
   Engine& engine = *loaded.engine;
   const auto grammar = compile_json_schema(
       R"({"type":"object","properties":{"v":{"enum":["a","b"]},"n":{"type":"integer"},"f":{"type":"boolean"}},
@@ -163,11 +167,7 @@ TEST(Grammar, EngineGeneratesOnlyValidPrefixesAndEndsWithEosWhenComplete) {
 
 // A schema that needs more tokens than max_new_tokens allows ends with length and text that is a prefix only.
 TEST(Grammar, UnsatisfiableWithinMaxTokensFinishesWithLength) {
-  omp_set_num_threads(1);
-  LoadEngineOptions o;
-  o.model_path = kRoot + "/tests/fixtures/models/llama";
-  o.device = "cpu";
-  LoadedEngine loaded = load_engine(o);
+  LoadedEngine loaded = load_tiny_llama();
   SamplingParams p;
   p.seed = 3;
   p.max_new_tokens = 8;
