@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Constrained decoding (json_schema) against unconstrained generation on the default model, CPU: the same chat
-prompts, greedy, through the real server. Single requests alternate unconstrained / constrained / constrained
-with no whitespace (a second server with --json-whitespace none), rotating the order every repetition; then
-batches of 8 concurrent requests alternate the same way. Medians per variant and their ratios, plus what the
-whitespace choice does to the text: the model's mean token log-probability and how often it took the optional
-space. Writes bench/results/constrained_decoding.json.
+prompts, greedy, through the real server. Variants alternate, the order rotating every repetition:
+unconstrained, constrained, and constrained with no whitespace (a second server with --json-whitespace none).
+A: the prompts as sent, one at a time (documents end where the model ends them): decode tokens/s per request.
+B: every request exactly 128 tokens (unconstrained with ignore_eos, constrained on a schema too long to finish),
+1 and 8 at a time: tokens/s over the wall clock. Both also record the server's CPU time per token (/proc), which
+the other work on a shared machine disturbs far less than the wall clock. Medians per variant and ratios to
+unconstrained, plus what the whitespace choice does to the text: validity, the model's mean token
+log-probability, how often it took the optional space. Writes bench/results/constrained_decoding.json.
 
 Usage: python3 bench/constrained_decoding.py [--binary build/server/quantserve] [--reps 5] [--threads 2]
 """
@@ -42,6 +45,11 @@ PROMPTS = [
                                        "reason": {"type": "string"}}, "required": ["sentiment", "reason"]}),
     ("Give any JSON object about the weather today.", {"type": "object"}),
 ]
+# Part B: a document that cannot end within MAX_NEW_TOKENS, through keys, strings, numbers and booleans.
+LONG_PROMPT = "List fifty people with their names, ages and cities as JSON."
+LONG_SCHEMA = {"type": "array", "minItems": 50, "items": {"type": "object", "properties": {
+    "name": {"type": "string"}, "age": {"type": "integer"}, "city": {"type": "string"}, "active": {"type": "boolean"}},
+    "required": ["name", "age", "city", "active"]}}
 MAX_NEW_TOKENS = 128
 
 
@@ -69,7 +77,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--binary", default="")
     parser.add_argument("--model", default=quantserve_grpc.DEFAULT_MODEL)
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=2, help="repetitions of part A (the first one's texts are kept)")
+    parser.add_argument("--reps-fixed", type=int, default=5, help="repetitions of part B")
     parser.add_argument("--threads", type=int, default=0, help="CPU backend threads (0 = all cores)")
     parser.add_argument("--out", default=OUT)
     args = parser.parse_args()
@@ -77,34 +86,45 @@ def main():
     load_before = load_average()
     extra = ["--threads", str(args.threads)] if args.threads else []
 
-    with quantserve_grpc.serve(binary, args.model, extra) as (space, pb2), \
-            quantserve_grpc.serve(binary, args.model, extra + ["--json-whitespace", "none"]) as (compact, _):
-        variants = {"unconstrained": (space, False), "constrained": (space, True), "constrained_no_space": (compact, True)}
+    with quantserve_grpc.serve(binary, args.model, extra) as (space, pb2, space_pid), \
+            quantserve_grpc.serve(binary, args.model, extra + ["--json-whitespace", "none"]) as (compact, _, compact_pid):
+        variants = {"unconstrained": (space, space_pid, False), "constrained": (space, space_pid, True),
+                    "constrained_no_space": (compact, compact_pid, True)}
+        order = list(variants)
 
-        def one(variant, i):
-            stub, constrained = variants[variant]
+        def request(v, i, fixed_length):
+            _, _, constrained = variants[v]
             prompt, schema = PROMPTS[i % len(PROMPTS)]
-            r = stub.Generate(pb2.GenerateRequest(prompt=prompt, chat=True, max_new_tokens=MAX_NEW_TOKENS,
-                                                  temperature=0, logprobs=1,
-                                                  json_schema=json.dumps(schema) if constrained else ""), timeout=600)
-            return r, schema
+            if fixed_length:   # same length for every variant: EOS ignored, or a document too long to finish
+                prompt, schema = LONG_PROMPT, LONG_SCHEMA
+            return pb2.GenerateRequest(prompt=prompt, chat=True, max_new_tokens=MAX_NEW_TOKENS, temperature=0,
+                                       logprobs=1, ignore_eos=fixed_length and not constrained,
+                                       json_schema=json.dumps(schema) if constrained else ""), schema
+
+        def one(v, i, fixed_length=False):
+            stub, pid, _ = variants[v]
+            req, schema = request(v, i, fixed_length)
+            cpu0 = quantserve_grpc.cpu_seconds(pid)
+            r = stub.Generate(req, timeout=600)
+            return r, schema, quantserve_grpc.cpu_seconds(pid) - cpu0
 
         for v in variants:   # warm-up: first-request costs (vocabulary index, page faults) out of the figures
             one(v, 0)
+        # A: the prompts as a user sends them, one at a time; documents end where the model ends them.
         single = {v: [] for v in variants}
         texts = {v: {} for v in variants}
-        order = list(variants)
         for rep in range(args.reps):
             for i in range(len(PROMPTS)):
                 for v in order[rep % 3:] + order[:rep % 3]:
-                    r, schema = one(v, i)
+                    r, schema, cpu = one(v, i)
                     t = r.timings
                     decode_s = t.total_seconds - t.time_to_first_token_seconds
                     single[v].append({
                         "prompt": i, "generated_tokens": r.usage.generated_tokens,
                         "decode_tokens_per_second": (r.usage.generated_tokens - 1) / decode_s if decode_s > 0 else None,
                         "tokens_per_second": r.usage.generated_tokens / t.total_seconds,
-                        "time_to_first_token_ms": t.time_to_first_token_seconds * 1e3})
+                        "time_to_first_token_ms": t.time_to_first_token_seconds * 1e3,
+                        "server_cpu_ms_per_token": cpu * 1e3 / r.usage.generated_tokens})
                     if rep == 0:
                         entry = {"text": r.text, "finish": pb2.FinishReason.Name(r.finish_reason),
                                  "mean_token_logprob": statistics.fmean(lp.logprob for lp in r.logprobs)}
@@ -117,15 +137,21 @@ def main():
                         entry["separators"], entry["separators_followed_by_space"] = separators(r.text)
                         texts[v][i] = entry
 
-        batch = {v: [] for v in variants}
-        for rep in range(args.reps):
-            for v in order[rep % 3:] + order[:rep % 3]:
-                start = time.perf_counter()
-                with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-                    results = list(pool.map(lambda i: one(v, i)[0], range(8)))
-                wall = time.perf_counter() - start
-                batch[v].append({"wall_seconds": wall, "generated_tokens": sum(r.usage.generated_tokens for r in results),
-                                 "tokens_per_second": sum(r.usage.generated_tokens for r in results) / wall})
+        # B: every request exactly MAX_NEW_TOKENS long, 1 and 8 at a time, so throughput compares like with like.
+        fixed = {v: {1: [], 8: []} for v in variants}
+        for rep in range(args.reps_fixed):
+            for concurrency in (1, 8):
+                for v in order[rep % 3:] + order[:rep % 3]:
+                    _, pid, _ = variants[v]
+                    cpu0 = quantserve_grpc.cpu_seconds(pid)
+                    start = time.perf_counter()
+                    with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
+                        results = list(pool.map(lambda i: one(v, i, fixed_length=True)[0], range(concurrency)))
+                    wall = time.perf_counter() - start
+                    tokens = sum(r.usage.generated_tokens for r in results)
+                    fixed[v][concurrency].append({"rep": rep,
+                        "wall_seconds": wall, "generated_tokens": tokens, "tokens_per_second": tokens / wall,
+                        "server_cpu_ms_per_token": (quantserve_grpc.cpu_seconds(pid) - cpu0) * 1e3 / tokens})
 
     def med(rows, key):
         return statistics.median(r[key] for r in rows if r[key] is not None)
@@ -136,7 +162,11 @@ def main():
             "single_decode_tokens_per_second_median": med(single[v], "decode_tokens_per_second"),
             "single_tokens_per_second_median": med(single[v], "tokens_per_second"),
             "single_time_to_first_token_ms_median": med(single[v], "time_to_first_token_ms"),
-            "batch8_tokens_per_second_median": med(batch[v], "tokens_per_second"),
+            "single_server_cpu_ms_per_token_median": med(single[v], "server_cpu_ms_per_token"),
+            "fixed_length_batch1_tokens_per_second_median": med(fixed[v][1], "tokens_per_second"),
+            "fixed_length_batch8_tokens_per_second_median": med(fixed[v][8], "tokens_per_second"),
+            "fixed_length_batch1_server_cpu_ms_per_token_median": med(fixed[v][1], "server_cpu_ms_per_token"),
+            "fixed_length_batch8_server_cpu_ms_per_token_median": med(fixed[v][8], "server_cpu_ms_per_token"),
             "mean_token_logprob": statistics.fmean(e["mean_token_logprob"] for e in texts[v].values()),
             "separators": sum(e["separators"] for e in texts[v].values()),
             "separators_followed_by_space": sum(e["separators_followed_by_space"] for e in texts[v].values()),
@@ -147,16 +177,27 @@ def main():
     base = summary["unconstrained"]
     ratios = {}
     for v in ("constrained", "constrained_no_space"):
-        ratios[v] = {k.replace("_median", "_ratio"): summary[v][k] / base[k] for k in (
-            "single_decode_tokens_per_second_median", "single_tokens_per_second_median", "batch8_tokens_per_second_median")}
+        ratios[v] = {k.replace("_median", "_ratio"): summary[v][k] / base[k] for k in summary[v]
+                     if k.endswith("tokens_per_second_median")}
+        # CPU time per token inverted: the throughput ratio a machine with no other load would see.
+        ratios[v].update({k.replace("server_cpu_ms_per_token_median", "cpu_throughput_ratio"): base[k] / summary[v][k]
+                          for k in summary[v] if k.endswith("server_cpu_ms_per_token_median")})
+    # Each repetition's variants ran back to back, so their ratio sees the same load; the median of those ratios
+    # is the figure least moved by other work on the machine.
+    for v in ("constrained", "constrained_no_space"):
+        for concurrency in (1, 8):
+            pairs = [c["tokens_per_second"] / u["tokens_per_second"]
+                     for c, u in zip(fixed[v][concurrency], fixed["unconstrained"][concurrency])]
+            ratios[v][f"fixed_length_batch{concurrency}_median_of_paired_ratios"] = statistics.median(pairs)
     result = {
         "benchmark": "constrained_decoding", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "commit": git_commit(), "machine": machine_info(args.threads or None),
         "load_average_before": load_before, "load_average_after": load_average(),
         "model": os.path.relpath(args.model, ROOT), "device": "cpu", "max_new_tokens": MAX_NEW_TOKENS,
-        "reps": args.reps, "prompts": [p for p, _ in PROMPTS], "schemas": [s for _, s in PROMPTS],
+        "reps": args.reps, "reps_fixed": args.reps_fixed, "prompts": [p for p, _ in PROMPTS], "schemas": [s for _, s in PROMPTS],
+        "fixed_length_prompt": LONG_PROMPT, "fixed_length_schema": LONG_SCHEMA,
         "summary": summary, "ratios_to_unconstrained": ratios, "target_ratio": 0.8,
-        "greedy_outputs": texts, "single": single, "batch8": batch,
+        "greedy_outputs": texts, "single": single, "fixed_length": fixed,
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

@@ -101,14 +101,6 @@ struct State {
     stacks.erase(std::unique(stacks.begin(), stacks.end()), stacks.end());
     if (stacks.size() > kMaxAlternatives) stacks.resize(kMaxAlternatives);   // fewer paths: still only valid output
   }
-  std::string key() const {
-    std::string k;
-    for (const Stack& s : stacks) {
-      k.push_back(char(s.size));
-      k.append(reinterpret_cast<const char*>(s.frames), sizeof(Frame) * s.size);
-    }
-    return k;
-  }
 };
 
 // The grammar's byte-level transitions. Stateless apart from the grammar; every function appends the stacks a
@@ -136,6 +128,22 @@ class Transitions {
     out.normalize();
     return !out.stacks.empty();
   }
+
+  // The state as a cache key. Without counts, arrays' item counts are left out: a walk that never read one
+  // (count_read stays false) gives the same tokens for every count, so the items of a bounded array share masks.
+  std::string key(const State& state, bool with_counts) const {
+    std::string k;
+    for (const Stack& s : state.stacks) {
+      k.push_back(char(s.size));
+      for (uint8_t i = 0; i < s.size; ++i) {
+        Frame f = s.frames[i];
+        if (!with_counts && f.node < g_.nodes.size() && g_.nodes[f.node].kind == GrammarNodeKind::kArray) f.a = 0;
+        k.append(reinterpret_cast<const char*>(&f), sizeof(Frame));
+      }
+    }
+    return k;
+  }
+  mutable bool count_read = false;   // set when a transition depended on an array's item count
 
   bool is_complete(const State& state) const {
     for (const Stack& s : state.stacks) {
@@ -188,6 +196,11 @@ class Transitions {
       p.sub = 0;
       if (n.min_items > 0 || n.max_items >= 0) p.a = uint16_t(std::min<int>(p.a + 1, 0xFFFF));
     }
+  }
+
+  uint16_t read_count(uint16_t count) const {
+    count_read = true;
+    return count;
   }
 
   // Values open at once (scalars included) are bounded: a path that would open one more ends.
@@ -357,11 +370,11 @@ class Transitions {
         }
         return;
       case kArrAfter:
-        if (c == ',' && (n.max_items < 0 || f.a < n.max_items)) {
+        if (c == ',' && (n.max_items < 0 || read_count(f.a) < n.max_items)) {
           f.phase = kArrNext;
           f.sub = 0;
           out.push(s);
-        } else if (c == ']' && f.a >= n.min_items) {
+        } else if (c == ']' && (n.min_items == 0 || read_count(f.a) >= n.min_items)) {
           close_value(s);
           out.push(s);
         }
@@ -547,7 +560,8 @@ struct GrammarMatcher::Impl {
   State state, scratch_a, scratch_b;
   std::vector<State> walk;   // walk[d] = the state after the first d bytes of the trie path being visited
   bool finished = false;
-  std::unordered_map<std::string, std::vector<uint64_t>> cache;
+  // Masks by state: those that hold for any array item counts, and those for exact counts.
+  std::unordered_map<std::string, std::vector<uint64_t>> count_free, exact;
   std::vector<uint64_t> none;
 
   Impl(std::shared_ptr<const JsonGrammar> g, const VocabularyIndex& v)
@@ -581,15 +595,20 @@ GrammarMatcher::~GrammarMatcher() = default;
 const std::vector<uint64_t>& GrammarMatcher::allowed_tokens() {
   Impl& m = *impl_;
   if (m.finished) return m.none;
-  std::string key = m.state.key();
-  auto it = m.cache.find(key);
-  if (it != m.cache.end()) return it->second;
-  if (m.cache.size() >= kMaxCachedStates) m.cache.clear();
+  std::string free_key = m.transitions.key(m.state, false);
+  if (auto it = m.count_free.find(free_key); it != m.count_free.end()) return it->second;
+  std::string exact_key = m.transitions.key(m.state, true);
+  if (auto it = m.exact.find(exact_key); it != m.exact.end()) return it->second;
+  if (m.count_free.size() + m.exact.size() >= kMaxCachedStates) {
+    m.count_free.clear();
+    m.exact.clear();
+  }
   std::vector<uint64_t> mask(m.none.size(), 0);
   // Walk the trie in preorder: a node's state is its parent's advanced by its byte; a rejected byte skips the
   // node's whole subtree (every token that starts with those bytes).
   const auto& trie = m.vocab.trie_;
   m.walk[0].stacks = m.state.stacks;
+  m.transitions.count_read = false;
   for (size_t i = 0; i < trie.size();) {
     const auto& node = trie[i];
     if (!m.transitions.advance(m.walk[node.depth - 1], node.byte, m.walk[node.depth])) {
@@ -604,7 +623,8 @@ const std::vector<uint64_t>& GrammarMatcher::allowed_tokens() {
       if (id >= 0 && id < m.vocab.vocab_size()) mask[size_t(id) / 64] |= uint64_t(1) << (id % 64);
     }
   }
-  return m.cache.emplace(std::move(key), std::move(mask)).first->second;
+  if (!m.transitions.count_read) return m.count_free.emplace(std::move(free_key), std::move(mask)).first->second;
+  return m.exact.emplace(std::move(exact_key), std::move(mask)).first->second;
 }
 
 bool GrammarMatcher::accept_token(int32_t token) {
@@ -622,6 +642,6 @@ bool GrammarMatcher::accept_token(int32_t token) {
 bool GrammarMatcher::accept_bytes(std::string_view bytes) { return !impl_->finished && impl_->advance_bytes(bytes); }
 bool GrammarMatcher::is_complete() const { return impl_->transitions.is_complete(impl_->state); }
 bool GrammarMatcher::is_finished() const { return impl_->finished; }
-size_t GrammarMatcher::cached_states() const { return impl_->cache.size(); }
+size_t GrammarMatcher::cached_states() const { return impl_->count_free.size() + impl_->exact.size(); }
 
 }  // namespace qs

@@ -21,6 +21,13 @@ def load_stubs():
     return example.load_stubs()
 
 
+def cpu_seconds(pid):
+    """User + system CPU time a process has used so far (/proc/PID/stat), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -29,7 +36,7 @@ def free_port():
 
 @contextlib.contextmanager
 def serve(binary, model, extra_args=(), startup_timeout=300, log_path=None):
-    """Runs `quantserve serve` until the block ends; yields (stub, pb2) once ListModels answers."""
+    """Runs `quantserve serve` until the block ends; yields (stub, pb2, pid) once ListModels answers."""
     pb2, pb2_grpc = load_stubs()
     port, metrics_port = free_port(), free_port()
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
@@ -51,7 +58,7 @@ def serve(binary, model, extra_args=(), startup_timeout=300, log_path=None):
                 if time.time() > deadline:
                     raise RuntimeError(f"quantserve serve did not answer within {startup_timeout} s")
                 time.sleep(0.2)
-        yield stub, pb2
+        yield stub, pb2, proc.pid
     finally:
         channel.close()
         proc.terminate()

@@ -76,7 +76,7 @@ def main():
         failures.append(message)
         print("FAIL:", message)
 
-    with quantserve_grpc.serve(binary, args.model, ["--max-batch-size", "16"], log_path=args.log or None) as (stub, pb2):
+    with quantserve_grpc.serve(binary, args.model, ["--max-batch-size", "16"], log_path=args.log or None) as (stub, pb2, _):
         def generate(name, temperature, seed, stream=False, max_new_tokens=MAX_NEW_TOKENS, schema=None):
             prompt, default_schema = SCHEMAS[name] if name in SCHEMAS else ("Write JSON.", None)
             request = pb2.GenerateRequest(prompt=prompt, chat=True, max_new_tokens=max_new_tokens,

@@ -76,6 +76,40 @@ TEST(Grammar, MasksMatchTheTokenByTokenReferenceTiny) {
   expect_masks_match_reference(tiny(), R"({"type":"number"})", {"", "1", "-0.", "2e"});
 }
 
+// Masks cached while items of a bounded array went by are reused only where the item count cannot matter: at
+// every byte of a document, one long-lived matcher gives the same mask as a fresh one with an empty cache.
+TEST(Grammar, ArrayItemsShareMasksOnlyWhereTheCountDoesNotMatter) {
+  const VocabularyIndex vocab(tiny(), {0});
+  const auto grammar = compile_json_schema(
+      R"({"type":"array","minItems":3,"maxItems":4,"items":{"type":"object","properties":{"a":{"type":"integer"}}}})");
+  const std::string doc = R"([{"a":1},{"a":22},{},{"a":3},{"a":4}])";
+  GrammarMatcher live(grammar, vocab);
+  for (size_t i = 0; i <= doc.size(); ++i) {
+    GrammarMatcher fresh(grammar, vocab);
+    ASSERT_TRUE(fresh.accept_bytes(doc.substr(0, i)));
+    ASSERT_EQ(live.allowed_tokens(), fresh.allowed_tokens()) << "after '" << doc.substr(0, i) << "'";
+    if (i == doc.size()) break;
+    if (!live.accept_bytes(doc.substr(i, 1))) {   // the fifth item is over maxItems
+      EXPECT_EQ(doc.substr(0, i), R"([{"a":1},{"a":22},{},{"a":3})");
+      break;
+    }
+  }
+  // Inside items, the states of item 3 are those of items 1 and 2: only the count-dependent ones are new.
+  GrammarMatcher m(grammar, vocab);
+  const auto feed_item = [&](bool comma) {
+    for (const char* piece : {"{", "\"a\"", ":", "1", "}", comma ? "," : ""}) {
+      ASSERT_TRUE(m.accept_bytes(piece)) << piece;
+      (void)m.allowed_tokens();
+    }
+  };
+  ASSERT_TRUE(m.accept_bytes("["));
+  feed_item(true);
+  feed_item(true);
+  const size_t after_two = m.cached_states();
+  feed_item(true);
+  EXPECT_LE(m.cached_states(), after_two + 2);
+}
+
 TEST(Grammar, OnlyEosOnceTheDocumentIsCompleteAndNoEosBefore) {
   const VocabularyIndex vocab(smol(), {smol().eos_id()});
   GrammarMatcher m(compile_json_schema(R"({"type":"object","properties":{"a":{"type":"boolean"}},"required":["a"]})"),
