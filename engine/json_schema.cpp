@@ -116,7 +116,8 @@ class Compiler {
     }
     const auto has = [&](const char* k) { return s.contains(k); };
     const auto others_than = [&](std::initializer_list<const char*> allowed) {
-      for (const auto& [keyword, value] : s.items()) {
+      for (const auto& item : s.items()) {
+        const std::string& keyword = item.key();  // a named reference: clang 14 cannot capture a structured binding
         if (kAnnotations.count(keyword) || keyword == "$defs" || keyword == "definitions") continue;
         if (std::find_if(allowed.begin(), allowed.end(), [&](const char* a) { return keyword == a; }) == allowed.end()) {
           return keyword;

@@ -31,8 +31,8 @@ APT_PACKAGES=(
   libpcre2-dev
 )
 # The test suite's: GoogleTest, a real Prometheus for the live scrape test (tests/deploy), openssl for the TLS
-# tests' certificates.
-TEST_APT_PACKAGES=(libgtest-dev libgmock-dev prometheus openssl)
+# tests' certificates, clang 14 and its sanitizer + libFuzzer runtimes for the fuzz targets (scripts/fuzz.sh).
+TEST_APT_PACKAGES=(libgtest-dev libgmock-dev prometheus openssl clang-14 libclang-rt-14-dev)
 [ "$build_only" = 1 ] || APT_PACKAGES+=("${TEST_APT_PACKAGES[@]}")
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
