@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """quantserve's CPU backend against llama.cpp (and CTranslate2) on the same weights, machine and run.
 
-The default model's GGUF (SmolLM2-135M-Instruct, Q4_1) is the one source of weights: quantserve dequantizes it and
+One GGUF (--model: the default SmolLM2-135M-Instruct Q4_1, or Gemma 3 270M Q4_K_M) is the one source of weights: quantserve dequantizes it and
 quantizes at load (int8 W8A8 with its default fp16 LM head, int8 with --quantize-embeddings, fp16, fp32); llama.cpp
 (through llama-cpp-python, which builds it from source at install) gets the same file requantized by its own
 quantize API to Q8_0, F16 and F32. Per precision class the two are compared on
@@ -108,8 +108,9 @@ def ct2_worker(args):
 # The driver.
 
 def requantize(ftype, threads):
-    """The default GGUF requantized by llama.cpp's own quantize (allow_requantize: the source is Q4_1)."""
-    out = os.path.join(ROOT, "models", f"SmolLM2-135M-Instruct.llamacpp-{ftype}.gguf")
+    """The model's GGUF requantized by llama.cpp's own quantize (allow_requantize: the source is Q4_1 / Q4_K_M)."""
+    stem = os.path.basename(MODEL).split(".")[0]   # "SmolLM2-135M-Instruct", "gemma-3-270m-q4_k_m"
+    out = os.path.join(ROOT, "models", f"{stem}.llamacpp-{ftype}.gguf")
     if os.path.exists(out) and os.path.getsize(out) > 0:
         return out
     code = ("import ctypes, llama_cpp, sys\n"
@@ -168,8 +169,11 @@ def median(xs):
 
 
 def main():
+    global MODEL
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binary")
+    ap.add_argument("--model", default=MODEL, help="the GGUF both engines run (default: SmolLM2-135M-Instruct Q4_1; "
+                    "models/gemma-3-270m-q4_k_m.gguf after setup.sh --extra-models)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--classes", default="int8,int8-all,fp16,fp32")
@@ -188,6 +192,7 @@ def main():
     if args.worker == "ct2":
         return ct2_worker(args)
 
+    MODEL = os.path.abspath(args.model)
     binary = find_binary(args.binary)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     for c in classes:

@@ -38,6 +38,9 @@ IMG = os.path.join(ROOT, "docs", "img")
 PRECISIONS = ["fp32", "fp16", "bf16", "int8", "int8-weight-only", "int8-naive", "int8-mixed", "int8-smooth"]
 PROMPTS = ["The quick brown fox jumped over the", "The rain in Spain falls", "What comes up must"]
 FIXTURES = ["gpt2", "gpt_neox", "llama"]
+# Real models: key -> (file under models/, label). "default" is also the one the targets are checked on.
+REAL_MODELS = {"default": ("SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct (GGUF Q4_1 → fp32)"),
+               "gemma3-270m": ("gemma-3-270m-q4_k_m.gguf", "Gemma 3 270M (GGUF Q4_K_M → fp32; setup.sh --extra-models)")}
 DEFAULT_TEXT = "/usr/share/common-licenses/GPL-3"
 # Targets from issue 6, as the largest allowed relative perplexity change against fp32 (default model).
 TARGETS = {"fp16": 0.001, "bf16": 0.001, "int8-weight-only": 0.005, "int8-mixed": 0.02, "int8-smooth": 0.02}
@@ -50,8 +53,8 @@ def run_command(cmd, parse_json=True):
 
 def model_spec(key, args):
     """(path, perplexity arguments, description of the text) for a model key."""
-    if key == "default":
-        path = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    if key in REAL_MODELS:
+        path = os.path.join(ROOT, "models", REAL_MODELS[key][0])
         return path, ["--file", args.text, "--max-tokens", str(args.tokens), "--context", str(args.context),
                       "--stride", str(args.stride)], \
             {"text": args.text, "tokens": args.tokens, "context": args.context, "stride": args.stride}
@@ -132,12 +135,12 @@ def load_results():
     for path in sorted(glob.glob(os.path.join(RESULTS, "quality_*.json"))):
         r = json.load(open(path))
         res[r["model_key"]] = r
-    order = ["default"] + FIXTURES
+    order = list(REAL_MODELS) + FIXTURES
     return [res[k] for k in order if k in res] + [v for k, v in res.items() if k not in order]
 
 
 def label(r):
-    return "SmolLM2-135M-Instruct (GGUF Q4_1 → fp32)" if r["model_key"] == "default" else \
+    return REAL_MODELS[r["model_key"]][1] if r["model_key"] in REAL_MODELS else \
         f"fixture {r['model_key']} (random init)"
 
 
@@ -269,8 +272,9 @@ def render(results):
     w("## Greedy continuations\n")
     w("`quantserve generate --raw -q -t 0 -n 24 PROMPT` in each precision (the seeds' prompts).\n")
     for r in results:
-        if r["model_key"] != "default":
+        if r["model_key"] not in REAL_MODELS:
             continue
+        w(f"### {label(r)}\n")
         for i, prompt in enumerate(r["prompts"]):
             w(f"**{prompt}**\n")
             w("| precision | continuation |")
@@ -285,7 +289,7 @@ def render(results):
                 cell = g.replace("|", "\\|").replace("\n", "⏎")
                 w(f"| {p}{same} | {cell} |")
             w("")
-    fx = [r for r in results if r["model_key"] != "default"]
+    fx = [r for r in results if r["model_key"] not in REAL_MODELS]
     if fx:
         w("Fixtures (random weights, so the text is noise): prompts whose 24 greedy tokens are identical to fp32's.\n")
         w("| precision | " + " | ".join(r["model_key"] for r in fx) + " |")
