@@ -527,6 +527,10 @@ void ModelFileLoader::load_gguf_tokenizer(const GgufFile& g) {
   spec.eos_id = token_id("tokenizer.ggml.eos_token_id");
   spec.add_bos = g.get_bool("tokenizer.ggml.add_bos_token", false);
   const std::string pre = g.get_string("tokenizer.ggml.pre", "gpt-2");
+  // Qwen2/2.5/3 files (now loadable) split text with their own regex and NFC; the GPT-2 fallback below would
+  // tokenize them wrongly without a word, so they are refused until that pre-tokenizer exists.
+  QS_CHECK(spm || pre != "qwen2", ErrorCode::kUnsupported, file,
+           ": its pre-tokenizer ('qwen2': Qwen's regex and NFC normalization) is not implemented");
   if (pre == "smollm") {
     spec.pretokenizer = "gpt2-digits";
   } else if (pre == "llama-bpe" || pre == "llama3") {

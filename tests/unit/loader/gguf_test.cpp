@@ -285,6 +285,19 @@ TEST(GgufCorrupt, UnsupportedArchitectureAndTokenizer) {
   expect_open_error(f.path, ErrorCode::kUnsupported, {"tiny_llama.gguf", "'spm_'", "byte-level BPE"});
 }
 
+TEST(GgufCorrupt, QwenPreTokenizerRefusedByName) {
+  GgufCopy f;
+  // tokenizer.ggml.pre = "smollm" (length 6) -> "qwen2" (length 5): the header is one byte shorter.
+  const size_t key = find_string(f.bytes, "tokenizer.ggml.pre") + std::strlen("tokenizer.ggml.pre") + 4;
+  poke<uint64_t>(f.bytes, key, 5);
+  f.bytes.replace(key + 8, 6, "qwen2");
+  // Keep the data section where it was: one byte more of alignment padding before it.
+  const GgufFile g = read_gguf(fixture("tiny_llama.gguf"));
+  f.bytes.insert(size_t(g.data_offset) - 1, 1, '\0');
+  f.save();
+  expect_open_error(f.path, ErrorCode::kUnsupported, {"tiny_llama.gguf", "'qwen2'", "not implemented"});
+}
+
 // ---- the default model -------------------------------------------------------------------------------------
 
 TEST(DefaultModel, SmolLM2Q4_1Opens) {
