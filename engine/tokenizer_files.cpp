@@ -40,14 +40,18 @@ std::pair<std::string, std::string> split_merge(const std::string& line, const s
   return {line.substr(0, space), line.substr(space + 1)};
 }
 
+// The largest token id a vocabulary file may give: 8x the largest real vocabulary (Gemma 3's 262,144). Ids index
+// a vector, so a bigger one is corruption that would cost gigabytes for a file of a few bytes (found by fuzzing).
+constexpr int64_t kMaxTokenId = (int64_t{1} << 21) - 1;
+
 // vocab: {"token": id, ...} -> tokens[id] (ids may leave holes, later filled by added tokens or left empty).
 void read_vocab(const json& vocab, const std::string& path, const char* where, TokenizerSpec& spec) {
   QS_CHECK(vocab.is_object(), ErrorCode::kInvalidModel, path, ": ", where, " is not an object of token -> id");
   QS_CHECK(!vocab.empty(), ErrorCode::kInvalidModel, path, ": ", where, " is empty");
   for (const auto& [token, id] : vocab.items()) {
-    QS_CHECK(id.is_number_integer() && id.get<int64_t>() >= 0 && id.get<int64_t>() < (int64_t{1} << 31),
+    QS_CHECK(id.is_number_integer() && id.get<int64_t>() >= 0 && id.get<int64_t>() <= kMaxTokenId,
              ErrorCode::kInvalidModel, path, ": ", where, " gives token '", token, "' the id ", id.dump(),
-             ", not a non-negative integer");
+             ", not an integer from 0 to ", kMaxTokenId);
     size_t i = id.get<size_t>();
     if (i >= spec.tokens.size()) spec.tokens.resize(i + 1);
     QS_CHECK(spec.tokens[i].empty(), ErrorCode::kInvalidModel, path, ": ", where, " gives id ", i,
@@ -169,8 +173,10 @@ TokenizerSpec read_tokenizer_json(const std::string& path) {
     for (size_t i = 0; i < added.size(); ++i) {
       const json& a = added[i];
       QS_CHECK(a.is_object() && a.contains("id") && a["id"].is_number_integer() && a["id"].get<int64_t>() >= 0 &&
-                   a.contains("content") && a["content"].is_string() && !a["content"].get<std::string>().empty(),
-               ErrorCode::kInvalidModel, path, ": added_tokens[", i, "] needs a non-negative \"id\" and a \"content\"");
+                   a["id"].get<int64_t>() <= kMaxTokenId && a.contains("content") && a["content"].is_string() &&
+                   !a["content"].get<std::string>().empty(),
+               ErrorCode::kInvalidModel, path, ": added_tokens[", i, "] needs an \"id\" from 0 to ", kMaxTokenId,
+               " and a \"content\"");
       QS_CHECK(!a.value("lstrip", false) && !a.value("rstrip", false) && !a.value("single_word", false),
                ErrorCode::kUnsupported, path, ": added token '", a["content"].get<std::string>(),
                "' uses lstrip/rstrip/single_word, which is not supported");

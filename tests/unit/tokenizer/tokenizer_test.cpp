@@ -330,6 +330,29 @@ TEST(Tokenizer, MergesAsStringsLoadTheSame) {
   EXPECT_EQ(from_strings.special_ids, from_lists.special_ids);
 }
 
+TEST(Tokenizer, HugeTokenIdsAreRejectedNotAllocated) {
+  // A few bytes naming id 2^31 - 1 once made the reader allocate 2^31 strings (found by tests/fuzz).
+  TempDir dir;
+  const std::string merges = dir.file("merges.txt", "");
+  try {
+    read_vocab_merges(dir.file("vocab.json", R"({"a": 0, "b": 2147483647})"), merges);
+    FAIL() << "a vocabulary id of 2^31 - 1 was accepted";
+  } catch (const qs::Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidModel);
+    EXPECT_NE(std::string(e.what()).find("gives token 'b' the id 2147483647, not an integer from 0 to 2097151"),
+              std::string::npos) << e.what();
+  }
+  json j = load_json(kTinyTokenizer);
+  j["added_tokens"] = json::array({{{"id", int64_t{1} << 40}, {"content", "<big>"}, {"special", true}}});
+  try {
+    read_tokenizer_json(dir.file("tokenizer.json", j.dump()));
+    FAIL() << "an added token id of 2^40 was accepted";
+  } catch (const qs::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("added_tokens[0] needs an \"id\" from 0 to 2097151"), std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(Tokenizer, TokenizerConfigGivesBosEos) {
   json j = load_json(kSmolTokenizer);
   TempDir dir;
