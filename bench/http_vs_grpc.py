@@ -15,6 +15,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import grpc
@@ -40,13 +41,15 @@ class Server:
                "--threads", str(threads), "--prefix-cache", "off", "--max-batch-size", "32", "--max-queued", "128",
                "--listen", f"127.0.0.1:{self.grpc_port}", "--http-listen", f"127.0.0.1:{self.http_port}",
                "--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # The log to a file: a pipe nobody reads fills after ~64 KB of request lines and then blocks the server.
+        self.log = tempfile.NamedTemporaryFile(prefix="quantserve-http-vs-grpc-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log)
         self.client = openai.OpenAI(base_url=f"http://127.0.0.1:{self.http_port}/v1", api_key="unused",
                                     max_retries=0, timeout=600)
         deadline = time.time() + 300
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                sys.exit(f"quantserve exited: {self.proc.stderr.read()[-2000:]}")
+                sys.exit(f"quantserve exited: {open(self.log.name).read()[-2000:]}")
             try:
                 self.client.models.list()
                 break
