@@ -538,9 +538,4 @@ HttpServer::~HttpServer() {
   }
 }
 
-int64_t HttpServer::connections() const {
-  std::lock_guard<std::mutex> lock(impl_->mutex);
-  return int64_t(impl_->connections.size());
-}
-
 }  // namespace qs::server

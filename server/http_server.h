@@ -82,8 +82,6 @@ class HttpServer {
   HttpServer& operator=(const HttpServer&) = delete;
 
   int port() const { return port_; }
-  // Connections open now (for tests and logs).
-  int64_t connections() const;
 
   // Implementation (http_server.cpp).
   struct Impl;

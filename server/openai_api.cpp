@@ -68,6 +68,7 @@ int http_status(grpc::StatusCode code) {
 void send_error(HttpExchange& exchange, int status, const std::string& message, const std::string& param = "",
                 const std::string& code = "", const std::string& request_id = "") {
   HttpExchange::Headers headers;
+  if (status == 401) headers.push_back({"WWW-Authenticate", "Bearer"});
   if (status == 429) headers.push_back({"Retry-After", "1"});
   if (status == 503) headers.push_back({"Retry-After", "5"});
   if (!request_id.empty()) headers.push_back({"X-Request-Id", request_id});
@@ -597,17 +598,13 @@ void OpenAiApi::handle(const HttpRequest& request, std::shared_ptr<HttpExchange>
     const AuthResult result = auth_->check(request.header("authorization"), models ? AuthScope::kRead : AuthScope::kAll);
     if (result != AuthResult::kAllowed) {
       const bool forbidden = result == AuthResult::kForbidden;
-      metrics_.unknown_model().count_request(
-          Api::kHttp, forbidden ? grpc::StatusCode::PERMISSION_DENIED : grpc::StatusCode::UNAUTHENTICATED,
-          FinishReason::kNone);
+      const grpc::StatusCode code =
+          forbidden ? grpc::StatusCode::PERMISSION_DENIED : grpc::StatusCode::UNAUTHENTICATED;
+      metrics_.unknown_model().count_request(Api::kHttp, code, FinishReason::kNone);
       std::fprintf(stderr, "quantserve: request refused api=http route=%s http=%d message=%s\n",
-                   printable(path).c_str(), forbidden ? 403 : 401, auth_message(result));
-      HttpExchange::Headers headers;
-      if (!forbidden) headers.push_back({"WWW-Authenticate", "Bearer"});
-      return exchange->respond(forbidden ? 403 : 401, "application/json",
-                               http_error_json(auth_message(result), error_type(forbidden ? 403 : 401), "",
-                                               forbidden ? "insufficient_scope" : "invalid_api_key"),
-                               std::move(headers));
+                   printable(path).c_str(), http_status(code), auth_message(result));
+      return send_error(*exchange, http_status(code), auth_message(result), "",
+                        forbidden ? "insufficient_scope" : "invalid_api_key");
     }
   }
   if (!service) return send_error(*exchange, 503, "the server is loading its models; retry shortly", "", "loading");
