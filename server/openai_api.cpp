@@ -396,6 +396,9 @@ class HttpGeneration : public std::enable_shared_from_this<HttpGeneration> {
     if (event.finish == FinishReason::kNone) return;
     std::shared_ptr<HttpGeneration> keep = std::move(self_);   // freed when this returns
     const grpc::Status status = final_status(event);
+    // Counted before the reply goes out, as the gRPC door does before Finish: a client that scrapes /metrics
+    // right after its reply must see its request counted.
+    record(status, event.finish);
     if (parsed_.stream) {
       finish_stream(event, status);
     } else if (status.ok()) {
@@ -403,14 +406,13 @@ class HttpGeneration : public std::enable_shared_from_this<HttpGeneration> {
     } else {
       send_error(*exchange_, http_status(status.error_code()), status.error_message(), "", "", job_->request_id);
     }
-    record(status, event.finish);
   }
 
   void on_error(const Error& error) {
     std::shared_ptr<HttpGeneration> keep = std::move(self_);
     const grpc::Status status = to_grpc_status(error, job_->request_id);
-    send_error(*exchange_, http_status(status.error_code()), status.error_message(), "", "", job_->request_id);
     record(status, status.error_code() == grpc::StatusCode::INTERNAL ? FinishReason::kError : FinishReason::kNone);
+    send_error(*exchange_, http_status(status.error_code()), status.error_message(), "", "", job_->request_id);
   }
 
   grpc::Status final_status(const GenerationEvent& event) const {

@@ -91,8 +91,11 @@ class Server:
     def metric(self, name, *labels):
         """Sum of the samples of `name` whose labels contain every string in `labels`."""
         c = http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=5)
-        c.request("GET", "/metrics")
-        text = c.getresponse().read().decode()
+        try:
+            c.request("GET", "/metrics")
+            text = c.getresponse().read().decode()
+        finally:
+            c.close()
         total, found = 0.0, False
         for line in text.splitlines():
             if line.startswith(name + "{") or line.startswith(name + " "):
