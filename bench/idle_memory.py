@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -36,12 +37,15 @@ def measure(binary, precision, port, metrics_port):
     cmd = [binary, "serve", "--model", MODEL, "--precision", precision, "--device", "cpu",
            "--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{metrics_port}",
            "--http-listen", ""]
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # The log to a file: a stderr pipe nobody reads fills after ~64 KB and then blocks the server.
+    log = tempfile.NamedTemporaryFile(prefix=f"quantserve-idle-memory-{precision}-", suffix=".log", delete=False)
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     try:
         text = None
         for _ in range(600):
             if p.poll() is not None:
-                raise RuntimeError(f"serve exited {p.returncode}: {p.stderr.read()[-2000:]}")
+                with open(log.name, errors="replace") as f:
+                    raise RuntimeError(f"serve exited {p.returncode} (log {log.name}): {f.read()[-2000:]}")
             try:
                 text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).read().decode()
                 if gauge(text, "quantserve_model_weight_bytes"):
@@ -69,6 +73,8 @@ def measure(binary, precision, port, metrics_port):
             p.wait(timeout=60)
         except subprocess.TimeoutExpired:
             p.kill()
+            p.wait()
+        log.close()
 
 
 def main():

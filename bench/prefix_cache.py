@@ -23,6 +23,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -52,13 +53,17 @@ class Server:
         cmd = [binary, "serve", "--model", f"smollm2={MODEL}", "--device", "cpu", "--threads", str(threads),
                "--prefix-cache", prefix_cache, "--listen", f"127.0.0.1:{port}",
                "--metrics-listen", f"127.0.0.1:{metrics_port}", "--http-listen", ""]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # The log to a file: a stderr pipe nobody reads fills after ~64 KB of request lines and then blocks the server.
+        self.log = tempfile.NamedTemporaryFile(prefix=f"quantserve-{self.name}-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log)
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         self.stub = pb2_grpc.InferenceStub(self.channel)
         self.pb2 = pb2
         for _ in range(600):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited {self.proc.returncode}: {self.proc.stderr.read()[-2000:]}")
+                with open(self.log.name, errors="replace") as f:
+                    raise RuntimeError(f"{self.name} exited {self.proc.returncode} (log {self.log.name}): "
+                                       f"{f.read()[-2000:]}")
             try:
                 self.info = self.stub.GetModel(pb2.GetModelRequest(), timeout=2)
                 return
@@ -100,6 +105,8 @@ class Server:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
+        self.log.close()
 
 
 def system_prompt_ids(server, repetition):
