@@ -1,10 +1,11 @@
 // quantserve-client: talks to a quantserve server over gRPC (generate, stream, models, info, health, tokenize,
-// bench).
+// bench; bench also goes through the OpenAI HTTP API with --api http).
 #include <CLI/CLI.hpp>
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -307,7 +308,10 @@ int main(int argc, char** argv) {
   CLI::App app{"quantserve-client: call a quantserve server (gRPC)"};
   app.require_subcommand(1);
   Common common;
-  app.add_option("--address", common.address, "Server HOST:PORT")->envname("QUANTSERVE_ADDRESS")->capture_default_str();
+  auto* address_opt = app.add_option("--address", common.address, "Server HOST:PORT (bench --api http: the HTTP API's, "
+                                     "default localhost:8000)")
+                          ->envname("QUANTSERVE_ADDRESS")
+                          ->capture_default_str();
   app.add_option("--timeout", common.timeout, "Deadline per call in seconds")->capture_default_str();
   app.add_option("--token", common.token, "Bearer token (a server with --auth-token-file asks for one)")
       ->envname("QUANTSERVE_TOKEN");
@@ -353,7 +357,12 @@ int main(int argc, char** argv) {
   qs::client::BenchOptions bench;
   bool bench_json = false;
   std::string bench_output;
-  auto* bench_cmd = app.add_subcommand("bench", "Closed-loop load: N concurrent streaming clients");
+  bool bench_unary = false;
+  auto* bench_cmd = app.add_subcommand("bench", "Closed-loop load: N concurrent clients, through gRPC or the HTTP API");
+  bench_cmd->add_option("--api", bench.api, "The door: grpc (GenerateStream / Generate) or http (POST /v1/completions)")
+      ->check(CLI::IsMember({"grpc", "http"}))
+      ->capture_default_str();
+  bench_cmd->add_flag("--unary", bench_unary, "Unary requests (Generate, or stream: false) instead of streamed ones");
   bench_cmd->add_option("--concurrency", bench.concurrency)->capture_default_str();
   auto* requests_opt = bench_cmd->add_option("--requests", bench.requests, "Total requests");
   bench_cmd->add_option("--duration", bench.duration_seconds, "Seconds to run")->excludes(requests_opt);
@@ -365,10 +374,17 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--output", bench_output, "Also write the JSON summary to FILE");
   bench_cmd->callback([&] {
     if (bench.requests <= 0 && bench.duration_seconds <= 0) bench.requests = 4 * int64_t(bench.concurrency);
-    bench.address = common.address;
+    const bool http = bench.api == "http";
+    bench.stream = !bench_unary;
+    bench.address = http && address_opt->count() == 0 && !std::getenv("QUANTSERVE_ADDRESS") ? "localhost:8000"
+                                                                                              : common.address;
     bench.token = common.token;
+    bench.tls_ca = common.tls_ca;
+    bench.tls_cert = common.tls_cert;
+    bench.tls_key = common.tls_key;
     bench.timeout_seconds = common.timeout;
-    nlohmann::json summary = qs::client::run_bench(connect(common), bench);
+    nlohmann::json summary = qs::client::run_bench(
+        http ? qs::client::http_door(bench) : qs::client::grpc_door(connect(common), bench), bench);
     if (bench_json) {
       std::printf("%s\n", summary.dump(2).c_str());
     } else {
