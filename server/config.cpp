@@ -76,6 +76,10 @@ void validate(const ServeOptions& o) {
            "' is not one of: fp32, fp16 (bf16 and int8 are names reserved for later)");
   QS_CHECK(l.max_queued > 0, ErrorCode::kInvalidArgument,
            "--max-queued must be > 0 (0 would refuse every request), got ", l.max_queued);
+  QS_CHECK(o.reflection == "auto" || o.reflection == "on" || o.reflection == "off", ErrorCode::kInvalidArgument,
+           "--reflection must be auto, on or off");
+  QS_CHECK(l.max_tokenize_queued > 0 && l.max_tokenize_queued <= 1000000, ErrorCode::kInvalidArgument,
+           "--max-tokenize-queued must be in [1, 1000000], got ", l.max_tokenize_queued);
   QS_CHECK(l.max_message_bytes <= (int64_t(1) << 30), ErrorCode::kInvalidArgument,
            "--max-message-bytes must be <= 1 GiB, got ", l.max_message_bytes);
   QS_CHECK(o.http_request_timeout_seconds > 0 && o.http_request_timeout_seconds <= 3600,

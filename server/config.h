@@ -9,6 +9,7 @@ namespace qs::server {
 // Request limits; over any of them a request is refused at once with a clear status.
 struct ServerLimits {
   int64_t max_queued = 256;            // requests waiting for a place in the running batch
+  int64_t max_tokenize_queued = 64;    // Tokenize calls queued or running (on their own thread, all models)
   int64_t max_batch_size = 32;         // running sequences per decode step
   int64_t max_batch_tokens = 512;      // tokens per forward pass
   int64_t max_prompt_tokens = 4096;
@@ -41,6 +42,8 @@ struct ServeOptions {
   std::string tls_key;
   std::string tls_client_ca;
   std::string auth_token_file;                 // bearer tokens for both doors (server/auth.h); empty = none
+  // gRPC server reflection: "auto" (on without --auth-token-file, off with it), "on" or "off".
+  std::string reflection = "auto";
   ServerLimits limits;
   double drain_grace_seconds = 30;
   double engine_stall_seconds = 60;    // an engine thread this long without progress, with work queued: NOT_SERVING

@@ -3,6 +3,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/impl/server_builder_option.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_credentials_options.h>
@@ -17,6 +18,7 @@
 #include <sstream>
 #include <memory>
 #include <thread>
+#include <vector>
 
 #include "engine/engine.h"
 #include "engine/kv_cache.h"
@@ -33,10 +35,20 @@
 #include "server/openai_api.h"
 #include "server/scheduler.h"
 #include "server/service.h"
+#include "server/undecodable_request.h"
 
 namespace qs::cli {
 
 namespace {
+
+// Takes gRPC's reflection plugin out of a ServerBuilder (see run_serve: linking the library adds it).
+class WithoutReflection final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    std::erase_if(*plugins, [](const auto& plugin) { return plugin->name() == "proto_server_reflection"; });
+  }
+};
 
 using server::Clock;
 
@@ -262,14 +274,23 @@ void run_serve(server::ServeOptions options, const std::vector<std::string>& mod
   server::InferenceService service(workers, options, metrics, auth.get());
 
   grpc::EnableDefaultHealthCheckService(true);
-  // Reflection stays on with tokens too: Debian's libgrpc++_reflection registers its plugin from a static
-  // initializer, so every ServerBuilder of a process that links it serves reflection. It lists the service's
-  // methods (public in proto/), not models or data; every method it names asks for a token.
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  // Reflection lists the service's methods (public in proto/), not models or data, but it answers without a token:
+  // off by default when tokens are on. Debian's libgrpc++_reflection adds its plugin to every ServerBuilder from a
+  // static initializer (linking it is enough), so "off" takes the plugin out again (WithoutReflection).
+  const bool reflection = options.reflection == "on" || (options.reflection == "auto" && !auth);
   grpc::ServerBuilder builder;
+  if (reflection) {
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+    if (auth) std::fprintf(stderr, "quantserve: warning: --reflection on: reflection answers without a token\n");
+  } else {
+    builder.SetOption(std::make_unique<WithoutReflection>());
+  }
   int port = 0;
   builder.AddListeningPort(options.listen, grpc_credentials(options), &port);
   builder.RegisterService(&service);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(server::make_undecodable_request_interceptor(metrics));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   builder.SetMaxReceiveMessageSize(int(options.limits.max_message_bytes));
   std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
   QS_CHECK(grpc_server && port != 0, ErrorCode::kUnavailable, "cannot listen on ", options.listen,
@@ -404,6 +425,15 @@ void add_serve_command(CLI::App& app) {
                   "Bearer tokens, one per line ('TOKEN' or 'TOKEN read' for a read-only one), for every gRPC call "
                   "and /v1 route but health; reloaded when the file changes")
       ->envname("QUANTSERVE_AUTH_TOKEN_FILE");
+  cmd->add_option("--reflection", options->reflection,
+                  "gRPC server reflection (it answers without a token): auto = on unless --auth-token-file is given")
+      ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->envname("QUANTSERVE_REFLECTION")
+      ->capture_default_str();
+  cmd->add_option("--max-tokenize-queued", l.max_tokenize_queued,
+                  "Tokenize calls queued or running (on a thread of their own) before RESOURCE_EXHAUSTED")
+      ->envname("QUANTSERVE_MAX_TOKENIZE_QUEUED")
+      ->capture_default_str();
   cmd->add_option("--max-queued", l.max_queued, "Requests waiting for the running batch before RESOURCE_EXHAUSTED")
       ->envname("QUANTSERVE_MAX_QUEUED")
       ->capture_default_str();

@@ -12,6 +12,7 @@
 #include "server/config.h"
 #include "server/metrics.h"
 #include "server/scheduler.h"
+#include "server/task_worker.h"
 
 namespace qs::server {
 
@@ -63,6 +64,7 @@ class InferenceService final : public quantserve::v1::Inference::CallbackService
   std::atomic<bool> draining_{false};
   std::atomic<uint64_t> next_id_{1};
   std::atomic<int64_t> active_calls_{0};
+  TaskWorker tokenize_worker_;   // Tokenize calls, off the engine threads; last, so it finishes them first
 };
 
 // The description GetModel returns: config, load report summarised per tensor class, limits.

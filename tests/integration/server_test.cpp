@@ -6,9 +6,12 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <future>
 #include <memory>
 #include <thread>
 
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -59,6 +62,36 @@ grpc::Status generate(v1::Inference::Stub& stub, const v1::GenerateRequest& requ
   grpc::ClientContext context;
   deadline_in(context, timeout);
   return stub.Generate(&context, request, response);
+}
+
+// Sends `bytes` as the request of `method` ("/quantserve.v1.Inference/Generate"), bypassing protobuf.
+grpc::Status call_with_raw_bytes(const std::string& address, const std::string& method, const std::string& bytes) {
+  grpc::GenericStub stub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::Slice slice(bytes);
+  grpc::ByteBuffer request(&slice, 1), response;
+  grpc::ClientContext context;
+  deadline_in(context, 30);
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&context, method, grpc::StubOptions(), &request, &response,
+                 [&done](grpc::Status status) { done.set_value(std::move(status)); });
+  return done.get_future().get();
+}
+
+// Lists the services reflection names (`names`); the status of the reflection call (UNIMPLEMENTED when off).
+grpc::Status reflection_services(const std::string& address, std::vector<std::string>* names) {
+  auto reflection = grpc::reflection::v1alpha::ServerReflection::NewStub(
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  deadline_in(context, 10);
+  auto stream = reflection->ServerReflectionInfo(&context);
+  grpc::reflection::v1alpha::ServerReflectionRequest request;
+  request.set_list_services("");
+  grpc::reflection::v1alpha::ServerReflectionResponse response;
+  if (stream->Write(request) && stream->Read(&response)) {
+    for (const auto& s : response.list_services_response().service()) names->push_back(s.name());
+  }
+  stream->WritesDone();
+  return stream->Finish();
 }
 
 // Polls /metrics until `pred` holds or `timeout` passes.
@@ -330,6 +363,26 @@ TEST_F(ServeTest, HealthAndReflection) {
   EXPECT_GT(response.file_descriptor_response().file_descriptor_proto_size(), 0);
   stream->WritesDone();
   EXPECT_TRUE(stream->Finish().ok());
+}
+
+TEST_F(ServeTest, UndecodableRequestsAreInvalidArgumentNamingTheType) {
+  // Field 1 (a string) announcing 5 bytes and carrying 2: no protobuf parser accepts it.
+  const std::string truncated = "\x0a\x05" "ab";
+  for (const auto& [method, type] : std::vector<std::pair<std::string, std::string>>{
+           {"Generate", "quantserve.v1.GenerateRequest"},
+           {"GenerateStream", "quantserve.v1.GenerateRequest"},
+           {"Tokenize", "quantserve.v1.TokenizeRequest"},
+           {"GetModel", "quantserve.v1.GetModelRequest"}}) {
+    grpc::Status status = call_with_raw_bytes(server_->address, "/quantserve.v1.Inference/" + method, truncated);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method << ": " << status.error_message();
+    EXPECT_NE(status.error_message().find(type), std::string::npos) << method << ": " << status.error_message();
+  }
+  // A method the service does not have is still gRPC's own UNIMPLEMENTED.
+  EXPECT_EQ(call_with_raw_bytes(server_->address, "/quantserve.v1.Inference/NoSuchMethod", "").error_code(),
+            grpc::StatusCode::UNIMPLEMENTED);
+  // And the server still answers a good request.
+  v1::GenerateResponse r;
+  EXPECT_TRUE(generate(*stub_, greedy("Hello", 2), &r).ok());
 }
 
 TEST_F(ServeTest, MetricsFamiliesPresent) {
@@ -678,4 +731,65 @@ TEST(PrefixCache, BadFlagValueFailsAtStartUp) {
   const RunResult r = run_quantserve("--prefix-cache maybe");
   EXPECT_NE(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("--prefix-cache"), std::string::npos) << r.output;
+}
+
+namespace {
+// A token file with one full-scope token, for the servers below.
+std::string write_token_file() {
+  const std::string path = ::testing::TempDir() + "quantserve-reflection-tokens-" + std::to_string(getpid());
+  std::ofstream(path) << "reflection-test-token-0123456789\n";
+  return path;
+}
+}  // namespace
+
+TEST(Reflection, OffByDefaultWithTokensOnWhenAsked) {
+  const std::string tokens = write_token_file();
+  auto with_tokens = start_server({"--auth-token-file", tokens});
+  ASSERT_TRUE(with_tokens);
+  std::vector<std::string> names;
+  EXPECT_EQ(reflection_services(with_tokens->address, &names).error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_TRUE(names.empty());
+
+  auto asked = start_server({"--auth-token-file", tokens, "--reflection", "on"});
+  ASSERT_TRUE(asked);
+  names.clear();
+  EXPECT_TRUE(reflection_services(asked->address, &names).ok());
+  EXPECT_NE(std::find(names.begin(), names.end(), "quantserve.v1.Inference"), names.end());
+  EXPECT_NE(asked->log().find("reflection answers without a token"), std::string::npos) << asked->log();
+}
+
+TEST(Reflection, OffWhenAskedWithoutTokens) {
+  auto off = start_server({"--reflection", "off"});
+  ASSERT_TRUE(off);
+  std::vector<std::string> names;
+  EXPECT_EQ(reflection_services(off->address, &names).error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  const RunResult bad = run_quantserve("--reflection maybe");
+  EXPECT_NE(bad.exit_code, 0) << bad.output;
+  EXPECT_NE(bad.output.find("--reflection"), std::string::npos) << bad.output;
+}
+
+// Tokenize runs on a thread of its own: it answers while the engine thread sleeps 20 s between two decode steps
+// (before, it queued behind them on the engine thread and could not finish within the 15 s deadline).
+TEST(TokenizeOffTheEngineThread, AnswersWhileAGenerationIsBetweenSteps) {
+  auto server = start_server({"--step-delay-ms", "20000"});
+  ASSERT_TRUE(server);
+  auto stub = stub_for(*server);
+  grpc::ClientContext stream_context;
+  deadline_in(stream_context, 120);
+  auto reader = stub->GenerateStream(&stream_context, greedy("keep the engine busy", 50));
+  v1::GenerateResponse chunk;
+  ASSERT_TRUE(reader->Read(&chunk));   // a step has run; the engine thread now sleeps before the next
+  grpc::ClientContext context;
+  deadline_in(context, 15);
+  v1::TokenizeRequest request;
+  request.set_text("Hello world");
+  v1::TokenizeResponse tokens;
+  grpc::Status status = stub->Tokenize(&context, request, &tokens);
+  EXPECT_TRUE(status.ok()) << int(status.error_code()) << ": " << status.error_message();
+  EXPECT_GT(tokens.token_ids_size(), 0);
+  EXPECT_EQ(tokens.token_ids_size(), tokens.tokens_size());
+  stream_context.TryCancel();
+  while (reader->Read(&chunk)) {
+  }
+  reader->Finish();
 }
