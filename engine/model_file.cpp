@@ -526,19 +526,11 @@ void ModelFileLoader::load_gguf_tokenizer(const GgufFile& g) {
   spec.bos_id = token_id("tokenizer.ggml.bos_token_id");
   spec.eos_id = token_id("tokenizer.ggml.eos_token_id");
   spec.add_bos = g.get_bool("tokenizer.ggml.add_bos_token", false);
+  // A file without the key predates it (llama.cpp's converters of then wrote GPT-2-style vocabularies). A name
+  // whose regex is not implemented is refused: splitting with another would tokenize wrongly without a word.
   const std::string pre = g.get_string("tokenizer.ggml.pre", "gpt-2");
-  // Qwen2/2.5/3 files (now loadable) split text with their own regex and NFC; the GPT-2 fallback below would
-  // tokenize them wrongly without a word, so they are refused until that pre-tokenizer exists.
-  QS_CHECK(spm || pre != "qwen2", ErrorCode::kUnsupported, file,
-           ": its pre-tokenizer ('qwen2': Qwen's regex and NFC normalization) is not implemented");
-  if (pre == "smollm") {
-    spec.pretokenizer = "gpt2-digits";
-  } else if (pre == "llama-bpe" || pre == "llama3") {
-    spec.pretokenizer = "llama3";
-    spec.ignore_merges = true;   // Llama 3's tokenizer.json sets it
-  } else {
-    spec.pretokenizer = "gpt2";
-  }
+  QS_CHECK(spm || set_gguf_pretokenizer(pre, spec), ErrorCode::kUnsupported, file, ": its pre-tokenizer '", pre,
+           "' (metadata 'tokenizer.ggml.pre') is not implemented; implemented: ", gguf_pretokenizer_names());
   config_.bos_token_id = spec.bos_id;
   config_.eos_token_id = spec.eos_id;
   config_.chat_template = g.get_string("tokenizer.chat_template", "");

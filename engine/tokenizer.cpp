@@ -1,15 +1,17 @@
-// Byte-level BPE: special-token splitting, the GPT-2 pre-tokenizer regex (PCRE2), BPE merges, and UTF-8-safe
-// decoding. Behaviour follows Hugging Face `tokenizers` (BPE model + ByteLevel pre-tokenizer/decoder) exactly.
+// Byte-level BPE: special-token splitting, NFC (utf8proc), the pre-tokenizer regexes (PCRE2), BPE merges, and
+// UTF-8-safe decoding. Behaviour follows Hugging Face `tokenizers` (BPE model + ByteLevel pre-tokenizer/decoder) exactly.
 // SentencePiece-style BPE ("spm", Gemma) follows llama.cpp's llm_tokenizer_spm and HF's GemmaTokenizer.
 #include "engine/tokenizer.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
+#include <utf8proc.h>
 
 #include <algorithm>
 #include <array>
 #include <cctype>
 #include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <queue>
 #include <unordered_map>
@@ -164,6 +166,10 @@ constexpr const char* kGpt2Pattern =
 constexpr const char* kLlama3Pattern =
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^" QS_WS
     "\\p{L}\\p{N}]+[\\r\\n]*|[" QS_WS "]*[\\r\\n]+|[" QS_WS "]+(?![^" QS_WS "])|[" QS_WS "]+";
+// Qwen2's: Llama 3's with digits one at a time.
+constexpr const char* kQwen2Pattern =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^" QS_WS
+    "\\p{L}\\p{N}]+[\\r\\n]*|[" QS_WS "]*[\\r\\n]+|[" QS_WS "]+(?![^" QS_WS "])|[" QS_WS "]+";
 constexpr const char* kDigitPattern = "\\p{N}";
 #undef QS_WS
 
@@ -213,6 +219,36 @@ class Regex {
   pcre2_code* code_ = nullptr;
 };
 
+// Unicode NFC, as HF's NFC normalizer, over each run of valid UTF-8; a byte that is not UTF-8 (HF is never given
+// one: Python strings are text) passes through untouched, so no byte of the caller's text is lost.
+std::string nfc(std::string_view text) {
+  const auto* data = reinterpret_cast<const utf8proc_uint8_t*>(text.data());
+  const auto size = static_cast<utf8proc_ssize_t>(text.size());
+  if (std::all_of(text.begin(), text.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; }))
+    return std::string(text);   // ASCII is its own NFC
+  std::string out;
+  out.reserve(text.size());
+  utf8proc_ssize_t i = 0;
+  while (i < size) {
+    const utf8proc_ssize_t start = i;
+    utf8proc_int32_t cp = 0;
+    for (utf8proc_ssize_t n; i < size && (n = utf8proc_iterate(data + i, size - i, &cp)) > 0;) i += n;
+    if (i > start) {
+      utf8proc_uint8_t* composed = nullptr;
+      const utf8proc_ssize_t len =
+          utf8proc_map(data + start, i - start, &composed, utf8proc_option_t(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
+      if (len >= 0) {
+        out.append(reinterpret_cast<const char*>(composed), size_t(len));
+      } else {   // only out of memory: the run was checked valid
+        out.append(text.substr(size_t(start), size_t(i - start)));
+      }
+      std::free(composed);
+    }
+    if (i < size) out += text[size_t(i++)];   // the byte utf8proc_iterate refused
+  }
+  return out;
+}
+
 // A run of byte-fallback tokens as HF's ByteFallback decoder gives it: its bytes if they are valid UTF-8 as a
 // whole, else U+FFFD for each token.
 std::string resolve_byte_run(const std::string& bytes, size_t tokens) {
@@ -243,9 +279,12 @@ void validate_tokenizer_spec(const TokenizerSpec& spec, const std::string& sourc
   QS_CHECK(spec.model != "spm" || (spec.scores.size() == spec.tokens.size() && spec.merges.empty()),
            ErrorCode::kInvalidModel, source, ": a SentencePiece tokenizer needs one score per token (", spec.scores.size(),
            " scores for ", spec.tokens.size(), " tokens) and no merges");
-  QS_CHECK(spec.model == "spm" || spec.pretokenizer == "gpt2" || spec.pretokenizer == "gpt2-digits" || spec.pretokenizer == "llama3",
+  QS_CHECK(spec.model == "spm" || spec.pretokenizer == "gpt2" || spec.pretokenizer == "gpt2-digits" ||
+               spec.pretokenizer == "llama3" || spec.pretokenizer == "qwen2",
            ErrorCode::kInvalidModel, source, ": unknown pre-tokenizer '", spec.pretokenizer,
-           "' (expected gpt2, gpt2-digits or llama3)");
+           "' (expected gpt2, gpt2-digits, llama3 or qwen2)");
+  QS_CHECK(spec.normalizer.empty() || spec.normalizer == "nfc", ErrorCode::kInvalidModel, source,
+           ": unknown normalizer '", spec.normalizer, "' (expected none or nfc)");
   const int64_t n = static_cast<int64_t>(spec.tokens.size());
   for (const auto* ids : {&spec.special_ids, &spec.added_ids}) {
     for (int32_t id : *ids) {
@@ -393,7 +432,10 @@ Tokenizer::Tokenizer(TokenizerSpec spec) : impl_(std::make_unique<Impl>()) {
                      [](const Impl::Added& x, const Impl::Added& y) { return x.text.size() > y.text.size(); });
   if (m.spm) return;
   if (m.spec.pretokenizer == "gpt2-digits") m.pretokenizer.push_back(std::make_unique<Regex>(kDigitPattern));
-  m.pretokenizer.push_back(std::make_unique<Regex>(m.spec.pretokenizer == "llama3" ? kLlama3Pattern : kGpt2Pattern));
+  const std::string& kind = m.spec.pretokenizer;
+  m.pretokenizer.push_back(std::make_unique<Regex>(kind == "llama3" ? kLlama3Pattern
+                                                   : kind == "qwen2"  ? kQwen2Pattern
+                                                                      : kGpt2Pattern));
 }
 
 Tokenizer::~Tokenizer() = default;
@@ -543,7 +585,9 @@ void Tokenizer::Impl::spm_encode(std::string_view text, std::vector<int32_t>& ou
   }
 }
 
-void Tokenizer::Impl::encode_words(std::string_view text, std::vector<int32_t>& out) const {
+void Tokenizer::Impl::encode_words(std::string_view raw, std::vector<int32_t>& out) const {
+  const std::string normalized = spec.normalizer == "nfc" ? nfc(raw) : std::string();
+  const std::string_view text = spec.normalizer == "nfc" ? std::string_view(normalized) : raw;
   if (spm) {
     spm_encode(replace_spaces(text, kSpaceMarker), out);
     return;
@@ -563,7 +607,8 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text_in, bool parse_spec
   const Impl& m = *impl_;
   std::vector<int32_t> out;
   out.reserve(text_in.size() / 3 + 4);
-  const std::string prefixed = m.spm && m.spec.add_space_prefix ? " " + std::string(text_in) : std::string();
+  std::string prefixed;   // appended, not " " + text: GCC 12 warns (-Wrestrict, falsely) on the operator+ form
+  if (m.spm && m.spec.add_space_prefix) prefixed.append(1, ' ').append(text_in);
   const std::string_view text = prefixed.empty() ? text_in : std::string_view(prefixed);
   if (!m.has_added) {
     m.encode_words(text, out);

@@ -28,8 +28,12 @@ struct TokenizerSpec {
   std::vector<int32_t> added_ids;     // non-special added tokens: matched verbatim even when parse_special is
                                       // false, and kept by decode(skip_special) (HF "special": false)
   // Pre-tokenizer: "gpt2" (the GPT-2 regex), "gpt2-digits" (GPT-2 regex after splitting every digit on its
-  // own, as SmolLM2 does), "llama3" (the Llama-3 regex). The loader picks it from tokenizer.json or GGUF.
+  // own, as SmolLM2 does), "llama3" (the Llama-3 regex), "qwen2" (Qwen2/2.5/3: Llama 3's regex but digits one at
+  // a time). The loader picks it from tokenizer.json or GGUF.
   std::string pretokenizer = "gpt2";
+  // Normalizer applied to the text between added tokens before pre-tokenizing: "" (none) or "nfc" (Unicode NFC,
+  // as Qwen's tokenizer.json has it).
+  std::string normalizer;
   int32_t bos_id = -1;
   int32_t eos_id = -1;
   bool add_bos = false;                // prepend BOS when encoding a prompt
@@ -45,9 +49,12 @@ TokenizerSpec read_vocab_merges(const std::string& vocab_path, const std::string
 // Checks that a spec is usable (ids in range, merges name known tokens whose concatenation is a token, known
 // pre-tokenizer); throws qs::Error(kInvalidModel) starting with `source` (a file name) otherwise.
 void validate_tokenizer_spec(const TokenizerSpec& spec, const std::string& source);
-// TokenizerSpec::pretokenizer for a GGUF's tokenizer.ggml.pre (llama.cpp's names: "smollm" -> "gpt2-digits",
-// "gpt-2" -> "gpt2", "llama-bpe" -> "llama3", ...); nullopt for one this tokenizer does not implement.
-std::optional<std::string> pretokenizer_for_gguf(std::string_view ggml_pre);
+// Sets spec.pretokenizer, normalizer and ignore_merges for a GGUF's tokenizer.ggml.pre (llama.cpp's names:
+// "smollm" -> "gpt2-digits", "gpt-2" -> "gpt2", "llama-bpe" -> "llama3" with ignore_merges, "qwen2" -> "qwen2" with
+// NFC, ...). Returns false, leaving spec as it was, for a name this tokenizer does not implement.
+bool set_gguf_pretokenizer(std::string_view ggml_pre, TokenizerSpec& spec);
+// The tokenizer.ggml.pre names set_gguf_pretokenizer knows, comma-separated (for error messages).
+std::string gguf_pretokenizer_names();
 
 class Tokenizer {
  public:

@@ -1,4 +1,4 @@
-// Reading a TokenizerSpec from Hugging Face tokenizer.json, or from GPT-2's vocab.json + merges.txt.
+// Reading a TokenizerSpec from Hugging Face tokenizer.json or GPT-2's vocab.json + merges.txt; GGUF pre-tokenizer names.
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -71,12 +71,16 @@ constexpr const char* kLlama3Split =
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
     "\\s+(?!\\S)|\\s+";
 constexpr const char* kGpt2Split = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+// Qwen2's (Qwen2.5's, Qwen3's): Llama 3's but \p{N} one digit at a time.
+constexpr const char* kQwen2Split =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+    "\\s+(?!\\S)|\\s+";
 
 std::string pretokenizer_kind(const json& pre, const std::string& path) {
   auto unsupported = [&]() -> std::string {
     QS_FAIL(ErrorCode::kUnsupported, path, ": pre_tokenizer ", pre.dump(),
             " is not supported (expected ByteLevel, Sequence[Digits(individual_digits), ByteLevel] or "
-            "Sequence[Split(Llama-3 regex), ByteLevel])");
+            "Sequence[Split(the Llama-3 or Qwen2 regex), ByteLevel])");
   };
   auto type = [](const json& j) { return j.is_object() ? j.value("type", std::string()) : std::string(); };
   auto byte_level = [&](const json& j, bool with_regex) {
@@ -92,6 +96,7 @@ std::string pretokenizer_kind(const json& pre, const std::string& path) {
       seq[0].contains("pattern") && seq[0]["pattern"].is_object() && seq[0]["pattern"].contains("Regex")) {
     std::string regex = seq[0]["pattern"]["Regex"].get<std::string>();
     if (regex == kLlama3Split) return "llama3";
+    if (regex == kQwen2Split) return "qwen2";
     if (regex == kGpt2Split) return "gpt2";
   }
   if (seq.size() == 1 && byte_level(seq[0], true)) return "gpt2";
@@ -121,15 +126,50 @@ void read_tokenizer_config(const std::string& tokenizer_path, TokenizerSpec& spe
 
 }  // namespace
 
-std::optional<std::string> pretokenizer_for_gguf(std::string_view pre) {
-  // Grouped as llama.cpp's llm_tokenizer_bpe groups them by the regexes they use.
-  for (const char* name : {"gpt-2", "gpt2", "mpt", "olmo", "jais", "trillion"})
-    if (pre == name) return "gpt2";
-  for (const char* name : {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"})
-    if (pre == name) return "gpt2-digits";  // "\p{N}" first, then the GPT-2 regex
-  for (const char* name : {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "smaug-bpe", "dbrx", "pixtral"})
-    if (pre == name) return "llama3";
-  return std::nullopt;
+namespace {
+
+// tokenizer.ggml.pre names, grouped as llama.cpp's llama_vocab groups them by the regexes they split with. llama.cpp
+// applies no normalizer; for "qwen2" we apply NFC as transformers' GGUF converter and Qwen's own tokenizer.json do.
+// Every other name (deepseek-llm, deepseek-coder, deepseek-v3, tekken, chatglm-bpe, stablelm2, gpt-4o, ...) has a
+// regex of its own that is not implemented: such a file is refused by name rather than split the wrong way.
+struct GgufPretokenizer {
+  const char* name;
+  const char* pretokenizer;
+  const char* normalizer;
+  bool ignore_merges;
+};
+constexpr GgufPretokenizer kGgufPretokenizers[] = {
+    {"gpt-2", "gpt2", "", false}, {"gpt2", "gpt2", "", false}, {"mpt", "gpt2", "", false},
+    {"olmo", "gpt2", "", false}, {"jais", "gpt2", "", false}, {"trillion", "gpt2", "", false},
+    // "\p{N}" first, then the GPT-2 regex
+    {"smollm", "gpt2-digits", "", false}, {"starcoder", "gpt2-digits", "", false}, {"refact", "gpt2-digits", "", false},
+    {"command-r", "gpt2-digits", "", false}, {"codeshell", "gpt2-digits", "", false},
+    {"exaone", "gpt2-digits", "", false}, {"minerva-7b", "gpt2-digits", "", false},
+    // llama.cpp's LLAMA3 type takes a pre-token that is itself a token whole (ignore_merges); SMAUG and DBRX,
+    // with the same regex, do not.
+    {"llama3", "llama3", "", true}, {"llama-v3", "llama3", "", true}, {"llama-bpe", "llama3", "", true},
+    {"falcon3", "llama3", "", true}, {"falcon-h1", "llama3", "", true}, {"pixtral", "llama3", "", true},
+    {"smaug-bpe", "llama3", "", false}, {"dbrx", "llama3", "", false},
+    {"qwen2", "qwen2", "nfc", false},
+};
+
+}  // namespace
+
+bool set_gguf_pretokenizer(std::string_view pre, TokenizerSpec& spec) {
+  for (const GgufPretokenizer& p : kGgufPretokenizers) {
+    if (pre != p.name) continue;
+    spec.pretokenizer = p.pretokenizer;
+    spec.normalizer = p.normalizer;
+    spec.ignore_merges = p.ignore_merges;
+    return true;
+  }
+  return false;
+}
+
+std::string gguf_pretokenizer_names() {
+  std::string names;
+  for (const GgufPretokenizer& p : kGgufPretokenizers) names += std::string(names.empty() ? "" : ", ") + p.name;
+  return names;
 }
 
 TokenizerSpec read_tokenizer_json(const std::string& path) {
@@ -144,8 +184,10 @@ TokenizerSpec read_tokenizer_json(const std::string& path) {
   QS_CHECK(model.contains("vocab"), ErrorCode::kInvalidModel, path, ": tokenizer.json has no model.vocab");
   QS_CHECK(!model.contains("byte_fallback") || !model["byte_fallback"].is_boolean() || !model["byte_fallback"].get<bool>(),
            ErrorCode::kUnsupported, path, ": BPE with byte_fallback (sentencepiece style) is not supported");
-  QS_CHECK(!root.contains("normalizer") || root["normalizer"].is_null(), ErrorCode::kUnsupported, path,
-           ": tokenizer normalizer ", root.value("normalizer", json()).dump(), " is not supported");
+  const json normalizer = root.value("normalizer", json());
+  const bool nfc = normalizer.is_object() && normalizer.size() == 1 && normalizer.value("type", std::string()) == "NFC";
+  QS_CHECK(normalizer.is_null() || nfc, ErrorCode::kUnsupported, path, ": tokenizer normalizer ", normalizer.dump(),
+           " is not supported (only none or NFC)");
 
   TokenizerSpec spec;
   read_vocab(model["vocab"], path, "model.vocab", spec);
@@ -193,6 +235,7 @@ TokenizerSpec read_tokenizer_json(const std::string& path) {
   QS_CHECK(root.contains("pre_tokenizer") && !root["pre_tokenizer"].is_null(), ErrorCode::kUnsupported, path,
            ": tokenizer.json has no pre_tokenizer; only byte-level BPE is supported");
   spec.pretokenizer = pretokenizer_kind(root["pre_tokenizer"], path);
+  if (nfc) spec.normalizer = "nfc";
 
   if (auto eos = find_token(spec, "<|endoftext|>")) spec.eos_id = *eos;  // GPT-2 style default
   read_tokenizer_config(path, spec);

@@ -43,12 +43,14 @@ pack() {
       if [ -f "$f" ] || [ -L "$f" ]; then cp -a --parents "$f" "$stage" 2>/dev/null || true; fi
     done
   done
-  # PCRE2: the header and the static library only (no .so to carry, nothing to load at run time).
+  # PCRE2 and utf8proc: the headers and the static libraries only (no .so to carry, nothing to load at run time).
   cp -a --parents /usr/include/pcre2.h /usr/lib/x86_64-linux-gnu/libpcre2-8.a "$stage"
+  cp -a --parents /usr/include/utf8proc.h /usr/lib/x86_64-linux-gnu/libutf8proc.a "$stage"
   local f
   for f in usr/lib/x86_64-linux-gnu/libdnnl.so.2 usr/lib/x86_64-linux-gnu/cmake/dnnl/dnnl-config.cmake \
            usr/lib/x86_64-linux-gnu/libOpenCL.so.1 usr/include/CL/cl.h usr/include/nlohmann/json.hpp \
-           usr/include/CLI/CLI.hpp usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.cmake usr/include/pcre2.h; do
+           usr/include/CLI/CLI.hpp usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.cmake usr/include/pcre2.h \
+           usr/include/utf8proc.h; do
     [ -e "$stage/$f" ] || { say "bundle is missing /$f"; exit 1; }
   done
   tar -C "$stage" -czf "$DEPS_TGZ" usr

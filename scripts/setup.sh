@@ -28,7 +28,7 @@ APT_PACKAGES=(
   build-essential cmake pkg-config git ca-certificates python3 python3-pip unzip curl
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   prometheus-cpp-dev libdnnl-dev ocl-icd-opencl-dev nlohmann-json3-dev libcli11-dev libmicrohttpd-dev
-  libpcre2-dev libcurl4-openssl-dev
+  libpcre2-dev libutf8proc-dev libcurl4-openssl-dev
 )
 # The test suite's: GoogleTest, a real Prometheus for the live scrape test (tests/deploy), openssl for the TLS
 # tests' certificates, clang 14 and its sanitizer + libFuzzer runtimes for the fuzz targets (scripts/fuzz.sh).

@@ -9,6 +9,11 @@ Writes, under tests/fixtures/tokenizer/:
   llama3/tokenizer.json    the tiny vocabulary with Llama 3's pre-tokenizer (Split on its regex, then
                            ByteLevel without regex) and ignore_merges, as Llama 3's tokenizer.json has them
   llama3/cases.json        reference ids for it
+  qwen2/tokenizer.json     Qwen2's pre-tokenizer and normalizer (transformers' Qwen2Converter: NFC, then Split on
+                           Qwen's regex, then ByteLevel without regex) over a byte-level BPE of 3,000 tokens trained
+                           here on the test strings (with GPT-2's split, so digit runs have merges too)
+  qwen2/cases.json         reference ids for it, on the test strings plus QWEN_HARD (NFC-sensitive text, digit
+                           runs, whitespace runs); each case whose text NFC changes also holds "normalized"
   gemma3/cases.json        reference ids for Gemma 3's SentencePiece tokenizer as transformers builds it from
                            models/gemma-3-270m-q4_k_m.gguf (scripts/setup.sh --extra-models); the test reads the
                            tokenizer from that GGUF and skips itself when the file is absent
@@ -16,7 +21,7 @@ Writes, under tests/fixtures/tokenizer/:
 Each cases.json holds: "encode": [{text, ids, ids_no_special?}], "decode": [{ids, text, text_skip_special}].
 The strings are generated deterministically (fixed seed), so rerunning gives identical files.
 
-Usage: python3 tools/make_tokenizer_fixtures.py [--gguf models/SmolLM2-135M-Instruct.Q4_1.gguf]
+Usage: python3 tools/make_tokenizer_fixtures.py [--gguf models/SmolLM2-135M-Instruct.Q4_1.gguf] [--only NAME ...]
 Needs: tokenizers, gguf, numpy (not needed by the tests, which read only the committed JSON).
 """
 import argparse
@@ -99,6 +104,54 @@ def build_llama3_style(tiny_path: Path) -> Tokenizer:
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t["content"], special=True, normalized=False) for t in spec["added_tokens"]])
     return tok
+
+
+# Qwen2, Qwen2.5 and Qwen3 share this tokenizer.json (transformers' Qwen2Converter writes the same): letters with
+# at most one leading non-letter, digits ONE at a time (Llama 3 takes up to three), NFC before any of it.
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def qwen2_pre_tokenizer(split=QWEN2_SPLIT):
+    from tokenizers import Regex
+    return pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False),
+         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
+
+
+def build_qwen2_style(corpus) -> Tokenizer:
+    from tokenizers import normalizers, trainers
+    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    # Trained on GPT-2's split (runs of digits, " word"), so the vocabulary holds multi-digit and other pieces that
+    # Qwen's split must NOT produce: a wrong split then shows in the ids instead of being hidden by missing merges.
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    trainer = trainers.BpeTrainer(vocab_size=3000, min_frequency=1, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=[AddedToken(t, special=True, normalized=False) for t in QWEN2_SPECIALS])
+    tok.train_from_iterator(corpus, trainer=trainer)
+    tok.pre_tokenizer = qwen2_pre_tokenizer()
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+# NFC-sensitive text (composition, singletons such as the Ohm and Angstrom signs, Hangul jamo, composition
+# exclusions, reordering of combining marks), digit runs, whitespace runs and newlines around punctuation.
+QWEN_HARD = [
+    "A\u030a", "\u212b ngstr\u00f6m", "\u2126 ohm", "e\u0301e\u0300e\u0302", "a\u0323\u0302 vs a\u0302\u0323",
+    "\u1100\u1161\u11a8 jamo", "\u0915\u093c \u0958", "\u0065\u0301\u0301", "\u00c5\u0301", "ﬁ ﬂ ﬀ",
+    "\u1e9b\u0323", "\u0cc6\u0cc2", "q\u0307\u0323", "\u0041\u0308\u0304", "n\u0303o\u0303 combining",
+    "\u0301 leading mark", "x\u0301y\u0301z\u0301", "\u3099\u304b\u3099 kana voicing", "\u304b\u309a",
+    "0123456789", "31415926535897932384626433", "1 22 333 4444 55555", "x1y22z333", "v2.10.100", "١٢٣٤٥٦",
+    "０１２３ fullwidth", "①②③", "2\u00b3 = 8", "$1,234.56", "1e+100", "--99", "a1b2c3d4e5",
+    "It's", "IT'S", "it'S", "I'M", "We'Re", "they'VE", "you'LL", "she'D", "don'T", "'S'T'RE'VE'M'LL'D",
+    "\n\n\n", "\r\n\r\n", " \n ", "  \n  \n", "a\n\nb", "end.\n\n\nnext", "x  \t  y", "\t\t\n\t",
+    "           twelve spaces", "trailing\n   ", "!!!\n\n", "...\r\n", "    def f():\n        return 1\n",
+    "你好世界，这是一个测试。", "日本語の文章、句読点。", "한국어 문장입니다.", "混合English和中文123",
+    "😀😀😀", "👩🏽‍💻 coder", "🇨🇳🇯🇵🇰🇷", "emoji😀inside", "1️⃣2️⃣3️⃣", "⭐️", "🫠🫡",
+    "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n", "<|endoftext|>\u212b", "A<|im_end|>\u030a",
+]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -211,6 +264,8 @@ def cases(tok: Tokenizer, strings):
         tok.encode_special_tokens = False
         ids = tok.encode(s, add_special_tokens=False).ids
         case = {"text": s, "ids": ids}
+        if tok.normalizer is not None and tok.normalizer.normalize_str(s) != s:
+            case["normalized"] = tok.normalizer.normalize_str(s)   # what decode(encode(text)) gives back
         if any(sp in s for sp in specials):
             tok.encode_special_tokens = True
             case["ids_no_special"] = tok.encode(s, add_special_tokens=False).ids
@@ -246,11 +301,49 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gguf", default=str(ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
     ap.add_argument("--gemma-gguf", default=str(ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"))
+    ap.add_argument("--only", nargs="+", choices=["smollm2", "tiny", "llama3", "qwen2", "gemma3"],
+                    help="write only these fixtures (the others need the models setup.sh fetches)")
     args = ap.parse_args()
+    only = set(args.only or ["smollm2", "tiny", "llama3", "qwen2", "gemma3"])
     strings = test_strings()
     print(f"{len(strings)} test strings")
+    if "qwen2" in only:
+        write_qwen2(strings)
+    if "smollm2" in only:
+        write_smollm2(Path(args.gguf), strings)
+    if "tiny" in only:
+        write_tiny(strings)
+    if "llama3" in only:
+        write_llama3(strings)
+    if "gemma3" in only:
+        write_gemma3(Path(args.gemma_gguf), strings)
 
-    smol = build_smollm2(Path(args.gguf))
+
+def write_qwen2(strings):
+    corpus = list(strings) + QWEN_HARD
+    qwen = build_qwen2_style(corpus)
+    path = OUT / "qwen2" / "tokenizer.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    qwen.save(str(path), pretty=False)
+    print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size / 1e6:.2f} MB)")
+    hard = [s for s in QWEN_HARD if s not in set(strings)]
+    result = cases(qwen, list(strings) + hard)
+    # The fixture must tell the pre-tokenizer and the normalizer apart: count the strings whose ids change when
+    # the text is split as Llama 3 or GPT-2 split it, or not put in NFC.
+    from tokenizers import normalizers
+    gpt2_split = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    for what, change in [("Llama 3's split", lambda t: setattr(t, "pre_tokenizer", qwen2_pre_tokenizer(LLAMA3_SPLIT))),
+                         ("GPT-2's split", lambda t: setattr(t, "pre_tokenizer", gpt2_split)),
+                         ("no NFC", lambda t: setattr(t, "normalizer", normalizers.Sequence([])))]:
+        other = Tokenizer.from_str(qwen.to_str())
+        change(other)
+        differ = sum(other.encode(c["text"], add_special_tokens=False).ids != c["ids"] for c in result["encode"])
+        print(f"qwen2: {differ} of {len(result['encode'])} strings tokenize differently with {what}")
+    write_json(OUT / "qwen2" / "cases.json", {"tokenizer": "tests/fixtures/tokenizer/qwen2/tokenizer.json", **result})
+
+
+def write_smollm2(gguf: Path, strings):
+    smol = build_smollm2(gguf)
     (OUT / "smollm2").mkdir(parents=True, exist_ok=True)
     smol.save(str(OUT / "smollm2" / "tokenizer.json"), pretty=False)
     print(f"wrote tests/fixtures/tokenizer/smollm2/tokenizer.json "
@@ -258,6 +351,8 @@ def main():
     write_json(OUT / "smollm2" / "cases.json",
                {"tokenizer": "tests/fixtures/tokenizer/smollm2/tokenizer.json", **cases(smol, strings)})
 
+
+def write_tiny(strings):
     tiny = Tokenizer.from_file(str(TINY))
     # Fingerprint of what decides the ids (not of the file's formatting): rerun this script when it changes.
     spec = json.loads(TINY.read_text())
@@ -266,16 +361,19 @@ def main():
     write_json(OUT / "tiny" / "cases.json",
                {"tokenizer": "tests/fixtures/models/tokenizer.json", "tokenizer_content_sha256": sha, **cases(tiny, strings)})
 
+
+def write_llama3(strings):
     llama3 = build_llama3_style(TINY)
     (OUT / "llama3").mkdir(parents=True, exist_ok=True)
     llama3.save(str(OUT / "llama3" / "tokenizer.json"), pretty=False)
     write_json(OUT / "llama3" / "cases.json",
                {"tokenizer": "tests/fixtures/tokenizer/llama3/tokenizer.json", **cases(llama3, strings)})
 
+
+def write_gemma3(gemma_path: Path, strings):
     # Gemma 3: transformers' own GGUF tokenizer converter (GemmaTokenizer: Replace " " -> U+2581, BPE with
     # byte fallback, merges recovered from the vocabulary order).
     from transformers import AutoTokenizer
-    gemma_path = Path(args.gemma_gguf)
     gemma = AutoTokenizer.from_pretrained(str(gemma_path.parent), gguf_file=gemma_path.name).backend_tokenizer
     write_json(OUT / "gemma3" / "cases.json",
                {"tokenizer": "models/gemma-3-270m-q4_k_m.gguf", **cases(gemma, strings)})
