@@ -1,37 +1,41 @@
 #!/usr/bin/env python3
-"""What the OpenAI-compatible HTTP API costs against gRPC: tokens/s of the same load through each door.
+"""What the OpenAI-compatible HTTP API costs against gRPC: tokens/s of the same load through each door, driven by
+the project's own compiled load generator (`quantserve-client bench --api grpc|http`), so that no Python client's
+cost on the same cores lands on one door's account.
 
-One `quantserve serve` (default model, int8, prefix cache off so that no door reuses the other's prompts); at each
-concurrency the same requests (64-token prompts, 32 new tokens, greedy, ignore_eos) go through gRPC (unary
-Generate, grpcio) and the HTTP API (POST /v1/completions through the official `openai` client, and streamed), in
-alternating order, several repetitions; tokens/s = generated tokens / wall time of the round. Medians and the
-paired HTTP/gRPC ratios go to bench/results/http_vs_grpc.json.
+One `quantserve serve` (default model, int8, 2 threads). At each concurrency (1 and 16) and each mode (unary and
+streamed), rounds alternate doors — grpc then http, then http then grpc, and so on — for --reps repetitions; one
+round is one client run of --requests-per-client x c requests (64-token prompts, 32 new tokens, greedy,
+ignore_eos), tokens/s = generated tokens / the client's wall time of its requests (its connection setup and prompt
+probes excluded). Medians, the paired HTTP/gRPC ratio of each repetition (the two rounds next to each other in
+time, so slow drifts of the machine's load cancel) with its spread, the 1-minute load average before every
+round, and TTFT / inter-token medians of the streamed rounds go to bench/results/http_vs_grpc.json.
 
-    python3 bench/http_vs_grpc.py [--binary build/server/quantserve] [--reps 5] [--concurrency 1,16]
+Prefix caching is off: the load generator sends the same prompt in every request, so with the cache on every
+request but the first would skip its prefill and the comparison would measure cache hits rather than serving,
+and which door came first would decide which one paid for the prefills.
+
+    python3 bench/http_vs_grpc.py [--binary build/server/quantserve] [--client build/client/quantserve-client]
+                                  [--reps 10] [--concurrency 1,16]
 """
 import argparse
-import concurrent.futures
+import json
 import os
+import resource
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-
-import grpc
-import openai
+import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
 from bench_common import ROOT, find_binary, git_commit, load_average, machine_info, write_results  # noqa: E402
-from quantserve_grpc import DEFAULT_MODEL, free_port, load_stubs  # noqa: E402
+from quantserve_grpc import DEFAULT_MODEL, cpu_seconds, free_port  # noqa: E402
 
-WORDS = ("river stone cloud lantern maple orbit velvet harbor signal meadow copper winter garden "
-         "thunder pebble silver candle forest engine marble").split()
-
-
-def prompt_for(i):
-    """A 64-token-ish prompt of its own per request index (same for both doors)."""
-    return " ".join(WORDS[(i * 7 + k * 3) % len(WORDS)] for k in range(60))
+DOORS = ("grpc", "http")
+MODES = ("unary", "stream")
 
 
 class Server:
@@ -44,101 +48,181 @@ class Server:
         # The log to a file: a pipe nobody reads fills after ~64 KB of request lines and then blocks the server.
         self.log = tempfile.NamedTemporaryFile(prefix="quantserve-http-vs-grpc-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log)
-        self.client = openai.OpenAI(base_url=f"http://127.0.0.1:{self.http_port}/v1", api_key="unused",
-                                    max_retries=0, timeout=600)
         deadline = time.time() + 300
-        while time.time() < deadline:
+        while True:
             if self.proc.poll() is not None:
-                sys.exit(f"quantserve exited: {open(self.log.name).read()[-2000:]}")
+                with open(self.log.name, errors="replace") as f:
+                    sys.exit(f"quantserve exited: {f.read()[-2000:]}")
             try:
-                self.client.models.list()
-                break
-            except openai.APIError:
-                time.sleep(0.5)
-        pb2, pb2_grpc = load_stubs()
-        self.pb2 = pb2
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
-        self.stub = pb2_grpc.InferenceStub(self.channel)
-
-    def grpc_one(self, i, new_tokens):
-        r = self.stub.Generate(self.pb2.GenerateRequest(prompt=prompt_for(i), max_new_tokens=new_tokens,
-                                                        temperature=0, ignore_eos=True), timeout=600)
-        return r.usage.generated_tokens
-
-    def http_one(self, i, new_tokens):
-        r = self.client.completions.create(model="smollm2", prompt=prompt_for(i), max_tokens=new_tokens,
-                                           temperature=0, extra_body={"ignore_eos": True})
-        return r.usage.completion_tokens
-
-    def http_stream_one(self, i, new_tokens):
-        usage = None
-        for chunk in self.client.completions.create(model="smollm2", prompt=prompt_for(i), max_tokens=new_tokens,
-                                                    temperature=0, stream=True, stream_options={"include_usage": True},
-                                                    extra_body={"ignore_eos": True}):
-            if chunk.usage:
-                usage = chunk.usage.completion_tokens
-        return usage
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                sys.exit("quantserve did not become healthy within 300 s")
+            time.sleep(0.5)
+        self.address = {"grpc": f"127.0.0.1:{self.grpc_port}", "http": f"127.0.0.1:{self.http_port}"}
 
     def stop(self):
-        self.channel.close()
         self.proc.terminate()
-        self.proc.wait(60)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
 
 
-def one_round(server, door, concurrency, requests, new_tokens, first_index):
-    call = {"grpc": server.grpc_one, "http": server.http_one, "http_stream": server.http_stream_one}[door]
-    t0 = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        tokens = sum(pool.map(lambda i: call(first_index + i, new_tokens), range(requests)))
-    return tokens / (time.perf_counter() - t0)
+def one_round(client, server, door, mode, concurrency, requests, prompt_tokens, new_tokens):
+    """One run of the compiled load generator; its JSON summary (errors are fatal: a round with errors is no
+    measurement of the door), with the CPU time the server and the client used in it (user + system: less
+    sensitive to the machine's load than wall time, though the server's includes its idle workers' spinning)."""
+    cmd = [client, "--address", server.address[door], "--timeout", "600", "bench", "--api", door, "--json",
+           "--concurrency", str(concurrency), "--requests", str(requests), "--prompt-tokens", str(prompt_tokens),
+           "--max-new-tokens", str(new_tokens)] + (["--unary"] if mode == "unary" else [])
+    server_cpu = cpu_seconds(server.proc.pid)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    server_cpu = cpu_seconds(server.proc.pid) - server_cpu
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr[-2000:]}")
+    s = json.loads(p.stdout)
+    if s["errors"] or s["requests_ok"] != requests or s["generated_tokens"] != requests * new_tokens:
+        sys.exit(f"round {door} {mode} c={concurrency} not clean: {json.dumps(s)[:2000]}")
+    s["server_cpu_seconds"], s["client_cpu_seconds"] = server_cpu, client_cpu
+    return s
+
+
+# What of the server's CPU is each door's own: its threads (anything not named like the engine's), and, in the
+# engine's threads, the door's code (the symbols below; kernel time for their writes is not separable here).
+DOOR_SYMBOLS = {"grpc": ("grpc", "protobuf", "absl", "GrpcGeneration", "Reactor"),
+                "http": ("Http", "OpenAi", "nlohmann", "MHD_", "microhttpd")}
+
+
+def profile_round(client, server, door, concurrency, requests, prompt_tokens, new_tokens, workdir):
+    """One streamed round with `perf record` (Debian linux-perf; cpu-clock samples at 999 Hz) on the server: the
+    share of its samples in the door's threads and code, and that CPU time per generated token."""
+    data = os.path.join(workdir, f"perf-{door}.data")
+    perf = subprocess.Popen(["perf", "record", "-q", "-F", "999", "-o", data, "-p", str(server.proc.pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)   # perf attached before the first request
+    s = one_round(client, server, door, "stream", concurrency, requests, prompt_tokens, new_tokens)
+    perf.send_signal(signal.SIGINT)
+    perf.wait(60)
+    report = subprocess.run(["perf", "report", "-i", data, "--no-children", "-g", "none", "-n", "--stdio",
+                             "--sort", "comm,dso,sym", "-t", "\t"], capture_output=True, text=True, timeout=300)
+    total = door_threads = door_code = 0
+    for line in report.stdout.splitlines():
+        fields = [f.strip() for f in line.split("\t")]
+        if line.startswith("#") or len(fields) < 5 or not fields[1].isdigit():
+            continue
+        samples, comm, sym = int(fields[1]), fields[2], fields[4]
+        total += samples
+        if not comm.startswith("quantserve"):
+            door_threads += samples
+        elif any(k in sym for k in DOOR_SYMBOLS[door]):
+            door_code += samples
+    if total == 0:
+        sys.exit(f"perf recorded no samples of the server: {report.stderr[-1000:]}")
+    per_token_ms = 1e3 / 999 / s["generated_tokens"]
+    return {"samples": total, "door_threads_share": door_threads / total, "door_code_in_engine_threads_share":
+            door_code / total, "door_cpu_ms_per_token": (door_threads + door_code) * per_token_ms,
+            "server_cpu_ms_per_token": total * per_token_ms, "tokens_per_second": s["tokens_per_second"]}
+
+
+def spread(values):
+    """min, max and the interquartile range of a list, for how noisy its median is."""
+    q = statistics.quantiles(values, n=4) if len(values) >= 2 else [values[0]] * 3
+    return {"min": min(values), "max": max(values), "q1": q[0], "q3": q[2]}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--binary")
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--client", default=os.path.join(ROOT, "build", "client", "quantserve-client"))
+    parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--concurrency", default="1,16")
+    parser.add_argument("--requests-per-client", type=int, default=4, help="a round's requests = this x concurrency")
+    parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--profile", action="store_true",
+                        help="after the rounds, one streamed round per door at the last concurrency under perf")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "http_vs_grpc.json"))
     args = parser.parse_args()
     binary = find_binary(args.binary)
+    if not os.access(args.client, os.X_OK):
+        sys.exit(f"{args.client} not built (cmake --build build --target quantserve-client)")
     server = Server(binary, args.threads)
-    doors = ["grpc", "http", "http_stream"]
     results = {"benchmark": "http_vs_grpc", "commit": git_commit(), "machine": machine_info(args.threads),
-               "model": os.path.basename(DEFAULT_MODEL), "precision": "int8", "prompt_words": 60,
-               "new_tokens": args.new_tokens, "reps": args.reps, "load_average_before": load_average(),
-               "method": "same requests through each door, doors alternating within every repetition (order rotated "
-                         "each time), tokens/s = generated tokens / round wall time; ratio = http / grpc of the "
-                         "same repetition", "concurrency": {}}
+               "model": os.path.basename(DEFAULT_MODEL), "precision": "int8", "prefix_cache": "off",
+               "client": "quantserve-client bench (C++; gRPC: one channel; HTTP: libcurl, one kept-alive "
+                         "connection per concurrent client)",
+               "prompt_tokens_requested": args.prompt_tokens, "new_tokens": args.new_tokens, "reps": args.reps,
+               "load_average_start": load_average(),
+               "method": "per concurrency and mode, --reps repetitions of two rounds, one per door, the order "
+                         "alternating (grpc first in even repetitions); tokens/s = generated tokens / the client's "
+                         "wall time of its requests; ratio = http / grpc of the same repetition",
+               "concurrency": {}}
     try:
-        server.grpc_one(0, 4)   # warm-up: first-call costs on neither door's account
-        server.http_one(0, 4)
-        index = 1000
+        for door in DOORS:   # first-call costs (page faults, allocator growth) on neither door's account
+            one_round(args.client, server, door, "stream", 2, 2, args.prompt_tokens, 4)
         for c in [int(x) for x in args.concurrency.split(",")]:
-            requests = max(8, 2 * c)
-            runs = {d: [] for d in doors}
-            for rep in range(args.reps):
-                order = doors[rep % len(doors):] + doors[:rep % len(doors)]
-                for door in order:
-                    runs[door].append(one_round(server, door, c, requests, args.new_tokens, index))
-                index += requests   # every repetition its own prompts, the same for every door
-                print(f"c={c} rep {rep + 1}: " + ", ".join(f"{d} {runs[d][-1]:.1f}" for d in doors), flush=True)
-            entry = {"requests_per_round": requests}
-            for d in doors:
-                entry[f"{d}_tokens_per_second"] = runs[d]
-                entry[f"{d}_median"] = statistics.median(runs[d])
-            for d in ("http", "http_stream"):
-                ratios = [h / g for h, g in zip(runs[d], runs["grpc"])]
-                entry[f"{d}_over_grpc_ratios"] = ratios
-                entry[f"{d}_over_grpc_median"] = statistics.median(ratios)
-            results["concurrency"][str(c)] = entry
-            print(f"c={c}: grpc {entry['grpc_median']:.1f} tok/s, http {entry['http_median']:.1f} "
-                  f"({entry['http_over_grpc_median']:.3f}x), http stream {entry['http_stream_median']:.1f} "
-                  f"({entry['http_stream_over_grpc_median']:.3f}x)", flush=True)
+            requests = args.requests_per_client * c
+            results["concurrency"][str(c)] = {"requests_per_round": requests}
+            for mode in MODES:
+                rounds = {d: [] for d in DOORS}
+                loads = []
+                for rep in range(args.reps):
+                    for door in (DOORS if rep % 2 == 0 else DOORS[::-1]):
+                        loads.append(load_average()[0])
+                        rounds[door].append(one_round(args.client, server, door, mode, c, requests,
+                                                      args.prompt_tokens, args.new_tokens))
+                    print(f"c={c} {mode} rep {rep + 1}: " + ", ".join(
+                        f"{d} {rounds[d][-1]['tokens_per_second']:.1f}" for d in DOORS) +
+                        f" tok/s (load {loads[-1]:.2f})", flush=True)
+                entry = {"load_average_1m_per_round": loads,
+                         "prompt_tokens": sorted({r["prompt_tokens"] for d in DOORS for r in rounds[d]})}
+                for d in DOORS:
+                    tps = [r["tokens_per_second"] for r in rounds[d]]
+                    entry[f"{d}_tokens_per_second"] = tps
+                    entry[f"{d}_median"] = statistics.median(tps)
+                    entry[f"{d}_spread"] = spread(tps)
+                    if mode == "stream":
+                        entry[f"{d}_ttft_p50_seconds_median"] = statistics.median(
+                            r["ttft_seconds"]["p50"] for r in rounds[d])
+                        entry[f"{d}_inter_token_p50_seconds_median"] = statistics.median(
+                            r["inter_token_latency_seconds"]["p50"] for r in rounds[d])
+                    for side in ("server", "client"):   # the client's includes its prompt probes and setup
+                        entry[f"{d}_{side}_cpu_ms_per_token_median"] = statistics.median(
+                            1e3 * r[f"{side}_cpu_seconds"] / r["generated_tokens"] for r in rounds[d])
+                    entry[f"{d}_request_latency_p50_seconds_median"] = statistics.median(
+                        r["request_latency_seconds"]["p50"] for r in rounds[d])
+                ratios = [h["tokens_per_second"] / g["tokens_per_second"]
+                          for h, g in zip(rounds["http"], rounds["grpc"])]
+                entry["http_over_grpc_ratios"] = ratios
+                entry["http_over_grpc_median"] = statistics.median(ratios)
+                entry["http_over_grpc_spread"] = spread(ratios)
+                entry["http_median_within_5_percent"] = entry["http_over_grpc_median"] >= 0.95
+                results["concurrency"][str(c)][mode] = entry
+                print(f"c={c} {mode}: grpc {entry['grpc_median']:.1f} tok/s, http {entry['http_median']:.1f}, "
+                      f"http/grpc median {entry['http_over_grpc_median']:.3f} "
+                      f"(IQR {entry['http_over_grpc_spread']['q1']:.3f}-{entry['http_over_grpc_spread']['q3']:.3f}, "
+                      f"range {entry['http_over_grpc_spread']['min']:.3f}-{entry['http_over_grpc_spread']['max']:.3f})",
+                      flush=True)
+        if args.profile:
+            c = int(args.concurrency.split(",")[-1])
+            with tempfile.TemporaryDirectory(prefix="http-vs-grpc-perf-") as workdir:
+                results["profile"] = {"concurrency": c, "door_symbols": DOOR_SYMBOLS, **{
+                    door: profile_round(args.client, server, door, c, args.requests_per_client * c,
+                                        args.prompt_tokens, args.new_tokens, workdir) for door in DOORS}}
+            print("profile: " + json.dumps(results["profile"]), flush=True)
     finally:
         server.stop()
-    results["load_average_after"] = load_average()
+    results["load_average_end"] = load_average()
     write_results(args.out, results)
 
 

