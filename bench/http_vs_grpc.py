@@ -3,13 +3,15 @@
 the project's own compiled load generator (`quantserve-client bench --api grpc|http`), so that no Python client's
 cost on the same cores lands on one door's account.
 
-One `quantserve serve` (default model, int8, 2 threads). At each concurrency (1 and 16) and each mode (unary and
-streamed), rounds alternate doors — grpc then http, then http then grpc, and so on — for --reps repetitions; one
-round is one client run of --requests-per-client x c requests (64-token prompts, 32 new tokens, greedy,
-ignore_eos), tokens/s = generated tokens / the client's wall time of its requests (its connection setup and prompt
-probes excluded). Medians, the paired HTTP/gRPC ratio of each repetition (the two rounds next to each other in
-time, so slow drifts of the machine's load cancel) with its spread, the 1-minute load average before every
-round, and TTFT / inter-token medians of the streamed rounds go to bench/results/http_vs_grpc.json.
+One `quantserve serve` (default model, int8, one engine thread unless --threads: on this shared 2-core machine two
+threads' barrier waits made rounds 4x slower and tied each figure to the neighbours' load). At each concurrency
+(1 and 16) and each mode (unary and streamed), rounds alternate doors — grpc then http, then http then grpc, and so
+on — for --reps repetitions; one round is one client run of --requests-per-client x c requests (at least 2;
+64-token prompts, 32 new tokens, greedy, ignore_eos), tokens/s = generated tokens / the client's wall time of its
+requests (its connection setup and prompt probes excluded). Medians, the paired HTTP/gRPC ratio of each repetition
+(the two rounds next to each other in time, so slow drifts of the machine's load cancel) with its spread, the
+1-minute load average before every round, server and client CPU per token, and TTFT / inter-token medians of the
+streamed rounds go to bench/results/http_vs_grpc.json.
 
 Prefix caching is off: the load generator sends the same prompt in every request, so with the cache on every
 request but the first would skip its prefill and the comparison would measure cache hits rather than serving,
@@ -145,10 +147,14 @@ def main():
     parser.add_argument("--client", default=os.path.join(ROOT, "build", "client", "quantserve-client"))
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--concurrency", default="1,16")
-    parser.add_argument("--requests-per-client", type=int, default=4, help="a round's requests = this x concurrency")
+    parser.add_argument("--requests-per-client", type=int, default=1,
+                        help="a round's requests = this x concurrency (at least 2)")
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
+    # One engine thread by default: on a shared 2-core machine (this one, with other jobs' load of 10-20) two threads'
+    # barrier waits made a round 4x slower and its figure hang on the neighbours' load (c=1: 1.7-2.1 tok/s with 2
+    # threads, 6.4-9.1 with 1, same minute); the doors' own threads still share the cores with it.
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--profile", action="store_true",
                         help="after the rounds, one streamed round per door at the last concurrency under perf")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "http_vs_grpc.json"))
@@ -171,7 +177,7 @@ def main():
         for door in DOORS:   # first-call costs (page faults, allocator growth) on neither door's account
             one_round(args.client, server, door, "stream", 2, 2, args.prompt_tokens, 4)
         for c in [int(x) for x in args.concurrency.split(",")]:
-            requests = args.requests_per_client * c
+            requests = max(2, args.requests_per_client * c)
             results["concurrency"][str(c)] = {"requests_per_round": requests}
             for mode in MODES:
                 rounds = {d: [] for d in DOORS}
@@ -217,7 +223,7 @@ def main():
             c = int(args.concurrency.split(",")[-1])
             with tempfile.TemporaryDirectory(prefix="http-vs-grpc-perf-") as workdir:
                 results["profile"] = {"concurrency": c, "door_symbols": DOOR_SYMBOLS, **{
-                    door: profile_round(args.client, server, door, c, args.requests_per_client * c,
+                    door: profile_round(args.client, server, door, c, max(2, args.requests_per_client * c),
                                         args.prompt_tokens, args.new_tokens, workdir) for door in DOORS}}
             print("profile: " + json.dumps(results["profile"]), flush=True)
     finally:
