@@ -3,7 +3,8 @@
 # over its committed seed corpus for SECONDS (default 30); fails on the first crash, leak, timeout or sanitizer report.
 #   scripts/fuzz.sh [seconds] [target...]     targets by name (gguf, safetensors, ...); all of tests/fuzz by default
 # New inputs a run finds go to build-fuzz/fuzz-corpus/<target>, crashing ones to build-fuzz/fuzz-artifacts/.
-# FUZZ_BUILD_DIR=dir builds and runs in another directory; JOBS=n compiles with n jobs (default: all cores).
+# FUZZ_BUILD_DIR=dir builds and runs in another directory; JOBS=n compiles with n jobs (default: all cores);
+# FUZZ_NO_BUILD=1 runs the targets already built there, without configuring or building.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${FUZZ_BUILD_DIR:-build-fuzz}
@@ -15,11 +16,13 @@ if [ ${#targets[@]} -eq 0 ]; then
   for f in tests/fuzz/*_fuzzer.cpp; do n=$(basename "$f" _fuzzer.cpp); targets+=("$n"); done
 fi
 
-launcher=()
-if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache); fi
-cmake -S . -B "$build" -DQUANTSERVE_FUZZ=ON -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo "${launcher[@]}" >/dev/null
-cmake --build "$build" -j"${JOBS:-$(nproc)}" --target "${targets[@]/%/_fuzzer}"
+if [ -z "${FUZZ_NO_BUILD:-}" ]; then
+  launcher=()
+  if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache); fi
+  cmake -S . -B "$build" -DQUANTSERVE_FUZZ=ON -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo "${launcher[@]}" >/dev/null
+  cmake --build "$build" -j"${JOBS:-$(nproc)}" --target "${targets[@]/%/_fuzzer}"
+fi
 
 mkdir -p "$build/fuzz-artifacts" "$build/fuzz-logs"
 status=0

@@ -128,7 +128,9 @@ grpc::Status validate_generate_request(const v1::GenerateRequest& request, const
       schema_options.space_after_separators = json_space_after_separators;
       params.grammar = compile_json_schema(request.json_schema(), schema_options);
     } catch (const Error& e) {
-      return invalid(e.what());
+      // The compiler's message quotes the schema's keywords and values: echoed bounded and printable (the
+      // request_validation fuzzer found a keyword with a DEL byte reaching the status and the log line raw).
+      return invalid(printable(e.what(), 512));
     }
   }
 

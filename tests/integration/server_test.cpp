@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -265,11 +266,17 @@ TEST_F(ServeTest, InvalidArguments) {
     cases.push_back({"prompt ids over --max-prompt-tokens", r});
   }
   { auto r = greedy("", 8); r.add_prompt_token_ids(1000000); cases.push_back({"token id out of vocabulary", r}); }
+  { auto r = base; r.set_json_schema("{\"type\":\"object\",\"requir\x7f\\n\":1}");
+    cases.push_back({"a schema keyword with control bytes (found by tests/fuzz request_validation)", r}); }
   for (const auto& c : cases) {
     v1::GenerateResponse r;
     grpc::Status status = generate(*stub_, c.request, &r);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.what << ": " << status.error_message();
     EXPECT_FALSE(status.error_message().empty()) << c.what;
+    // Echoed bytes never reach a status (and the log line that carries it) raw.
+    const std::string message = status.error_message();
+    EXPECT_TRUE(std::none_of(message.begin(), message.end(), [](unsigned char ch) { return ch < 0x20 || ch == 0x7f; }))
+        << c.what;
   }
   // The same through the streaming call.
   grpc::ClientContext context;
