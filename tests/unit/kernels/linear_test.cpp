@@ -12,6 +12,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/cpu/quantize.h"
+#include "kernels/dtype.h"
 
 namespace qs {
 namespace {
@@ -54,7 +55,9 @@ float round_to_bf16(float f) {
   std::memcpy(&r, &up, 4);
   return r;
 }
-float round_to_fp16(float f) { return float(static_cast<_Float16>(f)); }
+// Through kernels/dtype.h's conversion (round to nearest even, as a _Float16 cast): clang 14, the sanitizer build's
+// compiler, has no _Float16 on x86-64 without AVX512-FP16.
+float round_to_fp16(float f) { return f16_to_f32(f32_to_f16(f)); }
 
 // What a precision does to the weights and the activations, computed here: the dequantized weights (N, K), the
 // activations as the kernel multiplies them (T, K), and per output the rigorous bound on |ours - fp32 original|.
