@@ -103,21 +103,80 @@ inline float exp_nonpositive(float x) {
 #endif
 }
 
-// out[i] = exp_nonpositive(scale * (x[i] - m)) for i < n.
-void exp_shifted(float* out, const float* x, float m, float scale, int64_t n) {
+// The loops below over the whole vocabulary (49k entries for SmolLM2) run once per sampled token; written as
+// plain loops they are latency-bound (a serial chain of double adds, a branchy max_element) and cost more than
+// a batch-16 decode step's share of the forward pass. So: four independent vector accumulators each.
+
+// The largest of x[0..n), n > 0, as std::max_element finds it; NaNs are skipped by the vector loop, so where one
+// is present the answer comes from std::max_element itself (whose NaN behaviour the callers have always had).
+float max_value(const float* x, int64_t n) {
   int64_t i = 0;
+  float m = -std::numeric_limits<float>::infinity();
 #if defined(__SSE2__)
-  const __m128 mv = _mm_set1_ps(m), sv = _mm_set1_ps(scale);
-  for (; i + 4 <= n; i += 4) {
-    _mm_storeu_ps(out + i, exp_nonpositive4(_mm_mul_ps(_mm_sub_ps(_mm_loadu_ps(x + i), mv), sv)));
+  if (n >= 16) {
+    __m128 m0 = _mm_set1_ps(m), m1 = m0, m2 = m0, m3 = m0, nan = _mm_setzero_ps();
+    for (; i + 16 <= n; i += 16) {
+      const __m128 a = _mm_loadu_ps(x + i), b = _mm_loadu_ps(x + i + 4);
+      const __m128 c = _mm_loadu_ps(x + i + 8), d = _mm_loadu_ps(x + i + 12);
+      // maxps returns its second operand where either is NaN: the accumulator stays a number.
+      m0 = _mm_max_ps(a, m0), m1 = _mm_max_ps(b, m1), m2 = _mm_max_ps(c, m2), m3 = _mm_max_ps(d, m3);
+      nan = _mm_or_ps(nan, _mm_or_ps(_mm_or_ps(_mm_cmpunord_ps(a, a), _mm_cmpunord_ps(b, b)),
+                                     _mm_or_ps(_mm_cmpunord_ps(c, c), _mm_cmpunord_ps(d, d))));
+    }
+    if (_mm_movemask_ps(nan) != 0) return *std::max_element(x, x + n);
+    alignas(16) float lanes[4];
+    _mm_store_ps(lanes, _mm_max_ps(_mm_max_ps(m0, m1), _mm_max_ps(m2, m3)));
+    m = std::max({lanes[0], lanes[1], lanes[2], lanes[3]});
   }
 #endif
-  for (; i < n; ++i) out[i] = exp_nonpositive((x[i] - m) * scale);
+  for (; i < n; ++i) {
+    if (std::isnan(x[i])) return *std::max_element(x, x + n);
+    m = std::max(m, x[i]);
+  }
+  return m;
+}
+
+// The index std::max_element(x, x + n) returns: the first of the largest values.
+int32_t argmax(const float* x, int64_t n) {
+  const float m = max_value(x, n);
+  if (std::isnan(m)) return int32_t(std::max_element(x, x + n) - x);
+  for (int64_t i = 0; i < n; ++i) {   // the first entry equal to the maximum (+0 and -0 compare equal, as there)
+    if (x[i] == m) return int32_t(i);
+  }
+  return int32_t(std::max_element(x, x + n) - x);   // not reached: some entry is the maximum
+}
+
+// out[i] = exp_nonpositive(scale * (x[i] - m)) for i < n; returns the sum of the out[i], added in double.
+double exp_shifted_sum(float* out, const float* x, float m, float scale, int64_t n) {
+  int64_t i = 0;
+  double sum = 0;
+#if defined(__SSE2__)
+  const __m128 mv = _mm_set1_ps(m), sv = _mm_set1_ps(scale);
+  __m128d s0 = _mm_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128 e0 = exp_nonpositive4(_mm_mul_ps(_mm_sub_ps(_mm_loadu_ps(x + i), mv), sv));
+    const __m128 e1 = exp_nonpositive4(_mm_mul_ps(_mm_sub_ps(_mm_loadu_ps(x + i + 4), mv), sv));
+    _mm_storeu_ps(out + i, e0);
+    _mm_storeu_ps(out + i + 4, e1);
+    s0 = _mm_add_pd(s0, _mm_cvtps_pd(e0));
+    s1 = _mm_add_pd(s1, _mm_cvtps_pd(_mm_movehl_ps(e0, e0)));
+    s2 = _mm_add_pd(s2, _mm_cvtps_pd(e1));
+    s3 = _mm_add_pd(s3, _mm_cvtps_pd(_mm_movehl_ps(e1, e1)));
+  }
+  alignas(16) double lanes[2];
+  _mm_store_pd(lanes, _mm_add_pd(_mm_add_pd(s0, s1), _mm_add_pd(s2, s3)));
+  sum = lanes[0] + lanes[1];
+#endif
+  for (; i < n; ++i) {
+    out[i] = exp_nonpositive((x[i] - m) * scale);
+    sum += double(out[i]);
+  }
+  return sum;
 }
 
 // log(sum(exp(x))) over V entries, stable; float exponentials summed in double.
 double log_sum_exp(const float* x, int64_t V) {
-  const float m = *std::max_element(x, x + V);
+  const float m = max_value(x, V);
   if (!std::isfinite(m)) {   // all -inf (or a +inf / NaN logit): the slow formula says what it means
     double s = 0;
     for (int64_t i = 0; i < V; ++i) s += std::exp(double(x[i] - m));
@@ -125,13 +184,7 @@ double log_sum_exp(const float* x, int64_t V) {
   }
   float e[1024];
   double s = 0;
-  for (int64_t i = 0; i < V; i += 1024) {
-    const int64_t n = std::min<int64_t>(1024, V - i);
-    exp_shifted(e, x + i, m, 1.0f, n);
-    double part = 0;   // 1024 terms of at most 1 in float: exact enough, then summed in double
-    for (int64_t j = 0; j < n; ++j) part += e[j];
-    s += part;
-  }
+  for (int64_t i = 0; i < V; i += 1024) s += exp_shifted_sum(e, x + i, m, 1.0f, std::min<int64_t>(1024, V - i));
   return double(m) + std::log(s);
 }
 
@@ -184,7 +237,8 @@ SampleResult sample_token(float* logits, int64_t V, const SamplingParams& p, con
     }
   }
   SampleResult r;
-  const double lse = log_sum_exp(logits, V);
+  // The chosen token's logprob is reported only where asked for; the log-sum-exp is a pass over the vocabulary.
+  const double lse = p.logprobs > 0 ? log_sum_exp(logits, V) : 0.0;
   if (p.logprobs > 0) {
     std::vector<int32_t> idx(static_cast<size_t>(V));
     std::iota(idx.begin(), idx.end(), 0);
@@ -195,8 +249,8 @@ SampleResult sample_token(float* logits, int64_t V, const SamplingParams& p, con
     for (int64_t i = 0; i < n; ++i) r.top.push_back({idx[size_t(i)], float(double(logits[idx[size_t(i)]]) - lse)});
   }
   if (p.temperature == 0.0f) {
-    r.token = int32_t(std::max_element(logits, logits + V) - logits);
-    r.logprob = float(double(logits[r.token]) - lse);
+    r.token = argmax(logits, V);
+    if (p.logprobs > 0) r.logprob = float(double(logits[r.token]) - lse);
     return r;
   }
   // Candidates by logit, descending (stable on id): top-k, then the smallest prefix whose mass reaches top_p,
@@ -205,21 +259,19 @@ SampleResult sample_token(float* logits, int64_t V, const SamplingParams& p, con
   if (p.top_k > 0 && p.top_k < V) keep = p.top_k;
   // Unnormalised probabilities exp((logit - max) / temperature): over the whole vocabulary in one vectorized
   // pass when every token is a candidate, else only for the top-k, as they are read.
-  const float max_logit = *std::max_element(logits, logits + V);
+  const float max_logit = max_value(logits, V);
   const float inv_temperature = 1.0f / p.temperature;
   thread_local std::vector<float> weights;
+  double sum = 0;
   if (keep == V) {
     weights.resize(size_t(V));
-    exp_shifted(weights.data(), logits, max_logit, inv_temperature, V);
+    sum = exp_shifted_sum(weights.data(), logits, max_logit, inv_temperature, V);
   }
   const auto weight = [&](int32_t id) {
     return double(keep == V ? weights[size_t(id)] : exp_nonpositive((logits[id] - max_logit) * inv_temperature));
   };
   Candidates cand(logits, V);
-  double sum = 0;
-  if (keep == V) {
-    for (int64_t i = 0; i < V; ++i) sum += double(weights[size_t(i)]);
-  } else {
+  if (keep != V) {
     for (int64_t i = 0; i < keep; ++i) sum += weight(cand[size_t(i)]);
   }
   if (p.top_p < 1.0f) {
@@ -248,7 +300,7 @@ SampleResult sample_token(float* logits, int64_t V, const SamplingParams& p, con
     }
   }
   r.token = cand[size_t(chosen)];
-  r.logprob = float(double(logits[r.token]) - lse);
+  if (p.logprobs > 0) r.logprob = float(double(logits[r.token]) - lse);
   return r;
 }
 

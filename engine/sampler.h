@@ -11,7 +11,8 @@ namespace qs {
 // V = vocab.
 struct SampleResult {
   int32_t token = 0;
-  float logprob = 0;                       // of the chosen token under the penalised model distribution
+  float logprob = 0;                       // of the chosen token under the penalised model distribution, when
+                                           // params.logprobs > 0 (else 0: it costs a pass over the vocabulary)
   std::vector<TokenLogprob> top;           // top-N alternatives when asked
 };
 

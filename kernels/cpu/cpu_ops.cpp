@@ -8,9 +8,14 @@
 
 namespace qs::cpu {
 
+// A parallel region costs a fork/join (~1 us with both threads idle, far more when the other thread has to be
+// scheduled first); below 16k elements these ops take less than that, so small batches (decode) run them on the
+// calling thread. A decode step otherwise forks 2 norms and RoPE in each layer for a few hundred floats each.
+constexpr int64_t kParallelElements = 16384;
+
 void layernorm_forward(float* out, const float* in, const float* weight, const float* bias, int64_t T, int64_t C,
                        float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T * C > kParallelElements)
   for (int64_t t = 0; t < T; ++t) {
     const float* x = in + t * C;
     float* y = out + t * C;
@@ -31,7 +36,7 @@ void layernorm_forward(float* out, const float* in, const float* weight, const f
 }
 
 void rmsnorm_forward(float* out, const float* in, const float* weight, int64_t T, int64_t C, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T * C > kParallelElements)
   for (int64_t t = 0; t < T; ++t) {
     const float* x = in + t * C;
     float* y = out + t * C;
@@ -125,7 +130,8 @@ void rope_forward(float* qkv, const int32_t* positions, int64_t T, int64_t NH, i
     inv_freq[size_t(i)] = 1.0f / std::pow(theta, float(2 * i) / float(rotary_dim));
   }
   const int64_t row = (NH + 2 * NKV) * HD;
-#pragma omp parallel for schedule(static)
+  // Per token a few microseconds (its cos/sin table in double): worth a fork/join only past a few tokens.
+#pragma omp parallel for schedule(static) if (T > 4)
   for (int64_t t = 0; t < T; ++t) {
     std::vector<float> cos_v(static_cast<size_t>(half)), sin_v(static_cast<size_t>(half));
     for (int64_t i = 0; i < half; ++i) {

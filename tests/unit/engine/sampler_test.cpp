@@ -195,6 +195,52 @@ TEST(Sampler, PresenceAndFrequencyPenaltiesSubtractPerGeneratedCount) {
   EXPECT_EQ(l2, (std::vector<float>{0.0f, 1.0f}));
 }
 
+// Greedy at vocabulary sizes (the vector argmax): the index std::max_element gives, for lengths around the
+// vector widths, ties between vector lanes, maxima in the tail, -inf and NaN entries; and the logprob at 49k
+// against a double log-softmax.
+TEST(Sampler, GreedyAtVocabularySizeMatchesMaxElement) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  std::mt19937 gen(3);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  SamplingParams p;
+  p.temperature = 0;
+  for (int64_t V : {1, 3, 15, 16, 17, 31, 33, 100, 1000, 49152, 49157}) {
+    std::vector<float> l(static_cast<size_t>(V));
+    for (float& v : l) v = normal(gen);
+    const auto expect_argmax = [&](const std::vector<float>& logits, const char* what) {
+      const int32_t want = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+      EXPECT_EQ(sample(logits, p).token, want) << what << ", V " << V;
+    };
+    expect_argmax(l, "random");
+    std::vector<float> tie = l;
+    tie[size_t(V - 1)] = 100.0f;
+    tie[size_t(V / 2)] = 100.0f;   // two equal maxima in different lanes: the first wins
+    expect_argmax(tie, "tie");
+    std::vector<float> tail = l;
+    tail[size_t(V - 1)] = 50.0f;
+    expect_argmax(tail, "max in the tail");
+    std::vector<float> masked(size_t(V), -inf);
+    expect_argmax(masked, "all -inf");
+    masked[size_t(V - 1)] = -1e30f;
+    expect_argmax(masked, "one finite");
+    std::vector<float> with_nan = l;
+    with_nan[size_t(V / 3)] = nan;
+    expect_argmax(with_nan, "a NaN");
+    with_nan[0] = nan;
+    expect_argmax(with_nan, "a NaN first");
+  }
+  std::vector<float> l(49152);
+  for (float& v : l) v = normal(gen);
+  std::vector<double> ld(l.begin(), l.end());
+  double m = *std::max_element(ld.begin(), ld.end()), s = 0;
+  for (double v : ld) s += std::exp(v - m);
+  SamplingParams lp = p;
+  lp.logprobs = 1;
+  const SampleResult r = sample(l, lp);
+  EXPECT_NEAR(r.logprob, ld[size_t(r.token)] - m - std::log(s), 1e-5);
+  EXPECT_EQ(sample(l, p).logprob, 0.0f);   // not asked for: not computed
+}
+
 TEST(Sampler, LogprobsAreLogSoftmaxAndTopNIsSorted) {
   const std::vector<float> logits = {0.3f, 2.0f, -1.0f, 2.0f, 1.2f, -0.4f, 0.9f};
   std::vector<double> ld(logits.begin(), logits.end());
