@@ -12,6 +12,10 @@ struct Vec {
   static constexpr int W = 8;
   static constexpr int kAccumulators = 8;   // of the 16 ymm registers
   static constexpr int kMaxRows = 4;
+  // Partial sums of each dot product and rows of a register tile of scores: fixed, whatever the tile's rows, so
+  // that a row's bits never depend on them (attention_paged_kernel.h).
+  static constexpr int kScoreAccumulators = 2;
+  static constexpr int kScoreRows = 4;
   static R zero() { return _mm256_setzero_ps(); }
   static R set1(float x) { return _mm256_set1_ps(x); }
   static R load(const float* p) { return _mm256_loadu_ps(p); }

@@ -13,6 +13,10 @@ struct Vec {
   static constexpr int W = 16;
   static constexpr int kAccumulators = 16;   // of the 32 zmm registers, the rest for loads and broadcasts
   static constexpr int kMaxRows = 8;
+  // Partial sums of each dot product and rows of a register tile of scores: fixed, whatever the tile's rows, so
+  // that a row's bits never depend on them (attention_paged_kernel.h).
+  static constexpr int kScoreAccumulators = 4;
+  static constexpr int kScoreRows = 4;
   static R zero() { return _mm512_setzero_ps(); }
   static R set1(float x) { return _mm512_set1_ps(x); }
   static R load(const float* p) { return _mm512_loadu_ps(p); }

@@ -18,6 +18,10 @@ struct Vec {
   static constexpr int W = 1;
   static constexpr int kAccumulators = 4;
   static constexpr int kMaxRows = 4;
+  // Partial sums of each dot product and rows of a register tile of scores: fixed, whatever the tile's rows, so
+  // that a row's bits never depend on them (attention_paged_kernel.h).
+  static constexpr int kScoreAccumulators = 1;
+  static constexpr int kScoreRows = 4;
   static R zero() { return 0.0f; }
   static R set1(float x) { return x; }
   static R load(const float* p) { return *p; }
@@ -29,7 +33,7 @@ struct Vec {
   static R sub(R a, R b) { return a - b; }
   static R mul(R a, R b) { return a * b; }
   static R max(R a, R b) { return a > b ? a : b; }
-  static R fmadd(R a, R b, R c) { return a * b + c; }
+  static R fmadd(R a, R b, R c) { return __builtin_fmaf(a, b, c); }   // one rounding, as the vector FMAs
   static float reduce_max(R v) { return v; }
   static float reduce_add(R v) { return v; }
   static R keep_first(R v, int64_t k, float fill) { return k >= 1 ? v : fill; }
@@ -49,10 +53,12 @@ namespace {
 
 // Rows of a query tile: a prefill tile of 32 / G tokens reuses each K/V block it loads for 32 query rows.
 constexpr int64_t kTileRows = 32;
-// Split keys when (sequence, KV head, tile) gives fewer than this many pieces per thread ...
+// Split keys when (sequence, KV head, tile) gives fewer than this many pieces per thread, into key chunks.
 constexpr int64_t kItemsPerThread = 4;
-// ... into ranges of at least this many blocks (a range's fixed cost is its queries and its merge).
-constexpr int64_t kMinBlocksPerRange = 4;
+// Keys of a key chunk (before rounding to whole blocks): long enough that a chunk's fixed cost (its queries, the
+// fold of its state) is small beside its keys' work, short enough that a decode at a few hundred tokens of
+// context still splits among threads.
+constexpr int64_t kKeyChunkKeys = 256;
 
 inline uint16_t to_f16(float x) { return uint16_t(_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT)); }
 
@@ -143,11 +149,14 @@ const char* attention_isa_name(AttentionIsa isa) {
   }
 }
 
+int64_t attention_key_chunk(int64_t BS) { return (kKeyChunkKeys + BS - 1) / BS * BS; }
+
 int64_t attention_partial_floats(int64_t max_rows, int64_t HD) { return max_rows * (HD + 2); }
 
 int64_t attention_scratch_floats(int64_t max_rows, int64_t HD, int64_t BS) {
   const int64_t bsp = (BS + 15) / 16 * 16, rows = (max_rows + 15) / 16 * 16;
-  const int64_t n = max_rows * (2 * HD + bsp) + rows * 7;   // qs, acc, S; m, l, alpha, block_sum, limit, qpos, lower
+  // qs, acc, O, S; m, l, M, L, alpha, block_sum, limit, qpos, lower
+  const int64_t n = max_rows * (3 * HD + bsp) + rows * 9;
   return (n + 15) / 16 * 16 + 16;                           // keep each thread's scratch on its own cache lines
 }
 
@@ -197,14 +206,10 @@ void attention_paged_forward(float* out, const float* qkv, void* k_pool, void* v
     t = end;
   }
 
+  // How the keys are split changes only which thread does what: a tile's rows give the same bits either way.
+  const int64_t CK = attention_key_chunk(BS);
   const int threads = std::max(1, omp_get_max_threads());
-  const int64_t pieces = int64_t(ws.tiles.size()) * NKV;
-  const int64_t want = kItemsPerThread * threads;
-  int64_t split = (threads > 1 && pieces < want) ? (want + pieces - 1) / pieces : 1;
-  // Equal pieces then divide evenly among the threads (3 KV heads on 2 threads: 6 ranges each, not 3).
-  if (split > 1) {
-    while ((pieces * split) % threads != 0) ++split;
-  }
+  const bool split = threads > 1 && int64_t(ws.tiles.size()) * NKV < kItemsPerThread * threads;
   ws.items.clear();
   ws.merges.clear();
   int32_t partials = 0;
@@ -212,20 +217,18 @@ void attention_paged_forward(float* out, const float* qkv, void* k_pool, void* v
   // Latest tiles first: in a prefill they see the most keys, and dynamic scheduling balances best big-first.
   for (auto tile = ws.tiles.rbegin(); tile != ws.tiles.rend(); ++tile) {
     max_rows = std::max(max_rows, int64_t(tile->num_tokens) * G);
-    const int64_t first_block = tile->key_begin / BS, blocks = (tile->key_end + BS - 1) / BS;
-    const int64_t ranges = std::min(split, std::max<int64_t>(1, (blocks - first_block) / kMinBlocksPerRange));
+    const int64_t first_chunk = tile->key_begin / CK, chunks = (tile->key_end - 1) / CK + 1 - first_chunk;
     for (int64_t h = 0; h < NKV; ++h) {
       AttentionWorkItem item{tile->seq, int32_t(h), tile->first_token, tile->num_tokens, tile->key_begin,
                              tile->key_end, -1};
-      if (ranges <= 1) {
+      if (!split || chunks <= 1) {
         ws.items.push_back(item);
         continue;
       }
-      const int64_t per_range = (blocks - first_block + ranges - 1) / ranges;
       AttentionMerge merge{int32_t(h), tile->first_token, tile->num_tokens, partials, 0};
-      for (int64_t b = first_block; b < blocks; b += per_range) {
-        item.key_begin = int32_t(b * BS);
-        item.key_end = int32_t(std::min<int64_t>(tile->key_end, (b + per_range) * BS));
+      for (int64_t k = first_chunk; k < first_chunk + chunks; ++k) {
+        item.key_begin = int32_t(std::max<int64_t>(tile->key_begin, k * CK));
+        item.key_end = int32_t(std::min<int64_t>(tile->key_end, (k + 1) * CK));
         item.partial = partials++;
         ++merge.num_partials;
         ws.items.push_back(item);
@@ -251,6 +254,7 @@ void attention_paged_forward(float* out, const float* qkv, void* k_pool, void* v
   plan.block_stride = block_stride;
   plan.scale_log2 = float(1.4426950408889634 / std::sqrt(double(HD)));
   plan.window = window;
+  plan.key_chunk = CK;
   plan.items = ws.items.data();
   plan.num_items = int64_t(ws.items.size());
   plan.merges = ws.merges.data();

@@ -25,15 +25,21 @@ const char* attention_isa_name(AttentionIsa isa);
 // window > 0: each token sees only positions (pos - window, pos] (sliding-window attention); blocks wholly
 // before every query's window are not read.
 // Work is split over the OpenMP threads by (sequence, KV head, query tile) and, when that gives too few
-// pieces for the threads (long decode at small batch), by key ranges whose partial results are merged.
+// pieces for the threads (long decode at small batch), by key chunks whose partial results are merged.
+// Batch-invariant: a token's output is the same bits whatever else the pass holds (other tokens of its
+// sequence, other sequences, how many threads): key chunks start at fixed positions (every
+// attention_key_chunk(BS) keys from 0) and are combined in the same order whether or not threads split them.
 void attention_paged_forward(float* out, const float* qkv, void* k_pool, void* v_pool, DType kv_dtype,
                              const BatchLayout& batch, int64_t BS, int64_t NH, int64_t NKV, int64_t HD,
                              int64_t block_stride = 0, AttentionIsa isa = AttentionIsa::kAuto, int64_t window = 0);
 
 // ---- internal: what the per-ISA kernels (attention_paged_kernel.h) are handed -----------------------------
 
+// Keys of a key chunk: the 256 keys the softmax of a row restarts at, rounded up to whole blocks.
+int64_t attention_key_chunk(int64_t BS);
+
 // One piece of work: the query rows of one tile of a sequence's tokens for one KV head, over keys
-// [key_begin, key_end) (key_begin a multiple of BS).
+// [key_begin, key_end) (key_begin a multiple of BS; a partial item's keys lie in one key chunk).
 struct AttentionWorkItem {
   int32_t seq = 0;           // index into the batch's block tables
   int32_t kv_head = 0;
@@ -42,7 +48,8 @@ struct AttentionWorkItem {
   int32_t key_begin = 0, key_end = 0;
   int32_t partial = -1;      // -1: the item covers all keys and writes out; else its slot in partials
 };
-// A tile split over key ranges: its partial slots [first_partial, first_partial + num_partials) are merged.
+// A tile split over key chunks: its partial slots [first_partial, first_partial + num_partials), one per chunk in
+// key order, are merged.
 struct AttentionMerge {
   int32_t kv_head = 0;
   int32_t first_token = 0, num_tokens = 0;
@@ -60,6 +67,7 @@ struct AttentionPlan {
   int64_t block_stride = 0;          // elements from one block of a pool to the next
   float scale_log2 = 0;              // log2(e) / sqrt(HD): scores are kept in base 2
   int64_t window = 0;                // sliding window (0: none): keys before pos + 1 - window are masked
+  int64_t key_chunk = 0;             // CK = attention_key_chunk(BS)
   const AttentionWorkItem* items = nullptr;
   int64_t num_items = 0;
   const AttentionMerge* merges = nullptr;

@@ -1,6 +1,7 @@
 // The fast paged attention (kernels/cpu/attention_paged.h) against the reference attention_forward of
 // cpu_ops.h: every ISA this CPU has, fp32 and fp16 caches, GQA and MHA, head dims 64 and 128, contexts 1 to
-// 4,096, batches that mix prefill chunks and decode tokens, key-range splits, sliding windows.
+// 4,096, batches that mix prefill chunks and decode tokens, key-range splits, sliding windows; and that the
+// result for a position is the same bits whatever the pass around it (batch invariance).
 //
 // Tolerances: an fp32 cache must agree with the reference to 2e-5 + 1e-4 |ref| (the two differ only in the
 // order of sums and in exp2 by polynomial, relative error < 2e-7). An fp16 cache is compared with the
@@ -11,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <string>
@@ -79,8 +81,9 @@ class PagedAttention {
     ref_v_.assign(pool, 0.0f);
   }
 
-  // Runs one pass through the fast kernel and checks it against the reference on up to max_checked rows.
-  void run_pass(const std::vector<Slice>& slices, int64_t max_checked, const std::string& what) {
+  // Runs one pass through the fast kernel and checks it against the reference on up to max_checked rows (none
+  // for 0). Returns the pass's output (T, NH*HD), the slices' rows one after another.
+  std::vector<float> run_pass(const std::vector<Slice>& slices, int64_t max_checked, const std::string& what) {
     BatchLayout batch;
     std::vector<float> in;
     for (size_t i = 0; i < slices.size(); ++i) {
@@ -99,6 +102,7 @@ class PagedAttention {
     std::vector<float> out(static_cast<size_t>(T * C), NAN);
     cpu::attention_paged_forward(out.data(), in.data(), fast_k_.data(), fast_v_.data(), c_.dtype, batch, c_.BS,
                                  c_.NH, c_.NKV, c_.HD, 0, c_.isa, window_);
+    if (max_checked == 0) return out;
 
     // The reference over a subset of each slice's rows (first, last and evenly between), its cache filled with
     // the positions before the slice as the reference itself would have written them.
@@ -128,6 +132,7 @@ class PagedAttention {
         }
       }
     }
+    return out;
   }
 
  private:
@@ -257,6 +262,78 @@ TEST_P(FastAttention, SlidingWindowMatchesReference) {
       a.run_pass({{0, L - 1, 1}, {1, 0, 60}}, 6, what + " decode + prefill");
       a.run_pass({{0, L, 1}}, 1, what + " decode");
       a.run_pass({{1, 60, 30}}, 8, what + " second chunk");
+    }
+  }
+  omp_set_num_threads(saved);
+}
+
+// Rows [first, first + count) of got (from row got_row on) against the same positions of want (from row 0),
+// bit for bit: the first few differing rows are reported.
+void expect_same_bits(const std::vector<float>& got, int64_t got_row, const std::vector<float>& want, int64_t first,
+                      int64_t count, int64_t C, const std::string& what) {
+  int failures = 0;
+  for (int64_t r = 0; r < count; ++r) {
+    const float* g = got.data() + (got_row + r) * C;
+    const float* w = want.data() + (first + r) * C;
+    if (std::memcmp(g, w, size_t(C) * sizeof(float)) == 0) continue;
+    int64_t ch = 0;
+    while (ch < C && std::memcmp(g + ch, w + ch, sizeof(float)) == 0) ++ch;
+    if (failures++ < 3) {
+      ADD_FAILURE() << what << ": position " << first + r << " channel " << ch << " is " << g[ch] << ", "
+                    << w[ch] << " when the whole prompt is one pass on one thread (not the same bits)";
+    }
+  }
+}
+
+// Batch invariance: a (sequence, position, head)'s output is the same bits however the pass that computes it is
+// made up — the whole prompt in one call, one row at a time, prefill chunks of odd sizes, beside other sequences'
+// prefill and decode, on 1 or 2 threads (key ranges split among threads or not) — so a prefix-cache hit or a
+// chunked prefill cannot change a token. The first pass is also checked against the reference.
+TEST_P(FastAttention, BitIdenticalWhateverThePassHolds) {
+  const AttnConfig& c = GetParam();
+  // A 4,096-token context on the default model's shape; shorter where the kernel has one lane or the shape is
+  // covered at length by the default one.
+  const bool long_context = c.isa != cpu::AttentionIsa::kScalar && c.NH == 9;
+  const int64_t L = long_context ? 4096 : (c.isa == cpu::AttentionIsa::kScalar ? 300 : 600), C = c.NH * c.HD;
+  const int saved = omp_get_max_threads();
+  for (int64_t window : {int64_t(0), int64_t(200)}) {
+    const std::string base = config_name(c) + (window > 0 ? " window 200" : "");
+    PagedAttention a(c, {L, 300, 40}, 21, window);
+    omp_set_num_threads(1);
+    const std::vector<float> whole = a.run_pass({{0, 0, L}}, 6, base + " whole prompt");
+    const std::vector<float> whole1 = a.run_pass({{1, 0, 300}}, 0, base);
+    const std::vector<float> whole2 = a.run_pass({{2, 0, 40}}, 0, base);
+    for (int threads : {1, 2}) {
+      omp_set_num_threads(threads);
+      const std::string what = base + ", " + std::to_string(threads) + " threads";
+      // (a) the whole prompt in one call.
+      expect_same_bits(a.run_pass({{0, 0, L}}, 0, what), 0, whole, 0, L, C, what + " whole prompt");
+      // (b) one row at a time, at block (16) and key-chunk boundaries and the ends.
+      for (int64_t p : {0, 1, 15, 16, 17, 255, 256, 257, 511, 512, 1000, 2047, 2048, 4095}) {
+        if (p >= L) continue;
+        expect_same_bits(a.run_pass({{0, p, 1}}, 0, what), 0, whole, p, 1, C, what + " one row");
+      }
+      expect_same_bits(a.run_pass({{0, L - 1, 1}}, 0, what), 0, whole, L - 1, 1, C, what + " last row");
+      // (c) prefill chunks of odd sizes.
+      const int64_t sizes[] = {7, 333, 13, 100, 1, 250};
+      for (int64_t p = 0, i = 0; p < L; ++i) {
+        const int64_t n = std::min(sizes[i % 6], L - p);
+        expect_same_bits(a.run_pass({{0, p, n}}, 0, what), 0, whole, p, n, C, what + " odd chunks");
+        p += n;
+      }
+      // (d) inside batches: another sequence's prefill chunk before it, a third's decode token after it.
+      for (int64_t p = 0, i = 0; p < L; p += 700, ++i) {
+        const int64_t n = std::min<int64_t>(700, L - p), p1 = (i * 45) % 300, n1 = std::min<int64_t>(45, 300 - p1);
+        const std::vector<float> out = a.run_pass({{1, p1, n1}, {0, p, n}, {2, 39, 1}}, 0, what);
+        expect_same_bits(out, 0, whole1, p1, n1, C, what + " batch, other prefill");
+        expect_same_bits(out, n1, whole, p, n, C, what + " batch");
+        expect_same_bits(out, n1 + n, whole2, 39, 1, C, what + " batch, other decode");
+      }
+      // ... and decode tokens of three sequences together.
+      const std::vector<float> out = a.run_pass({{2, 39, 1}, {0, L - 1, 1}, {1, 299, 1}}, 0, what);
+      expect_same_bits(out, 0, whole2, 39, 1, C, what + " decode batch");
+      expect_same_bits(out, 1, whole, L - 1, 1, C, what + " decode batch");
+      expect_same_bits(out, 2, whole1, 299, 1, C, what + " decode batch");
     }
   }
   omp_set_num_threads(saved);
