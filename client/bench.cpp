@@ -62,7 +62,7 @@ std::pair<std::string, int64_t> calibrate_prompt(BenchDoor& door, int n) {
   auto count = [&](size_t k) {
     RequestOutcome probe = door.generate(join_words(words, k), 1, false);
     if (probe.status != "OK") {
-      throw std::runtime_error("bench: the server refused the prompt probe: " + probe.status + ": " + probe.message);
+      throw std::runtime_error("bench: the prompt probe failed: " + probe.status + ": " + probe.message);
     }
     if (probe.prompt_tokens <= 0) throw std::runtime_error("bench: the server's reply carries no prompt token count");
     return probe.prompt_tokens;

@@ -180,13 +180,16 @@ class HttpDoor : public BenchDoor {
     });
     if (!stream) router.events = nullptr;
 
+    char transport_error[CURL_ERROR_SIZE] = "";   // libcurl's own words: which host and port, what failed
+    curl_easy_setopt(curl_, CURLOPT_ERRORBUFFER, transport_error);
     events.sent = events.last = Clock::now();
     const CURLcode rc = curl_easy_perform(curl_);
+    curl_easy_setopt(curl_, CURLOPT_ERRORBUFFER, nullptr);
     long code = 0;
     curl_easy_getinfo(curl_, CURLINFO_RESPONSE_CODE, &code);
     if (rc != CURLE_OK) {
       outcome.status = std::string("curl: ") + curl_easy_strerror(rc);
-      outcome.message = outcome.status;
+      outcome.message = transport_error[0] ? transport_error : curl_easy_strerror(rc);
       return outcome;
     }
     if (code != 200) {
