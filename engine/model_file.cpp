@@ -13,6 +13,7 @@
 #include "engine/hf_config.h"
 #include "engine/safetensors.h"
 #include "kernels/error.h"
+#include "kernels/gguf_blocks.h"
 
 namespace qs {
 
@@ -212,15 +213,15 @@ std::string hf_name_for_gguf(Architecture arch, const std::string& name) {
 }
 
 // Rows of a Q or K projection, per head: llama.cpp stores (head, HD/2, 2), Hugging Face (head, 2, HD/2).
-// W = weight or bias rows, each `cols` wide.
-void unpermute_rope_rows(float* out, const float* in, int64_t n_heads, int64_t head_dim, int64_t cols) {
+// W = weight or bias rows, each `row_bytes` long (floats or whole GGUF blocks).
+void unpermute_rope_rows(void* out, const void* in, int64_t n_heads, int64_t head_dim, size_t row_bytes) {
   const int64_t half = head_dim / 2;
   for (int64_t h = 0; h < n_heads; ++h) {
     for (int64_t i = 0; i < half; ++i) {
       for (int64_t j = 0; j < 2; ++j) {
-        const float* src = in + (h * head_dim + i * 2 + j) * cols;
-        float* dst = out + (h * head_dim + j * half + i) * cols;
-        std::memcpy(dst, src, size_t(cols) * sizeof(float));
+        const auto* src = static_cast<const uint8_t*>(in) + size_t(h * head_dim + i * 2 + j) * row_bytes;
+        auto* dst = static_cast<uint8_t*>(out) + size_t(h * head_dim + j * half + i) * row_bytes;
+        std::memcpy(dst, src, row_bytes);
       }
     }
   }
@@ -596,10 +597,18 @@ void ModelFileLoader::load_gguf(const std::string& path) {
       QS_CHECK(t.shape.size() == (is_bias ? 1u : 2u) && rows == heads * c.head_dim && c.head_dim % 2 == 0,
                ErrorCode::kInvalidModel, where, " has shape ", shape_string(t.shape), ", expected ", heads * c.head_dim,
                " rows (", heads, " heads of ", c.head_dim, ")", kCorrupt);
-      std::vector<float> permuted(static_cast<size_t>(t.numel()));
-      convert_to_f32(permuted.data(), t.data, t.dtype, t.numel());
-      float* out = materialise_f32(t, t.shape);
-      unpermute_rope_rows(out, permuted.data(), heads, c.head_dim, cols);
+      if (!is_bias && is_gguf_block_type(t.dtype)) {
+        // Rows are whole blocks: move them as they are, so a 4-bit load keeps the file's blocks (no rounding).
+        auto buffer = std::make_shared<std::vector<uint8_t>>(t.nbytes);
+        unpermute_rope_rows(buffer->data(), t.data, heads, c.head_dim, dtype_bytes(t.dtype, cols));
+        storage_.push_back(buffer);
+        t.data = buffer->data();
+      } else {
+        std::vector<float> permuted(static_cast<size_t>(t.numel()));
+        convert_to_f32(permuted.data(), t.data, t.dtype, t.numel());
+        float* out = materialise_f32(t, t.shape);
+        unpermute_rope_rows(out, permuted.data(), heads, c.head_dim, size_t(cols) * sizeof(float));
+      }
     } else if (c.arch == Architecture::kGpt2 && !is_bias &&
                (is("attn_qkv") || is("attn_output") || is("ffn_up") || is("ffn_down"))) {
       // llama.cpp transposed GPT-2's Conv1D weights to [out, in]; HF keeps them [in, out].

@@ -144,6 +144,13 @@ HostLinear TransformerModel::read_linear(const std::string& weight, const std::s
   h.cols = cols;
   h.weight = file_.get_f32(weight, {rows, cols});
   if (!bias.empty()) h.bias = file_.get_f32(bias, {rows});
+  const StoredTensor& stored = file_.get(weight, {rows, cols});
+  if (options_.precision == Precision::kInt4WeightOnly &&
+      (stored.dtype == DType::Q4_0 || stored.dtype == DType::Q4_1 || stored.dtype == DType::Q8_0)) {
+    const auto* data = static_cast<const uint8_t*>(stored.data);
+    h.blocks.assign(data, data + stored.nbytes);
+    h.block_dtype = stored.dtype;
+  }
   return h;
 }
 
@@ -165,12 +172,18 @@ HostLinear TransformerModel::concat_rows(std::vector<HostLinear> parts) {
   HostLinear h;
   h.cols = parts.at(0).cols;
   const bool has_bias = !parts[0].bias.empty();
+  // Stored blocks stack too (rows of whole blocks), when every part has them in the same type; otherwise the
+  // stack is floats only and int4-weight-only rounds it.
+  bool same_blocks = true;
+  for (auto& p : parts) same_blocks = same_blocks && !p.blocks.empty() && p.block_dtype == parts[0].block_dtype;
   for (auto& p : parts) {
     QS_CHECK(p.cols == h.cols && p.bias.empty() != has_bias, ErrorCode::kInternal, "concat_rows: parts differ");
     h.rows += p.rows;
     h.weight.insert(h.weight.end(), p.weight.begin(), p.weight.end());
     h.bias.insert(h.bias.end(), p.bias.begin(), p.bias.end());
+    if (same_blocks) h.blocks.insert(h.blocks.end(), p.blocks.begin(), p.blocks.end());
   }
+  if (same_blocks) h.block_dtype = parts[0].block_dtype;
   return h;
 }
 
@@ -178,6 +191,9 @@ std::unique_ptr<LinearWeight> TransformerModel::make_linear(const std::string& n
                                                             const HostLinear& host, Precision precision) {
   const auto start = Clock::now();
   HostTensor w{host.weight.data(), DType::F32, host.rows, host.cols};
+  if (precision == Precision::kInt4WeightOnly && !host.blocks.empty()) {
+    w = HostTensor{host.blocks.data(), host.block_dtype, host.rows, host.cols};
+  }
   HostTensor b{host.bias.data(), DType::F32, host.rows, 1};
   LinearOptions lo;
   lo.compute_error = options_.compute_error;
@@ -297,22 +313,30 @@ void TransformerModel::observe_input(Tensor in, const LinearWeight& weight) {
   }
 }
 
-Precision TransformerModel::embedding_precision() const {
+Precision TransformerModel::embedding_precision(const std::string& table) const {
   // Embeddings and the LM head stay in 16-bit floats in the quantized modes unless asked otherwise: they are
   // a large share of a small model's error budget for a small share of its compute.
   switch (options_.precision) {
     case Precision::kFp32: case Precision::kFp16: case Precision::kBf16:
       return options_.precision;
+    case Precision::kInt4WeightOnly:
+      // A table the file stores in GGUF blocks stays in them (no rounding: the LM head reads the file's values).
+      if (const StoredTensor* t = file_.find(table); t && (t->dtype == DType::Q4_0 || t->dtype == DType::Q4_1 ||
+                                                          t->dtype == DType::Q8_0)) {
+        return options_.precision;
+      }
+      return options_.quantize_embeddings ? options_.precision : Precision::kFp16;
     default:
       return options_.quantize_embeddings ? options_.precision : Precision::kFp16;
   }
 }
 
 void TransformerModel::load_embeddings(const std::string& table, const std::string& lm_head) {
-  const Precision p = embedding_precision();
-  embed_ = make_linear(table, "embedding", read_linear(table, "", config_.vocab_size, config_.hidden_size), p);
+  embed_ = make_linear(table, "embedding", read_linear(table, "", config_.vocab_size, config_.hidden_size),
+                       embedding_precision(table));
   if (!config_.tie_word_embeddings) {
-    lm_head_ = make_linear(lm_head, "lm_head", read_linear(lm_head, "", config_.vocab_size, config_.hidden_size), p);
+    lm_head_ = make_linear(lm_head, "lm_head", read_linear(lm_head, "", config_.vocab_size, config_.hidden_size),
+                           embedding_precision(lm_head));
   }
 }
 

@@ -19,6 +19,10 @@ struct HostLinear {
   std::vector<float> weight;   // (N, K)
   std::vector<float> bias;     // (N) or empty
   int64_t rows = 0, cols = 0;
+  // int4-weight-only: the file's own GGUF blocks (Q4_0, Q4_1 or Q8_0; N rows of K/32 blocks), so the backend
+  // keeps them instead of rounding `weight` again; empty otherwise (and block_dtype F32).
+  std::vector<uint8_t> blocks;
+  DType block_dtype = DType::F32;
 };
 
 // How one layer's attention runs beyond q, k, v and the output projection.
@@ -69,7 +73,8 @@ class TransformerModel : public Model {
   std::vector<float> smooth(const std::string& name, HostLinear& host) const;
   // The precision of blocks' linears and of the embedding / LM head under the load options.
   Precision block_precision() const { return options_.precision; }
-  Precision embedding_precision() const;
+  // `table`: the stored tensor's name (int4-weight-only keeps a table stored in GGUF blocks in them).
+  Precision embedding_precision(const std::string& table) const;
   void load_embeddings(const std::string& table, const std::string& lm_head);   // sets embed_, lm_head_
   void finish_load();
   // Refuses (kUnsupported, naming the op and the architecture) when the backend lacks one of `ops`.

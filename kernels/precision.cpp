@@ -20,6 +20,7 @@ constexpr PrecisionName kPrecisionNames[] = {
     {Precision::kInt8Naive, "int8-naive"},
     {Precision::kInt8Mixed, "int8-mixed"},
     {Precision::kInt8Smooth, "int8-smooth"},
+    {Precision::kInt4WeightOnly, "int4-weight-only"},
 };
 }  // namespace
 
@@ -36,6 +37,7 @@ std::optional<Precision> parse_precision(std::string_view name) {
   }
   if (name == "w8a8") return Precision::kInt8;
   if (name == "w8a16" || name == "int8-weight") return Precision::kInt8WeightOnly;
+  if (name == "w4a16" || name == "int4") return Precision::kInt4WeightOnly;
   return std::nullopt;
 }
 

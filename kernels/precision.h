@@ -17,6 +17,7 @@ enum class Precision {
   kInt8Naive,       // per-tensor asymmetric uint8 with zero point (textbook baseline)
   kInt8Mixed,       // LLM.int8(): outlier activation columns in float, the rest W8A8
   kInt8Smooth,      // SmoothQuant: smoothing folded into the preceding norm, then W8A8
+  kInt4WeightOnly,  // W4A16/W4A32: Q4_1-style blocks of 32 (fp16 d and m), GGUF Q4 blocks kept as they are
 };
 
 const char* precision_name(Precision p);                       // "fp32", "int8-weight-only", ...

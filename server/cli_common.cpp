@@ -19,7 +19,7 @@ Precision parse_precision_arg(const std::string& name) {
 void add_model_args(CLI::App* cmd, ModelArgs& args) {
   cmd->add_option("-m,--model", args.model, "Model: a Hugging Face directory or a .gguf file (default: SmolLM2-135M-Instruct)")
       ->envname("QUANTSERVE_MODEL");
-  cmd->add_option("-p,--precision", args.precision, "fp32, fp16, bf16, int8, int8-weight-only, int8-naive, int8-mixed, int8-smooth")
+  cmd->add_option("-p,--precision", args.precision, precision_list())
       ->envname("QUANTSERVE_PRECISION");
   cmd->add_option("-d,--device", args.device, "cpu, cuda, cuda:N or auto")->envname("QUANTSERVE_DEVICE");
   cmd->add_option("--threads", args.threads, "CPU threads (0 = all cores)")->envname("QUANTSERVE_THREADS");

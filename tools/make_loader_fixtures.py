@@ -259,8 +259,10 @@ def make_llama_gguf(expect):
         "config": {"hidden": hidden, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "ff": ff,
                    "vocab": VOCAB, "layers": 1, "rope_theta": 100000.0, "eos": EOS},
         "tensors": {n: {"shape": list(w.shape),
-                        # Q and K come out un-permuted as F32; the rest keep their stored type.
-                        "dtype": "F32" if ("q_proj" in n or "k_proj" in n) else stored_dtype[qt],
+                        # Q and K come out un-permuted: in GGUF blocks their rows move as whole blocks and keep
+                        # the stored type, other types come out F32; the rest keep their stored type.
+                        "dtype": "F32" if (("q_proj" in n or "k_proj" in n) and qt not in (Q.Q8_0, Q.Q4_0, Q.Q4_1))
+                                 else stored_dtype[qt],
                         "values": w.ravel().tolist() if ("q_proj" in n or "k_proj" in n or "v_proj" in n) else None,
                         "first": w.ravel()[:16].tolist(), "sum": float(w.astype(np.float64).sum())}
                     for n, (w, qt) in hf.items()},

@@ -1,6 +1,7 @@
 // The CPU backend: our packed-panel GEMMs for fp32/fp16/bf16 and VNNI W8A8 from decode to prefill (gemv.h),
 // oneDNN where they do not apply (u8s8s32 W8A8 without VNNI, sgemm for int8-weight-only/-naive prefill), an
-// AVX-512 GEMV for those at small batch, and the ops of cpu_ops.cpp. Activations are fp32.
+// AVX-512 GEMV for those at small batch, block GEMVs for int4-weight-only (gemv_blocks.h), and the ops of
+// cpu_ops.cpp. Activations are fp32.
 #include <omp.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -21,6 +22,7 @@
 #include "kernels/cpu/attention_paged.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/gemv.h"
+#include "kernels/cpu/gemv_blocks.h"
 #include "kernels/cpu/quantize.h"
 #include "kernels/error.h"
 
@@ -58,6 +60,8 @@ class CpuLinear final : public LinearWeight {
   std::vector<int8_t> w_i8;       // int8 modes: (N, K), scales in row_scale (N); empty where w_vnni holds them
   std::vector<int8_t> w_vnni;     // W8A8 (int8, -smooth, -mixed) on VNNI CPUs: vnni_packed_bytes(N, K) (gemv.h)
   std::vector<uint8_t> w_u8;      // int8-naive: (N, K), one scale and zero point
+  std::vector<uint8_t> w_blocks;  // int4-weight-only: N rows of K/32 blocks of block_type (gemv_blocks.h)
+  cpu::BlockType block_type = cpu::BlockType::kQ4_1;
   std::vector<float> row_scale;   // (N)
   std::vector<int32_t> row_sum;   // int8 W8A8: sum_k w_i8[n, k], for the +128 shift of activations (N)
   float tensor_scale = 1.0f;      // int8-naive
@@ -77,6 +81,9 @@ class CpuLinear final : public LinearWeight {
         for (int64_t k = 0; k < K; ++k) {
           dst[k] = tensor_scale * float(int32_t(w_u8[size_t(n * K + k)]) - zero_point);
         }
+        break;
+      case Precision::kInt4WeightOnly:
+        cpu::dequantize_block_row(dst, w_blocks.data(), block_type, n, K);
         break;
       default:  // int8, int8-weight-only, int8-mixed, int8-smooth
         for (int64_t k = 0; k < K; ++k) dst[k] = row_scale[size_t(n)] * float(q(n, k));
@@ -235,6 +242,9 @@ class CpuBackend final : public Backend {
         lin->weight_bytes = size_t(N * K) * 2;
         break;
       }
+      case Precision::kInt4WeightOnly:
+        make_blocks(*lin, weight, w.data());
+        break;
       case Precision::kInt8Naive:
         lin->w_u8.resize(size_t(N * K));
         cpu::quantize_per_tensor_uint8(lin->w_u8.data(), &lin->tensor_scale, &lin->zero_point, w.data(), N * K);
@@ -332,6 +342,15 @@ class CpuBackend final : public Backend {
       case Precision::kInt8Mixed:
         linear_mixed(y, x, lin, T, N, K);
         break;
+      case Precision::kInt4WeightOnly:
+        // Decode and small batches stream the blocks once a pass of up to 8 tokens; prefill dequantizes tiles
+        // of rows for sgemm, as int8-weight-only does.
+        if (T <= cpu::kGemvBatchLimit) {
+          cpu::gemv_blocks(y, x, lin.w_blocks.data(), lin.block_type, T, N, K);
+        } else {
+          linear_dequantize_sgemm(y, x, lin, T, N, K);
+        }
+        break;
       default:  // int8-weight-only, int8-naive: int8 weights, activations in fp32
         if (T <= cpu::kGemvBatchLimit && avx512_) {
           const float zp = lin.precision == Precision::kInt8Naive ? float(lin.zero_point) : 0.0f;
@@ -426,6 +445,29 @@ class CpuBackend final : public Backend {
       }
     }
     cpu::apply_activation(y, T * N, act);
+  }
+
+  // int4-weight-only: GGUF Q4_1 and Q8_0 blocks are kept as they are and Q4_0 ones rewritten as Q4_1 without
+  // rounding (a 4-bit file is not rounded twice); anything else is rounded to nearest into Q4_1 from its floats.
+  static void make_blocks(CpuLinear& lin, const HostTensor& weight, const float* w) {
+    const int64_t N = lin.out_features, K = lin.in_features, n_blocks = N * K / kGgufBlock32;
+    QS_CHECK(K % kGgufBlock32 == 0, ErrorCode::kUnsupported, "int4-weight-only quantizes blocks of ", kGgufBlock32,
+             " inputs, and this weight (", N, " x ", K, ") has ", K, " inputs, not a multiple of ", kGgufBlock32,
+             "; load it in another precision (e.g. int8-weight-only)");
+    if (weight.dtype == DType::Q4_1 || weight.dtype == DType::Q8_0) {
+      lin.block_type = weight.dtype == DType::Q4_1 ? cpu::BlockType::kQ4_1 : cpu::BlockType::kQ8_0;
+      const auto* src = static_cast<const uint8_t*>(weight.data);
+      lin.w_blocks.assign(src, src + size_t(n_blocks) * cpu::block_type_bytes(lin.block_type));
+    } else {
+      lin.block_type = cpu::BlockType::kQ4_1;
+      lin.w_blocks.resize(size_t(n_blocks) * sizeof(BlockQ4_1));
+      auto* dst = reinterpret_cast<BlockQ4_1*>(lin.w_blocks.data());
+      if (weight.dtype != DType::Q4_0 ||
+          !cpu::convert_q4_0_to_q4_1(dst, static_cast<const BlockQ4_0*>(weight.data), n_blocks)) {
+        cpu::quantize_q4_1(dst, w, N * K);
+      }
+    }
+    lin.weight_bytes = lin.w_blocks.size();
   }
 
   // Low-precision weights at larger batch: dequantize a block of rows to fp32, multiply with sgemm.

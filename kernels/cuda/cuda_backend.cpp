@@ -210,6 +210,7 @@ class CudaBackend final : public Backend {
       case Precision::kInt8WeightOnly: case Precision::kInt8Naive:
         return true;
       case Precision::kInt8Mixed: case Precision::kInt8Smooth:
+      case Precision::kInt4WeightOnly:   // no CUDA int4 kernels yet: Model::load refuses with this backend's name
         return false;
     }
     return false;
@@ -328,6 +329,7 @@ class CudaBackend final : public Backend {
       }
       case Precision::kInt8Mixed:
       case Precision::kInt8Smooth:
+      case Precision::kInt4WeightOnly:
         break;  // refused above
     }
     original.reset();  // after the stream work that reads it (cudaFree synchronizes)
@@ -530,6 +532,7 @@ class CudaBackend final : public Backend {
       }
       case Precision::kInt8Mixed:
       case Precision::kInt8Smooth:
+      case Precision::kInt4WeightOnly:
         QS_FAIL(ErrorCode::kUnsupported, "precision ", precision_name(lin.precision),
                 " is not implemented by the CUDA backend");
     }

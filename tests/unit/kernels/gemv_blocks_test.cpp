@@ -1,0 +1,198 @@
+// int4-weight-only's CPU kernels (kernels/cpu/gemv_blocks.h): the Q4_1 quantizer and the lossless Q4_0 rewrite,
+// the reference block GEMV against a double-precision product over the gguf dequantization, the AVX-512 and AVX2
+// kernels against the reference, and the CPU backend keeping a file's blocks as they are.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/gemv.h"
+#include "kernels/cpu/gemv_blocks.h"
+#include "kernels/dtype.h"
+#include "kernels/error.h"
+#include "kernels/gguf_blocks.h"
+
+namespace qs::cpu {
+namespace {
+
+// T = tokens, N = out features, K = in features (a multiple of 32).
+
+std::vector<float> random_values(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(lo, hi);
+  std::vector<float> v(n);
+  for (auto& e : v) e = u(rng);
+  return v;
+}
+
+// N x K weights in `type`'s blocks, from random values (Q8_0 built by hand: d = absmax / 127, as ggml does).
+std::vector<uint8_t> random_blocks(BlockType type, int64_t N, int64_t K, uint32_t seed) {
+  const std::vector<float> w = random_values(size_t(N * K), seed, -0.7f, 0.9f);
+  const int64_t nb = N * K / 32;
+  std::vector<uint8_t> out(size_t(nb) * block_type_bytes(type));
+  if (type == BlockType::kQ4_1) {
+    quantize_q4_1(reinterpret_cast<BlockQ4_1*>(out.data()), w.data(), N * K);
+  } else {
+    auto* blocks = reinterpret_cast<BlockQ8_0*>(out.data());
+    for (int64_t b = 0; b < nb; ++b) {
+      float amax = 0;
+      for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(w[size_t(b * 32 + j)]));
+      const float d = amax / 127.0f;
+      blocks[b].d = f32_to_f16(d);
+      for (int j = 0; j < 32; ++j) blocks[b].qs[j] = int8_t(std::lround(w[size_t(b * 32 + j)] / d));
+    }
+  }
+  return out;
+}
+
+DType gguf_type(BlockType type) { return type == BlockType::kQ4_1 ? DType::Q4_1 : DType::Q8_0; }
+
+TEST(Q4_1, QuantizerRoundsEachBlockToNearestWithinHalfAStep) {
+  const int64_t n = 32 * 40;
+  std::vector<float> w = random_values(size_t(n), 1, -2.0f, 3.0f);
+  for (int j = 0; j < 32; ++j) w[size_t(64 + j)] = 0.25f;   // a constant block: d = 0, every weight exact
+  std::vector<BlockQ4_1> q(size_t(n / 32));
+  quantize_q4_1(q.data(), w.data(), n);
+  std::vector<float> deq(static_cast<size_t>(n));
+  dequantize_gguf_blocks(deq.data(), q.data(), DType::Q4_1, n);
+  for (int64_t b = 0; b < n / 32; ++b) {
+    const float d = f16_to_f32(q[size_t(b)].d);
+    for (int j = 0; j < 32; ++j) {
+      const size_t i = size_t(b * 32 + j);
+      // Half a step, plus what the fp16 rounding of d and m moves the grid by.
+      EXPECT_LE(std::fabs(deq[i] - w[i]), 0.5f * d + 16 * d / 1024 + 4e-3f) << "block " << b << " element " << j;
+    }
+  }
+  for (int j = 0; j < 32; ++j) EXPECT_EQ(deq[size_t(64 + j)], 0.25f);
+}
+
+TEST(Q4_1, Q4_0BlocksBecomeQ4_1WithTheSameValues) {
+  std::vector<BlockQ4_0> src(50);
+  std::mt19937 rng(7);
+  for (auto& b : src) {
+    b.d = f32_to_f16(std::uniform_real_distribution<float>(-0.1f, 0.1f)(rng));
+    for (auto& q : b.qs) q = uint8_t(rng());
+  }
+  src[3].d = f32_to_f16(6e-8f);   // an fp16 subnormal scale
+  std::vector<BlockQ4_1> dst(src.size());
+  ASSERT_TRUE(convert_q4_0_to_q4_1(dst.data(), src.data(), int64_t(src.size())));
+  std::vector<float> a(src.size() * 32), b(src.size() * 32);
+  dequantize_gguf_blocks(a.data(), src.data(), DType::Q4_0, int64_t(a.size()));
+  dequantize_gguf_blocks(b.data(), dst.data(), DType::Q4_1, int64_t(b.size()));
+  for (size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], b[i]) << i;
+
+  src[0].d = f32_to_f16(20000.0f);   // -8 d is past fp16's range: refused, the caller rounds from floats
+  EXPECT_FALSE(convert_q4_0_to_q4_1(dst.data(), src.data(), 1));
+}
+
+class BlockGemv : public ::testing::TestWithParam<BlockType> {};
+
+TEST_P(BlockGemv, ReferenceMatchesTheDequantizedProduct) {
+  const BlockType type = GetParam();
+  const int64_t T = 3, N = 19, K = 160;
+  const std::vector<uint8_t> w = random_blocks(type, N, K, 11);
+  const std::vector<float> x = random_values(size_t(T * K), 12);
+  std::vector<float> deq(size_t(N * K)), out(size_t(T * N));
+  dequantize_gguf_blocks(deq.data(), w.data(), gguf_type(type), N * K);
+  gemv_blocks_reference(out.data(), x.data(), w.data(), type, T, N, K);
+  std::vector<float> row(static_cast<size_t>(K));
+  for (int64_t n = 0; n < N; ++n) {
+    dequantize_block_row(row.data(), w.data(), type, n, K);
+    for (int64_t k = 0; k < K; ++k) ASSERT_EQ(row[size_t(k)], deq[size_t(n * K + k)]);
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t n = 0; n < N; ++n) {
+      double want = 0, scale = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        want += double(x[size_t(t * K + k)]) * deq[size_t(n * K + k)];
+        scale += std::fabs(double(x[size_t(t * K + k)]) * deq[size_t(n * K + k)]);
+      }
+      EXPECT_NEAR(out[size_t(t * N + n)], want, 1e-5 * scale + 1e-6) << "t " << t << " n " << n;
+    }
+  }
+}
+
+void expect_matches_reference(void (*kernel)(float*, const float*, const void*, BlockType, int64_t, int64_t, int64_t),
+                              BlockType type, int64_t max_rows) {
+  for (int64_t K : {32, 96, 576}) {
+    const int64_t N = 37;
+    const std::vector<uint8_t> w = random_blocks(type, N, K, uint32_t(K));
+    for (int64_t T = 1; T <= max_rows; ++T) {
+      const std::vector<float> x = random_values(size_t(T * K), uint32_t(T + 100 * K), -2.0f, 2.0f);
+      std::vector<float> want(size_t(T * N)), got(size_t(T * N), -1.0f);
+      gemv_blocks_reference(want.data(), x.data(), w.data(), type, T, N, K);
+      kernel(got.data(), x.data(), w.data(), type, T, N, K);
+      for (size_t i = 0; i < want.size(); ++i) {
+        EXPECT_NEAR(got[i], want[i], 2e-5 * (std::fabs(want[i]) + double(K))) << "K " << K << " T " << T << " i " << i;
+      }
+    }
+  }
+}
+
+TEST_P(BlockGemv, Avx512MatchesReference) {
+  if (!gemv_avx512_available()) GTEST_SKIP() << "no AVX-512 on this CPU";
+  expect_matches_reference(gemv_blocks_avx512, GetParam(), kBlockGemvMaxRows);
+}
+
+TEST_P(BlockGemv, Avx2MatchesReference) { expect_matches_reference(gemv_blocks_avx2, GetParam(), kBlockGemvMaxRows); }
+
+TEST_P(BlockGemv, AnyTokenCountInPasses) { expect_matches_reference(gemv_blocks, GetParam(), 19); }
+
+INSTANTIATE_TEST_SUITE_P(Types, BlockGemv, ::testing::Values(BlockType::kQ4_1, BlockType::kQ8_0),
+                         [](const auto& info) { return info.param == BlockType::kQ4_1 ? "Q4_1" : "Q8_0"; });
+
+// The backend: a file's Q4_1 and Q8_0 blocks are kept byte for byte (error 0 against their own values), floats
+// are rounded into Q4_1, and every batch size (GEMV passes, dequantize-then-sgemm prefill) gives the reference.
+TEST(Int4Linear, KeepsFileBlocksAndMatchesTheReferenceAtEveryBatch) {
+  auto backend = make_cpu_backend(2);
+  const int64_t N = 45, K = 128;
+  for (BlockType type : {BlockType::kQ4_1, BlockType::kQ8_0}) {
+    const std::vector<uint8_t> w = random_blocks(type, N, K, 5);
+    const std::vector<float> bias = random_values(size_t(N), 6);
+    const HostTensor bt{bias.data(), DType::F32, N, 1};
+    auto lin = backend->make_linear(HostTensor{w.data(), gguf_type(type), N, K}, &bt, Precision::kInt4WeightOnly,
+                                    LinearOptions{});
+    EXPECT_EQ(lin->weight_bytes, w.size());
+    EXPECT_EQ(lin->error.max_abs, 0.0);
+    for (int64_t T : {1, 7, 9, 33, 70}) {
+      const std::vector<float> x = random_values(size_t(T * K), uint32_t(T));
+      std::vector<float> want(size_t(T * N));
+      gemv_blocks_reference(want.data(), x.data(), w.data(), type, T, N, K);
+      std::unique_ptr<DeviceBuffer> in_buf, out_buf;
+      Tensor in = backend->new_tensor(in_buf, T, K), out = backend->new_tensor(out_buf, T, N);
+      std::memcpy(in.data, x.data(), x.size() * 4);
+      backend->linear(out, in, *lin, Activation::kNone);
+      const float* y = static_cast<const float*>(out.data);
+      for (int64_t i = 0; i < T * N; ++i) {
+        EXPECT_NEAR(y[i], want[size_t(i)] + bias[size_t(i % N)], 1e-4 * (std::fabs(want[size_t(i)]) + 1))
+            << "T " << T << " i " << i;
+      }
+    }
+  }
+  // From floats: the quantizer's blocks, and the error reported against the floats.
+  const std::vector<float> wf = random_values(size_t(N * K), 9);
+  auto lin = backend->make_linear(HostTensor{wf.data(), DType::F32, N, K}, nullptr, Precision::kInt4WeightOnly,
+                                  LinearOptions{});
+  EXPECT_EQ(lin->weight_bytes, size_t(N * K / 32) * sizeof(BlockQ4_1));
+  EXPECT_GT(lin->error.rel_frobenius, 0.0);
+  EXPECT_LT(lin->error.rel_frobenius, 0.1);
+}
+
+TEST(Int4Linear, RefusesInputsThatAreNotWholeBlocks) {
+  auto backend = make_cpu_backend(1);
+  const std::vector<float> w = random_values(size_t(8 * 70), 3);
+  try {
+    backend->make_linear(HostTensor{w.data(), DType::F32, 8, 70}, nullptr, Precision::kInt4WeightOnly,
+                         LinearOptions{});
+    FAIL() << "a K of 70 was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("not a multiple of 32"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace qs::cpu
