@@ -17,13 +17,14 @@ inline float hsum(__m256 v) {
 
 // The 32 weights of one block as four vectors of 8 fp32 (elements 0..7, 8..15, 16..23, 24..31), and its d and m.
 inline void load_block(const BlockQ4_1& blk, __m256 q[4], float& d, float& m) {
-  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.qs));
-  const __m128i mask = _mm_set1_epi8(0x0f);
-  const __m128i lo = _mm_and_si128(v, mask), hi = _mm_and_si128(_mm_srli_epi16(v, 4), mask);
-  q[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
-  q[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
-  q[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
-  q[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+  // Bytes 0..7 and 8..15 widened once each (lo | hi << 4 in each 32-bit lane), then the nibbles apart.
+  const __m256i a = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk.qs)));
+  const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk.qs + 8)));
+  const __m256i mask = _mm256_set1_epi32(0x0f);
+  q[0] = _mm256_cvtepi32_ps(_mm256_and_si256(a, mask));
+  q[1] = _mm256_cvtepi32_ps(_mm256_and_si256(b, mask));
+  q[2] = _mm256_cvtepi32_ps(_mm256_srli_epi32(a, 4));
+  q[3] = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
   d = _cvtsh_ss(blk.d);
   m = _cvtsh_ss(blk.m);
 }

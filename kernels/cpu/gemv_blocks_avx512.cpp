@@ -11,10 +11,10 @@ namespace {
 
 // The 32 weights of one block as two vectors of 16 fp32 (elements 0..15 and 16..31), and its d and m.
 inline void load_block(const BlockQ4_1& blk, __m512& lo, __m512& hi, float& d, float& m) {
-  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.qs));
-  const __m128i mask = _mm_set1_epi8(0x0f);
-  lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(v, mask)));
-  hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(v, 4), mask)));
+  // One widening of the 16 bytes (lo | hi << 4 in each 32-bit lane), then the nibbles apart: one shuffle, not two.
+  const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.qs)));
+  lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(0x0f)));
+  hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
   d = _cvtsh_ss(blk.d);
   m = _cvtsh_ss(blk.m);
 }

@@ -143,12 +143,16 @@ TEST_F(CudaVsCpu, NameMemoryAndPrecisions) {
                       Precision::kInt8WeightOnly, Precision::kInt8Naive})
     EXPECT_TRUE(gpu_->supports(p)) << precision_name(p);
   EXPECT_FALSE(gpu_->supports(Precision::kInt8Smooth));
+  EXPECT_FALSE(gpu_->supports(Precision::kInt4WeightOnly));   // no CUDA int4 kernels yet: refused, never mis-run
   const auto w = random_values(16 * 16, 1);
-  try {
-    gpu_->make_linear(HostTensor{w.data(), DType::F32, 16, 16}, nullptr, Precision::kInt8Smooth, LinearOptions{});
-    FAIL() << "int8-smooth should be refused";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+  for (Precision p : {Precision::kInt8Smooth, Precision::kInt4WeightOnly}) {
+    try {
+      gpu_->make_linear(HostTensor{w.data(), DType::F32, 16, 16}, nullptr, p, LinearOptions{});
+      FAIL() << precision_name(p) << " should be refused";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+      EXPECT_NE(std::string(e.what()).find(precision_name(p)), std::string::npos) << e.what();
+    }
   }
 }
 
