@@ -331,8 +331,9 @@ TEST(DefaultModel, SmolLM2Q4_1Opens) {
   EXPECT_FALSE(c.chat_template.empty());
   EXPECT_EQ(c.eos_token_id, 2);
   m->get("model.embed_tokens.weight", {49152, 576});
-  EXPECT_EQ(m->get("model.layers.29.self_attn.q_proj.weight", {576, 576}).dtype, DType::F32);
-  EXPECT_EQ(m->get("model.layers.29.self_attn.k_proj.weight", {192, 576}).dtype, DType::F32);
+  // Q and K rows un-permuted as whole Q4_1 blocks: still Q4_1 (int4-weight-only keeps them as they are).
+  EXPECT_EQ(m->get("model.layers.29.self_attn.q_proj.weight", {576, 576}).dtype, DType::Q4_1);
+  EXPECT_EQ(m->get("model.layers.29.self_attn.k_proj.weight", {192, 576}).dtype, DType::Q4_1);
   EXPECT_EQ(m->get("model.layers.29.self_attn.v_proj.weight", {192, 576}).dtype, DType::Q4_1);
   m->get("model.layers.0.mlp.down_proj.weight", {576, 1536});
   m->get("model.norm.weight", {576});
