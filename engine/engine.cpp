@@ -82,6 +82,10 @@ struct Engine::Impl {
   BatchLayout batch;
   std::vector<float> logits;
   std::unique_ptr<VocabularyIndex> vocabulary;   // built for the first constrained request, then shared
+  // The window when every layer slides (Mistral): a sequence gives back the blocks that slid out of it as it
+  // advances. 0 when any layer is global (Gemma 3, whose 1-in-6 global layers read every position: one block
+  // table serves all layers, so no block is ever outside every layer's window).
+  int64_t window_in_every_layer = 0;
 
   const VocabularyIndex& vocabulary_index() {
     if (!vocabulary) {
@@ -192,6 +196,19 @@ struct Engine::Impl {
     std::erase(running, nullptr);
   }
 
+  // Each token's window starts in a block its sequence still holds (the released ones are a prefix of the
+  // table, so the rest of the window is held too): a block given back too early would be read after another
+  // sequence wrote into it, and give wrong tokens without a word.
+  void check_windows_held() const {
+    for (size_t t = 0; t < batch.positions.size(); ++t) {
+      const std::vector<int32_t>& table = batch.block_tables[size_t(batch.seq_of_token[t])];
+      const int64_t oldest = std::max<int64_t>(0, batch.positions[t] + 1 - window_in_every_layer);
+      const size_t block = size_t(oldest / blocks->block_size());
+      QS_CHECK(block < table.size() && table[block] != KvBlockManager::kReleasedBlock, ErrorCode::kInternal,
+               "position ", batch.positions[t], " would read KV block ", block, ", not held (given back)");
+    }
+  }
+
   void step() {
     drop_cancelled();
     admit();
@@ -237,6 +254,7 @@ struct Engine::Impl {
     ++stats.steps;
     if (in_batch.empty()) return;
     try {
+      if (window_in_every_layer > 0) check_windows_held();
       model->forward(batch, *cache, logits);
     } catch (const Error& e) {
       // A failed pass fails the requests in it, not the engine.
@@ -253,6 +271,9 @@ struct Engine::Impl {
     }
     // The blocks this pass filled can be shared from now on (before sampling: a finished request releases them).
     for (Sequence* s : in_batch) blocks->commit(s->block_table, s->tokens, s->num_computed);
+    if (window_in_every_layer > 0) {
+      for (Sequence* s : in_batch) blocks->release_front(s->block_table, s->num_computed, window_in_every_layer);
+    }
     const int64_t V = model->config().vocab_size;
     std::vector<Sequence*> finished;
     for (size_t i = 0; i < wants_logits.size(); ++i) {
@@ -298,6 +319,9 @@ Engine::Engine(std::unique_ptr<Model> model, std::unique_ptr<Tokenizer> tokenize
   EngineOptions& o = impl_->options;
   const ModelConfig& c = impl_->model->config();
   if (o.max_context <= 0 || o.max_context > c.max_positions) o.max_context = c.max_positions;
+  bool every_layer_slides = c.sliding_window > 0;
+  for (int64_t l = 0; l < c.num_layers; ++l) every_layer_slides = every_layer_slides && c.layer_slides(l);
+  impl_->window_in_every_layer = every_layer_slides ? c.sliding_window : 0;
   QS_CHECK(o.max_batch_size > 0 && o.max_batch_tokens > 0 && o.prefill_chunk > 0 && o.kv_block_size > 0,
            ErrorCode::kInvalidArgument, "engine limits must be positive");
   Backend& backend = impl_->model->backend();

@@ -148,9 +148,13 @@ void KvBlockManager::commit(const std::vector<int32_t>& table, std::span<const i
                                          int64_t(table.size()));
   // Hashed blocks are a prefix of the table (shared ones, then those committed at earlier steps).
   int64_t first = full;
-  while (first > 0 && !blocks_[size_t(table[size_t(first - 1)])].hashed) --first;
+  while (first > 0 && table[size_t(first - 1)] != kReleasedBlock && !blocks_[size_t(table[size_t(first - 1)])].hashed)
+    --first;
   for (int64_t i = first; i < full; ++i) {
     const int32_t block = table[size_t(i)];
+    // release_front() keeps a block until the next one is hashed, so an unhashed block's predecessor is here.
+    QS_CHECK(block != kReleasedBlock && (i == 0 || table[size_t(i - 1)] != kReleasedBlock), ErrorCode::kInternal,
+             "commit: block ", i, " of a sequence or the one before it was released before being hashed");
     Block& b = blocks_[size_t(block)];
     b.parent = i == 0 ? *seed_ : blocks_[size_t(table[size_t(i - 1)])].hash;
     const int32_t* block_tokens = tokens.data() + i * block_size_;
@@ -163,18 +167,40 @@ void KvBlockManager::commit(const std::vector<int32_t>& table, std::span<const i
   }
 }
 
-void KvBlockManager::release(std::vector<int32_t>& table) {
-  for (auto it = table.rbegin(); it != table.rend(); ++it) {
-    Block& b = blocks_[size_t(*it)];
-    if (--b.refs > 0) continue;
-    if (b.indexed) {
-      b.lru = lru_.insert(lru_.end(), *it);
-    } else {
-      forget(*it);
-      free_.push_back(*it);
-    }
+void KvBlockManager::give_back(int32_t block) {
+  Block& b = blocks_[size_t(block)];
+  if (--b.refs > 0) return;
+  if (b.indexed) {
+    b.lru = lru_.insert(lru_.end(), block);
+  } else {
+    forget(block);
+    free_.push_back(block);
   }
+}
+
+void KvBlockManager::release(std::vector<int32_t>& table) {
+  for (auto it = table.rbegin(); it != table.rend(); ++it)
+    if (*it != kReleasedBlock) give_back(*it);
   table.clear();
+}
+
+int64_t KvBlockManager::release_front(std::vector<int32_t>& table, int64_t next_position, int64_t window) {
+  if (window <= 0) return 0;
+  // Blocks [0, end) hold only positions < next_position + 1 - window.
+  int64_t end = std::max<int64_t>(0, next_position + 1 - window) / block_size_;
+  end = std::min<int64_t>(end, int64_t(table.size()));
+  // With prefix caching the first block kept must be hashed already: its hash chains to the last released one's.
+  auto hashed = [&](int64_t i) {
+    return size_t(i) < table.size() && table[size_t(i)] != kReleasedBlock && blocks_[size_t(table[size_t(i)])].hashed;
+  };
+  while (seed_ && end > 0 && !hashed(end)) --end;
+  int64_t released = 0;
+  for (int64_t i = end - 1; i >= 0 && table[size_t(i)] != kReleasedBlock; --i) {
+    give_back(table[size_t(i)]);
+    table[size_t(i)] = kReleasedBlock;
+    ++released;
+  }
+  return released;
 }
 
 }  // namespace qs

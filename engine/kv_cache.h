@@ -55,8 +55,17 @@ class KvBlockManager {
   // full gets its chain hash and can be shared from then on. No-op without prefix caching.
   void commit(const std::vector<int32_t>& table, std::span<const int32_t> tokens, int64_t computed);
   // Returns a sequence's blocks. One that no sequence holds any more joins the LRU list if it is cached, else it
-  // is free; the table is walked from its last block, so a prefix is evicted after its continuations.
+  // is free; the table is walked from its last block, so a prefix is evicted after its continuations. Entries
+  // already given back by release_front() are skipped.
   void release(std::vector<int32_t>& table);
+  // Sliding-window attention in every layer: a sequence whose next position is `next_position` never reads a
+  // key before next_position + 1 - window again, so it gives back each leading block wholly before that (as
+  // release() does: cached ones join the LRU list), leaving kReleasedBlock in its table entry so positions still
+  // index the table. With prefix caching a block is kept until the block after it is hashed (commit() chains
+  // each block's hash to the previous one's). Returns how many blocks it gave back. A backend's windowed
+  // attention must not read a block before its earliest query's window (the CPU one does not; CUDA has none).
+  int64_t release_front(std::vector<int32_t>& table, int64_t next_position, int64_t window);
+  static constexpr int32_t kReleasedBlock = -1;
   int64_t used() const { return total() - free_blocks() - cached(); }   // held by sequences
   int64_t cached() const { return int64_t(lru_.size()); }              // held by none, kept for reuse
   int64_t total() const { return num_blocks_; }
@@ -77,6 +86,7 @@ class KvBlockManager {
   // A fresh block for a sequence: a free (uncached) one if any, else the least recently used cached one, evicted.
   int32_t take_fresh();
   void forget(int32_t block);   // drops a block's hash and index entry
+  void give_back(int32_t block);   // one holder fewer: to the LRU list (cached) or the free stack
 
   int64_t num_blocks_;
   int64_t block_size_;
