@@ -168,6 +168,28 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
+def summarize(samples, scenarios, classes):
+    """Medians per engine and paired-median ratios (quantserve / llama.cpp within one repetition) per row."""
+    summary = []
+    for prompt, new in scenarios:
+        for c in classes:
+            row = {"prompt_tokens": prompt, "new_tokens": new, "class": c}
+            for metric in ("prefill_tokens_per_second", "decode_tokens_per_second"):
+                by_engine = {}
+                for s in samples:
+                    if (s["prompt_tokens"], s["new_tokens"], s["class"]) == (prompt, new, c):
+                        by_engine.setdefault(s["engine"], {})[s["rep"]] = s[metric]
+                for e, v in by_engine.items():
+                    row.setdefault(e, {})[metric] = median(list(v.values()))
+                q, l = by_engine.get("quantserve", {}), by_engine.get("llama.cpp", {})
+                ratios = [q[r] / l[r] for r in q if r in l and l[r] > 0]
+                if ratios:
+                    row.setdefault("quantserve_over_llama_cpp", {})[metric] = median(ratios)
+            if len(row) > 3:
+                summary.append(row)
+    return summary
+
+
 def main():
     global MODEL
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -212,6 +234,36 @@ def main():
 
     started, t_start = load_average(), time.time()
     samples = []   # {rep, scenario, class, engine, load_average_before, ...figures}
+
+    def write(reps_done):
+        """The JSON so far, after every repetition: a run stopped early (a machine that got busy) keeps it."""
+        summary = summarize(samples, scenarios, classes + [f"ct2-{k}" for k in ct2])
+        import llama_cpp
+        out = {
+            "tool": "bench/cpu_peers.py",
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": git_commit(),
+            "machine": machine_info(args.threads),
+            "model": os.path.relpath(MODEL, ROOT),
+            "peers": {"llama.cpp": f"llama-cpp-python {llama_cpp.__version__} (llama.cpp built from its source at "
+                                   "install, GGML_NATIVE), n_batch 2048, n_ubatch 512, default flash-attention setting",
+                      "files": {k: {"path": os.path.relpath(v, ROOT), "bytes": os.path.getsize(v)}
+                                for k, v in ggufs.items()}},
+            "classes": {c: {"quantserve": " ".join([CLASSES[c][0][0]] + CLASSES[c][0][1]), "llama.cpp": CLASSES[c][1]}
+                        for c in classes},
+            "reps": reps_done, "reps_asked": args.reps, "threads": args.threads,
+            "load_average_start": started, "load_average_end": load_average(),
+            "seconds": time.time() - t_start,
+            "summary": summary,
+            "samples": samples,
+        }
+        os.makedirs(os.path.dirname(args.output), exist_ok=True)
+        with open(args.output, "w") as f:
+            json.dump(out, f, indent=1)
+            f.write("\n")
+        return summary
+
+    summary = []
     for rep in range(args.reps):
         for prompt, new in scenarios:
             for c in classes:
@@ -239,48 +291,8 @@ def main():
                     samples.append(r)
                     print(f"rep {rep} {prompt}:{new} ct2 {compute:8s} prefill {r['prefill_tokens_per_second']:8.1f}"
                           f"  decode {r['decode_tokens_per_second']:7.1f} tok/s", flush=True)
+        summary = write(rep + 1)
 
-    summary = []
-    for prompt, new in scenarios:
-        for c in classes + [f"ct2-{k}" for k in ct2]:
-            row = {"prompt_tokens": prompt, "new_tokens": new, "class": c}
-            for metric in ("prefill_tokens_per_second", "decode_tokens_per_second"):
-                by_engine = {}
-                for s in samples:
-                    if (s["prompt_tokens"], s["new_tokens"], s["class"]) == (prompt, new, c):
-                        by_engine.setdefault(s["engine"], {})[s["rep"]] = s[metric]
-                for e, v in by_engine.items():
-                    row.setdefault(e, {})[metric] = median(list(v.values()))
-                q, l = by_engine.get("quantserve", {}), by_engine.get("llama.cpp", {})
-                ratios = [q[r] / l[r] for r in q if r in l and l[r] > 0]
-                if ratios:
-                    row.setdefault("quantserve_over_llama_cpp", {})[metric] = median(ratios)
-            if len(row) > 3:
-                summary.append(row)
-
-    import llama_cpp
-    out = {
-        "tool": "bench/cpu_peers.py",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "machine": machine_info(args.threads),
-        "model": os.path.relpath(MODEL, ROOT),
-        "peers": {"llama.cpp": f"llama-cpp-python {llama_cpp.__version__} (llama.cpp built from its source at "
-                               "install, GGML_NATIVE), n_batch 2048, n_ubatch 512, default flash-attention setting",
-                  "files": {k: {"path": os.path.relpath(v, ROOT), "bytes": os.path.getsize(v)}
-                            for k, v in ggufs.items()}},
-        "classes": {c: {"quantserve": " ".join([CLASSES[c][0][0]] + CLASSES[c][0][1]), "llama.cpp": CLASSES[c][1]}
-                    for c in classes},
-        "reps": args.reps, "threads": args.threads,
-        "load_average_start": started, "load_average_end": load_average(),
-        "seconds": time.time() - t_start,
-        "summary": summary,
-        "samples": samples,
-    }
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(out, f, indent=1)
-        f.write("\n")
     print(f"\n{'scenario':>10} {'class':9} {'metric':8} {'quantserve':>11} {'llama.cpp':>10} {'ratio':>6}")
     for row in summary:
         for metric, short in (("prefill_tokens_per_second", "prefill"), ("decode_tokens_per_second", "decode")):

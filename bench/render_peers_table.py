@@ -40,6 +40,8 @@ def render(data):
              f"{data['threads']} threads each, {data['reps']} alternating repetitions "
              f"(load average {data['load_average_start'][0]:.2f} at the start, {data['load_average_end'][0]:.2f} "
              f"at the end); peer: {data['peers']['llama.cpp']}."]
+    if data.get("note"):
+        notes.append(data["note"])
     for row in ct2:
         ct = row.get("CTranslate2", {})
         notes.append(f"CTranslate2 {row['class'][4:]} (same weights, {row['prompt_tokens']}-token prompt): prefill "
