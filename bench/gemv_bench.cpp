@@ -114,6 +114,7 @@ int main(int argc, char** argv) {
   std::string precision_name = "int8", json_path;
   int64_t tokens = 1, steps = 30, layers = 30, hidden = 576, ffn = 1536, heads = 9, kv_heads = 3, vocab = 49152;
   bool quantize_head = false;
+  int64_t group_size = 0;   // int8-weight-only: --group-size (the blocks' linears; the LM head stays fp16)
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -128,11 +129,12 @@ int main(int argc, char** argv) {
     else if (a == "--steps") steps = std::atoll(next());
     else if (a == "--layers") layers = std::atoll(next());
     else if (a == "--quantize-head") quantize_head = true;
+    else if (a == "--group-size") group_size = std::atoll(next());
     else if (a == "--json") json_path = next();
     else {
       std::fprintf(stderr,
                    "usage: qs_gemv_bench [--precision int8|fp16|bf16|fp32|int8-weight-only] [--tokens T] "
-                   "[--steps S] [--layers L] [--quantize-head] [--json FILE]\n");
+                   "[--steps S] [--layers L] [--quantize-head] [--group-size 0|32] [--json FILE]\n");
       return 2;
     }
   }
@@ -160,6 +162,7 @@ int main(int argc, char** argv) {
     for (float& v : w) v = normal(rng);
     qs::LinearOptions lo;
     lo.compute_error = false;
+    if (p == qs::Precision::kInt8WeightOnly) lo.group_size = group_size;
     return backend->make_linear(qs::HostTensor{w.data(), qs::DType::F32, s.N, s.K}, nullptr, p, lo);
   };
   struct Op {
@@ -234,6 +237,7 @@ int main(int argc, char** argv) {
   const double dram = read_ceiling_gbps(size_t(1) << 30, 5);
   nlohmann::json out = {{"tool", "qs_gemv_bench"},
                         {"precision", precision_name},
+                        {"group_size", group_size},
                         {"lm_head_precision", qs::precision_name(head_precision)},
                         {"threads", threads},
                         {"tokens", tokens},

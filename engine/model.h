@@ -27,6 +27,7 @@ struct LoadReport {
   std::string format;
   Architecture arch = Architecture::kGpt2;
   Precision precision = Precision::kFp32;
+  int64_t group_size = 0;            // int8-weight-only: inputs per weight scale (0 = per row)
   std::string device;
   size_t weight_bytes = 0;           // everything resident for the weights
   size_t original_bytes = 0;         // the same tensors in fp32
@@ -42,6 +43,9 @@ struct LoadOptions {
   Precision precision = Precision::kFp32;
   bool quantize_embeddings = false;   // int8 modes: also quantize embeddings and the LM head
   bool compute_error = true;
+  // int8-weight-only: inputs per weight scale along K, 0 (one scale per output row) or 32 (Q8_0 blocks);
+  // anything else, another precision, or a backend without group kernels is refused at load.
+  int64_t group_size = 0;
   // int8-smooth (SmoothQuant): Model::load first loads the model in fp32 and runs it over a calibration text,
   // recording the per-input-channel absmax of the activations entering each linear that follows a norm; the
   // smoothing factors s = absmax(X)^alpha / absmax(W)^(1-alpha) are then divided out of that norm's weight

@@ -94,11 +94,25 @@ std::vector<int32_t> calibration_ids(const ModelFile& file, const LoadOptions& o
   return ids;
 }
 
+// Refuses a group size the load cannot honour, before anything is read.
+void check_group_size(const LoadOptions& options, const Backend& backend) {
+  if (options.group_size == 0) return;
+  QS_CHECK(options.group_size == kInt8WeightGroup, ErrorCode::kInvalidArgument, "--group-size ",
+           options.group_size, " is not built: int8-weight-only scales per row (0) or per group of ",
+           kInt8WeightGroup, " inputs (Q8_0 blocks)");
+  QS_CHECK(options.precision == Precision::kInt8WeightOnly, ErrorCode::kInvalidArgument, "--group-size ",
+           options.group_size, " applies to int8-weight-only only, not to ", precision_name(options.precision),
+           "; use --group-size 0");
+  QS_CHECK(backend.supports_weight_groups(), ErrorCode::kUnsupported, "the ", backend.name(),
+           " backend has no group-wise int8 kernels; use --group-size 0");
+}
+
 }  // namespace
 
 std::unique_ptr<Model> Model::load(const ModelFile& file, Backend& backend, const LoadOptions& options) {
   QS_CHECK(backend.supports(options.precision), ErrorCode::kUnsupported, "the ", backend.name(),
            " backend does not support precision ", precision_name(options.precision));
+  check_group_size(options, backend);
   const auto start = Clock::now();
   std::unique_ptr<Model> model;
   if (options.precision == Precision::kInt8Smooth && options.activation_absmax == nullptr) {
@@ -134,6 +148,7 @@ TransformerModel::TransformerModel(const ModelFile& file, Backend& backend, cons
   report_.format = file.format();
   report_.arch = config_.arch;
   report_.precision = options.precision;
+  report_.group_size = options.group_size;
   report_.device = backend.name();
 }
 
@@ -145,8 +160,12 @@ HostLinear TransformerModel::read_linear(const std::string& weight, const std::s
   h.weight = file_.get_f32(weight, {rows, cols});
   if (!bias.empty()) h.bias = file_.get_f32(bias, {rows});
   const StoredTensor& stored = file_.get(weight, {rows, cols});
-  if (options_.precision == Precision::kInt4WeightOnly &&
-      (stored.dtype == DType::Q4_0 || stored.dtype == DType::Q4_1 || stored.dtype == DType::Q8_0)) {
+  // Blocks the backend keeps as they are: int4-weight-only's Q4 and Q8_0 ones, group-32 int8's Q8_0 ones.
+  const bool int4_blocks = options_.precision == Precision::kInt4WeightOnly &&
+                           (stored.dtype == DType::Q4_0 || stored.dtype == DType::Q4_1 || stored.dtype == DType::Q8_0);
+  const bool int8_blocks = options_.precision == Precision::kInt8WeightOnly &&
+                           options_.group_size == kInt8WeightGroup && stored.dtype == DType::Q8_0;
+  if (int4_blocks || int8_blocks) {
     const auto* data = static_cast<const uint8_t*>(stored.data);
     h.blocks.assign(data, data + stored.nbytes);
     h.block_dtype = stored.dtype;
@@ -191,12 +210,13 @@ std::unique_ptr<LinearWeight> TransformerModel::make_linear(const std::string& n
                                                             const HostLinear& host, Precision precision) {
   const auto start = Clock::now();
   HostTensor w{host.weight.data(), DType::F32, host.rows, host.cols};
-  if (precision == Precision::kInt4WeightOnly && !host.blocks.empty()) {
+  if ((precision == Precision::kInt4WeightOnly || precision == Precision::kInt8WeightOnly) && !host.blocks.empty()) {
     w = HostTensor{host.blocks.data(), host.block_dtype, host.rows, host.cols};
   }
   HostTensor b{host.bias.data(), DType::F32, host.rows, 1};
   LinearOptions lo;
   lo.compute_error = options_.compute_error;
+  if (precision == Precision::kInt8WeightOnly) lo.group_size = options_.group_size;
   auto lin = backend_->make_linear(w, host.bias.empty() ? nullptr : &b, precision, lo);
   linear_names_[lin.get()] = name;
   quantize_seconds_ += seconds_since(start);

@@ -66,7 +66,12 @@ struct LinearOptions {
   float outlier_threshold = 6.0f;           // int8-mixed: |activation| above this goes through the float path
   const float* input_smoothing = nullptr;   // int8-smooth: per-input-channel divisor already folded upstream (K)
   bool compute_error = true;                // measure QuantError at load
+  // int8-weight-only: inputs per weight scale along K. 0 = one scale per output row; kInt8WeightGroup = one fp16
+  // scale per 32 inputs, stored as GGUF Q8_0 blocks (a Q8_0 source tensor is kept as it is). A backend without
+  // group kernels says so in supports_weight_groups().
+  int64_t group_size = 0;
 };
+constexpr int64_t kInt8WeightGroup = 32;
 
 enum class Activation { kNone, kGeluTanh, kGeluErf, kRelu, kSilu };
 
@@ -127,6 +132,8 @@ class Backend {
   virtual std::string name() const = 0;                    // "cpu", "cuda:0"
   virtual DType activation_dtype() const = 0;              // F32 on the CPU
   virtual bool supports(Precision p) const = 0;
+  // int8-weight-only with LinearOptions::group_size != 0.
+  virtual bool supports_weight_groups() const { return false; }
   virtual MemoryInfo memory_info() const = 0;
 
   // Memory.

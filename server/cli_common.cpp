@@ -25,6 +25,15 @@ void add_model_args(CLI::App* cmd, ModelArgs& args) {
   cmd->add_option("--threads", args.threads, "CPU threads (0 = all cores)")->envname("QUANTSERVE_THREADS");
   cmd->add_flag("--quantize-embeddings", args.quantize_embeddings,
                 "In the int8 modes, quantize the embedding table and LM head too (default: fp16)");
+  add_group_size_option(cmd, args.group_size);
+}
+
+void add_group_size_option(CLI::App* cmd, int64_t& group_size) {
+  cmd->add_option("--group-size", group_size,
+                  "int8-weight-only: one weight scale per this many inputs along K, 32 (GGUF Q8_0 blocks, a Q8_0 "
+                  "tensor kept as it is), or 0 = one scale per output row")
+      ->envname("QUANTSERVE_GROUP_SIZE")
+      ->capture_default_str();
 }
 
 void add_prefix_cache_option(CLI::App* cmd, bool& enabled) {
@@ -44,13 +53,15 @@ LoadedEngine load_model_for_cli(const ModelArgs& args, bool quiet, const EngineO
   o.device = args.device;
   o.load.precision = parse_precision_arg(args.precision);
   o.load.quantize_embeddings = args.quantize_embeddings;
+  o.load.group_size = args.group_size;
   o.engine = engine;
   LoadedEngine loaded = load_engine(o);
   if (!quiet) {
     const LoadReport& r = loaded.engine->model().report();
-    std::fprintf(stderr, "[loaded %s (%s, %s) as %s on %s: %.1f MB of weights (%.1f MB in fp32), %.2f s]\n",
+    const std::string groups = r.group_size ? " (groups of " + std::to_string(r.group_size) + ")" : "";
+    std::fprintf(stderr, "[loaded %s (%s, %s) as %s%s on %s: %.1f MB of weights (%.1f MB in fp32), %.2f s]\n",
                  loaded.engine->model().config().name.c_str(), architecture_name(r.arch), r.format.c_str(),
-                 precision_name(r.precision), r.device.c_str(), double(r.weight_bytes) / 1e6,
+                 precision_name(r.precision), groups.c_str(), r.device.c_str(), double(r.weight_bytes) / 1e6,
                  double(r.original_bytes) / 1e6, r.load_seconds);
   }
   return loaded;

@@ -13,7 +13,10 @@ struct ModelArgs {
   std::string device = "cpu";
   int threads = 0;
   bool quantize_embeddings = false;
+  int64_t group_size = 0;       // int8-weight-only: inputs per weight scale (0 = per row, 32)
 };
+// --group-size (QUANTSERVE_GROUP_SIZE): 0 or 32; 64 and 128 are refused by name (not built).
+void add_group_size_option(CLI::App* cmd, int64_t& group_size);
 void add_model_args(CLI::App* cmd, ModelArgs& args);
 // --prefix-cache on|off (QUANTSERVE_PREFIX_CACHE), on by default: reuse the KV blocks of prompts' common prefixes.
 void add_prefix_cache_option(CLI::App* cmd, bool& enabled);

@@ -12,6 +12,7 @@ namespace qs::cli {
 namespace {
 nlohmann::json report_json(const LoadReport& r, bool tensors) {
   nlohmann::json j = {{"precision", precision_name(r.precision)},
+                      {"group_size", r.group_size},
                       {"device", r.device},
                       {"weight_bytes", r.weight_bytes},
                       {"fp32_bytes", r.original_bytes},
@@ -73,6 +74,7 @@ void add_inspect_command(CLI::App& app) {
       ModelArgs m = args->model;
       m.precision = name;
       const Precision p = parse_precision_arg(name);
+      if (p != Precision::kInt8WeightOnly) m.group_size = 0;   // --group-size is int8-weight-only's alone
       LoadedEngine loaded;
       try {
         loaded = load_model_for_cli(m, /*quiet=*/true);

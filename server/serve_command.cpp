@@ -115,6 +115,7 @@ LoadedModel load_model(const server::ModelSpec& spec, const server::ServeOptions
       file_ptr = loaded.file.get();
       LoadOptions load_options;
       load_options.precision = *precision;
+      load_options.group_size = options.group_size;
       model = Model::load(*file_ptr, *out.backend, load_options);
       tokenizer = std::make_unique<Tokenizer>(file_ptr->tokenizer_spec());
     }
@@ -392,6 +393,7 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--precision", options->precision,
                   "Weight precision: " + precision_list() + " (default: fp32 on CPU, fp16 on CUDA)")
       ->envname("QUANTSERVE_PRECISION");
+  add_group_size_option(cmd, options->group_size);
   cmd->add_option("--device", options->device, "cpu, cuda, cuda:N or auto")
       ->envname("QUANTSERVE_DEVICE")
       ->capture_default_str();

@@ -481,6 +481,7 @@ v1::ModelInfo describe_model(const std::string& name, const Model& model, const 
   info.set_format(report.format);
   info.set_architecture(architecture_name(config.arch));
   info.set_precision(precision_name(report.precision));
+  info.set_group_size(report.group_size);
   info.set_device(report.device.empty() ? model.backend().name() : report.device);
   info.set_vocab_size(config.vocab_size);
   info.set_hidden_size(config.hidden_size);

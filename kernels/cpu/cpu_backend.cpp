@@ -60,7 +60,8 @@ class CpuLinear final : public LinearWeight {
   std::vector<int8_t> w_i8;       // int8 modes: (N, K), scales in row_scale (N); empty where w_vnni holds them
   std::vector<int8_t> w_vnni;     // W8A8 (int8, -smooth, -mixed) on VNNI CPUs: vnni_packed_bytes(N, K) (gemv.h)
   std::vector<uint8_t> w_u8;      // int8-naive: (N, K), one scale and zero point
-  std::vector<uint8_t> w_blocks;  // int4-weight-only: N rows of K/32 blocks of block_type (gemv_blocks.h)
+  // int4-weight-only, and int8-weight-only by groups of 32: N rows of K/32 blocks of block_type (gemv_blocks.h)
+  std::vector<uint8_t> w_blocks;
   cpu::BlockType block_type = cpu::BlockType::kQ4_1;
   std::vector<float> row_scale;   // (N)
   std::vector<int32_t> row_sum;   // int8 W8A8: sum_k w_i8[n, k], for the +128 shift of activations (N)
@@ -85,7 +86,11 @@ class CpuLinear final : public LinearWeight {
       case Precision::kInt4WeightOnly:
         cpu::dequantize_block_row(dst, w_blocks.data(), block_type, n, K);
         break;
-      default:  // int8, int8-weight-only, int8-mixed, int8-smooth
+      default:  // int8, int8-weight-only (per row or in Q8_0 blocks), int8-mixed, int8-smooth
+        if (!w_blocks.empty()) {
+          cpu::dequantize_block_row(dst, w_blocks.data(), block_type, n, K);
+          break;
+        }
         for (int64_t k = 0; k < K; ++k) dst[k] = row_scale[size_t(n)] * float(q(n, k));
         break;
     }
@@ -199,6 +204,7 @@ class CpuBackend final : public Backend {
   DType activation_dtype() const override { return DType::F32; }
   // Every precision; int8-smooth is W8A8 on weights the engine has already smoothed (calibrated at load).
   bool supports(Precision) const override { return true; }
+  bool supports_weight_groups() const override { return true; }
 
   MemoryInfo memory_info() const override {
     MemoryInfo info;
@@ -229,7 +235,13 @@ class CpuBackend final : public Backend {
       lin->bias.resize(size_t(N));
       convert_to_f32(lin->bias.data(), bias->data, bias->dtype, N);
     }
-    switch (precision) {
+    QS_CHECK(options.group_size == 0 || (options.group_size == kInt8WeightGroup &&
+                                         precision == Precision::kInt8WeightOnly),
+             ErrorCode::kInvalidArgument, "weight groups of ", options.group_size, " inputs with ",
+             precision_name(precision), ": only int8-weight-only has them, and only groups of ", kInt8WeightGroup);
+    if (options.group_size != 0) {
+      make_int8_groups(*lin, weight, w.data());
+    } else switch (precision) {
       case Precision::kFp32:
         lin->w_f32.resize(cpu::packed_elements(N, K));
         cpu::pack_weights(lin->w_f32.data(), w.data(), cpu::WeightType::kF32, N, K);
@@ -352,7 +364,13 @@ class CpuBackend final : public Backend {
         }
         break;
       default:  // int8-weight-only, int8-naive: int8 weights, activations in fp32
-        if (T <= cpu::kGemvBatchLimit && avx512_) {
+        if (!lin.w_blocks.empty()) {   // int8-weight-only by groups: as int4-weight-only runs its blocks
+          if (T <= cpu::kGemvBatchLimit) {
+            cpu::gemv_blocks(y, x, lin.w_blocks.data(), lin.block_type, T, N, K);
+          } else {
+            linear_dequantize_sgemm(y, x, lin, T, N, K);
+          }
+        } else if (T <= cpu::kGemvBatchLimit && avx512_) {
           const float zp = lin.precision == Precision::kInt8Naive ? float(lin.zero_point) : 0.0f;
           const float* scales = lin.row_scale.empty() ? nullptr : lin.row_scale.data();
           for (int64_t t0 = 0; t0 < T; t0 += cpu::kGemvMaxRows) {
@@ -466,6 +484,24 @@ class CpuBackend final : public Backend {
           !cpu::convert_q4_0_to_q4_1(dst, static_cast<const BlockQ4_0*>(weight.data), n_blocks)) {
         cpu::quantize_q4_1(dst, w, N * K);
       }
+    }
+    lin.weight_bytes = lin.w_blocks.size();
+  }
+
+  // int8-weight-only by groups of 32 inputs: Q8_0 blocks (fp16 scale + 32 int8, 34 bytes), which the block GEMV
+  // of int4-weight-only already multiplies; a Q8_0 source tensor is kept as it is (not rounded twice).
+  static void make_int8_groups(CpuLinear& lin, const HostTensor& weight, const float* w) {
+    const int64_t N = lin.out_features, K = lin.in_features, n_blocks = N * K / kGgufBlock32;
+    QS_CHECK(K % kGgufBlock32 == 0, ErrorCode::kUnsupported, "int8-weight-only with --group-size ", kGgufBlock32,
+             " scales groups of ", kGgufBlock32, " inputs, and this weight (", N, " x ", K, ") has ", K,
+             " inputs, not a multiple of ", kGgufBlock32, "; load it with --group-size 0 (one scale per row)");
+    lin.block_type = cpu::BlockType::kQ8_0;
+    if (weight.dtype == DType::Q8_0) {
+      const auto* src = static_cast<const uint8_t*>(weight.data);
+      lin.w_blocks.assign(src, src + size_t(n_blocks) * sizeof(BlockQ8_0));
+    } else {
+      lin.w_blocks.resize(size_t(n_blocks) * sizeof(BlockQ8_0));
+      cpu::quantize_q8_0(reinterpret_cast<BlockQ8_0*>(lin.w_blocks.data()), w, N * K);
     }
     lin.weight_bytes = lin.w_blocks.size();
   }

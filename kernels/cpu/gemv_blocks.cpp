@@ -1,4 +1,4 @@
-// int4-weight-only on the CPU: the Q4_1 quantizer, the reference block GEMV the fast ones are tested against,
+// int4-weight-only and group-wise int8-weight-only on the CPU: the Q4_1 and Q8_0 quantizers, the reference block GEMV the fast ones are tested against,
 // and the dispatch between the AVX-512 and AVX2 kernels (gemv_blocks_avx512.cpp, gemv_blocks_avx2.cpp).
 #include "kernels/cpu/gemv_blocks.h"
 
@@ -28,6 +28,23 @@ void quantize_q4_1(BlockQ4_1* dst, const float* src, int64_t n) {
       const int q0 = std::min(15, int((x[j] - lo) * id + 0.5f));
       const int q1 = std::min(15, int((x[j + 16] - lo) * id + 0.5f));
       out.qs[j] = uint8_t(q0 | (q1 << 4));
+    }
+  }
+}
+
+void quantize_q8_0(BlockQ8_0* dst, const float* src, int64_t n) {
+  QS_CHECK(n % kGgufBlock32 == 0, ErrorCode::kInternal, "quantize_q8_0: ", n, " elements are not whole blocks");
+  for (int64_t b = 0; b < n / kGgufBlock32; ++b) {
+    const float* x = src + b * kGgufBlock32;
+    float absmax = 0;
+    for (int j = 0; j < 32; ++j) absmax = std::max(absmax, std::fabs(x[j]));
+    QS_CHECK(absmax / 127.0f <= 65504.0f, ErrorCode::kUnsupported, "quantize_q8_0: a weight of magnitude ", absmax,
+             " needs a scale past fp16's range; load it with --group-size 0");
+    dst[b].d = f32_to_f16(absmax / 127.0f);
+    const float d = f16_to_f32(dst[b].d);
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < 32; ++j) {
+      dst[b].qs[j] = int8_t(std::clamp(std::lround(x[j] * id), -127L, 127L));
     }
   }
 }

@@ -1,5 +1,5 @@
-// The CPU kernels of int4-weight-only: GEMV over rows of GGUF-style blocks of 32 weights (Q4_1, and Q8_0 for
-// tensors a file stores that way), dequantized in registers against fp32 activations; the Q4_1 quantizer.
+// The CPU kernels of int4-weight-only and group-wise int8-weight-only: GEMV over rows of GGUF-style blocks of 32
+// weights (Q4_1, and Q8_0), dequantized in registers against fp32 activations; the Q4_1 and Q8_0 quantizers.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -17,6 +17,10 @@ size_t block_type_bytes(BlockType type);   // 20 or 34
 // Round to nearest into Q4_1 (ggml's quantize_row_q4_1_ref): per block of 32, m = min, d = (max - min) / 15,
 // both stored fp16, q = round((x - m) / d) clamped to [0, 15]. n a multiple of 32.
 void quantize_q4_1(BlockQ4_1* dst, const float* src, int64_t n);
+// Symmetric int8 by groups of 32 into Q8_0: per block, d = absmax / 127 stored fp16, q = round(x / d) with the
+// stored (fp16) d, clamped to [-127, 127] (ggml divides by the fp32 d, then stores it rounded: a 2^-11 mismatch
+// this avoids). The scale of int8-weight-only with --group-size 32. n a multiple of 32.
+void quantize_q8_0(BlockQ8_0* dst, const float* src, int64_t n);
 // Q4_0 blocks as Q4_1 without rounding anything: d (q - 8) = d q + m with m = -8 d, exact in fp16 (a power-of-two
 // multiple) unless it overflows; returns false, leaving dst partly written, if a block's -8 d would.
 bool convert_q4_0_to_q4_1(BlockQ4_1* dst, const BlockQ4_0* src, int64_t n_blocks);

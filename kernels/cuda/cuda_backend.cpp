@@ -254,6 +254,8 @@ class CudaBackend final : public Backend {
     QS_CHECK(supports(precision), ErrorCode::kUnsupported, "precision ", precision_name(precision),
              " is not implemented by the CUDA backend yet; use one of fp32, fp16, bf16, int8, int8-weight-only, "
              "int8-naive");
+    QS_CHECK(options.group_size == 0, ErrorCode::kUnsupported, "the CUDA backend has no group-wise int8 kernels ",
+             "(weight groups of ", options.group_size, " inputs); use --group-size 0");
     QS_CHECK(is_float_dtype(weight.dtype), ErrorCode::kInvalidModel, "a linear weight must be F32, F16 or BF16, not ",
              dtype_name(weight.dtype));
     QS_CHECK(weight.rows > 0 && weight.cols > 0 && weight.data, ErrorCode::kInvalidModel,

@@ -145,6 +145,7 @@ struct Bounds {
   Precision precision;
   double min_top1;
   double max_kl;
+  int64_t group_size = 0;   // int8-weight-only: inputs per weight scale (LoadOptions::group_size)
 };
 
 // The fixture models present (reference.json committed).

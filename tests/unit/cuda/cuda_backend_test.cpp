@@ -156,6 +156,21 @@ TEST_F(CudaVsCpu, NameMemoryAndPrecisions) {
   }
 }
 
+TEST_F(CudaVsCpu, RefusesInt8WeightGroups) {
+  // No CUDA group-wise int8 kernels: refused with the flag's name, never run per row in their place.
+  EXPECT_FALSE(gpu_->supports_weight_groups());
+  const auto w = random_values(16 * 32, 1);
+  LinearOptions options;
+  options.group_size = kInt8WeightGroup;
+  try {
+    gpu_->make_linear(HostTensor{w.data(), DType::F32, 16, 32}, nullptr, Precision::kInt8WeightOnly, options);
+    FAIL() << "group-wise int8-weight-only should be refused";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("--group-size 0"), std::string::npos) << e.what();
+  }
+}
+
 TEST_F(CudaVsCpu, EmbeddingWithPositions) {
   const int64_t V = 37, C = 48, P = 20;
   const auto table = random_values(V * C, 2);
