@@ -3,7 +3,9 @@
 blocks) on the default model (issue 13 item 1): perplexity change against fp32 on GPL-3 and two more OS-shipped
 texts int8-smooth does not calibrate on (the windows bench/quality_report.py uses: 2048 tokens, context 512, stride
 256), then batch-1 decode tokens/s of the two alternated round by round in one run (machine load hits them alike;
-the load average is kept per run). Writes bench/results/int8_group_size.json.
+the load average is kept per run), and the decode weight stream alone through qs_gemv_bench (each op's best of 30
+steps, the estimator that survives a shared machine), group sizes alternated. Writes
+bench/results/int8_group_size.json.
 
 Usage: python3 bench/int8_group_size.py [--binary build/server/quantserve] [--rounds 5] [--no-perplexity]
 """
@@ -25,14 +27,19 @@ TEXTS = ["/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/LGPL-2.
 GROUPS = [0, 32]
 
 
-def perplexity(binary, text, precision, group, args):
+def perplexity(binary, text, group, args):
+    """int8-weight-only at `group` against fp32 on the same positions: perplexities, top-1 agreement, KL."""
     before = load_average()
     out = run([binary, "perplexity", "--model", MODEL, "--device", "cpu", "--threads", str(args.threads),
-               "--precision", precision, "--group-size", str(group), "--file", text, "--max-tokens", "2048",
-               "--context", "512", "--stride", "256", "--json"])
+               "--precision", "int8-weight-only", "--group-size", str(group), "--compare-to", "fp32", "--file", text,
+               "--max-tokens", "2048", "--context", "512", "--stride", "256", "--json"])
     r = json.loads(out)
-    return {"perplexity": r["perplexity"], "mean_nll": r["mean_nll"], "predicted_tokens": r["predicted_tokens"],
-            "load_average_before": before, "load_average_after": load_average()}
+    c = r["compare_to"]
+    return {"perplexity": r["perplexity"], "fp32_perplexity": c["perplexity"],
+            "change_vs_fp32": r["perplexity"] / c["perplexity"] - 1, "top1_agreement_with_fp32": c["top1_agreement"],
+            "mean_kl_from_fp32": c["mean_kl"], "max_kl_from_fp32": c["max_kl"], "weight_bytes": r.get("weight_bytes"),
+            "predicted_tokens": r["predicted_tokens"], "load_average_before": before,
+            "load_average_after": load_average()}
 
 
 def bench_once(binary, group, args):
@@ -47,6 +54,18 @@ def bench_once(binary, group, args):
             "load_average_before": before, "load_average_after": load_average()}
 
 
+def gemv_once(gemv_binary, group):
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        run([gemv_binary, "--precision", "int8-weight-only", "--group-size", str(group), "--steps", "30",
+             "--json", out.name])
+        r = json.load(open(out.name))
+    step = sum(op["best_seconds"] for op in r["ops"])
+    return {"group_size": group, "best_step_seconds": step, "bytes_per_step": r["bytes_per_step"],
+            "median_step_seconds": r["median_step_seconds"], "load_average_start": r["load_average_start"],
+            "load_average_end": r["load_average_end"],
+            "ops": {op["op"]: op["best_seconds"] for op in r["ops"]}}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binary")
@@ -55,9 +74,14 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--no-perplexity", action="store_true")
+    ap.add_argument("--gemv-rounds", type=int, default=3, help="qs_gemv_bench rounds per group size (0: none)")
+    ap.add_argument("--gemv-binary", default=os.path.join(ROOT, "build", "bench", "qs_gemv_bench"))
     ap.add_argument("--output", default=OUT)
+    ap.add_argument("--update", action="store_true",
+                    help="keep the parts of an existing --output this run does not measure")
     args = ap.parse_args()
     binary = find_binary(args.binary)
+    previous = json.load(open(args.output)) if args.update and os.path.exists(args.output) else {}
     result = {"benchmark": "int8_group_size", "date": datetime.datetime.utcnow().isoformat() + "Z",
               "commit": git_commit(), "machine": machine_info(args.threads), "model": os.path.relpath(MODEL, ROOT),
               "perplexity_windows": {"max_tokens": 2048, "context": 512, "stride": 256}}
@@ -65,13 +89,13 @@ def main():
     if not args.no_perplexity:
         texts = {}
         for text in TEXTS:
-            t = {"fp32": perplexity(binary, text, "fp32", 0, args)}
+            t = {}
             for g in GROUPS:
-                e = perplexity(binary, text, "int8-weight-only", g, args)
-                e["change_vs_fp32"] = e["perplexity"] / t["fp32"]["perplexity"] - 1
+                e = perplexity(binary, text, g, args)
                 t[f"int8-weight-only group {g}"] = e
                 print(f"{os.path.basename(text):10s} group {g:3d}: perplexity {e['perplexity']:.5f} "
-                      f"({100 * e['change_vs_fp32']:+.3f} % vs fp32 {t['fp32']['perplexity']:.5f})", flush=True)
+                      f"({100 * e['change_vs_fp32']:+.3f} % vs fp32 {e['fp32_perplexity']:.5f}), top-1 "
+                      f"{e['top1_agreement_with_fp32']:.4f}, mean KL {e['mean_kl_from_fp32']:.3e}", flush=True)
             texts[text] = t
         result["perplexity"] = texts
 
@@ -97,6 +121,27 @@ def main():
                                             "max": max(ratios), "per_round": ratios}
         result.update({"batch": 1, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
                        "rounds": args.rounds, "decode_summary": summary, "runs": runs})
+    gemv = []
+    for rnd in range(args.gemv_rounds):
+        for g in (GROUPS if rnd % 2 == 0 else GROUPS[::-1]):
+            r = gemv_once(args.gemv_binary, g)
+            r["round"] = rnd
+            gemv.append(r)
+            print(f"gemv round {rnd} group {g:3d}: best step {1e3 * r['best_step_seconds']:.3f} ms, "
+                  f"{r['bytes_per_step'] / 1e6:.1f} MB, load {r['load_average_start']:.1f}", flush=True)
+    if gemv:
+        def steps(g):
+            return [r["best_step_seconds"] for r in gemv if r["group_size"] == g]
+        ratios = [a / b for a, b in zip(steps(32), steps(0))]
+        result["gemv_bench_commit"] = result["commit"]
+        result["gemv_bench"] = {"tokens": 1, "runs": gemv, "group_32_time_over_group_0": {
+            "median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "per_round": ratios}}
+    kept = [key for key in previous if key not in result]
+    for key in kept:
+        result[key] = previous[key]
+    if kept:   # the parts measured before, with the commit and date they were measured at
+        result["kept_from_previous_run"] = {"keys": kept, "commit": previous.get("commit"),
+                                            "date": previous.get("date")}
     write_results(args.output, result)
 
 

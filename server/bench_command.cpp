@@ -93,8 +93,7 @@ void add_bench_command(CLI::App& app) {
     std::printf("%-17s %6s %14s %14s %10s %10s %12s %12s\n", "precision", "batch", "prefill tok/s", "decode tok/s",
                 "TTFT ms", "ITL ms", "weights MB", "peak RSS MB");
     for (const auto& name : args->precisions) {
-      ModelArgs m = args->model;
-      m.precision = name;
+      const ModelArgs m = args_for_precision(args->model, name);
       EngineOptions eo;
       int64_t max_batch = 1;
       for (int64_t b : args->batches) max_batch = std::max(max_batch, b);
@@ -127,6 +126,7 @@ void add_bench_command(CLI::App& app) {
                                   {"time_to_first_token_ms", r.time_to_first_token_ms},
                                   {"inter_token_latency_ms", r.inter_token_latency_ms},
                                   {"weight_bytes", report.weight_bytes},
+                                  {"group_size", report.group_size},
                                   {"original_bytes", report.original_bytes},
                                   {"load_seconds", report.load_seconds},
                                   {"quantize_seconds", report.quantize_seconds},

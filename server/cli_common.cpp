@@ -36,6 +36,13 @@ void add_group_size_option(CLI::App* cmd, int64_t& group_size) {
       ->capture_default_str();
 }
 
+ModelArgs args_for_precision(const ModelArgs& args, const std::string& precision) {
+  ModelArgs m = args;
+  m.precision = precision;
+  if (parse_precision_arg(precision) != Precision::kInt8WeightOnly) m.group_size = 0;
+  return m;
+}
+
 void add_prefix_cache_option(CLI::App* cmd, bool& enabled) {
   // CLI11 reads "on"/"off" as a bool; the check keeps the other spellings it would take (yes, 1, ...) out.
   cmd->add_option("--prefix-cache", enabled,

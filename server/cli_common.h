@@ -17,6 +17,9 @@ struct ModelArgs {
 };
 // --group-size (QUANTSERVE_GROUP_SIZE): 0 or 32; 64 and 128 are refused by name (not built).
 void add_group_size_option(CLI::App* cmd, int64_t& group_size);
+// `args` loading `precision` instead, for commands that load several (bench, inspect, perplexity --compare-to):
+// --group-size goes to the int8-weight-only loads only (a single load in another precision is refused instead).
+ModelArgs args_for_precision(const ModelArgs& args, const std::string& precision);
 void add_model_args(CLI::App* cmd, ModelArgs& args);
 // --prefix-cache on|off (QUANTSERVE_PREFIX_CACHE), on by default: reuse the KV blocks of prompts' common prefixes.
 void add_prefix_cache_option(CLI::App* cmd, bool& enabled);

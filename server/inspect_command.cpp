@@ -71,10 +71,8 @@ void add_inspect_command(CLI::App& app) {
     nlohmann::json out = {{"precisions", nlohmann::json::array()}};
     bool header = false;
     for (const auto& name : names) {
-      ModelArgs m = args->model;
-      m.precision = name;
+      const ModelArgs m = args_for_precision(args->model, name);
       const Precision p = parse_precision_arg(name);
-      if (p != Precision::kInt8WeightOnly) m.group_size = 0;   // --group-size is int8-weight-only's alone
       LoadedEngine loaded;
       try {
         loaded = load_model_for_cli(m, /*quiet=*/true);

@@ -52,7 +52,8 @@ void add_perplexity_command(CLI::App& app) {
     const auto load = [&](const std::string& precision, bool quiet) {
       ModelArgs m = args->model;
       m.precision = precision;
-      return load_model_for_cli(m, quiet);
+      // The --compare-to reference takes --group-size only if it is int8-weight-only too.
+      return load_model_for_cli(precision == args->model.precision ? m : args_for_precision(m, precision), quiet);
     };
     const auto token_ids = [&](const Tokenizer& tok, int64_t vocab) {
       std::vector<int32_t> ids;
@@ -103,6 +104,7 @@ void add_perplexity_command(CLI::App& app) {
     if (args->json) {
       nlohmann::json j = {{"model", model.report().model_path},
                           {"precision", precision_name(model.report().precision)},
+                          {"group_size", model.report().group_size},
                           {"device", model.report().device},
                           {"file", args->file.empty() ? args->ids_file : args->file},
                           {"tokens", ids.size()},

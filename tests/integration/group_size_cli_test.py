@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""--group-size through the local commands on a tiny fixture: perplexity --compare-to fp32, bench over two
+precisions and inspect load the int8-weight-only model in groups of 32 and the others per row (and say so in their
+JSON); a single load it cannot apply to (generate --precision int8, --group-size 64) is refused with a sentence
+and a non-zero exit, by flag and by QUANTSERVE_GROUP_SIZE alike."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+FIXTURE = "tests/fixtures/models/llama_untied"
+TEXT = "/usr/share/common-licenses/GPL-3"
+
+
+def run(binary, args, env=None, ok=True):
+    p = subprocess.run([binary] + args, capture_output=True, text=True, env={**os.environ, **(env or {})},
+                       timeout=240)
+    if ok and p.returncode != 0:
+        sys.exit(f"FAIL: {' '.join(args)} exited {p.returncode}: {p.stderr[-2000:]}")
+    if not ok and p.returncode == 0:
+        sys.exit(f"FAIL: {' '.join(args)} was accepted")
+    return p
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", required=True)
+    b = ap.parse_args().binary
+    model = ["--model", FIXTURE, "--device", "cpu", "--threads", "1"]
+
+    r = json.loads(run(b, ["perplexity"] + model + ["--precision", "int8-weight-only", "--group-size", "32",
+                                                    "--compare-to", "fp32", "--file", TEXT, "--max-tokens", "64",
+                                                    "--context", "32", "--stride", "32", "--json"]).stdout)
+    assert r["group_size"] == 32 and r["compare_to"]["precision"] == "fp32", r
+    assert r["compare_to"]["top1_agreement"] > 0.5, r
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        run(b, ["bench"] + model + ["--precisions", "fp32,int8-weight-only", "--batch", "1", "--prompt-tokens",
+                                    "8", "--new-tokens", "4", "--output", out.name],
+            env={"QUANTSERVE_GROUP_SIZE": "32"})
+        groups = {e["precision"]: e["group_size"] for e in json.load(open(out.name))["results"]}
+    assert groups == {"fp32": 0, "int8-weight-only": 32}, groups
+
+    insp = json.loads(run(b, ["inspect"] + model + ["--precisions", "int8,int8-weight-only", "--group-size", "32",
+                                                    "--json"]).stdout)
+    groups = {p["precision"]: p["group_size"] for p in insp["precisions"]}
+    assert groups == {"int8": 0, "int8-weight-only": 32}, groups
+
+    for args, env, words in [
+        (["--precision", "int8", "--group-size", "32"], None, "applies to int8-weight-only only"),
+        (["--precision", "int8-weight-only"], {"QUANTSERVE_GROUP_SIZE": "64"}, "--group-size 64 is not built"),
+    ]:
+        p = run(b, ["generate"] + model + args + ["-n", "2", "hello"], env=env, ok=False)
+        assert words in p.stderr, p.stderr
+    print("ok")
+
+
+if __name__ == "__main__":
+    main()
