@@ -36,6 +36,8 @@ struct LoadReport {
   size_t peak_device_bytes = 0;      // peak during load
   std::vector<TensorReport> tensors;
   std::map<std::string, size_t> bytes_by_class;
+  // int8-smooth: per smoothed linear, the alpha it was smoothed with (negative: the search chose no smoothing).
+  std::map<std::string, double> smoothing_alpha;
 };
 
 // What the quantization plan decides for the tensors that are not ordinary linears.
@@ -47,16 +49,21 @@ struct LoadOptions {
   // anything else, another precision, or a backend without group kernels is refused at load.
   int64_t group_size = 0;
   // int8-smooth (SmoothQuant): Model::load first loads the model in fp32 and runs it over a calibration text,
-  // recording the per-input-channel absmax of the activations entering each linear that follows a norm; the
-  // smoothing factors s = absmax(X)^alpha / absmax(W)^(1-alpha) are then divided out of that norm's weight
-  // (and bias) and multiplied into the linear's weight columns before W8A8 quantization.
+  // recording the per-input-channel absmax of the activations entering each linear that follows a norm (and a
+  // sample of those activations); the smoothing factors s = absmax(X)^alpha / absmax(W)^(1-alpha) are then
+  // divided out of that norm's weight (and bias) and multiplied into the linear's weight columns before W8A8
+  // quantization. alpha is fixed (0.5) or searched per linear (engine/smoothing.h): measured on the default
+  // model, the search (which picks 0.6-0.9) scores worse than 0.5 (bench/results/int8_smooth_search.json).
   std::vector<int32_t> calibration_ids;     // calibration token ids; empty = tokenize calibration_file
   std::string calibration_file;             // empty = $QUANTSERVE_CALIBRATION_FILE, else
                                             // /usr/share/common-licenses/Apache-2.0, else a built-in paragraph
   int64_t calibration_tokens = 512;         // the first N tokens of the calibration text
-  float smoothing_alpha = 0.5f;             // $QUANTSERVE_SMOOTHING_ALPHA overrides
-  // Set by Model::load for the second (quantized) load: per linear name, its input's per-channel absmax.
+  float smoothing_alpha = 0.5f;             // in [0, 1]: fixed; negative: searched per linear.
+                                            // $QUANTSERVE_SMOOTHING_ALPHA (a number or 'search') overrides
+  // Set by Model::load for the second (quantized) load: per linear name, its input's per-channel absmax, and
+  // up to kSmoothingSampleTokens of its input rows (row-major, K floats each) for the alpha search.
   const std::map<std::string, std::vector<float>>* activation_absmax = nullptr;
+  const std::map<std::string, std::vector<float>>* activation_samples = nullptr;
 };
 
 class Model {

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "engine/smoothing.h"
 #include "engine/tokenizer.h"
 #include "kernels/error.h"
 
@@ -117,20 +118,23 @@ std::unique_ptr<Model> Model::load(const ModelFile& file, Backend& backend, cons
   std::unique_ptr<Model> model;
   if (options.precision == Precision::kInt8Smooth && options.activation_absmax == nullptr) {
     // SmoothQuant: calibrate an fp32 copy (freed before the quantized load), then load with the factors folded.
-    std::map<std::string, std::vector<float>> absmax;
+    std::map<std::string, std::vector<float>> absmax, samples;
     {
       LoadOptions fp32 = options;
       fp32.precision = Precision::kFp32;
       fp32.compute_error = false;
       auto reference = make_model(file, backend, fp32);
-      absmax = static_cast<TransformerModel&>(*reference).calibrate(calibration_ids(file, options));
+      absmax = static_cast<TransformerModel&>(*reference).calibrate(calibration_ids(file, options), &samples);
     }
     LoadOptions smoothed = options;
     smoothed.activation_absmax = &absmax;
-    if (const char* env = std::getenv("QUANTSERVE_SMOOTHING_ALPHA"); env && *env) {
+    smoothed.activation_samples = &samples;
+    if (const char* env = std::getenv("QUANTSERVE_SMOOTHING_ALPHA"); env && std::string(env) == "search") {
+      smoothed.smoothing_alpha = -1.0f;
+    } else if (env && *env) {
       smoothed.smoothing_alpha = std::strtof(env, nullptr);
       QS_CHECK(smoothed.smoothing_alpha >= 0 && smoothed.smoothing_alpha <= 1, ErrorCode::kInvalidArgument,
-               "QUANTSERVE_SMOOTHING_ALPHA must be in [0, 1], got '", env, "'");
+               "QUANTSERVE_SMOOTHING_ALPHA must be in [0, 1] or 'search', got '", env, "'");
     }
     model = make_model(file, backend, smoothed);
   } else {
@@ -261,7 +265,7 @@ DenseWeight TransformerModel::upload_dense(const std::string& name, const std::s
   return d;
 }
 
-std::vector<float> TransformerModel::smooth(const std::string& name, HostLinear& host) const {
+std::vector<float> TransformerModel::smooth(const std::string& name, HostLinear& host) {
   if (options_.precision != Precision::kInt8Smooth || options_.activation_absmax == nullptr) return {};
   const auto it = options_.activation_absmax->find(name);
   QS_CHECK(it != options_.activation_absmax->end(), ErrorCode::kInternal, "int8-smooth: no calibration data for ",
@@ -270,31 +274,42 @@ std::vector<float> TransformerModel::smooth(const std::string& name, HostLinear&
   const std::vector<float>& x_max = it->second;
   QS_CHECK(int64_t(x_max.size()) == K, ErrorCode::kInternal, name, ": calibration has ", x_max.size(),
            " channels, the weight ", K);
-  std::vector<float> w_max(size_t(K), 0.0f);
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t k = 0; k < K; ++k) w_max[size_t(k)] = std::max(w_max[size_t(k)], std::fabs(host.weight[size_t(n * K + k)]));
+  // s_j = max|X_j|^a / max|W_j|^(1-a): moves part of the activations' outlier range into the weights; a is
+  // fixed by the options or searched for this linear on the recorded activations (engine/smoothing.h).
+  std::vector<float> s;
+  double alpha = options_.smoothing_alpha;
+  if (alpha >= 0) {
+    s = smoothing_factors(x_max, weight_column_absmax(host.weight.data(), N, K), alpha);
+  } else {
+    QS_CHECK(options_.activation_samples != nullptr, ErrorCode::kInternal,
+             "int8-smooth: the alpha search has no recorded activations");
+    const auto sit = options_.activation_samples->find(name);
+    QS_CHECK(sit != options_.activation_samples->end() && !sit->second.empty() && sit->second.size() % size_t(K) == 0,
+             ErrorCode::kInternal, "int8-smooth: no recorded activations for ", name);
+    AlphaSearchResult r = search_smoothing_alpha(sit->second.data(), int64_t(sit->second.size()) / K, x_max,
+                                                 host.weight.data(), N, K, default_alpha_grid());
+    alpha = r.alpha;
+    s = std::move(r.factors);
   }
-  // s_j = max|X_j|^a / max|W_j|^(1-a): moves part of the activations' outlier range into the weights.
-  const double a = options_.smoothing_alpha;
-  std::vector<float> s(size_t(K), 1.0f);
-  for (int64_t k = 0; k < K; ++k) {
-    const double x = x_max[size_t(k)], w = w_max[size_t(k)];
-    if (x > 0 && w > 0) s[size_t(k)] = float(std::clamp(std::pow(x, a) / std::pow(w, 1.0 - a), 1e-5, 1e5));
-  }
+  smoothing_alphas_[name] = alpha;
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t k = 0; k < K; ++k) host.weight[size_t(n * K + k)] *= s[size_t(k)];
   }
   return s;
 }
 
-std::map<std::string, std::vector<float>> TransformerModel::calibrate(const std::vector<int32_t>& ids) {
+std::map<std::string, std::vector<float>> TransformerModel::calibrate(const std::vector<int32_t>& ids,
+                                                                      std::map<std::string, std::vector<float>>* samples) {
   std::map<std::string, std::vector<float>> stats;
   struct Reset {
     std::map<std::string, std::vector<float>>*& p;
-    ~Reset() { p = nullptr; }
-  } reset{calibration_};
+    std::map<std::string, std::vector<float>>*& q;
+    ~Reset() { p = q = nullptr; }
+  } reset{calibration_, calibration_samples_};
   calibration_ = &stats;
+  calibration_samples_ = samples;
   const int64_t n = int64_t(ids.size()), window = std::min<int64_t>(config_.max_positions, n), bs = 16;
+  calibration_stride_ = (n + kSmoothingSampleTokens - 1) / kSmoothingSampleTokens;
   KvCacheConfig kc{config_.num_layers, (window + bs - 1) / bs, bs, config_.num_kv_heads, config_.head_dim};
   auto cache = backend_->make_kv_cache(kc);
   std::vector<int32_t> table;
@@ -302,6 +317,7 @@ std::map<std::string, std::vector<float>> TransformerModel::calibrate(const std:
   std::vector<float> logits;
   for (int64_t begin = 0; begin < n; begin += window) {
     const int64_t end = std::min(begin + window, n);
+    calibration_first_ = begin;
     BatchLayout batch;
     for (int64_t p = begin; p < end; ++p) {
       batch.token_ids.push_back(ids[size_t(p)]);
@@ -326,10 +342,19 @@ void TransformerModel::observe_input(Tensor in, const LinearWeight& weight) {
     backend_->copy_to_host(half.data(), in.data, half.size() * 2);
     convert_to_f32(observe_host_.data(), half.data(), in.dtype, T * K);
   }
-  std::vector<float>& m = (*calibration_)[linear_names_.at(&weight)];
+  const std::string& name = linear_names_.at(&weight);
+  std::vector<float>& m = (*calibration_)[name];
   if (m.empty()) m.assign(size_t(K), 0.0f);
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t k = 0; k < K; ++k) m[size_t(k)] = std::max(m[size_t(k)], std::fabs(observe_host_[size_t(t * K + k)]));
+  }
+  if (calibration_samples_ == nullptr) return;
+  // Evenly spaced tokens, off the window's first position (a BOS or attention-sink token is one of 512).
+  std::vector<float>& rows = (*calibration_samples_)[name];
+  for (int64_t t = 0; t < T; ++t) {
+    if ((calibration_first_ + t) % calibration_stride_ != calibration_stride_ / 2) continue;
+    if (int64_t(rows.size()) >= kSmoothingSampleTokens * K) break;
+    rows.insert(rows.end(), observe_host_.begin() + t * K, observe_host_.begin() + (t + 1) * K);
   }
 }
 
@@ -381,6 +406,7 @@ DenseWeight TransformerModel::make_dense_plus_one(const std::string& name, const
 
 void TransformerModel::finish_load() {
   report_.quantize_seconds = quantize_seconds_;
+  report_.smoothing_alpha = smoothing_alphas_;
   for (const auto& t : report_.tensors) {
     report_.weight_bytes += t.bytes;
     report_.original_bytes += t.original_bytes;

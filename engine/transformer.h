@@ -47,8 +47,10 @@ class TransformerModel : public Model {
   void forward(const BatchLayout& batch, KvCache& cache, std::vector<float>& logits) override;
 
   // int8-smooth calibration (on an fp32 model): runs `ids` through the model in windows of at most the model's
-  // context and returns, per linear that follows a norm (by name), the per-input-channel absmax of its input.
-  std::map<std::string, std::vector<float>> calibrate(const std::vector<int32_t>& ids);
+  // context and returns, per linear that follows a norm (by name), the per-input-channel absmax of its input;
+  // `samples` (if given) gets, per such linear, up to kSmoothingSampleTokens of its input rows, evenly spaced.
+  std::map<std::string, std::vector<float>> calibrate(const std::vector<int32_t>& ids,
+                                                      std::map<std::string, std::vector<float>>* samples = nullptr);
 
  protected:
   // Architecture files implement: the layer stack from embedded x (T, C) to final hidden state in x.
@@ -70,7 +72,7 @@ class TransformerModel : public Model {
   // int8-smooth: for the linear `name` that follows a norm, computes the smoothing factors from the calibrated
   // activation absmax and host's column absmax, multiplies them into host's columns and returns them (for the
   // norm's make_dense). Other precisions, or no calibration data: returns empty and leaves host alone.
-  std::vector<float> smooth(const std::string& name, HostLinear& host) const;
+  std::vector<float> smooth(const std::string& name, HostLinear& host);
   // The precision of blocks' linears and of the embedding / LM head under the load options.
   Precision block_precision() const { return options_.precision; }
   // `table`: the stored tensor's name (int4-weight-only keeps a table stored in GGUF blocks in them).
@@ -103,12 +105,16 @@ class TransformerModel : public Model {
   const ModelFile& file_;
   LoadOptions options_;
   double quantize_seconds_ = 0;
+  std::map<std::string, double> smoothing_alphas_;   // smooth() records the alpha of each linear
   std::unique_ptr<LinearWeight> embed_;          // (V, C), also the LM head when tied
   std::unique_ptr<LinearWeight> lm_head_;        // (V, C) when untied
   std::function<void(Tensor out, Tensor in)> final_norm_;   // set by the architecture
   float embedding_multiplier_ = 1.0f;                       // Gemma: sqrt(C), applied to the embedded tokens
   std::map<const LinearWeight*, std::string> linear_names_;
   std::map<std::string, std::vector<float>>* calibration_ = nullptr;   // set while calibrate() runs
+  std::map<std::string, std::vector<float>>* calibration_samples_ = nullptr;   // likewise, when sampling
+  int64_t calibration_first_ = 0;    // position in the calibration text of the current window's first token
+  int64_t calibration_stride_ = 1;   // sample the tokens at positions stride/2 + i*stride
   std::vector<float> observe_host_;
 
   // Activations, (T, ...) each.
