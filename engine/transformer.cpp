@@ -118,17 +118,9 @@ std::unique_ptr<Model> Model::load(const ModelFile& file, Backend& backend, cons
   std::unique_ptr<Model> model;
   if (options.precision == Precision::kInt8Smooth && options.activation_absmax == nullptr) {
     // SmoothQuant: calibrate an fp32 copy (freed before the quantized load), then load with the factors folded.
-    std::map<std::string, std::vector<float>> absmax, samples;
-    {
-      LoadOptions fp32 = options;
-      fp32.precision = Precision::kFp32;
-      fp32.compute_error = false;
-      auto reference = make_model(file, backend, fp32);
-      absmax = static_cast<TransformerModel&>(*reference).calibrate(calibration_ids(file, options), &samples);
-    }
+    // The alpha is settled first, so a bad value is refused before the calibration runs, and the activation rows
+    // the search scores on are recorded only when it is searched.
     LoadOptions smoothed = options;
-    smoothed.activation_absmax = &absmax;
-    smoothed.activation_samples = &samples;
     if (const char* env = std::getenv("QUANTSERVE_SMOOTHING_ALPHA"); env && std::string(env) == "search") {
       smoothed.smoothing_alpha = -1.0f;
     } else if (env && *env) {
@@ -136,6 +128,18 @@ std::unique_ptr<Model> Model::load(const ModelFile& file, Backend& backend, cons
       QS_CHECK(smoothed.smoothing_alpha >= 0 && smoothed.smoothing_alpha <= 1, ErrorCode::kInvalidArgument,
                "QUANTSERVE_SMOOTHING_ALPHA must be in [0, 1] or 'search', got '", env, "'");
     }
+    const bool search = smoothed.smoothing_alpha < 0;
+    std::map<std::string, std::vector<float>> absmax, samples;
+    {
+      LoadOptions fp32 = options;
+      fp32.precision = Precision::kFp32;
+      fp32.compute_error = false;
+      auto reference = make_model(file, backend, fp32);
+      absmax = static_cast<TransformerModel&>(*reference)
+                   .calibrate(calibration_ids(file, options), search ? &samples : nullptr);
+    }
+    smoothed.activation_absmax = &absmax;
+    smoothed.activation_samples = search ? &samples : nullptr;
     model = make_model(file, backend, smoothed);
   } else {
     model = make_model(file, backend, options);
