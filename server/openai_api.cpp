@@ -91,10 +91,16 @@ class HttpGeneration : public std::enable_shared_from_this<HttpGeneration> {
       : exchange_(std::move(exchange)), worker_(worker), job_(std::move(job)), parsed_(std::move(parsed)),
         chat_(chat), active_(std::move(active)), route_(std::move(route)),
         id_(std::string(chat ? "chatcmpl-" : "cmpl-") + job_->request_id), created_(int64_t(std::time(nullptr))) {}
+  // Uncounted only here, once the reply's last bytes are with the exchange: a drain that sees zero active
+  // requests stops the HTTP server, and a stream whose end was not yet handed over would be cut short.
+  ~HttpGeneration() {
+    if (counted_) active_->fetch_sub(1);
+  }
 
   void start() {
     self_ = shared_from_this();
     active_->fetch_add(1);
+    counted_ = true;
     std::weak_ptr<HttpGeneration> weak = self_;
     exchange_->on_client_gone([weak] {
       if (auto self = weak.lock()) self->worker_->cancel(self->job_);
@@ -255,7 +261,6 @@ class HttpGeneration : public std::enable_shared_from_this<HttpGeneration> {
 
   // One log line and one count per request, as the gRPC door does.
   void record(const grpc::Status& status, FinishReason reason) {
-    active_->fetch_sub(1);
     ModelMetrics& m = worker_->metrics();
     m.count_request(Api::kHttp, status.error_code(), reason);
     m.observe_api_duration(Api::kHttp, job_->total_seconds);
@@ -275,6 +280,7 @@ class HttpGeneration : public std::enable_shared_from_this<HttpGeneration> {
   ParsedRequest parsed_;
   bool chat_;
   std::shared_ptr<std::atomic<int64_t>> active_;
+  bool counted_ = false;
   std::string route_;
   std::string id_;
   int64_t created_;
