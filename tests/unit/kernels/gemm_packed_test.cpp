@@ -10,18 +10,16 @@
 
 #include "kernels/cpu/gemv.h"
 #include "kernels/dtype.h"
+#include "tests/unit/kernels/random_values.h"
 
 namespace qs::cpu {
 namespace {
 
 // T = tokens, N = out features, K = in features.
 
+// Uniform in [-scale, scale).
 std::vector<float> random_values(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(-scale, scale);
-  std::vector<float> v(n);
-  for (auto& e : v) e = u(rng);
-  return v;
+  return test::random_values(n, seed, -scale, scale);
 }
 
 size_t element_bytes(WeightType t) { return t == WeightType::kF32 ? 4 : 2; }

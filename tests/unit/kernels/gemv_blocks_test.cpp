@@ -12,6 +12,7 @@
 #include "kernels/cpu/gemv.h"
 #include "kernels/cpu/gemv_blocks.h"
 #include "kernels/dtype.h"
+#include "tests/unit/kernels/random_values.h"
 #include "kernels/error.h"
 #include "kernels/gguf_blocks.h"
 
@@ -20,13 +21,7 @@ namespace {
 
 // T = tokens, N = out features, K = in features (a multiple of 32).
 
-std::vector<float> random_values(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(lo, hi);
-  std::vector<float> v(n);
-  for (auto& e : v) e = u(rng);
-  return v;
-}
+using test::random_values;
 
 // N x K weights in `type`'s blocks, from random values (Q8_0 built by hand: d = absmax / 127, as ggml does).
 std::vector<uint8_t> random_blocks(BlockType type, int64_t N, int64_t K, uint32_t seed) {
