@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <string>
+#include <unordered_map>
 #include <utility>
 
 #include <google/protobuf/descriptor.h>
@@ -14,12 +15,12 @@ namespace qs::server {
 
 namespace {
 
-constexpr const char* kServicePrefix = "/quantserve.v1.Inference/";
+const std::string kServicePrefix = "/quantserve.v1.Inference/";
 
 class UndecodableRequestInterceptor final : public grpc::experimental::Interceptor {
  public:
-  UndecodableRequestInterceptor(std::string request_type, Metrics& metrics)
-      : request_type_(std::move(request_type)), metrics_(metrics) {}
+  UndecodableRequestInterceptor(const std::string& request_type, Metrics& metrics)
+      : request_type_(request_type), metrics_(metrics) {}
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::PRE_SEND_STATUS)) {
@@ -37,27 +38,34 @@ class UndecodableRequestInterceptor final : public grpc::experimental::Intercept
   }
 
  private:
-  std::string request_type_;
+  const std::string& request_type_;   // the factory's, which outlives every call
   Metrics& metrics_;
 };
 
 class UndecodableRequestFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
  public:
-  explicit UndecodableRequestFactory(Metrics& metrics) : metrics_(metrics) {}
+  // Each of our methods' path ("/quantserve.v1.Inference/Generate") and input type
+  // ("quantserve.v1.GenerateRequest"), looked up once here rather than in the descriptor pool on every call.
+  explicit UndecodableRequestFactory(Metrics& metrics) : metrics_(metrics) {
+    const google::protobuf::ServiceDescriptor* service =
+        google::protobuf::DescriptorPool::generated_pool()->FindServiceByName("quantserve.v1.Inference");
+    for (int i = 0; service && i < service->method_count(); ++i) {
+      const google::protobuf::MethodDescriptor* method = service->method(i);
+      input_types_.emplace(kServicePrefix + method->name(), method->input_type()->full_name());
+    }
+  }
 
   grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override {
-    const std::string path = info->method() ? info->method() : "";
-    if (path.rfind(kServicePrefix, 0) != 0) return nullptr;
-    // "/quantserve.v1.Inference/Generate" -> the method's input type, "quantserve.v1.GenerateRequest".
-    const std::string method = "quantserve.v1.Inference." + path.substr(std::string(kServicePrefix).size());
-    const google::protobuf::MethodDescriptor* descriptor =
-        google::protobuf::DescriptorPool::generated_pool()->FindMethodByName(method);
-    if (!descriptor) return nullptr;   // not one of ours: gRPC answers UNIMPLEMENTED for unknown methods itself
-    return new UndecodableRequestInterceptor(descriptor->input_type()->full_name(), metrics_);
+    if (!info->method()) return nullptr;
+    auto it = input_types_.find(info->method());
+    // Not one of ours: gRPC answers UNIMPLEMENTED for unknown methods itself.
+    if (it == input_types_.end()) return nullptr;
+    return new UndecodableRequestInterceptor(it->second, metrics_);
   }
 
  private:
   Metrics& metrics_;
+  std::unordered_map<std::string, std::string> input_types_;
 };
 
 }  // namespace
