@@ -568,6 +568,9 @@ void TransformerModel::forward(const BatchLayout& batch, KvCache& cache, std::ve
     }
   }
   logits.resize(size_t(L * V));   // the first L rows; padding rows (if any) follow them and are dropped
+  // A pass of mid-prompt chunks only wants no logits: nothing to copy (and memcpy to an empty vector's null
+  // data is undefined even for 0 bytes; UBSan stops on it).
+  if (L == 0) return;
   if (out.dtype == DType::F32) {
     b.copy_to_host(logits.data(), out.data, logits.size() * 4);
   } else {
