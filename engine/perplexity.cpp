@@ -1,4 +1,4 @@
-// Sliding-window perplexity (see perplexity.h).
+// Perplexity of a token sequence, windowed as Hugging Face or llama.cpp do (see perplexity.h).
 #include "engine/perplexity.h"
 
 #include <algorithm>
@@ -9,13 +9,64 @@
 
 namespace qs {
 
+const char* perplexity_method_name(PerplexityMethod method) {
+  return method == PerplexityMethod::kLlamaCpp ? "llama.cpp" : "sliding-window";
+}
+
+PerplexityMethod parse_perplexity_method(const std::string& name) {
+  if (name == "sliding-window") return PerplexityMethod::kSlidingWindow;
+  if (name == "llama.cpp") return PerplexityMethod::kLlamaCpp;
+  QS_FAIL(ErrorCode::kInvalidArgument, "unknown perplexity method '", name,
+          "' (one of: sliding-window, llama.cpp)");
+}
+
+std::vector<PerplexityWindow> perplexity_windows(int64_t n_tokens, int64_t context, int64_t stride,
+                                                 PerplexityMethod method) {
+  QS_CHECK(context >= 2, ErrorCode::kInvalidArgument, "the perplexity context must be at least 2 tokens, got ",
+           context);
+  QS_CHECK(n_tokens >= 0, ErrorCode::kInvalidArgument, "negative token count ", n_tokens);
+  std::vector<PerplexityWindow> windows;
+  if (method == PerplexityMethod::kLlamaCpp) {
+    QS_CHECK(stride == 0, ErrorCode::kInvalidArgument,
+             "the llama.cpp method scores non-overlapping chunks: it takes no stride (got ", stride, ")");
+    // llama.cpp tools/perplexity/perplexity.cpp, perplexity() (the default, --ppl-stride 0): n_chunk = tokens /
+    // n_ctx, chunk i is tokens [i*n_ctx, (i+1)*n_ctx) with its first token replaced by BOS when the vocabulary
+    // adds one, logits kept from `first = n_ctx/2`, and process_logits(..., tokens + start + first,
+    // n_ctx - 1 - first) scores the token after each of those positions but the last: chunk positions
+    // first+1 .. n_ctx-1. The remainder after the last full chunk is not scored. (The tool itself also refuses a
+    // text under 2*n_ctx tokens; a shorter one with a whole chunk is scored here.)
+    const int64_t first = context / 2;
+    for (int64_t start = 0; start + context <= n_tokens; start += context)
+      windows.push_back({start, context, start + first + 1});
+    return windows;
+  }
+  if (stride <= 0 || stride > context) stride = context;
+  int64_t prev_end = 0;
+  for (int64_t begin = 0; begin < n_tokens; begin += stride) {
+    const int64_t end = std::min(begin + context, n_tokens);
+    // The prefix already scored by the previous window is context only here.
+    windows.push_back({begin, end - begin, std::max(begin + 1, prev_end)});
+    prev_end = end;
+    if (end == n_tokens) break;
+  }
+  return windows;
+}
+
 PerplexityResult compute_perplexity(Model& model, const std::vector<int32_t>& ids, int64_t context, int64_t stride,
-                                    PerplexityTrace* trace) {
+                                    PerplexityTrace* trace, const PerplexityOptions& options) {
   const ModelConfig& c = model.config();
   if (context <= 0 || context > c.max_positions) context = c.max_positions;
-  if (stride <= 0 || stride > context) stride = context;
   QS_CHECK(ids.size() >= 2, ErrorCode::kInvalidArgument, "perplexity needs at least 2 tokens of text, got ",
            ids.size());
+  const std::vector<PerplexityWindow> windows = perplexity_windows(int64_t(ids.size()), context, stride,
+                                                                   options.method);
+  int64_t to_predict = 0;
+  for (const PerplexityWindow& w : windows) to_predict += w.start + w.length - w.first_scored;
+  QS_CHECK(to_predict > 0, ErrorCode::kInvalidArgument, "no token to score: ", ids.size(), " tokens in ",
+           perplexity_method_name(options.method), " windows of ", context,
+           options.method == PerplexityMethod::kLlamaCpp
+               ? " (llama.cpp's method scores only whole chunks, each from position context/2 + 1 on)"
+               : "");
   const auto start = std::chrono::steady_clock::now();
   const int64_t V = c.vocab_size, bs = 16;
   KvCacheConfig kc{c.num_layers, (context + bs - 1) / bs, bs, c.num_kv_heads, c.head_dim};
@@ -25,17 +76,17 @@ PerplexityResult compute_perplexity(Model& model, const std::vector<int32_t>& id
   PerplexityResult r;
   double nll_sum = 0;
   std::vector<float> logits;
-  const int64_t n = int64_t(ids.size());
-  int64_t prev_end = 0;
-  for (int64_t begin = 0; begin < n; begin += stride) {
-    const int64_t end = std::min(begin + context, n);
-    const int64_t first_scored = std::max(begin + 1, prev_end);   // positions predicted in this window
+  for (const PerplexityWindow& w : windows) {
+    const int64_t begin = w.start, end = w.start + w.length, first_scored = w.first_scored;
     BatchLayout batch;
     for (int64_t p = begin; p < end; ++p) {
       batch.token_ids.push_back(ids[size_t(p)]);
       batch.positions.push_back(int32_t(p - begin));
       batch.seq_of_token.push_back(0);
     }
+    // Only the context changes: the chunk's first token is never a scored one.
+    if (options.method == PerplexityMethod::kLlamaCpp && options.chunk_first_token >= 0)
+      batch.token_ids[0] = options.chunk_first_token;
     for (int64_t p = first_scored; p < end; ++p) batch.logit_rows.push_back(int32_t(p - 1 - begin));
     batch.block_tables.push_back(table);
     batch.seq_lens.push_back(int32_t(end - begin));
@@ -76,8 +127,6 @@ PerplexityResult compute_perplexity(Model& model, const std::vector<int32_t>& id
       }
     }
     ++r.windows;
-    prev_end = end;
-    if (end == n) break;
   }
   r.mean_nll = nll_sum / double(r.predicted_tokens);
   r.perplexity = std::exp(r.mean_nll);

@@ -1,12 +1,42 @@
-// Sliding-window perplexity, computed exactly as Hugging Face's perplexity guide does (strided windows, each
-// window's already-scored prefix used as context only).
+// Perplexity of a token sequence under a model, windowed either as Hugging Face's perplexity guide does (strided
+// windows, each window's already-scored prefix used as context only) or as llama.cpp's perplexity tool does
+// (non-overlapping chunks, the second half of each scored), so figures compare with either peer's.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "engine/model.h"
 
 namespace qs {
+
+enum class PerplexityMethod {
+  kSlidingWindow,  // Hugging Face's guide: windows of `context` every `stride` tokens, every token scored once
+  kLlamaCpp,       // llama.cpp tools/perplexity: chunks of `context`, BOS first, the second half scored
+};
+
+// "sliding-window" / "llama.cpp"; parse throws kInvalidArgument with the accepted names on anything else.
+const char* perplexity_method_name(PerplexityMethod method);
+PerplexityMethod parse_perplexity_method(const std::string& name);
+
+// One forward pass: tokens [start, start + length) at positions 0..length-1; the tokens [first_scored,
+// start + length) are the ones predicted (each from the logits one position before it).
+struct PerplexityWindow {
+  int64_t start = 0;
+  int64_t length = 0;
+  int64_t first_scored = 0;
+};
+
+// The windows each method scores n_tokens in, as a pure function of the counts (tested on its own).
+//   kSlidingWindow: a window every `stride` tokens (stride 0 or > context: context), the last one clipped to the
+//     text and the last; each token predicted once, in the first window that has it and a token before it (with
+//     stride < context: every token but the text's first).
+//   kLlamaCpp: floor(n_tokens / context) chunks, the remainder dropped; in each, positions context/2 + 1 ..
+//     context - 1 predicted (context - 1 - context/2 tokens). `stride` must be 0. Text shorter than one chunk
+//     gives no window.
+// context >= 2 (kInvalidArgument otherwise).
+std::vector<PerplexityWindow> perplexity_windows(int64_t n_tokens, int64_t context, int64_t stride,
+                                                 PerplexityMethod method);
 
 struct PerplexityResult {
   double perplexity = 0;
@@ -31,7 +61,14 @@ struct PerplexityTrace {
   double kl_max = 0;
 };
 
+// How to window: the method, and for kLlamaCpp the token that replaces each chunk's first one (llama.cpp puts
+// its BOS there when the vocabulary adds one; -1 keeps the text's token).
+struct PerplexityOptions {
+  PerplexityMethod method = PerplexityMethod::kSlidingWindow;
+  int32_t chunk_first_token = -1;
+};
+
 PerplexityResult compute_perplexity(Model& model, const std::vector<int32_t>& ids, int64_t context, int64_t stride,
-                                    PerplexityTrace* trace = nullptr);
+                                    PerplexityTrace* trace = nullptr, const PerplexityOptions& options = {});
 
 }  // namespace qs

@@ -1,4 +1,5 @@
-// `quantserve perplexity`: sliding-window perplexity of a text file under a model in one precision.
+// `quantserve perplexity`: perplexity of a text file under a model in one precision, windowed as Hugging Face's
+// guide (the default) or llama.cpp's perplexity tool (--method llama.cpp) does.
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -21,6 +22,7 @@ void add_perplexity_command(CLI::App& app) {
     std::string ids_file;
     std::string save_ids;
     std::string compare_to;
+    std::string method = "sliding-window";
     bool json = false;
   };
   auto args = std::make_shared<Args>();
@@ -35,12 +37,23 @@ void add_perplexity_command(CLI::App& app) {
                   "Also load the model in this precision (e.g. fp32) and report top-1 agreement and mean "
                   "KL(reference || this precision) over the scored positions");
   cmd->add_option("--context", args->context, "Window length in tokens (default: the model's context, at most 1024)");
-  cmd->add_option("--stride", args->stride, "Window stride in tokens (default: half the window)");
+  auto* stride_opt = cmd->add_option("--stride", args->stride, "Window stride in tokens (default: half the window)");
+  cmd->add_option("--method", args->method,
+                  "sliding-window (Hugging Face's guide: strided windows, every token scored once) or llama.cpp "
+                  "(its perplexity tool: non-overlapping chunks of --context, BOS first when the vocabulary adds "
+                  "one, the second half of each scored, the remainder dropped)")
+      ->capture_default_str();
   cmd->add_option("--max-tokens", args->max_tokens, "Score only the first N tokens of the text (0 = all)");
   cmd->add_flag("--json", args->json, "Print JSON (the perplexity is under \"perplexity\")");
-  cmd->callback([args] {
+  cmd->callback([args, stride_opt] {
     QS_CHECK(!args->file.empty() || !args->ids_file.empty(), ErrorCode::kInvalidArgument,
              "perplexity needs --file TEXT or --ids-file IDS.json");
+    const PerplexityMethod method = parse_perplexity_method(args->method);
+    QS_CHECK(method != PerplexityMethod::kLlamaCpp || stride_opt->count() == 0, ErrorCode::kInvalidArgument,
+             "--stride does not apply to --method llama.cpp (it scores non-overlapping chunks of --context)");
+    QS_CHECK(args->context == 0 || args->context >= 2, ErrorCode::kInvalidArgument,
+             "--context must be at least 2 tokens, got ", args->context);
+    QS_CHECK(args->stride >= 0, ErrorCode::kInvalidArgument, "--stride must be positive, got ", args->stride);
     const auto read_all = [](const std::string& path, const char* what) {
       std::ifstream in(path, std::ios::binary);
       QS_CHECK(in.good(), ErrorCode::kNotFound, "cannot read ", what, " '", path, "'");
@@ -74,7 +87,16 @@ void add_perplexity_command(CLI::App& app) {
     };
     const auto windows = [&](const Model& model) {
       const int64_t context = args->context > 0 ? args->context : std::min<int64_t>(model.config().max_positions, 1024);
+      if (method == PerplexityMethod::kLlamaCpp)
+        return std::make_pair(std::min<int64_t>(context, model.config().max_positions), int64_t(0));
       return std::make_pair(context, args->stride > 0 ? args->stride : context / 2);
+    };
+    // llama.cpp puts BOS in each chunk's first place when its vocabulary adds one (tokenizer.ggml.add_bos_token).
+    const auto options = [&](const Tokenizer& tok) {
+      PerplexityOptions o;
+      o.method = method;
+      if (tok.add_bos() && tok.bos_id() >= 0) o.chunk_first_token = tok.bos_id();
+      return o;
     };
     // The reference run first (its log-probabilities are kept), then the model under test compared with it.
     PerplexityTrace reference;
@@ -85,7 +107,7 @@ void add_perplexity_command(CLI::App& app) {
       const auto [context, stride] = windows(model);
       reference.keep_logprobs = true;
       reference_result = compute_perplexity(model, token_ids(ref.engine->tokenizer(), model.config().vocab_size),
-                                            context, stride, &reference);
+                                            context, stride, &reference, options(ref.engine->tokenizer()));
     }
     LoadedEngine loaded = load(args->model.precision, args->json);
     auto& model = const_cast<Model&>(loaded.engine->model());
@@ -98,7 +120,8 @@ void add_perplexity_command(CLI::App& app) {
     const auto [context, stride] = windows(model);
     PerplexityTrace trace;
     trace.reference = args->compare_to.empty() ? nullptr : &reference;
-    const PerplexityResult r = compute_perplexity(model, ids, context, stride, &trace);
+    const PerplexityOptions opts = options(loaded.engine->tokenizer());
+    const PerplexityResult r = compute_perplexity(model, ids, context, stride, &trace, opts);
     const double agreement = trace.compared ? double(trace.top1_agree) / double(trace.compared) : 0.0;
     const double mean_kl = trace.compared ? trace.kl_sum / double(trace.compared) : 0.0;
     if (args->json) {
@@ -109,13 +132,20 @@ void add_perplexity_command(CLI::App& app) {
                           {"file", args->file.empty() ? args->ids_file : args->file},
                           {"tokens", ids.size()},
                           {"context", context},
-                          {"stride", stride},
+                          {"method", perplexity_method_name(method)},
+                          // llama.cpp's chunks do not overlap: they advance by the context.
+                          {"stride", method == PerplexityMethod::kLlamaCpp ? context : stride},
                           {"windows", r.windows},
                           {"predicted_tokens", r.predicted_tokens},
                           {"mean_nll", r.mean_nll},
                           {"perplexity", r.perplexity},
                           {"seconds", r.seconds},
                           {"weight_bytes", model.report().weight_bytes}};
+      if (method == PerplexityMethod::kLlamaCpp) {
+        j["chunk_first_token"] = opts.chunk_first_token >= 0 ? nlohmann::json(opts.chunk_first_token)
+                                                              : nlohmann::json(nullptr);
+        j["dropped_tokens"] = int64_t(ids.size()) - r.windows * context;
+      }
       if (!args->compare_to.empty()) {
         j["compare_to"] = {{"precision", args->compare_to},
                            {"perplexity", reference_result.perplexity},
@@ -127,9 +157,16 @@ void add_perplexity_command(CLI::App& app) {
       }
       std::printf("%s\n", j.dump(2).c_str());
     } else {
-      std::printf("perplexity %.4f (mean NLL %.5f over %lld tokens, %lld windows of %lld, stride %lld; %.1f s)\n",
-                  r.perplexity, r.mean_nll, (long long)r.predicted_tokens, (long long)r.windows, (long long)context,
-                  (long long)stride, r.seconds);
+      if (method == PerplexityMethod::kLlamaCpp) {
+        std::printf("perplexity %.4f (mean NLL %.5f over %lld tokens, llama.cpp's method: %lld chunks of %lld, the "
+                    "second half of each scored, %lld tokens dropped; %.1f s)\n",
+                    r.perplexity, r.mean_nll, (long long)r.predicted_tokens, (long long)r.windows, (long long)context,
+                    (long long)(int64_t(ids.size()) - r.windows * context), r.seconds);
+      } else {
+        std::printf("perplexity %.4f (mean NLL %.5f over %lld tokens, %lld windows of %lld, stride %lld; %.1f s)\n",
+                    r.perplexity, r.mean_nll, (long long)r.predicted_tokens, (long long)r.windows,
+                    (long long)context, (long long)stride, r.seconds);
+      }
       if (!args->compare_to.empty()) {
         std::printf("vs %s (perplexity %.4f): top-1 agreement %.2f%%, mean KL %.5f nats (max %.4f) over %lld "
                     "positions\n", args->compare_to.c_str(), reference_result.perplexity, 100.0 * agreement, mean_kl,
