@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""`quantserve perplexity --method llama.cpp --save-ids` on a tiny fixture: llama.cpp's chunks (whole chunks of
+--context, the second half of each scored, the remainder dropped) in the JSON, the saved ids scored again through
+--ids-file to the same figure, BOS put in each chunk's first place when the tokenizer adds one (a copy of the
+fixture with add_bos_token), the default method unchanged and named, and bad values refused with a sentence."""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+FIXTURE = "tests/fixtures/models/llama_untied"
+TEXT = "/usr/share/common-licenses/GPL-3"
+
+
+def run(binary, args, ok=True):
+    p = subprocess.run([binary] + args, capture_output=True, text=True, timeout=120)
+    if ok and p.returncode != 0:
+        sys.exit(f"FAIL: {' '.join(args)} exited {p.returncode}: {p.stderr[-2000:]}")
+    if not ok and p.returncode == 0:
+        sys.exit(f"FAIL: {' '.join(args)} was accepted")
+    return p
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", required=True)
+    b = ap.parse_args().binary
+    common = ["perplexity", "--device", "cpu", "--threads", "1", "--context", "32", "--json"]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ids_path = os.path.join(tmp, "ids.json")
+        # 70 tokens in chunks of 32: two chunks, 6 tokens dropped, 32 - 1 - 16 = 15 scored in each.
+        r = json.loads(run(b, common + ["--model", FIXTURE, "--method", "llama.cpp", "--file", TEXT, "--max-tokens",
+                                        "70", "--save-ids", ids_path]).stdout)
+        assert (r["method"], r["windows"], r["predicted_tokens"], r["dropped_tokens"]) == ("llama.cpp", 2, 30, 6), r
+        assert r["chunk_first_token"] is None, r   # the fixture's tokenizer adds no BOS
+        ids = json.load(open(ids_path))
+        assert len(ids) == 70 and all(isinstance(i, int) for i in ids), ids
+        again = json.loads(run(b, common + ["--model", FIXTURE, "--method", "llama.cpp", "--ids-file",
+                                            ids_path]).stdout)
+        assert again["perplexity"] == r["perplexity"], (again, r)
+
+        # The same model with a tokenizer that adds BOS: BOS first in the text and in each chunk's first place.
+        bos_model = os.path.join(tmp, "llama_untied_bos")
+        shutil.copytree(FIXTURE, bos_model)
+        tc_path = os.path.join(bos_model, "tokenizer_config.json")
+        tc = json.load(open(tc_path))
+        tc["add_bos_token"] = True
+        json.dump(tc, open(tc_path, "w"))
+        with_bos = json.loads(run(b, common + ["--model", bos_model, "--method", "llama.cpp", "--ids-file",
+                                               ids_path]).stdout)
+        assert with_bos["chunk_first_token"] == 0, with_bos   # <|endoftext|>, the fixture's bos_token
+        assert with_bos["predicted_tokens"] == 30 and with_bos["perplexity"] != r["perplexity"], (with_bos, r)
+
+        hf = json.loads(run(b, common + ["--model", FIXTURE, "--ids-file", ids_path]).stdout)
+        assert (hf["method"], hf["stride"], hf["predicted_tokens"]) == ("sliding-window", 16, 69), hf
+
+    for args, words in [
+        (["--method", "llama.cpp", "--stride", "8"], "--stride does not apply to --method llama.cpp"),
+        (["--method", "llamacpp"], "unknown perplexity method 'llamacpp'"),
+        (["--context", "1"], "--context must be at least 2"),
+        (["--method", "llama.cpp", "--max-tokens", "20"], "no token to score"),
+    ]:
+        p = run(b, ["perplexity", "--model", FIXTURE, "--device", "cpu", "--file", TEXT] + args, ok=False)
+        assert words in p.stderr, p.stderr
+    print("ok")
+
+
+if __name__ == "__main__":
+    main()
