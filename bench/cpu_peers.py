@@ -27,7 +27,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-from bench_common import ROOT, find_binary, git_commit, load_average, machine_info, run  # noqa: E402
+from bench_common import (ROOT, find_binary, git_commit, llama_cpp_quantize, load_average, machine_info,  # noqa: E402
+                          run)
 
 MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 OUT = os.path.join(ROOT, "bench", "results", "cpu_peers.json")
@@ -39,7 +40,6 @@ CLASSES = {
     "fp16": (("fp16", []), "F16"),
     "fp32": (("fp32", []), "F32"),
 }
-LLAMA_FTYPES = {"F32": 0, "F16": 1, "Q8_0": 7}
 
 
 
@@ -111,15 +111,7 @@ def requantize(ftype, threads):
     """The model's GGUF requantized by llama.cpp's own quantize (allow_requantize: the source is Q4_1 / Q4_K_M)."""
     stem = os.path.basename(MODEL).split(".")[0]   # "SmolLM2-135M-Instruct", "gemma-3-270m-q4_k_m"
     out = os.path.join(ROOT, "models", f"{stem}.llamacpp-{ftype}.gguf")
-    if os.path.exists(out) and os.path.getsize(out) > 0:
-        return out
-    code = ("import ctypes, llama_cpp, sys\n"
-            "p = llama_cpp.llama_model_quantize_default_params()\n"
-            f"p.ftype = {LLAMA_FTYPES[ftype]}; p.allow_requantize = True; p.nthread = {threads}\n"
-            "rc = llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p))\n"
-            "sys.exit(rc)\n")
-    run([sys.executable, "-c", code, MODEL, out + ".tmp"])
-    os.replace(out + ".tmp", out)
+    llama_cpp_quantize(MODEL, out, ftype, threads)
     return out
 
 
