@@ -9,6 +9,9 @@ each precision, with the built `quantserve` binary only (no torch):
   - greedy continuations of the seeds' prompts       `quantserve generate --raw -q -t 0 -n 24`
 and writes bench/results/quality_<model>.json. Then (or with --render-only, from the committed JSON alone) it
 generates docs/QUANTIZATION.md and the plots docs/img/perplexity_by_precision.png and docs/img/layer_error.png.
+The issue-13 section is rendered from figures other scripts measure: bench/results/quality_vs_llamacpp.json
+(bench/llamacpp_perplexity.py: llama.cpp's types and quantserve's precisions on the same ids, llama.cpp's method),
+int8_group_size.json (bench/int8_group_size.py), int8_smooth_search.json and int4_weight_only_quiet.json.
 
 Texts: the default model is scored on the first --tokens tokens of /usr/share/common-licenses/GPL-3 (windows of
 --context, stride --stride); int8-smooth calibrates on a different text (its default,
@@ -152,7 +155,8 @@ def load_results():
     res = {}
     for path in sorted(glob.glob(os.path.join(RESULTS, "quality_*.json"))):
         r = json.load(open(path))
-        res[r["model_key"]] = r
+        if "model_key" in r:   # quality_vs_llamacpp.json is the issue-13 section's, not a model's table
+            res[r["model_key"]] = r
     order = list(REAL_MODELS) + FIXTURES
     return [res[k] for k in order if k in res] + [v for k, v in res.items() if k not in order]
 
@@ -247,7 +251,9 @@ def render(results):
       "`--render-only` (renders from the committed JSON).\n")
     w("- **Perplexity**: `quantserve perplexity` (sliding windows as in Hugging Face's perplexity guide). Its fp32 "
       "agrees with transformers within 0.1% on these weights and texts: see `tools/check_perplexity.py` and "
-      "`bench/results/perplexity_agreement.json`.")
+      "`bench/results/perplexity_agreement.json`. The section against llama.cpp scores llama.cpp's way instead "
+      "(`--method llama.cpp`: non-overlapping chunks, the second half of each scored), on the same ids in both "
+      "engines.")
     w("- **Top-1 agreement / mean KL**: at every scored position, whether the precision's most likely next token "
       "is fp32's, and KL(p_fp32 ‖ p_precision) in nats, averaged (`quantserve perplexity --compare-to fp32`).")
     w("- **Weight bytes**: everything resident for the weights (`quantserve inspect`); in the int8 modes the "
@@ -327,6 +333,8 @@ def render(results):
             w(f"| {p} | " + " | ".join(cells) + " |")
         w("")
 
+    render_issue13(w)
+
     w("## Published anchors\n")
     w("- LLM.int8() (Dettmers et al. 2022, Table 1, C4 perplexity, 125M model): fp32 25.65; per-tensor absmax "
       "int8 87.76; vector-wise absmax W8A8 35.84; with outlier features kept in fp16 (LLM.int8()) 25.83.")
@@ -392,6 +400,211 @@ def render(results):
     with open(DOC, "w") as f:
         f.write("\n".join(L) + "\n")
     print(f"wrote {os.path.relpath(DOC, ROOT)}, docs/img/perplexity_by_precision.png, docs/img/layer_error.png")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Issue 13: against llama.cpp on the same weights and ids, the group-size and alpha-search variants, the targets.
+
+# Issue 13's targets on the default model, as the largest allowed perplexity change against the engine's own fp32 on
+# every one of the three texts (int4 from a Q4 source: the source's own perplexity, |Δ|).
+ISSUE13_TARGETS = [("int8-weight-only", 0.0015), ("int8-smooth", 0.010), ("int8", 0.025),
+                   ("int4-weight-only", 0.0001)]
+
+
+# Why a target is missed (static: the figures beside them are generated).
+ISSUE13_WHY = {
+    "int8-weight-only": "One int8 scale per output row re-rounds weights that come from Q4_1 blocks of 32 (see "
+                        "'Why the numbers look as they do' below); group 32 is the fix.",
+    "int8-weight-only, group 32": "Group 32 removes the re-rounding ({kl}), but what is left moves "
+                                  "the perplexity by a few tenths of a percent either way from text to text "
+                                  "(the table above): on a 135M model the target sits inside the scatter of "
+                                  "any 8-bit rounding, Q8_0's own included.",
+    "int8-smooth": "Only the linears after a norm are smoothed (QKV, gate/up); the inputs of o_proj and down_proj, "
+                   "where SwiGLU's outliers are, stay plain W8A8 (folding into v_proj / up_proj, issue 13 item 2, "
+                   "is not built), and the per-linear α search scored worse than a fixed 0.5 (the table above).",
+    "int8": "One activation scale per token leaves SmolLM2's few large residual channels most of the int8 range; "
+            "llama.cpp's Q8_0 quantizes its activations too, but in blocks of 32 (one scale per 32 channels), "
+            "which confines an outlier to its block.",
+}
+
+
+def pct(x, digits=2):
+    v = 100 * x
+    return f"{v:+.{digits}f}%" if abs(v) >= 10 ** -digits or v == 0 else f"{v:+.1e}%"
+
+
+def load_json(name):
+    path = os.path.join(RESULTS, name)
+    return json.load(open(path)) if os.path.exists(path) else None
+
+
+def render_issue13(w):
+    vs = load_json("quality_vs_llamacpp.json")
+    groups = load_json("int8_group_size.json")
+    smooth = load_json("int8_smooth_search.json")
+    int4 = load_json("int4_weight_only_quiet.json")
+    if not (vs or groups or smooth):
+        return
+    w("## Against llama.cpp on the same weights (issue 13)\n")
+    rows = {}
+    if vs:
+        names = list(vs["texts"])
+        m = vs["machine"]
+        w(f"`bench/llamacpp_perplexity.py` (`bench/results/quality_vs_llamacpp.json`), measured at commit "
+          f"`{vs['commit'][:10]}` on {m.get('cpu', m['platform'])}, {m['threads']} threads, load average "
+          f"{vs['load_average_start'][0]:.2f} → {vs['load_average_end'][0]:.2f}. Both engines score the very same "
+          f"token ids (quantserve's tokenization of the first {vs['tokens_per_text']} tokens of each text, "
+          f"`--save-ids`) by llama.cpp's perplexity tool's method: non-overlapping chunks of {vs['context']}, the "
+          f"second half of each scored ({next(iter(vs['texts'].values()))['predicted_tokens']} tokens a text), so "
+          "the absolute perplexities compare across engines, and each engine's Δ is against its *own* fp32 of the "
+          "same weights. quantserve runs `quantserve perplexity --method llama.cpp --ids-file`; llama.cpp runs "
+          f"through {vs['llama_cpp']['version']} (logits_all) on one F32 GGUF that llama.cpp's quantize API wrote "
+          "from the Q4_1 file (its blocks dequantized), and Q8_0, Q4_1 and Q4_K_M that the same API quantized "
+          "from that F32 file. The absolute numbers are lower than the sliding-window tables above: every scored "
+          f"token here has at least {vs['context'] // 2} tokens of context.\n")
+        first_tokens = {t["chunk_first_token"] for t in vs["texts"].values()}
+        w("Each chunk's first token: " + ("kept (the vocabulary adds no BOS, for llama.cpp as for quantserve)."
+                                           if first_tokens == {None} else f"BOS (id {first_tokens}).") + "\n")
+        w("| engine | precision / llama.cpp type | weights | " + " | ".join(f"Δ {n}" for n in names) +
+          " | mean Δ | " + " | ".join(f"perplexity {n}" for n in names) + " |")
+        w("|---|---|---:|" + "---:|" * (2 * len(names) + 1))
+        first_text = vs["texts"][names[0]]
+        for row in vs["summary"]:
+            e, p = row["engine"], row["precision"]
+            if e == "quantserve":
+                size = mb(first_text["quantserve"][p]["weight_bytes"])
+            else:
+                size = f"{mb(vs['llama_cpp']['files'][p]['bytes'])} (file)"
+            w(f"| {e} | {p} | {size} | " +
+              " | ".join(pct(row["texts"][n]["change_vs_own_fp32"], 3) for n in names) +
+              f" | **{pct(row['mean_change_vs_own_fp32'], 3)}** | " +
+              " | ".join(f"{row['texts'][n]['perplexity']:.4f}" for n in names) + " |")
+            rows[(e, p)] = row
+        w("")
+        gap = vs.get("fp32_quantserve_over_llama_cpp_f32", {})
+        if gap:
+            w("- quantserve fp32 against llama.cpp F32 on the same ids: " +
+              ", ".join(f"{n} {pct(g, 4)}" for n, g in gap.items()) +
+              " (the two engines' float arithmetic; the Δ columns compare each with itself).")
+        logged = [f"{t}: `{'; '.join(f['fallbacks'])}`" for t, f in vs["llama_cpp"]["files"].items()
+                  if isinstance(f["fallbacks"], list) and f["fallbacks"]]
+        if logged:
+            w("- llama.cpp's quantizer fell back to other types where the one it wants needs rows in multiples of "
+              "256 (Q6_K for the tied embedding / LM head, the K-quants) and this model's are 576 wide; it logged "
+              + "; ".join(logged) + ".")
+        for t, f in vs["llama_cpp"]["files"].items():
+            if isinstance(f["fallbacks"], str):
+                w(f"- llama.cpp {t}: {f['fallbacks']}.")
+        w("- `int4-weight-only, llama.cpp's F32 file` is the float-source case: quantserve rounds the F32 weights "
+          "to nearest into Q4_1 at load (the embedding / LM head stays fp16), beside llama.cpp's own Q4_1 of the "
+          "same F32 file.")
+        lq = rows.get(("quantserve", "fp32, llama.cpp's Q4_1 file"))
+        l41 = rows.get(("llama.cpp", "Q4_1"))
+        if lq and l41:
+            w(f"- llama.cpp's Q4_1 file holds the source's weights: loaded by quantserve in fp32 it scores "
+              f"{pct(lq['mean_change_vs_own_fp32'], 3)} (mean) against quantserve's fp32, while llama.cpp running "
+              f"the same file scores {pct(l41['mean_change_vs_own_fp32'], 3)} against its F32. The difference is "
+              "llama.cpp's CPU kernels: ggml multiplies Q4_1 weights by activations it first quantizes to Q8_1 "
+              "blocks of 32 (Q8_0 weights by Q8_0 activations), so its Q4_1 and Q8_0 rows are 8-bit-activation "
+              "figures, where quantserve's int4-weight-only and int8-weight-only keep fp32 activations.")
+        k = rows.get(("llama.cpp", "Q4_K_M"))
+        if k:
+            w(f"- llama.cpp Q4_K_M ({pct(k['mean_change_vs_own_fp32'], 2)} mean) re-rounds weights that already sit "
+              "on a Q4_1 grid onto Q4_K's (super-blocks of 256 with 6-bit sub-block scales) and, where rows are "
+              "576 wide, onto its fallback types (Q5_0 for Q4_K): a second rounding of every weight, on top of "
+              "the 8-bit activations, the rounding quantserve's int4-weight-only avoids by keeping a 4-bit file's "
+              "blocks.")
+        w("")
+
+    variants = []   # (label, {text: change}, source)
+    if groups:
+        for g, label in ((0, "int8-weight-only, one scale per row (default)"),
+                         (32, "int8-weight-only, --group-size 32")):
+            per = {os.path.basename(t): v[f"int8-weight-only group {g}"]["change_vs_fp32"]
+                   for t, v in groups["perplexity"].items()}
+            variants.append((label, per, "int8_group_size.json"))
+    if smooth:
+        for key, label in (("int8 (W8A8, no smoothing)", "int8 (W8A8)"),
+                           ("int8-smooth alpha 0.5 (default, unchanged)", "int8-smooth, α 0.5 (default)"),
+                           ("int8-smooth alpha searched, absolute squared error (QUANTSERVE_SMOOTHING_ALPHA=search)",
+                            "int8-smooth, α searched per linear")):
+            v = smooth["variants"].get(key)
+            if v:
+                variants.append((label, {t: v[t]["change_vs_fp32"] for t in ("GPL-3", "LGPL-2.1", "MPL-2.0")},
+                                 "int8_smooth_search.json"))
+    if variants:
+        texts = list(variants[0][1])
+        pw = (groups or {}).get("perplexity_windows", {"max_tokens": 2048, "context": 512, "stride": 256})
+        w("### The issue-13 variants (sliding-window method)\n")
+        w(f"Measured before the llama.cpp method existed, with quantserve's default sliding windows (first "
+          f"{pw['max_tokens']} tokens, windows of {pw['context']}, stride {pw['stride']}), Δ against quantserve's "
+          "fp32 on the same windows: `bench/results/int8_group_size.json` (group-wise int8 scales) and "
+          "`bench/results/int8_smooth_search.json` (SmoothQuant α searched per linear at load).\n")
+        w("| variant | " + " | ".join(f"Δ {t}" for t in texts) + " | mean Δ | source |")
+        w("|---|" + "---:|" * (len(texts) + 1) + "---|")
+        for label, per, src in variants:
+            w(f"| {label} | " + " | ".join(pct(per[t], 3) for t in texts) +
+              f" | **{pct(sum(per.values()) / len(per), 3)}** | `{src}` |")
+        w("")
+
+    w("### Issue 13 targets\n")
+    w("Each target is a perplexity change against the engine's own fp32 on each of GPL-3, LGPL-2.1 and MPL-2.0; "
+      "the verdict is on the worst of the three (llama.cpp's method, the table above).\n")
+    kl_note = "see `int8_group_size.json`"
+    if groups:
+        per = list(groups["perplexity"].values())
+        kl = [v["int8-weight-only group 0"]["mean_kl_from_fp32"] / v["int8-weight-only group 32"]["mean_kl_from_fp32"]
+              for v in per]
+        top = [(v["int8-weight-only group 0"]["top1_agreement_with_fp32"],
+                v["int8-weight-only group 32"]["top1_agreement_with_fp32"]) for v in per]
+        kl_note = (f"mean KL from fp32 {min(kl):.1f}–{max(kl):.1f}× lower than per row, top-1 agreement "
+                   f"{100 * min(t[0] for t in top):.1f}–{100 * max(t[0] for t in top):.1f}% → "
+                   f"{100 * min(t[1] for t in top):.1f}–{100 * max(t[1] for t in top):.1f}%, "
+                   "`int8_group_size.json`")
+    q8 = rows.get(("llama.cpp", "Q8_0"))
+    q41 = rows.get(("llama.cpp", "Q4_1"))
+    for label, target in ISSUE13_TARGETS:
+        cands = [label] + ([f"{label}, group 32"] if label == "int8-weight-only" else [])
+        for c in cands:
+            row = rows.get(("quantserve", c))
+            if not row:
+                continue
+            ch = [x["change_vs_own_fp32"] for x in row["texts"].values()]
+            worst = max(abs(x) for x in ch) if label == "int4-weight-only" else max(ch)
+            shown = f"|Δ| ≤ {100 * target:g}%" if label == "int4-weight-only" else f"≤ +{100 * target:g}%"
+            verdict = "**met**" if worst <= target else \
+                f"**missed by {100 * (worst - target):.2f} percentage points**"
+            extra = ""
+            if label == "int8-weight-only" and q8:
+                q8w = max(x["change_vs_own_fp32"] for x in q8["texts"].values())
+                extra = (f"; llama.cpp Q8_0 on the same ids: worst {pct(q8w, 3)}, mean "
+                         f"{pct(q8['mean_change_vs_own_fp32'], 3)} — quantserve "
+                         f"{'ahead' if worst <= q8w else 'behind'} on the worst text, "
+                         f"{'ahead' if row['mean_change_vs_own_fp32'] <= q8['mean_change_vs_own_fp32'] else 'behind'}"
+                         " on the mean")
+            why = f" {ISSUE13_WHY[c]}".replace("{kl}", kl_note) if worst > target and c in ISSUE13_WHY else ""
+            w(f"- {c}: worst {pct(worst if label != 'int4-weight-only' else max(ch, key=abs), 3)}, mean "
+              f"{pct(row['mean_change_vs_own_fp32'], 3)}; target {shown}: {verdict}{extra}.{why}")
+    fp_int4 = rows.get(("quantserve", "int4-weight-only, llama.cpp's F32 file"))
+    if fp_int4 and q41:
+        a, b = fp_int4["mean_change_vs_own_fp32"], q41["mean_change_vs_own_fp32"]
+        qb = next(iter(vs["texts"].values()))["quantserve"]["int4-weight-only, llama.cpp's F32 file"]["weight_bytes"]
+        w(f"- int4-weight-only from a float source (llama.cpp's F32 file): mean {pct(a, 3)} against llama.cpp "
+          f"Q4_1's {pct(b, 3)} of the same F32 file; target ≤ Q4_1's Δ: "
+          f"{'**met**' if a <= b else f'**missed by {100 * (a - b):.3f} percentage points**'}. Two reservations: "
+          f"quantserve keeps the embedding / LM head of a float source in fp16 ({mb(qb)} against llama.cpp's "
+          f"{mb(vs['llama_cpp']['files']['Q4_1']['bytes'])} file), and this F32 file is the Q4_1 source "
+          "dequantized, so its weights already sit on a Q4_1 grid that round-to-nearest mostly gives back (most of "
+          "llama.cpp's Δ is its 8-bit activations, above). A model trained in float, with no such grid, is not "
+          "measured here.")
+    if int4:
+        r = int4["summary"]["int4_over_int8"]
+        ratio = r["median"]
+        verdict = "**met**" if ratio >= 1.3 else f"**missed**, {100 * (1 - ratio / 1.3):.0f}% below the ratio asked"
+        w(f"- int4-weight-only decode at batch 1 on the CPU ≥ 1.3× int8's: {ratio:.2f}× "
+          f"(paired median of {int4['rounds']} rounds, {r['min']:.2f}–{r['max']:.2f}; "
+          f"`bench/results/int4_weight_only_quiet.json`): {verdict}.")
+    w("")
 
 
 # Static notes on why a target is met or missed; the figures above them are generated.
