@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <deque>
 #include <map>
 #include <random>
@@ -58,6 +59,7 @@ struct Sequence {
   SamplingParams params;
   EventCallback on_event;
   std::vector<int32_t> block_table;
+  WindowBlocks window;                 // with KV layer groups: the sliding layers' ring (block_table: the global)
   std::mt19937_64 rng;
   std::unique_ptr<StreamingDecoder> decoder;
   std::unique_ptr<GrammarMatcher> grammar;   // constrained decoding: where the output stands in its grammar
@@ -83,9 +85,38 @@ struct Engine::Impl {
   std::vector<float> logits;
   std::unique_ptr<VocabularyIndex> vocabulary;   // built for the first constrained request, then shared
   // The window when every layer slides (Mistral): a sequence gives back the blocks that slid out of it as it
-  // advances. 0 when any layer is global (Gemma 3, whose 1-in-6 global layers read every position: one block
-  // table serves all layers, so no block is ever outside every layer's window).
+  // advances. 0 when any layer is global (Gemma 3, whose 1-in-6 global layers read every position: with one
+  // block table for all layers no block is ever outside every layer's window; see window_blocks).
   int64_t window_in_every_layer = 0;
+  // KV layer groups (Gemma 3 on the CPU, EngineOptions::kv_layer_groups): the sliding layers' pool and window;
+  // block_table and `blocks` are then the global layers'. Null / 0 with one group.
+  std::unique_ptr<KvBlockManager> window_blocks;
+  int64_t group_window = 0;
+  int64_t kv_budget_bytes = 0;                  // both pools' blocks that sequences hold, together
+  int64_t global_block_bytes = 0, window_block_bytes = 0;
+  std::string kv_layout;
+
+  int64_t kv_held_bytes() const {
+    return blocks->used() * global_block_bytes + (window_blocks ? window_blocks->used() * window_block_bytes : 0);
+  }
+  // With layer groups: what a sequence takes at admission, its whole length of global blocks and its ring.
+  int64_t admission_bytes(const Sequence& s) const {
+    return blocks->blocks_for(int64_t(s.prompt_len) + s.params.max_new_tokens) * global_block_bytes +
+           admission_ring(s) * window_block_bytes;
+  }
+
+  // With layer groups: the ring a sequence takes at admission (its longest pass is its prompt's chunk), and the
+  // smaller one it keeps once its prompt is computed (one token a pass).
+  int64_t admission_ring(const Sequence& s) const {
+    const int64_t chunk = std::max<int64_t>(1, std::min({options.prefill_chunk, options.max_batch_tokens,
+                                                         int64_t(s.prompt_len)}));
+    return WindowBlocks::ring_blocks(group_window, chunk, options.kv_block_size,
+                                     int64_t(s.prompt_len) + s.params.max_new_tokens);
+  }
+  int64_t decode_ring(const Sequence& s) const {
+    return WindowBlocks::ring_blocks(group_window, 1, options.kv_block_size,
+                                     int64_t(s.prompt_len) + s.params.max_new_tokens);
+  }
 
   const VocabularyIndex& vocabulary_index() {
     if (!vocabulary) {
@@ -117,6 +148,7 @@ struct Engine::Impl {
       s.emitted = s.text.size();
     }
     blocks->release(s.block_table);
+    if (window_blocks) s.window.release(*window_blocks);
     emit(s, ev, reason);
   }
 
@@ -167,6 +199,12 @@ struct Engine::Impl {
   void admit() {
     while (!waiting.empty() && int64_t(running.size()) < options.max_batch_size) {
       Sequence& s = *waiting.front();
+      // With layer groups the two pools share one budget: the sequence's global blocks and sliding ring must fit
+      // in what it has left. The ring first: it is all-or-nothing like the global blocks below.
+      if (window_blocks && (kv_held_bytes() + admission_bytes(s) > kv_budget_bytes ||
+                            !s.window.acquire(*window_blocks, admission_ring(s)))) {
+        break;
+      }
       // Reserve the whole request (prompt + max_new_tokens) up front: a running request never waits for
       // memory, so there is no preemption and no deadlock; the cost is admitting fewer long requests.
       // The prompt's cached prefix is shared, not computed; its last token is always computed, for the logits
@@ -174,7 +212,10 @@ struct Engine::Impl {
       // last block into a fresh one, and shared blocks are never written).
       const std::optional<int64_t> cached = blocks->allocate(
           s.block_table, s.tokens, int64_t(s.prompt_len) - 1, int64_t(s.prompt_len) + s.params.max_new_tokens);
-      if (!cached) break;
+      if (!cached) {
+        if (window_blocks) s.window.release(*window_blocks);
+        break;
+      }
       s.num_computed = *cached;
       if (blocks->prefix_caching()) {
         stats.prefix_cache_queried_tokens += s.prompt_len;
@@ -196,19 +237,6 @@ struct Engine::Impl {
     std::erase(running, nullptr);
   }
 
-  // Each token's window starts in a block its sequence still holds (the released ones are a prefix of the
-  // table, so the rest of the window is held too): a block given back too early would be read after another
-  // sequence wrote into it, and give wrong tokens without a word.
-  void check_windows_held() const {
-    for (size_t t = 0; t < batch.positions.size(); ++t) {
-      const std::vector<int32_t>& table = batch.block_tables[size_t(batch.seq_of_token[t])];
-      const int64_t oldest = std::max<int64_t>(0, batch.positions[t] + 1 - window_in_every_layer);
-      const size_t block = size_t(oldest / blocks->block_size());
-      QS_CHECK(block < table.size() && table[block] != KvBlockManager::kReleasedBlock, ErrorCode::kInternal,
-               "position ", batch.positions[t], " would read KV block ", block, ", not held (given back)");
-    }
-  }
-
   void step() {
     drop_cancelled();
     admit();
@@ -225,6 +253,7 @@ struct Engine::Impl {
     batch.logit_rows.clear();
     batch.block_tables.clear();
     batch.seq_lens.clear();
+    batch.window_block_tables.clear();
     std::vector<Sequence*> in_batch, wants_logits;
     int64_t budget = options.max_batch_tokens;
     for (auto& sp : running) {
@@ -239,6 +268,11 @@ struct Engine::Impl {
         batch.seq_of_token.push_back(seq_index);
       }
       batch.block_tables.push_back(s.block_table);
+      if (window_blocks) {
+        // Short when the ring ran out: check_window_blocks_held() below then fails the request.
+        s.window.cover(s.num_computed + chunk, options.kv_block_size);
+        batch.window_block_tables.push_back(s.window.table());
+      }
       batch.seq_lens.push_back(int32_t(s.num_computed + chunk));
       if (s.num_computed + chunk == int64_t(s.tokens.size())) {
         batch.logit_rows.push_back(int32_t(batch.token_ids.size()) - 1);
@@ -254,7 +288,12 @@ struct Engine::Impl {
     ++stats.steps;
     if (in_batch.empty()) return;
     try {
-      if (window_in_every_layer > 0) check_windows_held();
+      if (window_in_every_layer > 0) {
+        check_window_blocks_held(batch, batch.block_tables, window_in_every_layer, options.kv_block_size);
+      }
+      if (window_blocks) {
+        check_window_blocks_held(batch, batch.window_block_tables, group_window, options.kv_block_size);
+      }
       model->forward(batch, *cache, logits);
     } catch (const Error& e) {
       // A failed pass fails the requests in it, not the engine.
@@ -273,6 +312,12 @@ struct Engine::Impl {
     for (Sequence* s : in_batch) blocks->commit(s->block_table, s->tokens, s->num_computed);
     if (window_in_every_layer > 0) {
       for (Sequence* s : in_batch) blocks->release_front(s->block_table, s->num_computed, window_in_every_layer);
+    }
+    if (window_blocks) {
+      for (Sequence* s : in_batch) {
+        s->window.slide(s->num_computed, group_window, options.kv_block_size);
+        if (s->num_computed >= s->prompt_len) s->window.shrink(*window_blocks, decode_ring(*s));
+      }
     }
     const int64_t V = model->config().vocab_size;
     std::vector<Sequence*> finished;
@@ -335,13 +380,59 @@ Engine::Engine(std::unique_ptr<Model> model, std::unique_ptr<Tokenizer> tokenize
   kv.num_kv_heads = c.num_kv_heads;
   kv.head_dim = c.head_dim;
   kv.dtype = kv_dtype;
-  const int64_t num_blocks = kv_cache_blocks(o.kv_cache_bytes, o.kv_cache_tokens, kv.bytes_per_token(),
-                                             o.kv_block_size, o.max_context, o.max_batch_size);
+  // Global and sliding layers (Gemma 3): a pool and table for each, so the sliding layers hold only their window.
+  int64_t sliding_layers = 0;
+  for (int64_t l = 0; l < c.num_layers; ++l) sliding_layers += c.sliding_window > 0 && c.layer_slides(l);
+  const bool grouped = o.kv_layer_groups && sliding_layers > 0 && sliding_layers < c.num_layers &&
+                       backend.supports_kv_layer_groups();
+  int64_t num_blocks = 0;
+  int64_t ring = 0;   // with groups: the sliding layers' blocks of a sequence of max_context while its prompt runs
+  if (grouped) {
+    for (int64_t l = 0; l < c.num_layers; ++l) kv.layer_group.push_back(c.layer_slides(l) ? 1 : 0);
+    impl_->group_window = c.sliding_window;
+    const int64_t chunk = std::min({o.prefill_chunk, o.max_batch_tokens, o.max_context});
+    ring = WindowBlocks::ring_blocks(c.sliding_window, chunk, o.kv_block_size, o.max_context);
+    const GroupedKvBlocks sizes = grouped_kv_cache_blocks(
+        o.kv_cache_bytes, o.kv_cache_tokens, kv.bytes_per_token(), kv.group_bytes_per_token(0),
+        kv.group_bytes_per_token(1), o.kv_block_size, o.max_context, o.max_batch_size, ring);
+    num_blocks = sizes.global_blocks;
+    kv.window_num_blocks = sizes.window_blocks;
+    impl_->kv_budget_bytes = sizes.budget_bytes;
+    impl_->global_block_bytes = int64_t(kv.group_bytes_per_token(0)) * o.kv_block_size;
+    impl_->window_block_bytes = int64_t(kv.group_bytes_per_token(1)) * o.kv_block_size;
+    // A prefix hit would need the sliding layers' blocks of the prefix, which the rings have reused.
+    o.prefix_cache = false;
+  } else {
+    num_blocks = kv_cache_blocks(o.kv_cache_bytes, o.kv_cache_tokens, kv.bytes_per_token(), o.kv_block_size,
+                                 o.max_context, o.max_batch_size);
+  }
   kv.num_blocks = num_blocks;
-  // What was resolved is what options() reports.
+  // What was resolved is what options() reports: with groups, the shared budget, and the tokens one table for all
+  // layers would hold in it.
   o.kv_cache_dtype = kv_dtype;
   o.kv_cache_tokens = num_blocks * o.kv_block_size;
   o.kv_cache_bytes = int64_t(kv.bytes_per_token()) * o.kv_cache_tokens;
+  if (grouped) {
+    o.kv_cache_bytes = impl_->kv_budget_bytes;
+    o.kv_cache_tokens = impl_->kv_budget_bytes / int64_t(kv.bytes_per_token()) / o.kv_block_size * o.kv_block_size;
+    impl_->window_blocks = std::make_unique<KvBlockManager>(kv.window_num_blocks, o.kv_block_size);
+    auto mib = [](double bytes) {
+      char text[32];
+      std::snprintf(text, sizeof text, "%.1f MiB", bytes / (1 << 20));
+      return std::string(text);
+    };
+    const int64_t context_blocks = (o.max_context + o.kv_block_size - 1) / o.kv_block_size;
+    impl_->kv_layout = str(
+        "KV cache in two layer groups sharing the ", mib(double(impl_->kv_budget_bytes)), ": ",
+        c.num_layers - sliding_layers, " global layers hold every position (", impl_->global_block_bytes,
+        " bytes a block), ", sliding_layers, " sliding layers a ring of ", ring,
+        " blocks a sequence while its prompt runs and ",
+        WindowBlocks::ring_blocks(c.sliding_window, 1, o.kv_block_size, o.max_context), " while it decodes (window ",
+        c.sliding_window, ", ", impl_->window_block_bytes, " bytes a block): a sequence of ", o.max_context,
+        " tokens takes ", mib(double(context_blocks * impl_->global_block_bytes + ring * impl_->window_block_bytes)),
+        " (", mib(double(context_blocks * o.kv_block_size) * double(kv.bytes_per_token())),
+        " with one table); prefix cache off with layer groups; CPU backend only");
+  }
   impl_->cache = backend.make_kv_cache(kv);
   // A cached block's contents depend on the tokens and on what this engine is: the model, its precision and the
   // KV dtype seed every chain hash.
@@ -360,6 +451,7 @@ Engine::~Engine() = default;
 const Model& Engine::model() const { return *impl_->model; }
 const Tokenizer& Engine::tokenizer() const { return *impl_->tokenizer; }
 const EngineOptions& Engine::options() const { return impl_->options; }
+const std::string& Engine::kv_layout() const { return impl_->kv_layout; }
 
 uint64_t Engine::submit(std::vector<int32_t> prompt_ids, const SamplingParams& params, EventCallback on_event) {
   Impl& m = *impl_;
@@ -379,10 +471,16 @@ uint64_t Engine::submit(std::vector<int32_t> prompt_ids, const SamplingParams& p
            m.blocks->blocks_for(need), " KV-cache blocks but the whole cache has ", m.blocks->total(), " (",
            m.blocks->total() * m.options.kv_block_size, " tokens; --kv-cache-bytes): it can never fit");
   auto s = std::make_unique<Sequence>();
-  s->id = m.next_id++;
   s->prompt_len = int32_t(prompt_ids.size());
-  s->tokens = std::move(prompt_ids);
   s->params = params;
+  if (m.window_blocks) {
+    QS_CHECK(m.admission_bytes(*s) <= m.kv_budget_bytes, ErrorCode::kInvalidArgument, "prompt (",
+             prompt_ids.size(), " tokens) + max_new_tokens (", params.max_new_tokens, ") needs ",
+             m.admission_bytes(*s), " bytes of KV cache but the whole cache has ", m.kv_budget_bytes,
+             " (--kv-cache-bytes): it can never fit");
+  }
+  s->id = m.next_id++;
+  s->tokens = std::move(prompt_ids);
   s->on_event = std::move(on_event);
   s->rng.seed(params.seed ? *params.seed : std::random_device{}());
   s->decoder = std::make_unique<StreamingDecoder>(*m.tokenizer);
@@ -422,6 +520,12 @@ EngineStats Engine::stats() const {
   s.kv_cache_bytes = int64_t(impl_->cache->bytes());
   s.kv_cache_committed_bytes = int64_t(impl_->cache->committed_bytes());
   s.kv_cache_used_bytes = s.kv_blocks_total > 0 ? s.kv_cache_bytes / s.kv_blocks_total * s.kv_blocks_used : 0;
+  if (impl_->window_blocks) {
+    s.kv_window_blocks_used = impl_->window_blocks->used();
+    s.kv_window_blocks_total = impl_->window_blocks->total();
+    s.kv_cache_bytes = impl_->kv_budget_bytes;   // the pools are mapped for the whole budget each
+    s.kv_cache_used_bytes = impl_->kv_held_bytes();
+  }
   return s;
 }
 

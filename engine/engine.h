@@ -77,6 +77,10 @@ struct EngineOptions {
   std::optional<DType> kv_cache_dtype;  // storage; none = the backend's default (fp16 on the CPU, fp32 on CUDA)
   int64_t max_context = 0;              // prompt + new tokens; 0 = the model's max_positions
   bool prefix_cache = true;             // reuse the KV blocks of earlier prompts' common prefixes (kv_cache.h)
+  // A model with global and sliding layers (Gemma 3) on a backend with layer groups (the CPU): a KV pool and
+  // block table for each kind, the sliding one a ring of window + chunk blocks per sequence (WindowBlocks);
+  // prefix caching is then off. false: one table for all layers, as for every other model.
+  bool kv_layer_groups = true;
 };
 
 struct EngineStats {
@@ -88,6 +92,9 @@ struct EngineStats {
   int64_t kv_cache_committed_bytes = 0; // backed by memory now (committed as blocks are first written)
   int64_t kv_cache_used_bytes = 0;      // the blocks sequences hold
   int64_t kv_blocks_cached = 0;         // full blocks no sequence holds, kept for prefix reuse (evictable)
+  // With KV layer groups the kv_blocks_* above are the global layers' pool; these the sliding layers' (0 without).
+  int64_t kv_window_blocks_used = 0;
+  int64_t kv_window_blocks_total = 0;
   int64_t prefix_cache_queried_tokens = 0;  // prompt tokens of admitted requests looked up in the prefix cache
   int64_t prefix_cache_hit_tokens = 0;      // of those, found cached (not computed again)
   int64_t last_batch_size = 0;          // sequences in the last forward pass
@@ -103,6 +110,9 @@ class Engine {
   const Model& model() const;
   const Tokenizer& tokenizer() const;
   const EngineOptions& options() const;
+  // One sentence for the load log when the KV cache is not one pool and table for all layers (KV layer groups:
+  // the pools, the ring a sequence holds, and what is turned off for it); empty otherwise.
+  const std::string& kv_layout() const;
 
   // Queues a request; events arrive through `on_event` from inside step(). Throws qs::Error
   // kInvalidArgument (empty prompt, bad sampling values, prompt + max_new_tokens over the context) or

@@ -55,6 +55,36 @@ int64_t kv_cache_blocks(int64_t budget_bytes, int64_t budget_tokens, size_t byte
   return (tokens + block_size - 1) / block_size;
 }
 
+GroupedKvBlocks grouped_kv_cache_blocks(int64_t budget_bytes, int64_t budget_tokens, size_t all_bytes_per_token,
+                                        size_t global_bytes_per_token, size_t window_bytes_per_token,
+                                        int64_t block_size, int64_t max_context, int64_t max_batch_size,
+                                        int64_t ring_blocks) {
+  QS_CHECK(global_bytes_per_token > 0 && window_bytes_per_token > 0 && ring_blocks > 0, ErrorCode::kInternal,
+           "KV-cache sizing needs positive shapes");
+  GroupedKvBlocks out;
+  const int64_t global_block = int64_t(global_bytes_per_token) * block_size;
+  const int64_t window_block = int64_t(window_bytes_per_token) * block_size;
+  if (budget_bytes > 0) {
+    QS_CHECK(budget_tokens == 0, ErrorCode::kInvalidArgument,
+             "give the KV-cache capacity in bytes or in tokens, not both (", budget_bytes, " bytes, ", budget_tokens,
+             " tokens)");
+    const int64_t context_blocks = (max_context + block_size - 1) / block_size;
+    const int64_t sequence_bytes = context_blocks * global_block + ring_blocks * window_block;
+    QS_CHECK(budget_bytes >= sequence_bytes, ErrorCode::kInvalidArgument, "a KV-cache budget of ", budget_bytes,
+             " bytes is less than one sequence of the maximum context of ", max_context, " tokens takes (",
+             sequence_bytes, " bytes: ", context_blocks, " blocks of the global layers, ", ring_blocks,
+             " of the sliding ones); give at least ", sequence_bytes, " bytes");
+    out.budget_bytes = budget_bytes;
+  } else {
+    out.budget_bytes = kv_cache_blocks(0, budget_tokens, all_bytes_per_token, block_size, max_context,
+                                       max_batch_size) * block_size * int64_t(all_bytes_per_token);
+  }
+  out.global_blocks = out.budget_bytes / global_block;
+  // No more sequences than max_batch_size run, each with a ring of at most ring_blocks.
+  out.window_blocks = std::min(out.budget_bytes / window_block, std::max<int64_t>(1, max_batch_size) * ring_blocks);
+  return out;
+}
+
 namespace {
 // splitmix64's finalizer: every input bit reaches every output bit.
 uint64_t mix64(uint64_t x) {
@@ -201,6 +231,75 @@ int64_t KvBlockManager::release_front(std::vector<int32_t>& table, int64_t next_
     ++released;
   }
   return released;
+}
+
+void check_window_blocks_held(const BatchLayout& batch, const std::vector<std::vector<int32_t>>& tables,
+                              int64_t window, int64_t block_size) {
+  for (size_t t = 0; t < batch.positions.size(); ++t) {
+    const std::vector<int32_t>& table = tables[size_t(batch.seq_of_token[t])];
+    const int64_t oldest = std::max<int64_t>(0, batch.positions[t] + 1 - window);
+    const size_t block = size_t(oldest / block_size), last = size_t(batch.positions[t] / block_size);
+    if (last < table.size() && table[block] != KvBlockManager::kReleasedBlock) continue;
+    const bool given_back = block < table.size() && table[block] == KvBlockManager::kReleasedBlock;
+    QS_FAIL(ErrorCode::kInternal, "position ", batch.positions[t], " would read KV blocks ", block, " to ", last,
+            " of its table of ", table.size(), ", not all held (", given_back ? "given back" : "never taken", ")");
+  }
+}
+
+int64_t WindowBlocks::ring_blocks(int64_t window, int64_t chunk, int64_t block_size, int64_t tokens) {
+  QS_CHECK(window > 0 && chunk > 0 && block_size > 0 && tokens > 0, ErrorCode::kInternal,
+           "a window ring needs a positive window, chunk, block size and length");
+  // A pass over [n, n + chunk) after the blocks before n + 1 - window were given back holds blocks
+  // floor((n + 1 - window) / BS) .. floor((n + chunk - 1) / BS).
+  const int64_t ring = (window + chunk - 2) / block_size + 2;
+  return std::min(ring, (tokens + block_size - 1) / block_size);
+}
+
+bool WindowBlocks::acquire(KvBlockManager& m, int64_t blocks) {
+  QS_CHECK(ring_ == 0 && table_.empty(), ErrorCode::kInternal, "a window ring is acquired once, when admitted");
+  if (!m.reserve(spare_, blocks * m.block_size())) return false;
+  ring_ = blocks;
+  // The first positions take the spares from the back: put the lowest block numbers there (warm, as the free list).
+  std::reverse(spare_.begin(), spare_.end());
+  return true;
+}
+
+bool WindowBlocks::cover(int64_t tokens, int64_t block_size) {
+  const size_t need = size_t((tokens + block_size - 1) / block_size);
+  while (table_.size() < need) {
+    if (spare_.empty()) return false;
+    table_.push_back(spare_.back());
+    spare_.pop_back();
+  }
+  return true;
+}
+
+int64_t WindowBlocks::slide(int64_t next_position, int64_t window, int64_t block_size) {
+  // Blocks [0, end) hold only positions < next_position + 1 - window.
+  const int64_t end = std::min<int64_t>(std::max<int64_t>(0, next_position + 1 - window) / block_size,
+                                        int64_t(table_.size()));
+  int64_t released = 0;
+  for (; released_ < end; ++released_, ++released) {
+    spare_.push_back(table_[size_t(released_)]);
+    table_[size_t(released_)] = KvBlockManager::kReleasedBlock;
+  }
+  return released;
+}
+
+void WindowBlocks::shrink(KvBlockManager& m, int64_t blocks) {
+  std::vector<int32_t> give;
+  while (ring_ > blocks && !spare_.empty()) {
+    give.push_back(spare_.front());   // the spare reused last (the back is taken first)
+    spare_.erase(spare_.begin());
+    --ring_;
+  }
+  m.release(give);
+}
+
+void WindowBlocks::release(KvBlockManager& m) {
+  m.release(table_);
+  m.release(spare_);
+  ring_ = released_ = 0;
 }
 
 }  // namespace qs

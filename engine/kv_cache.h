@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "kernels/backend.h"
 #include "kernels/dtype.h"
 
 namespace qs {
@@ -26,6 +27,26 @@ const char* kv_cache_dtype_name(DType dtype);
 // small for one sequence of max_context tokens.
 int64_t kv_cache_blocks(int64_t budget_bytes, int64_t budget_tokens, size_t bytes_per_token, int64_t block_size,
                         int64_t max_context, int64_t max_batch_size);
+
+// The two pools of a KV cache in layer groups (KvCacheConfig::layer_group): the global layers' blocks, which a
+// sequence holds for its whole length, and the sliding layers', of which it holds a ring (WindowBlocks).
+// The two pools share one byte budget: admission fits a sequence's global blocks and ring into what the budget
+// has left, so any mix of long and short requests can use all of it, and neither pool runs out first.
+struct GroupedKvBlocks {
+  int64_t budget_bytes = 0;    // what the blocks sequences hold may take, both pools together
+  int64_t global_blocks = 0;   // the global layers' pool: the whole budget in its blocks
+  int64_t window_blocks = 0;   // the sliding layers' pool: likewise, but no more than max_batch_size rings
+};
+// As kv_cache_blocks, for the two groups: a byte budget as given; a token budget (or the default) is the bytes
+// one table for all layers would take for it (all_bytes_per_token), so no mix of requests fits fewer sequences
+// than it would with one table. Throws kInvalidArgument, naming the numbers, for a budget below one sequence of
+// max_context: its whole length of global blocks and `ring_blocks` (WindowBlocks::ring_blocks) sliding ones.
+// The global pool is mapped for the whole budget, the sliding one for as much of it as max_batch_size sequences'
+// rings can hold; on the CPU only the blocks written are committed.
+GroupedKvBlocks grouped_kv_cache_blocks(int64_t budget_bytes, int64_t budget_tokens, size_t all_bytes_per_token,
+                                        size_t global_bytes_per_token, size_t window_bytes_per_token,
+                                        int64_t block_size, int64_t max_context, int64_t max_batch_size,
+                                        int64_t ring_blocks);
 
 // Hands out fixed-size blocks of the paged KV memory to sequences, and keeps full blocks for reuse by later
 // prompts that begin with the same tokens (automatic prefix caching, as vLLM and SGLang do):
@@ -96,6 +117,51 @@ class KvBlockManager {
   std::vector<int32_t> free_;                     // a stack: recently freed blocks are reused first (warm)
   std::list<int32_t> lru_;                        // cached blocks no sequence holds, least recently used first
   std::unordered_map<uint64_t, int32_t> index_;   // chain hash -> cached block
+};
+
+// Before a pass over sliding-window layers: each token's window starts in a block its sequence still holds and
+// its own position has a block (the released ones are a prefix of the table, so the rest of the window is held
+// too). A block given back too early would be read after another sequence wrote into it, and give wrong tokens
+// without a word; instead this throws kInternal naming the position and blocks, and the pass's requests fail.
+// `tables` are what the sliding layers read: batch.block_tables when every layer slides, window_block_tables
+// with layer groups.
+void check_window_blocks_held(const BatchLayout& batch, const std::vector<std::vector<int32_t>>& tables,
+                              int64_t window, int64_t block_size);
+
+// One sequence's blocks for the sliding layers of a model that also has global ones (Gemma 3), from the sliding
+// group's own KvBlockManager: a ring of a fixed number of blocks taken at admission, what a window plus the
+// longest chunk the sequence computes in one pass can touch, not its whole length; a running sequence never waits
+// for memory. The table is indexed by position / block_size as the global table is. After each pass the blocks
+// wholly before the next query's window leave the table (kReleasedBlock in their place, as release_front) for the
+// ring's spares, and the next positions' blocks come from those spares. Without prefix caching in the sliding
+// group: a prefix hit would need blocks the ring has reused.
+class WindowBlocks {
+ public:
+  // Blocks a sequence of `tokens` in all, computed `chunk` at a time at most, can hold at once with a window of
+  // `window`: the positions of a pass and the window of its first: floor((window + chunk - 2) / BS) + 2 (at most
+  // ceil((window + chunk) / BS) + 1), and never more than the whole sequence's.
+  static int64_t ring_blocks(int64_t window, int64_t chunk, int64_t block_size, int64_t tokens);
+  // At admission: takes `blocks` fresh blocks from `m`; false (and nothing changes) if they do not fit.
+  bool acquire(KvBlockManager& m, int64_t blocks);
+  // Before a pass: the table holds positions < tokens, its new blocks from the spares. False when the spares run
+  // out (the ring was sized too small): the table is left short, and the pass's window check fails the request.
+  bool cover(int64_t tokens, int64_t block_size);
+  // After a pass: blocks wholly before the window of next_position go back to the spares. Returns how many.
+  int64_t slide(int64_t next_position, int64_t window, int64_t block_size);
+  // Gives spare blocks back to `m` until the ring is `blocks` (a sequence whose prompt is computed needs only a
+  // decode step's ring); never below the blocks the table holds.
+  void shrink(KvBlockManager& m, int64_t blocks);
+  // Gives every block back to `m` (the end of the sequence).
+  void release(KvBlockManager& m);
+  const std::vector<int32_t>& table() const { return table_; }
+  int64_t held() const { return ring_ - int64_t(spare_.size()); }   // blocks in the table now
+  int64_t ring() const { return ring_; }
+
+ private:
+  std::vector<int32_t> table_;   // kReleasedBlock before the window
+  std::vector<int32_t> spare_;   // the ring's blocks not in the table
+  int64_t ring_ = 0;
+  int64_t released_ = 0;         // table_[0, released_) are kReleasedBlock
 };
 
 }  // namespace qs

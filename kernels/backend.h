@@ -93,6 +93,9 @@ struct BatchLayout {
   // Per sequence: KV-cache block table and the sequence length after this pass (cached + new tokens).
   std::vector<std::vector<int32_t>> block_tables;   // [S][blocks]
   std::vector<int32_t> seq_lens;                    // [S]
+  // With a KV cache of two layer groups (KvCacheConfig::layer_group): the sliding layers' tables, [S][blocks],
+  // indexed by position / block_size as block_tables (which the global layers read); empty with one group.
+  std::vector<std::vector<int32_t>> window_block_tables;
   int64_t num_tokens() const { return int64_t(token_ids.size()); }
 };
 
@@ -105,8 +108,25 @@ struct KvCacheConfig {
   int64_t num_kv_heads = 0;
   int64_t head_dim = 0;
   DType dtype = DType::F32;   // storage; attention computes in fp32 whatever this is
-  // Bytes of K and V for one token over all layers.
+  // Per-layer-group KV (Gemma 3's global and sliding layers, Backend::supports_kv_layer_groups): empty, every
+  // layer in one pool of num_blocks blocks; else num_layers entries, 0 for a layer of the pool of num_blocks
+  // blocks (the global layers, BatchLayout::block_tables) and 1 for one of a pool of window_num_blocks blocks
+  // (the sliding layers, BatchLayout::window_block_tables). A pool holds only its own group's layers.
+  std::vector<int32_t> layer_group;
+  int64_t window_num_blocks = 0;
+  int64_t num_groups() const { return layer_group.empty() ? 1 : 2; }
+  int64_t group_layers(int32_t group) const {
+    if (layer_group.empty()) return group == 0 ? num_layers : 0;
+    int64_t n = 0;
+    for (int32_t g : layer_group) n += g == group;
+    return n;
+  }
+  int64_t group_blocks(int32_t group) const { return group == 0 ? num_blocks : window_num_blocks; }
+  // Bytes of K and V for one token over all layers, and over one group's layers.
   size_t bytes_per_token() const { return 2 * size_t(num_layers * num_kv_heads) * dtype_bytes(dtype, head_dim); }
+  size_t group_bytes_per_token(int32_t group) const {
+    return 2 * size_t(group_layers(group) * num_kv_heads) * dtype_bytes(dtype, head_dim);
+  }
 };
 class KvCache {
  public:
@@ -151,6 +171,10 @@ class Backend {
   // KV-cache storage dtypes: what a cache gets when none is asked for, and which ones can be asked for.
   virtual DType default_kv_cache_dtype() const { return DType::F32; }
   virtual bool supports_kv_cache_dtype(DType dtype) const { return dtype == DType::F32; }
+  // make_kv_cache takes a KvCacheConfig::layer_group (a pool and block table per layer group) and attention
+  // reads each layer's group's pool through its table. Without it, a model with global and sliding layers keeps
+  // one table for all of them.
+  virtual bool supports_kv_layer_groups() const { return false; }
 
   // Per forward pass: makes the batch's ids, positions and block tables visible to the ops below.
   virtual void begin_batch(const BatchLayout& layout) = 0;

@@ -40,6 +40,7 @@ void ModelWorker::run(const std::function<LoadedEngine()>& load,
     metrics_ = &make_metrics(*model_);
     vocab_size_ = model_->config().vocab_size;
     kv_blocks_total_ = engine_->stats().kv_blocks_total;
+    prefix_cache_ = engine_->options().prefix_cache;
     device_ = model_->backend().name();
     all_metrics_.register_device(device_);
     const LoadReport& report = model_->report();

@@ -91,6 +91,8 @@ class ModelWorker {
   const Tokenizer& tokenizer() const { return engine_->tokenizer(); }
   int64_t vocab_size() const { return vocab_size_; }
   int64_t kv_blocks_total() const { return kv_blocks_total_; }
+  // Whether the engine caches prefixes: the flag, unless the model cannot (KV layer groups turn it off).
+  bool prefix_cache() const { return prefix_cache_; }
   ModelMetrics& metrics() { return *metrics_; }
 
   // Cancels whatever is left, stops the engine thread and joins it.
@@ -126,6 +128,7 @@ class ModelWorker {
   const Model* model_ = nullptr;
   int64_t vocab_size_ = 0;
   int64_t kv_blocks_total_ = 0;
+  bool prefix_cache_ = false;
   int64_t prefix_queried_seen_ = 0;   // EngineStats' prefix-cache counts already added to the metrics
   int64_t prefix_hits_seen_ = 0;
   ModelMetrics* metrics_ = nullptr;

@@ -143,6 +143,9 @@ LoadedModel load_model(const server::ModelSpec& spec, const server::ServeOptions
                  "%s\n",
                  spec.name.c_str(), double(resolved.kv_cache_bytes) / (1 << 20), (long long)resolved.kv_cache_tokens,
                  kv_dtype.c_str(), resolved.prefix_cache ? "on" : "off");
+    if (!out.engine->kv_layout().empty()) {
+      std::fprintf(stderr, "quantserve: %s: %s\n", spec.name.c_str(), out.engine->kv_layout().c_str());
+    }
     return out;
   };
   auto make_metrics = [&](const Model& model) -> server::ModelMetrics& {

@@ -298,7 +298,9 @@ InferenceService::InferenceService(std::vector<ModelWorker*> workers, const Serv
       auth_(auth),
       tokenize_worker_(options.limits.max_tokenize_queued) {
   for (ModelWorker* w : workers_) {
-    infos_[w->name()] = describe_model(w->name(), w->model(), options_.limits, w->kv_blocks_total());
+    ServerLimits limits = options_.limits;
+    limits.prefix_cache = limits.prefix_cache && w->prefix_cache();   // off for a model with KV layer groups
+    infos_[w->name()] = describe_model(w->name(), w->model(), limits, w->kv_blocks_total());
   }
 }
 

@@ -120,7 +120,9 @@ class CpuLinear final : public LinearWeight {
 // The KV cache in fp32 or fp16, in the block layout of attention_paged.h, all layers of one block side by side:
 // block b is [layer][K, V][NKV x HD x BS] at b * block_bytes(). The memory is one anonymous mapping that the
 // kernel commits page by page as blocks are first written; the block manager hands out low block numbers
-// first, so the resident part follows the most blocks ever in use, not the budget.
+// first, so the resident part follows the most blocks ever in use, not the budget. With layer groups
+// (KvCacheConfig::layer_group) each group is such a pool of its own layers and blocks, read through its own
+// block tables.
 class CpuKvCache final : public KvCache {
  public:
   explicit CpuKvCache(const KvCacheConfig& config) : config_(config) {
@@ -131,53 +133,95 @@ class CpuKvCache final : public KvCache {
              ", head dim ", config.head_dim);
     QS_CHECK(config.dtype == DType::F32 || config.dtype == DType::F16, ErrorCode::kUnsupported,
              "the CPU backend stores the KV cache in fp32 or fp16, not ", dtype_name(config.dtype));
+    QS_CHECK(config.layer_group.empty() ||
+                 (int64_t(config.layer_group.size()) == config.num_layers && config.group_layers(0) > 0 &&
+                  config.group_layers(1) > 0 && config.group_layers(0) + config.group_layers(1) == config.num_layers &&
+                  config.window_num_blocks > 0 && config.window_num_blocks < INT32_MAX),
+             ErrorCode::kInvalidArgument, "KV cache layer groups must give each of the ", config.num_layers,
+             " layers group 0 or 1, both groups some layers, and the second group a positive block count (",
+             config.window_num_blocks, ")");
     pool_elems_ = config.num_kv_heads * config.head_dim * config.block_size;
-    block_bytes_ = 2 * size_t(config.num_layers) * dtype_bytes(config.dtype, pool_elems_);
-    mapped_bytes_ = round_to_page(block_bytes_ * size_t(config.num_blocks));
-    base_ = mmap(nullptr, mapped_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    QS_CHECK(base_ != MAP_FAILED, ErrorCode::kResourceExhausted, "cannot map ", mapped_bytes_,
-             " bytes for the KV cache: ", std::strerror(errno));
+    layer_pool_.resize(size_t(config.num_layers));
+    layer_index_.resize(size_t(config.num_layers));
+    for (int64_t l = 0; l < config.num_layers; ++l) {
+      const int32_t g = config.layer_group.empty() ? 0 : config.layer_group[size_t(l)];
+      layer_pool_[size_t(l)] = g;
+      layer_index_[size_t(l)] = pools_[size_t(g)].layers++;
+    }
+    for (int32_t g = 0; g < int32_t(config.num_groups()); ++g) {
+      Pool& p = pools_[size_t(g)];
+      p.num_blocks = config.group_blocks(g);
+      p.block_bytes = 2 * size_t(p.layers) * dtype_bytes(config.dtype, pool_elems_);
+      p.mapped_bytes = round_to_page(p.block_bytes * size_t(p.num_blocks));
+      p.base = mmap(nullptr, p.mapped_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
+                    0);
+      QS_CHECK(p.base != MAP_FAILED, ErrorCode::kResourceExhausted, "cannot map ", p.mapped_bytes,
+               " bytes for the KV cache: ", std::strerror(errno));
+    }
   }
-  ~CpuKvCache() override { munmap(base_, mapped_bytes_); }
+  ~CpuKvCache() override {
+    for (Pool& p : pools_)
+      if (p.base && p.base != MAP_FAILED) munmap(p.base, p.mapped_bytes);
+  }
   CpuKvCache(const CpuKvCache&) = delete;
   CpuKvCache& operator=(const CpuKvCache&) = delete;
 
   const KvCacheConfig& config() const override { return config_; }
-  size_t bytes() const override { return block_bytes_ * size_t(config_.num_blocks); }
+  size_t bytes() const override {
+    size_t total = 0;
+    for (const Pool& p : pools_) total += p.block_bytes * size_t(p.num_blocks);
+    return total;
+  }
   size_t committed_bytes() const override {
-    return std::min(bytes(), round_to_page(block_bytes_ * size_t(blocks_touched_.load(std::memory_order_relaxed))));
+    size_t total = 0;
+    for (const Pool& p : pools_) {
+      total += std::min(p.block_bytes * size_t(p.num_blocks),
+                        round_to_page(p.block_bytes * size_t(p.blocks_touched.load(std::memory_order_relaxed))));
+    }
+    return total;
   }
   DType dtype() const { return config_.dtype; }
+  // The layer's group: 0 reads BatchLayout::block_tables, 1 window_block_tables.
+  int32_t group(int64_t layer) const { return layer_pool_[size_t(layer)]; }
   // Elements between block b and block b + 1 of one layer's K (or V).
-  int64_t block_stride() const { return 2 * config_.num_layers * pool_elems_; }
-  void* k(int64_t layer) { return element(2 * layer * pool_elems_); }
-  void* v(int64_t layer) { return element((2 * layer + 1) * pool_elems_); }
-  // Called with each pass's batch before its tokens are written: keeps the committed high-water mark.
-  void note_blocks(const BatchLayout& batch) {
-    int64_t top = blocks_touched_.load(std::memory_order_relaxed);
+  int64_t block_stride(int64_t layer) const { return 2 * pools_[size_t(group(layer))].layers * pool_elems_; }
+  void* k(int64_t layer) { return element(layer, 2 * layer_index_[size_t(layer)] * pool_elems_); }
+  void* v(int64_t layer) { return element(layer, (2 * layer_index_[size_t(layer)] + 1) * pool_elems_); }
+  // Called with each pass's batch (the tables of `group`) before its tokens are written: keeps the committed
+  // high-water mark.
+  void note_blocks(const BatchLayout& batch, int32_t group) {
+    Pool& p = pools_[size_t(group)];
+    int64_t top = p.blocks_touched.load(std::memory_order_relaxed);
     for (size_t t = 0; t < batch.positions.size(); ++t) {
       const auto& table = batch.block_tables[size_t(batch.seq_of_token[t])];
       const size_t i = size_t(batch.positions[t] / config_.block_size);
       if (i < table.size()) top = std::max<int64_t>(top, int64_t(table[i]) + 1);
     }
-    blocks_touched_.store(std::min<int64_t>(top, config_.num_blocks), std::memory_order_relaxed);
+    p.blocks_touched.store(std::min<int64_t>(top, p.num_blocks), std::memory_order_relaxed);
   }
 
  private:
+  struct Pool {
+    int64_t layers = 0;
+    int64_t num_blocks = 0;
+    size_t block_bytes = 0;       // one block over the pool's layers, K and V
+    size_t mapped_bytes = 0;
+    void* base = nullptr;
+    std::atomic<int64_t> blocks_touched{0};   // 1 + the highest block ever written
+  };
   static size_t round_to_page(size_t bytes) {
     const size_t page = size_t(sysconf(_SC_PAGESIZE));
     return (bytes + page - 1) / page * page;
   }
-  void* element(int64_t index) {
-    return static_cast<char*>(base_) + size_t(index) * dtype_bytes(config_.dtype, 1);
+  void* element(int64_t layer, int64_t index) {
+    return static_cast<char*>(pools_[size_t(group(layer))].base) + size_t(index) * dtype_bytes(config_.dtype, 1);
   }
 
   KvCacheConfig config_;
-  int64_t pool_elems_ = 0;        // NKV * HD * BS: one layer's K (or V) of one block
-  size_t block_bytes_ = 0;        // one block over all layers, K and V
-  size_t mapped_bytes_ = 0;
-  void* base_ = nullptr;
-  std::atomic<int64_t> blocks_touched_{0};   // 1 + the highest block ever written
+  int64_t pool_elems_ = 0;            // NKV * HD * BS: one layer's K (or V) of one block
+  Pool pools_[2];                     // the second only with layer groups
+  std::vector<int32_t> layer_pool_;   // per layer: its group's pool
+  std::vector<int64_t> layer_index_;  // per layer: its place among its pool's layers
 };
 
 void check_dnnl(dnnl_status_t status, const char* what) {
@@ -309,7 +353,20 @@ class CpuBackend final : public Backend {
   DType default_kv_cache_dtype() const override { return DType::F16; }
   bool supports_kv_cache_dtype(DType dtype) const override { return dtype == DType::F32 || dtype == DType::F16; }
 
-  void begin_batch(const BatchLayout& layout) override { batch_ = &layout; }
+  bool supports_kv_layer_groups() const override { return true; }
+
+  void begin_batch(const BatchLayout& layout) override {
+    batch_ = &layout;
+    // The sliding group's layers see the same tokens through their own tables: one view for the whole pass.
+    if (!layout.window_block_tables.empty()) {
+      window_batch_.token_ids = layout.token_ids;
+      window_batch_.positions = layout.positions;
+      window_batch_.seq_of_token = layout.seq_of_token;
+      window_batch_.logit_rows = layout.logit_rows;
+      window_batch_.seq_lens = layout.seq_lens;
+      window_batch_.block_tables = layout.window_block_tables;
+    }
+  }
 
   void embedding(Tensor out, const LinearWeight& table, const DenseWeight* positions_table) override {
     const auto& lin = static_cast<const CpuLinear&>(table);
@@ -417,9 +474,15 @@ class CpuBackend final : public Backend {
                  head_dim == kv.config().head_dim,
              ErrorCode::kInternal, "attention: layer ", layer, " with ", num_kv_heads, " KV heads of ", head_dim,
              " does not match the KV cache");
-    kv.note_blocks(*batch_);
-    cpu::attention_paged_forward(f32(out), f32(qkv), kv.k(layer), kv.v(layer), kv.dtype(), *batch_,
-                                 kv.config().block_size, num_heads, num_kv_heads, head_dim, kv.block_stride(),
+    const int32_t group = kv.group(layer);
+    QS_CHECK(group == 0 || batch_->window_block_tables.size() == batch_->block_tables.size(), ErrorCode::kInternal,
+             "attention: layer ", layer, " keeps its KV in the sliding layers' pool but the batch has ",
+             batch_->window_block_tables.size(), " of their block tables for ", batch_->block_tables.size(),
+             " sequences");
+    const BatchLayout& batch = group == 0 ? *batch_ : window_batch_;
+    kv.note_blocks(batch, group);
+    cpu::attention_paged_forward(f32(out), f32(qkv), kv.k(layer), kv.v(layer), kv.dtype(), batch,
+                                 kv.config().block_size, num_heads, num_kv_heads, head_dim, kv.block_stride(layer),
                                  cpu::AttentionIsa::kAuto, window);
   }
   bool supports_op(BackendOp) const override { return true; }
@@ -582,6 +645,7 @@ class CpuBackend final : public Backend {
   bool avx512_;
   bool vnni_;
   const BatchLayout* batch_ = nullptr;
+  BatchLayout window_batch_;   // the pass as the sliding layers see it (their block tables), with layer groups
   std::vector<float> scratch_w_, scratch_scale_, scratch_x_;
   std::vector<uint8_t> scratch_q_;
   std::vector<int32_t> scratch_acc_;
