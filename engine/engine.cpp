@@ -418,7 +418,11 @@ Engine::Engine(std::unique_ptr<Model> model, std::unique_ptr<Tokenizer> tokenize
     impl_->window_blocks = std::make_unique<KvBlockManager>(kv.window_num_blocks, o.kv_block_size);
     auto mib = [](double bytes) {
       char text[32];
-      std::snprintf(text, sizeof text, "%.1f MiB", bytes / (1 << 20));
+      if (bytes >= (1 << 20)) {
+        std::snprintf(text, sizeof text, "%.1f MiB", bytes / (1 << 20));
+      } else {
+        std::snprintf(text, sizeof text, "%.1f KiB", bytes / 1024);
+      }
       return std::string(text);
     };
     const int64_t context_blocks = (o.max_context + o.kv_block_size - 1) / o.kv_block_size;
