@@ -324,6 +324,22 @@ TEST(WindowBlocks, ARingCoversSlidesAndGivesBack) {
   EXPECT_EQ(m.used(), 0);
 }
 
+TEST(WindowBlocks, TheTwoPoolsShareOneBudget) {
+  // Gemma 3 270M's shape in fp16, 16-token blocks: 18,432 bytes a token over all layers, 3,072 over the 3 global
+  // ones, 15,360 over the 15 sliding ones; a ring of 49 at 8,192 tokens.
+  const GroupedKvBlocks bytes = grouped_kv_cache_blocks(int64_t(1) << 30, 0, 18432, 3072, 15360, 16, 8192, 32, 49);
+  EXPECT_EQ(bytes.budget_bytes, int64_t(1) << 30);
+  EXPECT_EQ(bytes.global_blocks, (int64_t(1) << 30) / 49152);   // either pool can take the whole budget...
+  EXPECT_EQ(bytes.window_blocks, 32 * 49);                       // ...but no more than max_batch_size rings
+  // The default: the bytes one table would take for its tokens (65,536 of them here).
+  const GroupedKvBlocks by_default = grouped_kv_cache_blocks(0, 0, 18432, 3072, 15360, 16, 8192, 32, 49);
+  EXPECT_EQ(by_default.budget_bytes, int64_t(65536) * 18432);
+  EXPECT_EQ(by_default.global_blocks, int64_t(65536) * 18432 / 49152);
+  EXPECT_THROW(grouped_kv_cache_blocks(1 << 30, 4096, 18432, 3072, 15360, 16, 8192, 32, 49), Error);
+  EXPECT_THROW(grouped_kv_cache_blocks(37208063, 0, 18432, 3072, 15360, 16, 8192, 32, 49), Error);
+  EXPECT_EQ(grouped_kv_cache_blocks(37208064, 0, 18432, 3072, 15360, 16, 8192, 32, 49).budget_bytes, 37208064);
+}
+
 TEST(WindowBlocks, AWindowOutsideTheHeldBlocksFailsLoudly) {
   BatchLayout batch;
   batch.positions = {9};
