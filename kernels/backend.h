@@ -112,7 +112,7 @@ struct KvCacheConfig {
   // layer in one pool of num_blocks blocks; else num_layers entries, 0 for a layer of the pool of num_blocks
   // blocks (the global layers, BatchLayout::block_tables) and 1 for one of a pool of window_num_blocks blocks
   // (the sliding layers, BatchLayout::window_block_tables). A pool holds only its own group's layers.
-  std::vector<int32_t> layer_group;
+  std::vector<int32_t> layer_group{};
   int64_t window_num_blocks = 0;
   int64_t num_groups() const { return layer_group.empty() ? 1 : 2; }
   int64_t group_layers(int32_t group) const {
