@@ -162,10 +162,13 @@ nlohmann::json run_bench(const BenchDoorFactory& make_door, const BenchOptions& 
   }
   if (options.prompt_tokens < 1) throw std::runtime_error("bench: --prompt-tokens must be >= 1");
   if (options.max_new_tokens < 1) throw std::runtime_error("bench: --max-new-tokens must be >= 1");
-  const auto [prompt, prompt_tokens] = [&] {
+  // Not a structured binding: clang 14 (the sanitizer build's compiler) cannot capture one in the worker lambda.
+  const std::pair<std::string, int64_t> calibrated = [&] {
     auto door = make_door();
     return calibrate_prompt(*door, options.prompt_tokens);
   }();
+  const std::string& prompt = calibrated.first;
+  const int64_t prompt_tokens = calibrated.second;
 
   std::mutex mutex;
   std::vector<double> ttft, itl, latency;

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The sanitizer runs (what CI's "sanitizers" step runs), each in a build directory of its own:
-#   asan: ASan + UBSan over the unit and integration suites (the C++ ones), then a short run of every fuzz target,
+#   asan: ASan + UBSan over the unit and integration suites (C++, and the Python ones that drive the server and
+#         client: the OpenAI HTTP API with its hostile clients, constrained decoding, client bench), then a short
+#         run of every fuzz target,
 #         from one clang build directory (QUANTSERVE_SANITIZE=ON, build-sanitize) so the libraries compile once;
 #   tsan: ThreadSanitizer over the project's own threads: the server unit tests (the engine thread of
 #         server/scheduler.h driven by client, cancel, task and scrape threads; the Tokenize worker) in build-tsan
@@ -9,7 +11,6 @@
 # Fails on a failing test, any sanitizer report (UBSan aborts too, leaks fail) or a fuzz finding.
 #   scripts/sanitize.sh [asan|tsan|all] [fuzz-seconds]   default all; fuzz-seconds per target, default 20, 0 = none
 # SANITIZE_BUILD_DIR / TSAN_BUILD_DIR move the build directories; JOBS=n compile jobs (default: all cores).
-# The Python integration tests (HTTP API, soak, constrained decoding) are not run here: see README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-all}
@@ -31,7 +32,9 @@ run_asan() {
   cmake -S . -B "$build" -DQUANTSERVE_SANITIZE=ON -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 \
     -DCMAKE_BUILD_TYPE=Sanitize "${launcher[@]}" >/dev/null
   local tests fuzzers f
-  tests=(qs_kernels_tests qs_tokenizer_tests qs_loader_tests qs_engine_tests qs_server_tests qs_integration_tests)
+  # quantserve and its client too: the Python integration tests below drive them (the HTTP door, hostile clients).
+  tests=(qs_kernels_tests qs_tokenizer_tests qs_loader_tests qs_engine_tests qs_server_tests qs_integration_tests
+         quantserve quantserve-client)
   fuzzers=()
   for f in tests/fuzz/*_fuzzer.cpp; do fuzzers+=("$(basename "$f" .cpp)"); done
   cmake --build "$build" -j"${JOBS:-$(nproc)}" --target "${tests[@]}" "${fuzzers[@]}"
@@ -44,12 +47,14 @@ run_asan() {
   # Leaks in libraries not ours (LLVM's OpenMP runtime keeps its pool to exit): tests/sanitizers/lsan.supp.
   export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/tests/sanitizers/lsan.supp:print_suppressions=0}
   local tests_start=$SECONDS fuzz_start
-  # Left out: the Python tests; timed tests (a speed bound means nothing 2-3x slower under ASan); the attention sweep
+  # Left out: of the Python tests, the soak (its RSS bound means nothing with ASan's quarantine) and the two CLI
+  # checks of perplexity (the engine paths they take are in the unit suites); timed tests (a speed bound means
+  # nothing 2-3x slower under ASan); the attention sweep
   # over long contexts (108 cases of 80-110 s each under ASan at load 18); and of the fast attention's other
   # sweeps, the larger head shapes (NH9/NH8, head dim 128: 6 of each ISA's 9 shapes, ~1,600 s of the ~1,630 s
   # the first 114 tests took): each ISA and KV dtype still runs with MHA (NH4) and GQA with an odd block (NH6, BS12).
   ctest --test-dir "$build" -L 'unit|integration' -LE gpu \
-    -E '^(integration|sanitizers)\.|\.Speed|FastAttention\.MatchesReferenceAtContexts|FastAttention\..*_(NH9|NH8|NH4_NKV4_HD128)_' \
+    -E '^sanitizers\.|^integration\.(soak_short|group_size_cli|perplexity_method_cli)$|\.Speed|FastAttention\.MatchesReferenceAtContexts|FastAttention\..*_(NH9|NH8|NH4_NKV4_HD128)_' \
     --output-on-failure --timeout 900 -j"${CTEST_JOBS:-2}"
   echo "sanitize: tests clean in $((SECONDS - tests_start)) s"
 
