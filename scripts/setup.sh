@@ -31,8 +31,9 @@ APT_PACKAGES=(
   libpcre2-dev libutf8proc-dev libcurl4-openssl-dev
 )
 # The test suite's: GoogleTest, a real Prometheus for the live scrape test (tests/deploy), openssl for the TLS
-# tests' certificates, clang 14 and its sanitizer + libFuzzer runtimes for the fuzz targets (scripts/fuzz.sh).
-TEST_APT_PACKAGES=(libgtest-dev libgmock-dev prometheus openssl clang-14 libclang-rt-14-dev)
+# tests' certificates, clang 14 and its sanitizer + libFuzzer runtimes for the fuzz targets (scripts/fuzz.sh), and
+# LLVM's OpenMP (omp.h, libomp) for the clang sanitizer build (scripts/sanitize.sh asan): a clean root has none.
+TEST_APT_PACKAGES=(libgtest-dev libgmock-dev prometheus openssl clang-14 libclang-rt-14-dev libomp-14-dev)
 [ "$build_only" = 1 ] || APT_PACKAGES+=("${TEST_APT_PACKAGES[@]}")
 # --tools: perf (Debian linux-perf) for bench/http_vs_grpc.py --profile.
 [ "$want_tools" = 0 ] || APT_PACKAGES+=(linux-perf)
