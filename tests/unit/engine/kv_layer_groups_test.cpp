@@ -185,27 +185,38 @@ TEST(KvLayerGroups, ASequenceHoldsOnlyARingOfSlidingBlocks) {
   }
 }
 
-TEST(KvLayerGroups, ASmallBudgetRunsMoreSequencesAtOnce) {
-  // Requests of 19 + 40 tokens in a context of 64: one table of 32 blocks (256 bytes a token) holds two; with the
-  // groups (128 bytes a token each) a request takes 15 global blocks and a ring of 3 sliding ones, 512 bytes
-  // each: three fit in the same 32 KiB.
-  std::vector<std::vector<int32_t>> prompts;
-  for (size_t i = 0; i < 5; ++i) prompts.push_back(text_prompt(i * 19, 19));
+// Runs `prompts` (max_new_tokens each) in a 32 KiB cache of 64-token contexts, 4-token chunks, with the groups and
+// with one table: the most requests running at once and the tokens, [0] one table, [1] groups.
+struct BudgetRun {
   int64_t most_running[2] = {0, 0};
   std::vector<std::vector<int32_t>> got[2];
+};
+BudgetRun run_in_32_kib(const std::vector<std::vector<int32_t>>& prompts, int32_t max_new_tokens) {
+  BudgetRun r;
   for (bool groups : {true, false}) {
     EngineOptions o = options(groups);
     o.max_context = 64;
     o.prefill_chunk = 4;
     o.kv_cache_bytes = 32768;
     LoadedEngine le = load(o);
-    got[groups] = run_all(*le.engine, prompts, 40,
-                          [&](Engine& e) { most_running[groups] = std::max(most_running[groups], e.stats().running); });
+    r.got[groups] = run_all(*le.engine, prompts, max_new_tokens, [&](Engine& e) {
+      r.most_running[groups] = std::max(r.most_running[groups], e.stats().running);
+    });
     EXPECT_EQ(le.engine->options().kv_cache_bytes, 32768);
   }
-  EXPECT_EQ(most_running[0], 2);
-  EXPECT_EQ(most_running[1], 3);
-  EXPECT_EQ(got[1], got[0]);
+  return r;
+}
+
+TEST(KvLayerGroups, ASmallBudgetRunsMoreSequencesAtOnce) {
+  // Requests of 19 + 40 tokens in a context of 64: one table of 32 blocks (256 bytes a token) holds two; with the
+  // groups (128 bytes a token each) a request takes 15 global blocks and a ring of 3 sliding ones, 512 bytes
+  // each: three fit in the same 32 KiB.
+  std::vector<std::vector<int32_t>> prompts;
+  for (size_t i = 0; i < 5; ++i) prompts.push_back(text_prompt(i * 19, 19));
+  const BudgetRun r = run_in_32_kib(prompts, 40);
+  EXPECT_EQ(r.most_running[0], 2);
+  EXPECT_EQ(r.most_running[1], 3);
+  EXPECT_EQ(r.got[1], r.got[0]);
 }
 
 TEST(KvLayerGroups, ShortRequestsFitAsManyAsWithOneTable) {
@@ -214,20 +225,10 @@ TEST(KvLayerGroups, ShortRequestsFitAsManyAsWithOneTable) {
   // the budget, so the sliding one does not run out first.
   std::vector<std::vector<int32_t>> prompts;
   for (size_t i = 0; i < 20; ++i) prompts.push_back(text_prompt(i * 5, 5));
-  int64_t most_running[2] = {0, 0};
-  std::vector<std::vector<int32_t>> got[2];
-  for (bool groups : {true, false}) {
-    EngineOptions o = options(groups);
-    o.max_context = 64;
-    o.prefill_chunk = 4;
-    o.kv_cache_bytes = 32768;
-    LoadedEngine le = load(o);
-    got[groups] = run_all(*le.engine, prompts, 3,
-                          [&](Engine& e) { most_running[groups] = std::max(most_running[groups], e.stats().running); });
-  }
-  EXPECT_EQ(most_running[0], 16);
-  EXPECT_EQ(most_running[1], 16);
-  EXPECT_EQ(got[1], got[0]);
+  const BudgetRun r = run_in_32_kib(prompts, 3);
+  EXPECT_EQ(r.most_running[0], 16);
+  EXPECT_EQ(r.most_running[1], 16);
+  EXPECT_EQ(r.got[1], r.got[0]);
 }
 
 TEST(KvLayerGroups, ABudgetBelowOneSequenceIsRefusedWithTheNumbers) {
