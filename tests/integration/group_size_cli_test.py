@@ -5,23 +5,12 @@ JSON); a single load it cannot apply to (generate --precision int8, --group-size
 and a non-zero exit, by flag and by QUANTSERVE_GROUP_SIZE alike."""
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
+
+from cli_run import run  # noqa: E402 (tests/integration, this script's directory)
 
 FIXTURE = "tests/fixtures/models/llama_untied"
 TEXT = "/usr/share/common-licenses/GPL-3"
-
-
-def run(binary, args, env=None, ok=True):
-    p = subprocess.run([binary] + args, capture_output=True, text=True, env={**os.environ, **(env or {})},
-                       timeout=240)
-    if ok and p.returncode != 0:
-        sys.exit(f"FAIL: {' '.join(args)} exited {p.returncode}: {p.stderr[-2000:]}")
-    if not ok and p.returncode == 0:
-        sys.exit(f"FAIL: {' '.join(args)} was accepted")
-    return p
 
 
 def main():

@@ -7,21 +7,12 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
+
+from cli_run import run  # noqa: E402 (tests/integration, this script's directory)
 
 FIXTURE = "tests/fixtures/models/llama_untied"
 TEXT = "/usr/share/common-licenses/GPL-3"
-
-
-def run(binary, args, ok=True):
-    p = subprocess.run([binary] + args, capture_output=True, text=True, timeout=120)
-    if ok and p.returncode != 0:
-        sys.exit(f"FAIL: {' '.join(args)} exited {p.returncode}: {p.stderr[-2000:]}")
-    if not ok and p.returncode == 0:
-        sys.exit(f"FAIL: {' '.join(args)} was accepted")
-    return p
 
 
 def main():
