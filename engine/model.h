@@ -49,8 +49,8 @@ struct LoadOptions {
   // anything else, another precision, or a backend without group kernels is refused at load.
   int64_t group_size = 0;
   // int8-smooth (SmoothQuant): Model::load first loads the model in fp32 and runs it over a calibration text,
-  // recording the per-input-channel absmax of the activations entering each linear that follows a norm (and a
-  // sample of those activations); the smoothing factors s = absmax(X)^alpha / absmax(W)^(1-alpha) are then
+  // recording the per-input-channel absmax of the activations entering each linear that follows a norm (and
+  // o_proj / down_proj, for the folds below; and a sample of those activations); the smoothing factors s = absmax(X)^alpha / absmax(W)^(1-alpha) are then
   // divided out of that norm's weight (and bias) and multiplied into the linear's weight columns before W8A8
   // quantization. alpha is fixed (0.5) or searched per linear (engine/smoothing.h): measured on the default
   // model, the search (which picks 0.6-0.9) scores worse than 0.5 (bench/results/int8_smooth_search.json).
@@ -60,6 +60,18 @@ struct LoadOptions {
   int64_t calibration_tokens = 512;         // the first N tokens of the calibration text
   float smoothing_alpha = 0.5f;             // in [0, 1]: fixed; negative: searched per linear.
                                             // $QUANTSERVE_SMOOTHING_ALPHA (a number or 'search') overrides
+  // int8-smooth beyond the norms: o_proj's input is smoothed with the factors folded into v_proj's output rows
+  // (one factor per KV channel, shared by the query heads of a group, so the fold is exact under GQA) and
+  // down_proj's input with them folded into up_proj's output rows (act(gate) * up is linear in up). The
+  // architectures where a fold is not exact (a GELU MLP's second linear) leave that linear unsmoothed.
+  // These linears take `fold_alpha` (the search does not cover them: o_proj's factors are tied per group).
+  // Default: down_proj's fold at alpha 0.6, o_proj's off. On the default model (mean Δ perplexity vs fp32 over
+  // three texts, bench/results/int8_smooth_folds.json): norms alone +1.171%; + down_proj at 0.6 +0.335%, better
+  // on every text (0.5: +0.985%, 0.7: +0.588%); + o_proj alone +1.243% at 0.5 (0.4: +1.222%, 0.6: +1.472%);
+  // both at 0.5 +0.759%. $QUANTSERVE_SMOOTH_FOLDS (none, o, down, both) and $QUANTSERVE_FOLD_ALPHA override.
+  bool smooth_o_proj = false;
+  bool smooth_down_proj = true;
+  float fold_alpha = 0.6f;
   // Set by Model::load for the second (quantized) load: per linear name, its input's per-channel absmax, and
   // up to kSmoothingSampleTokens of its input rows (row-major, K floats each) for the alpha search.
   const std::map<std::string, std::vector<float>>* activation_absmax = nullptr;

@@ -128,6 +128,18 @@ std::unique_ptr<Model> Model::load(const ModelFile& file, Backend& backend, cons
       QS_CHECK(smoothed.smoothing_alpha >= 0 && smoothed.smoothing_alpha <= 1, ErrorCode::kInvalidArgument,
                "QUANTSERVE_SMOOTHING_ALPHA must be in [0, 1] or 'search', got '", env, "'");
     }
+    if (const char* env = std::getenv("QUANTSERVE_SMOOTH_FOLDS"); env && *env) {
+      const std::string folds = env;
+      QS_CHECK(folds == "none" || folds == "o" || folds == "down" || folds == "both", ErrorCode::kInvalidArgument,
+               "QUANTSERVE_SMOOTH_FOLDS must be none, o, down or both, got '", folds, "'");
+      smoothed.smooth_o_proj = folds == "o" || folds == "both";
+      smoothed.smooth_down_proj = folds == "down" || folds == "both";
+    }
+    if (const char* env = std::getenv("QUANTSERVE_FOLD_ALPHA"); env && *env) {
+      smoothed.fold_alpha = std::strtof(env, nullptr);
+      QS_CHECK(smoothed.fold_alpha >= 0 && smoothed.fold_alpha <= 1, ErrorCode::kInvalidArgument,
+               "QUANTSERVE_FOLD_ALPHA must be in [0, 1], got '", env, "'");
+    }
     const bool search = smoothed.smoothing_alpha < 0;
     std::map<std::string, std::vector<float>> absmax, samples;
     {
@@ -270,7 +282,7 @@ DenseWeight TransformerModel::upload_dense(const std::string& name, const std::s
 }
 
 std::vector<float> TransformerModel::smooth(const std::string& name, HostLinear& host) {
-  if (options_.precision != Precision::kInt8Smooth || options_.activation_absmax == nullptr) return {};
+  if (options_.activation_absmax == nullptr) return {};
   const auto it = options_.activation_absmax->find(name);
   QS_CHECK(it != options_.activation_absmax->end(), ErrorCode::kInternal, "int8-smooth: no calibration data for ",
            name);
@@ -300,6 +312,56 @@ std::vector<float> TransformerModel::smooth(const std::string& name, HostLinear&
     for (int64_t k = 0; k < K; ++k) host.weight[size_t(n * K + k)] *= s[size_t(k)];
   }
   return s;
+}
+
+bool TransformerModel::smooth_through(const std::string& name, HostLinear& host, HostLinear& prev, int64_t first_row,
+                                      int64_t group, int64_t head_dim) {
+  if (options_.activation_absmax == nullptr) return false;
+  const auto it = options_.activation_absmax->find(name);
+  QS_CHECK(it != options_.activation_absmax->end(), ErrorCode::kInternal, "int8-smooth: no calibration data for ",
+           name);
+  const int64_t N = host.rows, K = host.cols, P = K / group;   // P: the rows of prev that feed host
+  const std::vector<float>& x_max = it->second;
+  QS_CHECK(int64_t(x_max.size()) == K && K % (group * head_dim) == 0 && first_row + P <= prev.rows &&
+               prev.blocks.empty(),
+           ErrorCode::kInternal, name, ": cannot fold ", K, " input channels into ", P, " rows of ", prev.rows);
+  const auto row_of = [&](int64_t k) { return (k / (group * head_dim)) * head_dim + k % head_dim; };
+  // The channels sharing a row of prev must share its factor: their max absmax stands for all of them.
+  const std::vector<float> w_col = weight_column_absmax(host.weight.data(), N, K);
+  std::vector<float> x_row(size_t(P), 0.0f), w_row(size_t(P), 0.0f);
+  for (int64_t k = 0; k < K; ++k) {
+    const size_t r = size_t(row_of(k));
+    x_row[r] = std::max(x_row[r], x_max[size_t(k)]);
+    w_row[r] = std::max(w_row[r], w_col[size_t(k)]);
+  }
+  const std::vector<float> s = smoothing_factors(x_row, w_row, options_.fold_alpha);
+  smoothing_alphas_[name] = options_.fold_alpha;
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t k = 0; k < K; ++k) host.weight[size_t(n * K + k)] *= s[size_t(row_of(k))];
+  }
+  const int64_t PK = prev.cols;
+  for (int64_t r = 0; r < P; ++r) {
+    const float inv = 1.0f / s[size_t(r)];
+    float* row = prev.weight.data() + (first_row + r) * PK;
+    for (int64_t k = 0; k < PK; ++k) row[k] *= inv;
+    if (!prev.bias.empty()) prev.bias[size_t(first_row + r)] *= inv;
+  }
+  return true;
+}
+
+void TransformerModel::smooth_o_proj(const std::string& name, HostLinear& o_proj, HostLinear& qkv,
+                                     int64_t v_first_row) {
+  // Attention output = softmax weights x V per query head: a factor on a V channel comes out on the same channel
+  // of every query head that reads that KV head, and nothing else (RoPE and QK-norm touch q and k only).
+  if (!options_.smooth_o_proj) return;
+  smooth_through(name, o_proj, qkv, v_first_row, config_.num_heads / config_.num_kv_heads, config_.head_dim);
+}
+
+void TransformerModel::smooth_down_proj(const std::string& name, HostLinear& down, HostLinear& gate_up,
+                                        int64_t up_first_row) {
+  // act(gate) * (up / s) = (act(gate) * up) / s channel by channel: exact for any activation on the gate.
+  if (!options_.smooth_down_proj) return;
+  smooth_through(name, down, gate_up, up_first_row, 1, down.cols);
 }
 
 std::map<std::string, std::vector<float>> TransformerModel::calibrate(const std::vector<int32_t>& ids,
@@ -461,6 +523,7 @@ void TransformerModel::self_attention(Tensor out, Tensor in, KvCache& cache, int
   } else {
     b.attention(att_, qkv_, cache, layer, NH, NKV, HD);
   }
+  if (calibration_) observe_input(att_, proj);
   b.linear(out, att_, proj, Activation::kNone);
 }
 
@@ -476,6 +539,7 @@ void TransformerModel::swiglu_mlp(Tensor out, Tensor in, const LinearWeight& gat
   if (calibration_) observe_input(in, gate_up);
   b.linear(mlp_, in, gate_up, Activation::kNone);
   b.silu_mul(act_, mlp_);
+  if (calibration_) observe_input(act_, down);
   b.linear(out, act_, down, Activation::kNone);
 }
 
@@ -486,6 +550,7 @@ void TransformerModel::gated_mlp(Tensor out, Tensor in, const LinearWeight& gate
   if (calibration_) observe_input(in, gate_up);
   b.linear(mlp_, in, gate_up, Activation::kNone);
   b.gated_activation(act_, mlp_, act);
+  if (calibration_) observe_input(act_, down);
   b.linear(out, act_, down, Activation::kNone);
 }
 

@@ -47,7 +47,8 @@ class TransformerModel : public Model {
   void forward(const BatchLayout& batch, KvCache& cache, std::vector<float>& logits) override;
 
   // int8-smooth calibration (on an fp32 model): runs `ids` through the model in windows of at most the model's
-  // context and returns, per linear that follows a norm (by name), the per-input-channel absmax of its input;
+  // context and returns, per linear that follows a norm and per o_proj / down_proj (by name), the
+  // per-input-channel absmax of its input (of the unsmoothed model: smoothing happens in the later load);
   // `samples` (if given) gets, per such linear, up to kSmoothingSampleTokens of its input rows, evenly spaced.
   std::map<std::string, std::vector<float>> calibrate(const std::vector<int32_t>& ids,
                                                       std::map<std::string, std::vector<float>>* samples = nullptr);
@@ -71,8 +72,21 @@ class TransformerModel : public Model {
                          const std::vector<float>& divide_by = {});
   // int8-smooth: for the linear `name` that follows a norm, computes the smoothing factors from the calibrated
   // activation absmax and host's column absmax, multiplies them into host's columns and returns them (for the
-  // norm's make_dense). Other precisions, or no calibration data: returns empty and leaves host alone.
+  // norm's make_dense). No calibration data: returns empty and leaves host alone. Model::load sets it for
+  // int8-smooth only; a test may set it with another precision (fp32: the smoothed weights in fp32 math).
   std::vector<float> smooth(const std::string& name, HostLinear& host);
+  // int8-smooth through a linear instead of a norm: `name`'s input channel k is, up to a per-channel scale,
+  // the output row first_row + (k / (group * head_dim)) * head_dim + k % head_dim of `prev` (attention: v_proj's
+  // rows, group = query heads per KV head; a gated MLP: up_proj's rows, group 1 and head_dim = K). One factor per
+  // such row, from the max of the calibrated absmax over the channels sharing it, multiplies host's columns and
+  // divides prev's row (and bias). `prev` may be smoothed already (its columns): the row scaling composes.
+  // Returns whether it smoothed (the precision, the calibration data and the options allow it).
+  bool smooth_through(const std::string& name, HostLinear& host, HostLinear& prev, int64_t first_row,
+                      int64_t group, int64_t head_dim);
+  // The two folds the options enable: o_proj through v_proj (rows from v_first_row of the stacked qkv), and
+  // down_proj through up_proj (rows from up_first_row of gate_up).
+  void smooth_o_proj(const std::string& name, HostLinear& o_proj, HostLinear& qkv, int64_t v_first_row);
+  void smooth_down_proj(const std::string& name, HostLinear& down, HostLinear& gate_up, int64_t up_first_row);
   // The precision of blocks' linears and of the embedding / LM head under the load options.
   Precision block_precision() const { return options_.precision; }
   // `table`: the stored tensor's name (int4-weight-only keeps a table stored in GGUF blocks in them).
@@ -99,7 +113,8 @@ class TransformerModel : public Model {
   void swiglu_mlp(Tensor out, Tensor in, const LinearWeight& gate_up, const LinearWeight& down);
   // down(act(gate) * up) for a gate_up linear (2F, C): kSilu is SwiGLU, kGeluTanh GeGLU.
   void gated_mlp(Tensor out, Tensor in, const LinearWeight& gate_up, const LinearWeight& down, Activation act);
-  // During calibrate(): folds `in`'s per-column absmax into the statistics of `weight` (a linear after a norm).
+  // During calibrate(): folds `in`'s per-column absmax into the statistics of `weight` (a linear after a norm,
+  // or o_proj / down_proj for the folds through v_proj / up_proj).
   void observe_input(Tensor in, const LinearWeight& weight);
 
   const ModelFile& file_;

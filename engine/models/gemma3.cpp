@@ -44,21 +44,24 @@ class Gemma3Model final : public TransformerModel {
                                     read_linear(a + "v_proj.weight", "", kv_rows, C)});
       HostLinear gate_up = concat_rows({read_linear(m + "gate_proj.weight", "", F, C),
                                         read_linear(m + "up_proj.weight", "", F, C)});
+      HostLinear o_proj = read_linear(a + "o_proj.weight", "", C, q_rows);
+      HostLinear down = read_linear(m + "down_proj.weight", "", C, F);
       layer.input_norm = make_dense_plus_one(p + "input_layernorm.weight", "norm", C, smooth(a + "qkv_proj", qkv));
       layer.post_attention_norm = make_dense_plus_one(p + "post_attention_layernorm.weight", "norm", C);
       layer.pre_feedforward_norm = make_dense_plus_one(p + "pre_feedforward_layernorm.weight", "norm", C,
                                                        smooth(m + "gate_up_proj", gate_up));
       layer.post_feedforward_norm = make_dense_plus_one(p + "post_feedforward_layernorm.weight", "norm", C);
+      // After the norms' folds; exact here too (QK-norm is on q and k only, GeGLU is gelu(gate) * up).
+      smooth_o_proj(a + "o_proj.weight", o_proj, qkv, q_rows + kv_rows);
+      smooth_down_proj(m + "down_proj.weight", down, gate_up, F);
       const std::vector<float> q_divide = q_correction == 1.0f ? std::vector<float>{}
                                                                : std::vector<float>(size_t(HD), 1.0f / q_correction);
       layer.q_norm = make_dense_plus_one(a + "q_norm.weight", "norm", HD, q_divide);
       layer.k_norm = make_dense_plus_one(a + "k_norm.weight", "norm", HD);
       layer.qkv = make_linear(a + "qkv_proj", "attention", qkv, block_precision());
-      layer.o_proj = make_linear(a + "o_proj.weight", "attention", read_linear(a + "o_proj.weight", "", C, q_rows),
-                                 block_precision());
+      layer.o_proj = make_linear(a + "o_proj.weight", "attention", o_proj, block_precision());
       layer.gate_up = make_linear(m + "gate_up_proj", "mlp", gate_up, block_precision());
-      layer.down = make_linear(m + "down_proj.weight", "mlp", read_linear(m + "down_proj.weight", "", C, F),
-                               block_precision());
+      layer.down = make_linear(m + "down_proj.weight", "mlp", down, block_precision());
       layers_.push_back(std::move(layer));
     }
     norm_ = make_dense_plus_one("model.norm.weight", "norm", C);

@@ -31,12 +31,14 @@ class Gpt2Model final : public TransformerModel {
       HostLinear c_fc = read_conv1d(p + "mlp.c_fc.weight", p + "mlp.c_fc.bias", C, F);
       const std::vector<float> s1 = smooth(p + "attn.c_attn.weight", c_attn);
       const std::vector<float> s2 = smooth(p + "mlp.c_fc.weight", c_fc);
+      // c_proj's input is the attention over c_attn's v block (rows 2C..3C, one KV head per head): foldable.
+      // mlp.c_proj's input is gelu(c_fc(x)), and gelu(x / s) is not gelu(x) / s: it stays unsmoothed.
+      HostLinear c_proj = read_conv1d(p + "attn.c_proj.weight", p + "attn.c_proj.bias", C, C);
+      smooth_o_proj(p + "attn.c_proj.weight", c_proj, c_attn, 2 * C);
       layer.ln_1_w = make_dense(p + "ln_1.weight", "norm", C, 1, s1);
       layer.ln_1_b = make_dense(p + "ln_1.bias", "norm", C, 1, s1);
       layer.c_attn = make_linear(p + "attn.c_attn.weight", "attention", c_attn, block_precision());
-      layer.c_proj = make_linear(p + "attn.c_proj.weight", "attention",
-                                 read_conv1d(p + "attn.c_proj.weight", p + "attn.c_proj.bias", C, C),
-                                 block_precision());
+      layer.c_proj = make_linear(p + "attn.c_proj.weight", "attention", c_proj, block_precision());
       layer.ln_2_w = make_dense(p + "ln_2.weight", "norm", C, 1, s2);
       layer.ln_2_b = make_dense(p + "ln_2.bias", "norm", C, 1, s2);
       layer.c_fc = make_linear(p + "mlp.c_fc.weight", "mlp", c_fc, block_precision());

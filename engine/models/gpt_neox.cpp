@@ -47,14 +47,17 @@ class NeoXModel final : public TransformerModel {
       HostLinear fc_in = read_linear(p + "mlp.dense_h_to_4h.weight", p + "mlp.dense_h_to_4h.bias", F, C);
       const std::vector<float> s1 = smooth(p + "attention.query_key_value.weight", qkv);
       const std::vector<float> s2 = smooth(p + "mlp.dense_h_to_4h.weight", fc_in);
+      // attention.dense's input is the attention over the reordered qkv's v block (rows 2C..3C): foldable, the
+      // parallel residual or not (it only moves where ln_2 reads). dense_4h_to_h's input is gelu(dense_h_to_4h),
+      // which does not commute with a per-channel scale: it stays unsmoothed.
+      HostLinear dense = read_linear(p + "attention.dense.weight", p + "attention.dense.bias", C, C);
+      smooth_o_proj(p + "attention.dense.weight", dense, qkv, 2 * C);
       layer.ln_1_w = make_dense(p + "input_layernorm.weight", "norm", C, 1, s1);
       layer.ln_1_b = make_dense(p + "input_layernorm.bias", "norm", C, 1, s1);
       layer.ln_2_w = make_dense(p + "post_attention_layernorm.weight", "norm", C, 1, s2);
       layer.ln_2_b = make_dense(p + "post_attention_layernorm.bias", "norm", C, 1, s2);
       layer.qkv = make_linear(p + "attention.query_key_value.weight", "attention", qkv, block_precision());
-      layer.dense = make_linear(p + "attention.dense.weight", "attention",
-                                read_linear(p + "attention.dense.weight", p + "attention.dense.bias", C, C),
-                                block_precision());
+      layer.dense = make_linear(p + "attention.dense.weight", "attention", dense, block_precision());
       layer.fc_in = make_linear(p + "mlp.dense_h_to_4h.weight", "mlp", fc_in, block_precision());
       layer.fc_out = make_linear(p + "mlp.dense_4h_to_h.weight", "mlp",
                                  read_linear(p + "mlp.dense_4h_to_h.weight", p + "mlp.dense_4h_to_h.bias", C, F),

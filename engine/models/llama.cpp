@@ -37,21 +37,22 @@ class LlamaModel final : public TransformerModel {
                                     read_linear(a + "v_proj.weight", bias(a + "v_proj.bias", ab), kv_rows, C)});
       HostLinear gate_up = concat_rows({read_linear(m + "gate_proj.weight", bias(m + "gate_proj.bias", mb), F, C),
                                         read_linear(m + "up_proj.weight", bias(m + "up_proj.bias", mb), F, C)});
+      HostLinear o_proj = read_linear(a + "o_proj.weight", bias(a + "o_proj.bias", ob), C, q_rows);
+      HostLinear down = read_linear(m + "down_proj.weight", bias(m + "down_proj.bias", mb), C, F);
       layer.input_norm = make_dense(p + "input_layernorm.weight", "norm", C, 1, smooth(a + "qkv_proj", qkv));
       layer.post_attention_norm = make_dense(p + "post_attention_layernorm.weight", "norm", C, 1,
                                              smooth(m + "gate_up_proj", gate_up));
+      // After the norms' folds (which scale qkv's and gate_up's columns): these scale v's and up's rows.
+      smooth_o_proj(a + "o_proj.weight", o_proj, qkv, q_rows + kv_rows);
+      smooth_down_proj(m + "down_proj.weight", down, gate_up, F);
       if (variant.qk_norm) {
         layer.q_norm = make_dense(a + "q_norm.weight", "norm", HD, 1);
         layer.k_norm = make_dense(a + "k_norm.weight", "norm", HD, 1);
       }
       layer.qkv = make_linear(a + "qkv_proj", "attention", qkv, block_precision());
-      layer.o_proj = make_linear(a + "o_proj.weight", "attention",
-                                 read_linear(a + "o_proj.weight", bias(a + "o_proj.bias", ob), C, q_rows),
-                                 block_precision());
+      layer.o_proj = make_linear(a + "o_proj.weight", "attention", o_proj, block_precision());
       layer.gate_up = make_linear(m + "gate_up_proj", "mlp", gate_up, block_precision());
-      layer.down = make_linear(m + "down_proj.weight", "mlp",
-                               read_linear(m + "down_proj.weight", bias(m + "down_proj.bias", mb), C, F),
-                               block_precision());
+      layer.down = make_linear(m + "down_proj.weight", "mlp", down, block_precision());
       layers_.push_back(std::move(layer));
     }
     norm_ = make_dense("model.norm.weight", "norm", C, 1);

@@ -1,4 +1,5 @@
-// SmoothQuant's alpha search (engine/smoothing.h) on synthetic activations, and int8-smooth's load with it.
+// SmoothQuant's alpha search (engine/smoothing.h) on synthetic activations, int8-smooth's load with it, and the
+// exactness of its folds (norms, v_proj -> o_proj, up_proj -> down_proj) in fp32 on every fixture architecture.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include "engine/model.h"
 #include "engine/model_file.h"
 #include "engine/smoothing.h"
+#include "engine/transformer.h"
 #include "kernels/backend.h"
 
 namespace qs {
@@ -93,16 +95,88 @@ TEST(Smoothing, Int8SmoothLoadsWithSearchedOrFixedAlpha) {
   {
     auto model = Model::load(*file, *backend, o);
     const auto& alphas = model->report().smoothing_alpha;
-    // QKV and gate_up of every layer.
-    EXPECT_EQ(int64_t(alphas.size()), 2 * model->config().num_layers);
+    // QKV and gate_up of every layer, plus o_proj and down_proj where their folds are on (fixed alpha).
+    const int64_t per_layer = 2 + (o.smooth_o_proj ? 1 : 0) + (o.smooth_down_proj ? 1 : 0);
+    EXPECT_EQ(int64_t(alphas.size()), per_layer * model->config().num_layers);
     for (const auto& [name, a] : alphas) {
-      EXPECT_TRUE(a == -1.0 || std::find(grid.begin(), grid.end(), a) != grid.end()) << name << " " << a;
+      const bool folded = name.find("o_proj") != std::string::npos || name.find("down_proj") != std::string::npos;
+      if (folded) {
+        EXPECT_DOUBLE_EQ(a, double(o.fold_alpha)) << name;
+      } else {
+        EXPECT_TRUE(a == -1.0 || std::find(grid.begin(), grid.end(), a) != grid.end()) << name << " " << a;
+      }
     }
   }
   o.smoothing_alpha = 0.5f;
   auto model = Model::load(*file, *backend, o);
-  for (const auto& [name, a] : model->report().smoothing_alpha) EXPECT_DOUBLE_EQ(a, 0.5) << name;
+  for (const auto& [name, a] : model->report().smoothing_alpha) {
+    const bool folded = name.find("o_proj") != std::string::npos || name.find("down_proj") != std::string::npos;
+    EXPECT_DOUBLE_EQ(a, folded ? double(o.fold_alpha) : 0.5) << name;
+  }
 }
+
+// All logits of one sequence of `ids` through `model` (one prefill pass).
+std::vector<float> logits_of(Model& model, const std::vector<int32_t>& ids) {
+  const ModelConfig& c = model.config();
+  const int64_t bs = 16, blocks = (int64_t(ids.size()) + bs - 1) / bs;
+  auto cache = model.backend().make_kv_cache(KvCacheConfig{c.num_layers, blocks, bs, c.num_kv_heads, c.head_dim});
+  BatchLayout batch;
+  for (size_t p = 0; p < ids.size(); ++p) {
+    batch.token_ids.push_back(ids[p]);
+    batch.positions.push_back(int32_t(p));
+    batch.seq_of_token.push_back(0);
+    batch.logit_rows.push_back(int32_t(p));
+  }
+  batch.block_tables.emplace_back();
+  for (int32_t b = 0; b < int32_t(blocks); ++b) batch.block_tables[0].push_back(b);
+  batch.seq_lens.push_back(int32_t(ids.size()));
+  std::vector<float> logits;
+  model.forward(batch, *cache, logits);
+  return logits;
+}
+
+class SmoothingFolds : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(SmoothingFolds, AreExactInFp32) {
+  // The smoothed weights (every fold on, alpha 0.8 for a strong rescaling) in fp32 math must give the
+  // unsmoothed model's logits: each factor divided out of a norm or a v / up row comes back in the next linear.
+  const auto file = ModelFile::open(std::string(QS_SOURCE_DIR) + "/tests/fixtures/models/" + GetParam());
+  auto backend = make_cpu_backend(1);
+  LoadOptions o;
+  o.compute_error = false;
+  auto plain = Model::load(*file, *backend, o);
+  const int64_t V = plain->config().vocab_size;
+  std::vector<int32_t> calib, ids;
+  for (int64_t i = 0; i < 40; ++i) calib.push_back(int32_t((i * 7 + 3) % V));
+  for (int64_t i = 0; i < 12; ++i) ids.push_back(int32_t((i * 11 + 5) % V));
+  const auto absmax = static_cast<TransformerModel&>(*plain).calibrate(calib);
+  const std::vector<float> expected = logits_of(*plain, ids);
+  LoadOptions s = o;
+  s.activation_absmax = &absmax;
+  s.smoothing_alpha = 0.8f;
+  s.fold_alpha = 0.8f;
+  s.smooth_o_proj = s.smooth_down_proj = true;
+  auto smoothed = Model::load(*file, *backend, s);
+  // The folds did happen: o_proj (or its GPT-2 / NeoX name) has a recorded alpha.
+  bool folded = false;
+  for (const auto& [name, a] : smoothed->report().smoothing_alpha) {
+    folded = folded || name.find("o_proj") != std::string::npos || name.find("c_proj") != std::string::npos ||
+             name.find("attention.dense") != std::string::npos;
+  }
+  EXPECT_TRUE(folded) << GetParam();
+  const std::vector<float> got = logits_of(*smoothed, ids);
+  ASSERT_EQ(got.size(), expected.size());
+  double max_diff = 0, max_abs = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    max_diff = std::max(max_diff, double(std::fabs(got[i] - expected[i])));
+    max_abs = std::max(max_abs, double(std::fabs(expected[i])));
+  }
+  EXPECT_LE(max_diff, 1e-5 * max_abs) << GetParam() << ": max |diff| " << max_diff << " of max |logit| " << max_abs;
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, SmoothingFolds,
+                         ::testing::Values("llama", "llama_untied", "qwen2", "qwen3", "mistral", "gemma3", "gpt2",
+                                           "gpt_neox", "gpt_neox_seq"));
 
 }  // namespace
 }  // namespace qs
