@@ -259,7 +259,8 @@ def render(results):
     w("- **Weight bytes**: everything resident for the weights (`quantserve inspect`); in the int8 modes the "
       "embedding / tied LM head stays fp16 (DESIGN.md), which is 56.6 MB of the default model's int8 total.")
     w("- **int8-smooth** calibrates on the first 512 tokens of `/usr/share/common-licenses/Apache-2.0` (not the "
-      "scored text), α = 0.5, smoothing the linears that follow a norm (QKV, MLP-in / gate_up).\n")
+      "scored text), α = 0.5, smoothing the linears that follow a norm (QKV, MLP-in / gate_up) and, through "
+      "up_proj's rows at α = 0.6, down_proj (since issue 13 item 2; the tables were measured before it).\n")
     for r in results:
         t = r["text"]
         w(f"## {label(r)}\n")
@@ -419,9 +420,11 @@ ISSUE13_WHY = {
                                   "the perplexity by a few tenths of a percent either way from text to text "
                                   "(the table above): on a 135M model the target sits inside the scatter of "
                                   "any 8-bit rounding, Q8_0's own included.",
-    "int8-smooth": "Only the linears after a norm are smoothed (QKV, gate/up); the inputs of o_proj and down_proj, "
-                   "where SwiGLU's outliers are, stay plain W8A8 (folding into v_proj / up_proj, issue 13 item 2, "
-                   "is not built), and the per-linear α search scored worse than a fixed 0.5 (the table above).",
+    "int8-smooth": "Measured with the linears after a norm smoothed only (QKV, gate/up), and the per-linear α "
+                   "search scored worse than a fixed 0.5 (the table above). Smoothing down_proj too at α 0.6, "
+                   "folded into up_proj's rows (issue 13 item 2, now the default), takes the sliding-window mean "
+                   "from +1.171% to +0.335%, worst +0.776% (`bench/results/int8_smooth_folds.json`); not "
+                   "re-measured by llama.cpp's method.",
     "int8": "One activation scale per token leaves SmolLM2's few large residual channels most of the int8 range; "
             "llama.cpp's Q8_0 quantizes its activations too, but in blocks of 32 (one scale per 32 channels), "
             "which confines an outlier to its block.",
@@ -546,6 +549,16 @@ def render_issue13(w):
             w(f"| {label} | " + " | ".join(pct(per[t], 3) for t in texts) +
               f" | **{pct(sum(per.values()) / len(per), 3)}** | `{src}` |")
         w("")
+        folds = load_json("int8_smooth_folds.json")
+        if folds:
+            # One line, not rows: the table's int8-smooth rows predate the folds (issue 13 item 2).
+            def fold(name):
+                v = folds["variants"][name]
+                return (" / ".join(pct(v["texts"][t]["change_vs_fp32"], 3) for t in texts) +
+                        f", mean **{pct(v['mean_change_vs_fp32'], 3)}**")
+            w("`bench/results/int8_smooth_folds.json` (issue 13 item 2, the same windows; Δ " + " / ".join(texts) +
+              f"): int8-smooth with down_proj's fold at α 0.6 (the default since) {fold('down a0.6')}; o_proj's fold "
+              f"alone at α 0.5 {fold('o')}; both at α 0.5 {fold('both')}.\n")
 
     w("### Issue 13 targets\n")
     w("Each target is a perplexity change against the engine's own fp32 on each of GPL-3, LGPL-2.1 and MPL-2.0; "
@@ -629,10 +642,14 @@ Why the numbers look as they do:
   int8 part (LLM.int8()'s decomposition): it recovers about 40% of W8A8's loss and meets +2% only just.
 - **int8-smooth** divides the activations entering QKV and MLP-in by s_j = max|X_j|^0.5 / max|W_j|^0.5 (folded
   into the norm weights) and multiplies the weights' columns by s_j, then runs the same W8A8 kernel. It recovers
-  about 55% of W8A8's loss. What remains comes from the inputs of the attention output projection and the MLP
-  down-projection, which no norm precedes and which stay plain W8A8 (in SwiGLU models the down-projection's
-  input carries large outliers; folding factors into up_proj's rows and v_proj's rows would smooth them too),
-  and from the per-row weight rounding that int8-weight-only shows alone.
+  about 55% of W8A8's loss. Much of what remained came from the inputs of the attention output projection and
+  the MLP down-projection, which no norm precedes (in SwiGLU models the down-projection's input carries large
+  outliers): since issue 13 item 2 down_proj's factors (α 0.6) are folded into up_proj's rows, which takes the
+  mean over the three texts from +1.17% to +0.34%, better on each (`bench/results/int8_smooth_folds.json`).
+  o_proj's fold into v_proj's rows (one factor per KV channel, shared by the query heads of a group) is built
+  but opt-in (`QUANTSERVE_SMOOTH_FOLDS=o` or `both`): alone it scored worse than none (+1.24% at α 0.5). GPT-2
+  and NeoX have no foldable down-projection (a GELU MLP does not commute with the scale). The rest is the
+  per-row weight rounding that int8-weight-only shows alone.
 - **int4-weight-only** keeps the file's own blocks: every Q4_1 linear of the default model block for block (20
   bytes per 32 weights: fp16 d and m, 16 bytes of nibbles) and its Q8_0 embedding / tied LM head as Q8_0, so
   nothing is rounded and the weights take about the file's size. The kernels multiply those blocks into fp32
