@@ -5,7 +5,8 @@ the folded linears, on the default model. Perplexity change against fp32 on GPL-
 int8-smooth does not calibrate on, by the default method and windows of bench/results/int8_smooth_search.json
 (first 2048 tokens, context 512, stride 256), so the rows compare with it. Perplexity is deterministic: machine
 load changes only the seconds. Variants are chosen through $QUANTSERVE_SMOOTH_FOLDS / $QUANTSERVE_FOLD_ALPHA, set
-explicitly for every run (so a changed default does not move the baseline row). Writes
+explicitly for every run (so a changed default does not move the baseline row). Also plain int8 with and without
+its opt-in per-row weight clip search ($QUANTSERVE_INT8_CLIP=search, issue 13 item 3). Writes
 bench/results/int8_smooth_folds.json after every run (--update keeps the variants of an earlier run).
 
 Usage: python3 bench/int8_smooth_folds.py [--binary build/server/quantserve] [--variants none,o,down,both] [--update]
@@ -24,8 +25,15 @@ MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 OUT = os.path.join(ROOT, "bench", "results", "int8_smooth_folds.json")
 TEXTS = ["/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/LGPL-2.1",
          "/usr/share/common-licenses/MPL-2.0"]
-# name: (precision, folds, alpha of the folded linears)
+WHAT = ("int8-smooth's smoothing carried past the norms on the default model: o_proj through v_proj's rows, "
+        "down_proj through up_proj's rows, alone and both, at fold alphas 0.4-0.8 (norm alpha 0.5 throughout); and "
+        "plain int8 with its opt-in per-row weight clip search (QUANTSERVE_INT8_CLIP=search: clip in {1, 0.95, ..., "
+        "0.8} of each row's absmax by weight MSE). 'commit' is the HEAD of the latest run; each variant was "
+        "measured with the code that introduced it (uncommitted at the time)")
+# name: (precision, folds, alpha of the folded linears[, $QUANTSERVE_INT8_CLIP])
 VARIANTS = {
+    "int8": ("int8", "none", 0.5, ""),
+    "int8 clip search": ("int8", "none", 0.5, "search"),
     "fp32": ("fp32", "none", 0.5),
     "none": ("int8-smooth", "none", 0.5),
     "o": ("int8-smooth", "o", 0.5),
@@ -45,8 +53,9 @@ VARIANTS = {
 
 
 def perplexity(binary, text, variant, threads):
-    precision, folds, alpha = VARIANTS[variant]
-    env = dict(os.environ, QUANTSERVE_SMOOTH_FOLDS=folds, QUANTSERVE_FOLD_ALPHA=str(alpha))
+    precision, folds, alpha, *clip = VARIANTS[variant]
+    env = dict(os.environ, QUANTSERVE_SMOOTH_FOLDS=folds, QUANTSERVE_FOLD_ALPHA=str(alpha),
+               QUANTSERVE_INT8_CLIP=clip[0] if clip else "")
     env.pop("QUANTSERVE_SMOOTHING_ALPHA", None)
     cmd = [binary, "perplexity", "--model", MODEL, "--device", "cpu", "--threads", str(threads), "--precision",
            precision, "--file", text, "--max-tokens", "2048", "--context", "512", "--stride", "256", "--json"]
@@ -69,14 +78,16 @@ def main():
     args = ap.parse_args()
     binary = find_binary(args.binary)
     previous = json.load(open(args.output)) if args.update and os.path.exists(args.output) else {}
-    result = {"benchmark": "int8_smooth_folds", "date": datetime.datetime.utcnow().isoformat() + "Z",
+    result = {"benchmark": "int8_smooth_folds", "what": WHAT, "date": datetime.datetime.utcnow().isoformat() + "Z",
               "commit": git_commit(), "machine": machine_info(args.threads), "model": os.path.relpath(MODEL, ROOT),
               "perplexity_windows": {"max_tokens": 2048, "context": 512, "stride": 256},
               "calibration": "first 512 tokens of /usr/share/common-licenses/Apache-2.0 (the default)",
               "norm_alpha": 0.5, "variants": previous.get("variants", {})}
     for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        precision, folds, alpha = VARIANTS[name]
+        precision, folds, alpha, *clip = VARIANTS[name]
         entry = {"precision": precision, "folds": folds, "fold_alpha": alpha, "texts": {}}
+        if clip:
+            entry = {"precision": precision, "int8_clip": clip[0] or "none", "texts": {}}
         for text in TEXTS:
             entry["texts"][os.path.basename(text)] = perplexity(binary, text, name, args.threads)
         result["variants"][name] = entry

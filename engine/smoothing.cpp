@@ -1,4 +1,4 @@
-// SmoothQuant's smoothing factors and the per-linear α search (see smoothing.h).
+// SmoothQuant's smoothing factors and the per-linear α search, and plain int8's clip search (see smoothing.h).
 #include "engine/smoothing.h"
 
 #include <algorithm>
@@ -114,6 +114,32 @@ std::vector<double> default_alpha_grid() {
   std::vector<double> g;
   for (int i = 0; i <= 10; ++i) g.push_back(i / 10.0);
   return g;
+}
+
+int64_t clip_rows_for_int8(float* w, int64_t N, int64_t K) {
+  int64_t clipped = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    float* row = w + n * K;
+    float amax = 0;
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(row[k]));
+    if (amax == 0) continue;
+    double best_error = -1;
+    float best = amax;
+    for (int i = 0; i <= 4; ++i) {
+      const float limit = amax * (1.0f - 0.05f * float(i)), scale = limit / 127.0f;
+      double error = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const float q = std::clamp(std::nearbyint(row[k] / scale), -127.0f, 127.0f);
+        const double d = double(row[k]) - double(q * scale);
+        error += d * d;
+      }
+      if (best_error < 0 || error < best_error) best_error = error, best = limit;
+    }
+    if (best == amax) continue;
+    ++clipped;
+    for (int64_t k = 0; k < K; ++k) row[k] = std::clamp(row[k], -best, best);
+  }
+  return clipped;
 }
 
 }  // namespace qs

@@ -39,4 +39,11 @@ AlphaSearchResult search_smoothing_alpha(const float* x, int64_t T, const std::v
 // {0, 0.1, ..., 1}.
 std::vector<double> default_alpha_grid();
 
+// Plain int8's opt-in clip search ($QUANTSERVE_INT8_CLIP=search): per row of W (N x K), the clip c in
+// {1, 0.95, ..., 0.8} of the row's absmax whose int8 rounding (scale c absmax / 127, as the backends round) has
+// the least squared weight error (ties: the larger c); the row is clamped to +-c absmax in place, so the
+// backend's own absmax scale becomes the clipped one. Weight MSE only: plain int8 records no activations.
+// Returns how many rows were clipped (c < 1).
+int64_t clip_rows_for_int8(float* w, int64_t N, int64_t K);
+
 }  // namespace qs

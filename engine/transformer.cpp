@@ -108,6 +108,12 @@ void check_group_size(const LoadOptions& options, const Backend& backend) {
            " backend has no group-wise int8 kernels; use --group-size 0");
 }
 
+// Plain int8's opt-in weight clipping ($QUANTSERVE_INT8_CLIP=search, issue 13 item 3; engine/smoothing.h).
+bool int8_clip_search() {
+  const char* env = std::getenv("QUANTSERVE_INT8_CLIP");
+  return env && std::string(env) == "search";
+}
+
 }  // namespace
 
 std::unique_ptr<Model> Model::load(const ModelFile& file, Backend& backend, const LoadOptions& options) {
@@ -230,6 +236,14 @@ std::unique_ptr<LinearWeight> TransformerModel::make_linear(const std::string& n
                                                             const HostLinear& host, Precision precision) {
   const auto start = Clock::now();
   HostTensor w{host.weight.data(), DType::F32, host.rows, host.cols};
+  // Plain int8 with the clip search: the backend rounds the clamped copy (its reported error is against it).
+  HostLinear clipped;
+  if (precision == Precision::kInt8 && tensor_class != "embedding" && tensor_class != "lm_head" &&
+      int8_clip_search()) {
+    clipped = host;
+    clip_rows_for_int8(clipped.weight.data(), clipped.rows, clipped.cols);
+    w.data = clipped.weight.data();
+  }
   if ((precision == Precision::kInt4WeightOnly || precision == Precision::kInt8WeightOnly) && !host.blocks.empty()) {
     w = HostTensor{host.blocks.data(), host.block_dtype, host.rows, host.cols};
   }

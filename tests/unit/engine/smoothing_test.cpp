@@ -1,9 +1,11 @@
 // SmoothQuant's alpha search (engine/smoothing.h) on synthetic activations, int8-smooth's load with it, and the
-// exactness of its folds (norms, v_proj -> o_proj, up_proj -> down_proj) in fp32 on every fixture architecture.
+// exactness of its folds (norms, v_proj -> o_proj, up_proj -> down_proj) in fp32 on every fixture architecture;
+// and plain int8's opt-in clip search of its per-row weight scales.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -177,6 +179,44 @@ TEST_P(SmoothingFolds, AreExactInFp32) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, SmoothingFolds,
                          ::testing::Values("llama", "llama_untied", "qwen2", "qwen3", "mistral", "gemma3", "gpt2",
                                            "gpt_neox", "gpt_neox_seq"));
+
+TEST(Int8Clip, ClipsARowOnTheClippedGridAndLeavesAnExactOne) {
+  // Row 0: 2047 values on the grid of step 0.95 (|w| <= 114) and one of 127, the absmax: at c = 1 (step 1) the
+  // grid values round off (about K / 12 of squared error), at c = 0.95 they are exact and only the 127 clips
+  // (6.35^2): 0.95 wins. Row 1: +-1 alternating, exact at c = 1, so it stays.
+  const int64_t K = 2048;
+  std::vector<float> w(size_t(2 * K));
+  for (int64_t k = 0; k < K; ++k) w[size_t(k)] = 0.95f * float((k * 37) % 241 - 120);
+  w[0] = 127.0f;
+  for (int64_t k = 0; k < K; ++k) w[size_t(K + k)] = k % 2 ? 1.0f : -1.0f;
+  const std::vector<float> before = w;
+  EXPECT_EQ(clip_rows_for_int8(w.data(), 2, K), 1);
+  EXPECT_FLOAT_EQ(w[0], 0.95f * 127.0f);
+  for (int64_t k = 1; k < K; ++k) EXPECT_EQ(w[size_t(k)], before[size_t(k)]) << k;
+  for (int64_t k = 0; k < K; ++k) EXPECT_EQ(w[size_t(K + k)], before[size_t(K + k)]) << k;
+}
+
+TEST(Int8Clip, SearchLoadStaysCloseToPlainInt8) {
+  // QUANTSERVE_INT8_CLIP=search on the Llama fixture: it loads and its logits stay near plain int8's.
+  const auto file = ModelFile::open(std::string(QS_SOURCE_DIR) + "/tests/fixtures/models/llama");
+  auto backend = make_cpu_backend(1);
+  LoadOptions o;
+  o.precision = Precision::kInt8;
+  o.compute_error = false;
+  std::vector<int32_t> ids;
+  for (int64_t i = 0; i < 12; ++i) ids.push_back(int32_t((i * 11 + 5) % 100));
+  const std::vector<float> plain = logits_of(*Model::load(*file, *backend, o), ids);
+  setenv("QUANTSERVE_INT8_CLIP", "search", 1);
+  const std::vector<float> clipped = logits_of(*Model::load(*file, *backend, o), ids);
+  unsetenv("QUANTSERVE_INT8_CLIP");
+  ASSERT_EQ(clipped.size(), plain.size());
+  double max_diff = 0, max_abs = 0;
+  for (size_t i = 0; i < plain.size(); ++i) {
+    max_diff = std::max(max_diff, double(std::fabs(clipped[i] - plain[i])));
+    max_abs = std::max(max_abs, double(std::fabs(plain[i])));
+  }
+  EXPECT_LT(max_diff, 0.1 * max_abs);
+}
 
 }  // namespace
 }  // namespace qs
