@@ -6,6 +6,10 @@
 #include <cstring>
 #include <vector>
 
+#include <immintrin.h>
+
+#include "kernels/cpu/exp2_poly.h"
+
 namespace qs::cpu {
 
 // A parallel region costs a fork/join (~1 us with both threads idle, far more when the other thread has to be
@@ -97,8 +101,40 @@ void gated_forward(float* out, const float* gate_up, int64_t T, int64_t F) {
 }
 }  // namespace
 
+namespace {
+// The attention kernels' vector shape for exp2_fraction (exp2_poly.h), eight floats in AVX2 (this file's baseline).
+struct Avx2 {
+  using R = __m256;
+  static R set1(float x) { return _mm256_set1_ps(x); }
+  static R fmadd(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+};
+
+// g / (1 + e^-g) * u for eight g, u. e^-g = 2^n * 2^f with n = round(-g log2 e), |f| <= 1/2; -g is clamped to
+// [-87, 87] so that 2^n stays a normal float: past it silu is g (e^-g under 1e-38 next to 1) or 0 (g / 6e37).
+// NaN in g stays NaN through the division. Within ~3e-7 relative of the libm formula, whose std::exp per
+// element (not vectorized) took ~10% of an int8 batch-16 step's instructions (callgrind, 1 thread).
+inline __m256 silu_mul8(__m256 g, __m256 u) {
+  const __m256 y = _mm256_min_ps(_mm256_max_ps(_mm256_sub_ps(_mm256_setzero_ps(), g), _mm256_set1_ps(-87.0f)),
+                                 _mm256_set1_ps(87.0f));
+  const __m256 t = _mm256_mul_ps(y, _mm256_set1_ps(1.44269504088896341f));
+  const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 p = exp2_fraction<Avx2>(_mm256_sub_ps(t, n));
+  const __m256 e = _mm256_castsi256_ps(
+      _mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23)));
+  return _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), u);
+}
+}  // namespace
+
 void silu_mul_forward(float* out, const float* gate_up, int64_t T, int64_t F) {
-  gated_forward<silu>(out, gate_up, T, F);
+#pragma omp parallel for schedule(static) if (T * F > 16384)
+  for (int64_t t = 0; t < T; ++t) {
+    const float* g = gate_up + t * 2 * F;
+    const float* u = g + F;
+    float* y = out + t * F;
+    int64_t f = 0;
+    for (; f + 8 <= F; f += 8) _mm256_storeu_ps(y + f, silu_mul8(_mm256_loadu_ps(g + f), _mm256_loadu_ps(u + f)));
+    for (; f < F; ++f) y[f] = silu(g[f]) * u[f];
+  }
 }
 
 void gelu_tanh_mul_forward(float* out, const float* gate_up, int64_t T, int64_t F) {
