@@ -423,8 +423,10 @@ ISSUE13_WHY = {
     "int8-smooth": "Measured with the linears after a norm smoothed only (QKV, gate/up), and the per-linear α "
                    "search scored worse than a fixed 0.5 (the table above). Smoothing down_proj too at α 0.6, "
                    "folded into up_proj's rows (issue 13 item 2, now the default), takes the sliding-window mean "
-                   "from +1.171% to +0.335%, worst +0.776% (`bench/results/int8_smooth_folds.json`); not "
-                   "re-measured by llama.cpp's method.",
+                   "from +1.171% to +0.335%, worst +0.776% (`bench/results/int8_smooth_folds.json`); by llama.cpp's "
+                   "method on the same ids (`quantserve perplexity --method llama.cpp`, measured by hand after the "
+                   "change, not in this table's JSON) +1.850% / +0.971% / -0.041%, mean +0.926%: the worst text "
+                   "still misses by 0.85 points.",
     "int8": "One activation scale per token leaves SmolLM2's few large residual channels most of the int8 range; "
             "llama.cpp's Q8_0 quantizes its activations too, but in blocks of 32 (one scale per 32 channels), "
             "which confines an outlier to its block. An opt-in clip search of the per-row weight scales "
