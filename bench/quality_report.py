@@ -426,7 +426,8 @@ ISSUE13_WHY = {
                    "from +1.171% to +0.335%, worst +0.776% (`bench/results/int8_smooth_folds.json`); by llama.cpp's "
                    "method on the same ids (`quantserve perplexity --method llama.cpp`, measured by hand after the "
                    "change, not in this table's JSON) +1.850% / +0.971% / -0.041%, mean +0.926%: the worst text "
-                   "still misses by 0.85 points.",
+                   "still misses by 0.85 points. On two texts α 0.6 was not chosen on (GFDL-1.3, MPL-1.1, same "
+                   "windows, by hand) the fold holds: +0.373% and +0.232%, against +2.384% and +1.553% without it.",
     "int8": "One activation scale per token leaves SmolLM2's few large residual channels most of the int8 range; "
             "llama.cpp's Q8_0 quantizes its activations too, but in blocks of 32 (one scale per 32 channels), "
             "which confines an outlier to its block. An opt-in clip search of the per-row weight scales "
