@@ -295,13 +295,27 @@ DenseWeight TransformerModel::upload_dense(const std::string& name, const std::s
   return d;
 }
 
-std::vector<float> TransformerModel::smooth(const std::string& name, HostLinear& host) {
-  if (options_.activation_absmax == nullptr) return {};
+const std::vector<float>& TransformerModel::calibrated_absmax(const std::string& name) const {
   const auto it = options_.activation_absmax->find(name);
   QS_CHECK(it != options_.activation_absmax->end(), ErrorCode::kInternal, "int8-smooth: no calibration data for ",
            name);
+  return it->second;
+}
+
+namespace {
+// Multiplies W's (N x K) column k by s[col_factor(k)].
+template <typename ColumnFactor>
+void scale_columns(std::vector<float>& w, int64_t N, int64_t K, const std::vector<float>& s, ColumnFactor col_factor) {
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t k = 0; k < K; ++k) w[size_t(n * K + k)] *= s[size_t(col_factor(k))];
+  }
+}
+}  // namespace
+
+std::vector<float> TransformerModel::smooth(const std::string& name, HostLinear& host) {
+  if (options_.activation_absmax == nullptr) return {};
   const int64_t N = host.rows, K = host.cols;
-  const std::vector<float>& x_max = it->second;
+  const std::vector<float>& x_max = calibrated_absmax(name);
   QS_CHECK(int64_t(x_max.size()) == K, ErrorCode::kInternal, name, ": calibration has ", x_max.size(),
            " channels, the weight ", K);
   // s_j = max|X_j|^a / max|W_j|^(1-a): moves part of the activations' outlier range into the weights; a is
@@ -322,20 +336,15 @@ std::vector<float> TransformerModel::smooth(const std::string& name, HostLinear&
     s = std::move(r.factors);
   }
   smoothing_alphas_[name] = alpha;
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t k = 0; k < K; ++k) host.weight[size_t(n * K + k)] *= s[size_t(k)];
-  }
+  scale_columns(host.weight, N, K, s, [](int64_t k) { return k; });
   return s;
 }
 
 bool TransformerModel::smooth_through(const std::string& name, HostLinear& host, HostLinear& prev, int64_t first_row,
                                       int64_t group, int64_t head_dim) {
   if (options_.activation_absmax == nullptr) return false;
-  const auto it = options_.activation_absmax->find(name);
-  QS_CHECK(it != options_.activation_absmax->end(), ErrorCode::kInternal, "int8-smooth: no calibration data for ",
-           name);
   const int64_t N = host.rows, K = host.cols, P = K / group;   // P: the rows of prev that feed host
-  const std::vector<float>& x_max = it->second;
+  const std::vector<float>& x_max = calibrated_absmax(name);
   QS_CHECK(int64_t(x_max.size()) == K && K % (group * head_dim) == 0 && first_row + P <= prev.rows &&
                prev.blocks.empty(),
            ErrorCode::kInternal, name, ": cannot fold ", K, " input channels into ", P, " rows of ", prev.rows);
@@ -350,9 +359,7 @@ bool TransformerModel::smooth_through(const std::string& name, HostLinear& host,
   }
   const std::vector<float> s = smoothing_factors(x_row, w_row, options_.fold_alpha);
   smoothing_alphas_[name] = options_.fold_alpha;
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t k = 0; k < K; ++k) host.weight[size_t(n * K + k)] *= s[size_t(row_of(k))];
-  }
+  scale_columns(host.weight, N, K, s, row_of);
   const int64_t PK = prev.cols;
   for (int64_t r = 0; r < P; ++r) {
     const float inv = 1.0f / s[size_t(r)];

@@ -75,6 +75,8 @@ class TransformerModel : public Model {
   // norm's make_dense). No calibration data: returns empty and leaves host alone. Model::load sets it for
   // int8-smooth only; a test may set it with another precision (fp32: the smoothed weights in fp32 math).
   std::vector<float> smooth(const std::string& name, HostLinear& host);
+  // The calibrated per-input-channel absmax of linear `name` (fails naming it when there is none).
+  const std::vector<float>& calibrated_absmax(const std::string& name) const;
   // int8-smooth through a linear instead of a norm: `name`'s input channel k is, up to a per-channel scale,
   // the output row first_row + (k / (group * head_dim)) * head_dim + k % head_dim of `prev` (attention: v_proj's
   // rows, group = query heads per KV head; a gated MLP: up_proj's rows, group 1 and head_dim = K). One factor per
