@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "engine/kv_cache.h"
 #include "kernels/error.h"
 
 namespace qs {
@@ -69,7 +70,9 @@ PerplexityResult compute_perplexity(Model& model, const std::vector<int32_t>& id
                : "");
   const auto start = std::chrono::steady_clock::now();
   const int64_t V = c.vocab_size, bs = 16;
-  KvCacheConfig kc{c.num_layers, (context + bs - 1) / bs, bs, c.num_kv_heads, c.head_dim};
+  QS_CHECK(model.backend().supports_kv_cache_dtype(options.kv_cache_dtype), ErrorCode::kInvalidArgument, "the ",
+           model.backend().name(), " backend cannot store the KV cache in ", kv_cache_dtype_name(options.kv_cache_dtype));
+  KvCacheConfig kc{c.num_layers, (context + bs - 1) / bs, bs, c.num_kv_heads, c.head_dim, options.kv_cache_dtype};
   auto cache = model.backend().make_kv_cache(kc);
   std::vector<int32_t> table;
   for (int32_t b = 0; b < int32_t(kc.num_blocks); ++b) table.push_back(b);

@@ -66,6 +66,9 @@ struct PerplexityTrace {
 struct PerplexityOptions {
   PerplexityMethod method = PerplexityMethod::kSlidingWindow;
   int32_t chunk_first_token = -1;
+  // The KV cache's storage while scoring. fp32 by default, so a precision's figure is its weights' (and
+  // activations') rounding alone; fp16 is what the CPU backend serves with (`serve --kv-cache-dtype`).
+  DType kv_cache_dtype = DType::F32;
 };
 
 PerplexityResult compute_perplexity(Model& model, const std::vector<int32_t>& ids, int64_t context, int64_t stride,

@@ -86,6 +86,14 @@ void add_inspect_command(CLI::App& app) {
       out["model"] = r.model_path;
       out["architecture"] = architecture_name(r.arch);
       out["format"] = r.format;
+      // The shape a KV-cache budget is sized from: K and V take 2 * num_layers * num_kv_heads * head_dim values a
+      // token (--kv-cache-bytes, bench/kv_cache_quality.py).
+      const ModelConfig& c = model.config();
+      out["shape"] = {{"vocab_size", c.vocab_size},       {"hidden_size", c.hidden_size},
+                      {"num_layers", c.num_layers},       {"num_heads", c.num_heads},
+                      {"num_kv_heads", c.num_kv_heads},   {"head_dim", c.head_dim},
+                      {"intermediate_size", c.intermediate_size}, {"max_positions", c.max_positions},
+                      {"sliding_window", c.sliding_window}};
       out["precisions"].push_back(report_json(r, args->json || args->tensors));
       if (args->json) continue;
       if (!header) {

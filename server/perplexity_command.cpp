@@ -3,8 +3,10 @@
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
+#include "engine/kv_cache.h"
 #include "engine/perplexity.h"
 #include "kernels/error.h"
 #include "server/cli_common.h"
@@ -23,6 +25,7 @@ void add_perplexity_command(CLI::App& app) {
     std::string save_ids;
     std::string compare_to;
     std::string method = "sliding-window";
+    std::string kv_cache_dtype = "fp32";
     bool json = false;
   };
   auto args = std::make_shared<Args>();
@@ -43,6 +46,10 @@ void add_perplexity_command(CLI::App& app) {
                   "(its perplexity tool: non-overlapping chunks of --context, BOS first when the vocabulary adds "
                   "one, the second half of each scored, the remainder dropped)")
       ->capture_default_str();
+  cmd->add_option("--kv-cache-dtype", args->kv_cache_dtype,
+                  "KV-cache storage of the model under test: fp32 (the default, so the figure is the precision's "
+                  "alone) or fp16 (what the CPU serves with); a --compare-to reference keeps fp32")
+      ->capture_default_str();
   cmd->add_option("--max-tokens", args->max_tokens, "Score only the first N tokens of the text (0 = all)");
   cmd->add_flag("--json", args->json, "Print JSON (the perplexity is under \"perplexity\")");
   cmd->callback([args, stride_opt] {
@@ -51,6 +58,9 @@ void add_perplexity_command(CLI::App& app) {
     const PerplexityMethod method = parse_perplexity_method(args->method);
     QS_CHECK(method != PerplexityMethod::kLlamaCpp || stride_opt->count() == 0, ErrorCode::kInvalidArgument,
              "--stride does not apply to --method llama.cpp (it scores non-overlapping chunks of --context)");
+    const std::optional<DType> kv_cache_dtype = parse_kv_cache_dtype(args->kv_cache_dtype);
+    QS_CHECK(kv_cache_dtype.has_value(), ErrorCode::kInvalidArgument, "--kv-cache-dtype '",
+             args->kv_cache_dtype.substr(0, 32), "' is not one of: fp32, fp16");
     QS_CHECK(args->context == 0 || args->context >= 2, ErrorCode::kInvalidArgument,
              "--context must be at least 2 tokens, got ", args->context);
     QS_CHECK(args->stride >= 0, ErrorCode::kInvalidArgument, "--stride must be positive, got ", args->stride);
@@ -120,7 +130,8 @@ void add_perplexity_command(CLI::App& app) {
     const auto [context, stride] = windows(model);
     PerplexityTrace trace;
     trace.reference = args->compare_to.empty() ? nullptr : &reference;
-    const PerplexityOptions opts = options(loaded.engine->tokenizer());
+    PerplexityOptions opts = options(loaded.engine->tokenizer());
+    opts.kv_cache_dtype = *kv_cache_dtype;
     const PerplexityResult r = compute_perplexity(model, ids, context, stride, &trace, opts);
     const double agreement = trace.compared ? double(trace.top1_agree) / double(trace.compared) : 0.0;
     const double mean_kl = trace.compared ? trace.kl_sum / double(trace.compared) : 0.0;
@@ -140,7 +151,8 @@ void add_perplexity_command(CLI::App& app) {
                           {"mean_nll", r.mean_nll},
                           {"perplexity", r.perplexity},
                           {"seconds", r.seconds},
-                          {"weight_bytes", model.report().weight_bytes}};
+                          {"weight_bytes", model.report().weight_bytes},
+                          {"kv_cache_dtype", kv_cache_dtype_name(opts.kv_cache_dtype)}};
       if (method == PerplexityMethod::kLlamaCpp) {
         j["chunk_first_token"] = opts.chunk_first_token >= 0 ? nlohmann::json(opts.chunk_first_token)
                                                               : nlohmann::json(nullptr);
@@ -157,6 +169,7 @@ void add_perplexity_command(CLI::App& app) {
       }
       std::printf("%s\n", j.dump(2).c_str());
     } else {
+      if (opts.kv_cache_dtype != DType::F32) std::printf("KV cache in %s\n", kv_cache_dtype_name(opts.kv_cache_dtype));
       if (method == PerplexityMethod::kLlamaCpp) {
         std::printf("perplexity %.4f (mean NLL %.5f over %lld tokens, llama.cpp's method: %lld chunks of %lld, the "
                     "second half of each scored, %lld tokens dropped; %.1f s)\n",

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """--group-size through the local commands on a tiny fixture: perplexity --compare-to fp32, bench over two
 precisions and inspect load the int8-weight-only model in groups of 32 and the others per row (and say so in their
-JSON); a single load it cannot apply to (generate --precision int8, --group-size 64) is refused with a sentence
+JSON, inspect with the model's shape); a single load it cannot apply to (generate --precision int8, --group-size 64) is refused with a sentence
 and a non-zero exit, by flag and by QUANTSERVE_GROUP_SIZE alike."""
 import argparse
 import json
@@ -36,6 +36,13 @@ def main():
                                                     "--json"]).stdout)
     groups = {p["precision"]: p["group_size"] for p in insp["precisions"]}
     assert groups == {"int8": 0, "int8-weight-only": 32}, groups
+    # The shape a KV budget is sized from, as the fixture's config.json gives it.
+    config = json.load(open(FIXTURE + "/config.json"))
+    assert insp["shape"] == {"vocab_size": config["vocab_size"], "hidden_size": config["hidden_size"],
+                             "num_layers": config["num_hidden_layers"], "num_heads": config["num_attention_heads"],
+                             "num_kv_heads": config["num_key_value_heads"], "head_dim": config["head_dim"],
+                             "intermediate_size": config["intermediate_size"],
+                             "max_positions": config["max_position_embeddings"], "sliding_window": 0}, insp["shape"]
 
     for args, env, words in [
         (["--precision", "int8", "--group-size", "32"], None, "applies to int8-weight-only only"),

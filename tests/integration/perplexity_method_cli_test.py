@@ -2,7 +2,9 @@
 """`quantserve perplexity --method llama.cpp --save-ids` on a tiny fixture: llama.cpp's chunks (whole chunks of
 --context, the second half of each scored, the remainder dropped) in the JSON, the saved ids scored again through
 --ids-file to the same figure, BOS put in each chunk's first place when the tokenizer adds one (a copy of the
-fixture with add_bos_token), the default method unchanged and named, and bad values refused with a sentence."""
+fixture with add_bos_token), the default method unchanged and named, --kv-cache-dtype fp16 scoring with an fp16
+cache (named in the JSON, close to the fp32 cache's figure but not equal, the --compare-to reference kept in fp32),
+and bad values refused with a sentence."""
 import argparse
 import json
 import os
@@ -48,12 +50,24 @@ def main():
 
         hf = json.loads(run(b, common + ["--model", FIXTURE, "--ids-file", ids_path]).stdout)
         assert (hf["method"], hf["stride"], hf["predicted_tokens"]) == ("sliding-window", 16, 69), hf
+        assert hf["kv_cache_dtype"] == "fp32", hf
+
+        # fp16 K/V round every cached key and value: a small change, never none, on 69 scored positions.
+        kv16 = json.loads(run(b, common + ["--model", FIXTURE, "--ids-file", ids_path, "--kv-cache-dtype", "fp16",
+                                           "--compare-to", "fp32"]).stdout)
+        assert kv16["kv_cache_dtype"] == "fp16", kv16
+        assert kv16["perplexity"] != hf["perplexity"], (kv16, hf)
+        assert abs(kv16["perplexity"] / hf["perplexity"] - 1) < 1e-2, (kv16, hf)
+        assert kv16["compare_to"]["perplexity"] == hf["perplexity"], (kv16, hf)   # the reference's cache is fp32
+        assert kv16["compare_to"]["top1_agreement"] > 0.9, kv16
 
     for args, words in [
         (["--method", "llama.cpp", "--stride", "8"], "--stride does not apply to --method llama.cpp"),
         (["--method", "llamacpp"], "unknown perplexity method 'llamacpp'"),
         (["--context", "1"], "--context must be at least 2"),
         (["--method", "llama.cpp", "--max-tokens", "20"], "no token to score"),
+        (["--kv-cache-dtype", "q4"], "--kv-cache-dtype 'q4' is not one of: fp32, fp16"),
+        (["--kv-cache-dtype", "bf16"], "the cpu backend cannot store the KV cache in bf16"),
     ]:
         p = run(b, ["perplexity", "--model", FIXTURE, "--device", "cpu", "--file", TEXT] + args, ok=False)
         assert words in p.stderr, p.stderr
