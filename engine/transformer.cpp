@@ -108,15 +108,22 @@ void check_group_size(const LoadOptions& options, const Backend& backend) {
            " backend has no group-wise int8 kernels; use --group-size 0");
 }
 
-// Plain int8's opt-in weight clipping ($QUANTSERVE_INT8_CLIP=search, issue 13 item 3; engine/smoothing.h).
-bool int8_clip_search() {
-  const char* env = std::getenv("QUANTSERVE_INT8_CLIP");
-  return env && std::string(env) == "search";
+// `options` with plain int8's clip search as $QUANTSERVE_INT8_CLIP says (search or none), read once per load.
+LoadOptions with_int8_clip_from_env(const LoadOptions& options) {
+  LoadOptions o = options;
+  if (const char* env = std::getenv("QUANTSERVE_INT8_CLIP"); env && *env) {
+    const std::string clip = env;
+    QS_CHECK(clip == "search" || clip == "none", ErrorCode::kInvalidArgument,
+             "QUANTSERVE_INT8_CLIP must be search or none, got '", clip.substr(0, 32), "'");
+    o.int8_clip_search = clip == "search";
+  }
+  return o;
 }
 
 }  // namespace
 
-std::unique_ptr<Model> Model::load(const ModelFile& file, Backend& backend, const LoadOptions& options) {
+std::unique_ptr<Model> Model::load(const ModelFile& file, Backend& backend, const LoadOptions& requested) {
+  const LoadOptions options = with_int8_clip_from_env(requested);
   QS_CHECK(backend.supports(options.precision), ErrorCode::kUnsupported, "the ", backend.name(),
            " backend does not support precision ", precision_name(options.precision));
   check_group_size(options, backend);
@@ -239,7 +246,7 @@ std::unique_ptr<LinearWeight> TransformerModel::make_linear(const std::string& n
   // Plain int8 with the clip search: the backend rounds the clamped copy (its reported error is against it).
   HostLinear clipped;
   if (precision == Precision::kInt8 && tensor_class != "embedding" && tensor_class != "lm_head" &&
-      int8_clip_search()) {
+      options_.int8_clip_search) {
     clipped = host;
     clip_rows_for_int8(clipped.weight.data(), clipped.rows, clipped.cols);
     w.data = clipped.weight.data();
