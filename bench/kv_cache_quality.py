@@ -3,8 +3,10 @@
 fp32 and in fp16 (the CPU backend's serving default, `serve --kv-cache-dtype`), for the weight precisions users
 serve, on GPL-3 and two more OS-shipped texts (the windows bench/quality_report.py uses: 2048 tokens, context 512,
 stride 256). Every run is `quantserve perplexity --compare-to fp32`, so each row has its change, top-1 agreement and
-mean KL against fp32 weights with an fp32 cache on the same positions; the fp16 cache's own effect is the ratio of
-the two rows of one precision. The cache's bytes per token come from the model's shape (K and V, every layer).
+mean KL against fp32 weights with an fp32 cache on the same positions, and its paired per-token standard error;
+the fp16 cache's own effect is one more run, `--kv-cache-dtype fp16 --compare-to <the same precision>` (whose
+reference keeps an fp32 cache), so it too is paired and has its error, top-1 agreement and KL. The cache's bytes per
+token come from the model's shape (K and V, every layer).
 Writes bench/results/kv_cache_quality.json; bench/quality_report.py renders it into docs/QUANTIZATION.md.
 
 Usage: python3 bench/kv_cache_quality.py [--binary build/server/quantserve] [--precisions fp32,fp16,...]
@@ -29,16 +31,19 @@ KV_DTYPES = ["fp32", "fp16"]
 DTYPE_BYTES = {"fp32": 4, "fp16": 2}
 
 
-def perplexity(binary, text, precision, kv, threads):
+def perplexity(binary, text, precision, kv, threads, reference="fp32"):
+    """`precision` with its KV cache in `kv`, against `reference` (its cache always fp32) on the same positions."""
     before = load_average()
     r = json.loads(run([binary, "perplexity", "--model", MODEL, "--device", "cpu", "--threads", str(threads),
-                        "--precision", precision, "--kv-cache-dtype", kv, "--compare-to", "fp32", "--file", text,
+                        "--precision", precision, "--kv-cache-dtype", kv, "--compare-to", reference, "--file", text,
                         "--max-tokens", "2048", "--context", "512", "--stride", "256", "--json"]))
     assert r["kv_cache_dtype"] == kv, r
     c = r["compare_to"]
-    return {"perplexity": r["perplexity"], "fp32_perplexity": c["perplexity"],
-            "change_vs_fp32": r["perplexity"] / c["perplexity"] - 1, "top1_agreement_with_fp32": c["top1_agreement"],
-            "mean_kl_from_fp32": c["mean_kl"], "max_kl_from_fp32": c["max_kl"],
+    # The paired per-token standard error of the change: how far another 2,047 tokens could move it.
+    return {"perplexity": r["perplexity"], "reference_perplexity": c["perplexity"],
+            "change": r["perplexity"] / c["perplexity"] - 1,
+            "change_stderr": c["delta_perplexity_percent_stderr"] / 100, "top1_agreement": c["top1_agreement"],
+            "mean_kl": c["mean_kl"], "max_kl": c["max_kl"],
             "predicted_tokens": r["predicted_tokens"], "seconds": r["seconds"], "load_average_before": before}
 
 
@@ -62,7 +67,9 @@ def main():
     per_token, shape = kv_bytes_per_token(binary)
     results = {"benchmark": "bench/kv_cache_quality.py",
                "what": "perplexity with the KV cache stored in fp32 and in fp16, each against fp32 weights with an "
-                       "fp32 cache on the same positions (2048 tokens of each text, context 512, stride 256)",
+                       "fp32 cache on the same positions (2048 tokens of each text, context 512, stride 256), and "
+                       "the fp16 cache against the same precision with an fp32 cache; every change with its paired "
+                       "per-token standard error",
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "commit": git_commit(), "machine": machine_info(args.threads), "model": os.path.relpath(MODEL, ROOT),
                "kv_shape": shape, "kv_bytes_per_token": per_token, "load_average_start": load_average(),
@@ -71,22 +78,33 @@ def main():
     texts = args.texts.split(",")
     for text in texts:
         name = os.path.basename(text)
-        results["texts"][name] = {p: {kv: perplexity(binary, text, p, kv, args.threads) for kv in KV_DTYPES}
-                                  for p in precisions}
+        # Per precision: each cache against fp32 weights with an fp32 cache, and the fp16 cache against the same
+        # precision with an fp32 cache (the cache's own effect, paired per token; for fp32 weights the two agree).
+        results["texts"][name] = {}
         for p in precisions:
-            row = results["texts"][name][p]
+            row = {kv: perplexity(binary, text, p, kv, args.threads) for kv in KV_DTYPES}
+            row["fp16_vs_own_fp32_cache"] = (row["fp16"] if p == "fp32" else
+                                             perplexity(binary, text, p, "fp16", args.threads, reference=p))
+            results["texts"][name][p] = row
+            own = row["fp16_vs_own_fp32_cache"]
             print(f"{name:10s} {p:18s} " + "  ".join(f"{kv}: {row[kv]['perplexity']:.4f} "
-                                                     f"({100 * row[kv]['change_vs_fp32']:+.3f}%)" for kv in KV_DTYPES),
-                  flush=True)
+                                                     f"({100 * row[kv]['change']:+.3f}% ± "
+                                                     f"{100 * row[kv]['change_stderr']:.3f})" for kv in KV_DTYPES) +
+                  f"  fp16 vs own fp32 cache {100 * own['change']:+.3f}% ± {100 * own['change_stderr']:.3f}, "
+                  f"top-1 {100 * own['top1_agreement']:.2f}%, KL {own['mean_kl']:.5f}", flush=True)
     for p in precisions:
         rows = [results["texts"][os.path.basename(t)][p] for t in texts]
-        fp16_cache_effect = [r["fp16"]["perplexity"] / r["fp32"]["perplexity"] - 1 for r in rows]
+        own = [r["fp16_vs_own_fp32_cache"] for r in rows]
         results["summary"].append({
             "precision": p,
-            "mean_change_vs_fp32": {kv: statistics.mean(r[kv]["change_vs_fp32"] for r in rows) for kv in KV_DTYPES},
-            "fp16_cache_effect": {"mean": statistics.mean(fp16_cache_effect),
-                                  "max_abs": max(abs(x) for x in fp16_cache_effect)},
-            "mean_top1_agreement_with_fp32": {kv: statistics.mean(r[kv]["top1_agreement_with_fp32"] for r in rows)
+            "mean_change_vs_fp32": {kv: statistics.mean(r[kv]["change"] for r in rows) for kv in KV_DTYPES},
+            "mean_change_stderr": {kv: statistics.mean(r[kv]["change_stderr"] for r in rows) for kv in KV_DTYPES},
+            "fp16_cache_effect": {"mean": statistics.mean(o["change"] for o in own),
+                                  "max_abs": max(abs(o["change"]) for o in own),
+                                  "mean_stderr": statistics.mean(o["change_stderr"] for o in own),
+                                  "mean_top1_agreement": statistics.mean(o["top1_agreement"] for o in own),
+                                  "mean_kl": statistics.mean(o["mean_kl"] for o in own)},
+            "mean_top1_agreement_with_fp32": {kv: statistics.mean(r[kv]["top1_agreement"] for r in rows)
                                               for kv in KV_DTYPES}})
     results["load_average_end"] = load_average()
     results["seconds"] = time.time() - started

@@ -53,6 +53,29 @@ std::vector<PerplexityWindow> perplexity_windows(int64_t n_tokens, int64_t conte
   return windows;
 }
 
+namespace {
+
+// The standard error of the mean of n values from their sum and sum of squares (sample variance, n - 1); 0 for
+// fewer than 2 values. In double: n is at most a few hundred thousand tokens of NLLs of a few nats.
+double standard_error(double sum, double sq_sum, int64_t n) {
+  if (n < 2) return 0;
+  const double mean = sum / double(n);
+  const double variance = std::max(0.0, (sq_sum - double(n) * mean * mean) / double(n - 1));
+  return std::sqrt(variance / double(n));
+}
+
+}  // namespace
+
+NllDelta paired_nll_delta(const PerplexityTrace& trace) {
+  NllDelta d;
+  if (trace.compared == 0) return d;
+  d.mean = trace.delta_nll_sum / double(trace.compared);
+  d.stderr_mean = standard_error(trace.delta_nll_sum, trace.delta_nll_sq_sum, trace.compared);
+  d.perplexity_percent = 100.0 * std::expm1(d.mean);
+  d.perplexity_percent_stderr = 100.0 * std::exp(d.mean) * d.stderr_mean;
+  return d;
+}
+
 PerplexityResult compute_perplexity(Model& model, const std::vector<int32_t>& ids, int64_t context, int64_t stride,
                                     PerplexityTrace* trace, const PerplexityOptions& options) {
   const ModelConfig& c = model.config();
@@ -77,7 +100,7 @@ PerplexityResult compute_perplexity(Model& model, const std::vector<int32_t>& id
   std::vector<int32_t> table;
   for (int32_t b = 0; b < int32_t(kc.num_blocks); ++b) table.push_back(b);
   PerplexityResult r;
-  double nll_sum = 0;
+  double nll_sum = 0, nll_sq_sum = 0;
   std::vector<float> logits;
   for (const PerplexityWindow& w : windows) {
     const int64_t begin = w.start, end = w.start + w.length, first_scored = w.first_scored;
@@ -101,14 +124,20 @@ PerplexityResult compute_perplexity(Model& model, const std::vector<int32_t>& id
         double z = 0;
         for (int64_t v = 0; v < V; ++v) z += std::exp(double(row[v] - m));
         const double lse = double(m) + std::log(z);
-        nll_sum += lse - double(row[ids[size_t(p)]]);
+        const double nll = lse - double(row[ids[size_t(p)]]);
+        nll_sum += nll;
+        nll_sq_sum += nll * nll;
         ++r.predicted_tokens;
         if (trace) {
           const size_t i = trace->top1.size();
           trace->top1.push_back(int32_t(std::max_element(row, row + V) - row));
+          trace->nll.push_back(nll);
           if (const PerplexityTrace* ref = trace->reference) {
-            QS_CHECK(i < ref->top1.size() && i < ref->logprobs.size(), ErrorCode::kInvalidArgument,
-                     "the reference trace has fewer scored positions than this run");
+            QS_CHECK(i < ref->top1.size() && i < ref->logprobs.size() && i < ref->nll.size(),
+                     ErrorCode::kInvalidArgument, "the reference trace has fewer scored positions than this run");
+            const double delta = nll - ref->nll[i];
+            trace->delta_nll_sum += delta;
+            trace->delta_nll_sq_sum += delta * delta;
             const std::vector<float>& rp = ref->logprobs[i];
             double kl = 0;
             for (int64_t v = 0; v < V; ++v) {
@@ -133,6 +162,8 @@ PerplexityResult compute_perplexity(Model& model, const std::vector<int32_t>& id
   }
   r.mean_nll = nll_sum / double(r.predicted_tokens);
   r.perplexity = std::exp(r.mean_nll);
+  r.nll_stderr = standard_error(nll_sum, nll_sq_sum, r.predicted_tokens);
+  r.perplexity_stderr = r.perplexity * r.nll_stderr;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return r;
 }

@@ -41,6 +41,11 @@ std::vector<PerplexityWindow> perplexity_windows(int64_t n_tokens, int64_t conte
 struct PerplexityResult {
   double perplexity = 0;
   double mean_nll = 0;             // nats per predicted token
+  // The standard error of mean_nll over the predicted tokens (their NLLs' sample deviation / sqrt(n)), and the
+  // perplexity's by the delta method (perplexity x nll_stderr): what llama.cpp's tool prints after "+/-". It
+  // says how far another text of this length could move the figure, treating tokens as independent.
+  double nll_stderr = 0;
+  double perplexity_stderr = 0;
   int64_t predicted_tokens = 0;
   int64_t windows = 0;
   double seconds = 0;
@@ -50,6 +55,7 @@ struct PerplexityResult {
 // log-softmax rows (for top-1 agreement / KL between precisions); `context` <= the model's positions.
 struct PerplexityTrace {
   std::vector<int32_t> top1;                 // per scored position
+  std::vector<double> nll;                   // per scored position, nats
   std::vector<std::vector<float>> logprobs;  // per scored position (V), only when keep_logprobs
   bool keep_logprobs = false;
   // When set (a trace of the same ids and windows with keep_logprobs, e.g. from fp32), each scored position is
@@ -59,7 +65,23 @@ struct PerplexityTrace {
   int64_t top1_agree = 0;
   double kl_sum = 0;
   double kl_max = 0;
+  // The paired per-token NLL differences (this model's minus the reference's): their sum and sum of squares, so
+  // a precision's perplexity change comes with its own standard error (see paired_nll_delta).
+  double delta_nll_sum = 0;
+  double delta_nll_sq_sum = 0;
 };
+
+// A precision's change against the reference from a compared trace: the mean per-token NLL difference and its
+// standard error over the compared positions, and the same as a relative perplexity change in percent
+// (100 (e^mean - 1), its error by the delta method). Paired, so it is much tighter than the two perplexities'
+// own errors: the text's hard tokens are hard for both.
+struct NllDelta {
+  double mean = 0;
+  double stderr_mean = 0;
+  double perplexity_percent = 0;
+  double perplexity_percent_stderr = 0;
+};
+NllDelta paired_nll_delta(const PerplexityTrace& trace);
 
 // How to window: the method, and for kLlamaCpp the token that replaces each chunk's first one (llama.cpp puts
 // its BOS there when the vocabulary adds one; -1 keeps the text's token).

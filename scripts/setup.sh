@@ -61,7 +61,7 @@ if [ "$build_only" = 0 ]; then
       jsonschema==4.26.0 openai==3.57.0
 fi
 if [ "$want_tools" = 1 ]; then
-  pip_has transformers && pip_has accelerate || $PIP install -q torch transformers accelerate tokenizers safetensors numpy gguf sentencepiece matplotlib
+  pip_has transformers && pip_has accelerate && pip_has matplotlib || $PIP install -q torch transformers accelerate tokenizers safetensors numpy gguf sentencepiece matplotlib
   # The peers the CPU benchmark (bench/cpu_peers.py) runs in the same run. llama-cpp-python compiles llama.cpp from
   # its bundled source for this machine (GGML_NATIVE), as a llama.cpp user would build it.
   pip_has llama_cpp && pip_has ctranslate2 || $PIP install -q llama-cpp-python==0.3.36 ctranslate2==4.8.5

@@ -135,6 +135,7 @@ void add_perplexity_command(CLI::App& app) {
     const PerplexityResult r = compute_perplexity(model, ids, context, stride, &trace, opts);
     const double agreement = trace.compared ? double(trace.top1_agree) / double(trace.compared) : 0.0;
     const double mean_kl = trace.compared ? trace.kl_sum / double(trace.compared) : 0.0;
+    const NllDelta delta = paired_nll_delta(trace);
     if (args->json) {
       nlohmann::json j = {{"model", model.report().model_path},
                           {"precision", precision_name(model.report().precision)},
@@ -150,6 +151,8 @@ void add_perplexity_command(CLI::App& app) {
                           {"predicted_tokens", r.predicted_tokens},
                           {"mean_nll", r.mean_nll},
                           {"perplexity", r.perplexity},
+                          {"nll_stderr", r.nll_stderr},
+                          {"perplexity_stderr", r.perplexity_stderr},
                           {"seconds", r.seconds},
                           {"weight_bytes", model.report().weight_bytes},
                           {"kv_cache_dtype", kv_cache_dtype_name(opts.kv_cache_dtype)}};
@@ -163,6 +166,11 @@ void add_perplexity_command(CLI::App& app) {
                            {"perplexity", reference_result.perplexity},
                            {"mean_nll", reference_result.mean_nll},
                            {"compared_positions", trace.compared},
+                           // Paired per token: this model's NLL minus the reference's at each position.
+                           {"delta_mean_nll", delta.mean},
+                           {"delta_mean_nll_stderr", delta.stderr_mean},
+                           {"delta_perplexity_percent", delta.perplexity_percent},
+                           {"delta_perplexity_percent_stderr", delta.perplexity_percent_stderr},
                            {"top1_agreement", agreement},
                            {"mean_kl", mean_kl},
                            {"max_kl", trace.kl_max}};
@@ -171,19 +179,21 @@ void add_perplexity_command(CLI::App& app) {
     } else {
       if (opts.kv_cache_dtype != DType::F32) std::printf("KV cache in %s\n", kv_cache_dtype_name(opts.kv_cache_dtype));
       if (method == PerplexityMethod::kLlamaCpp) {
-        std::printf("perplexity %.4f (mean NLL %.5f over %lld tokens, llama.cpp's method: %lld chunks of %lld, the "
-                    "second half of each scored, %lld tokens dropped; %.1f s)\n",
-                    r.perplexity, r.mean_nll, (long long)r.predicted_tokens, (long long)r.windows, (long long)context,
+        std::printf("perplexity %.4f +/- %.4f (mean NLL %.5f over %lld tokens, llama.cpp's method: %lld chunks of "
+                    "%lld, the second half of each scored, %lld tokens dropped; %.1f s)\n",
+                    r.perplexity, r.perplexity_stderr, r.mean_nll, (long long)r.predicted_tokens, (long long)r.windows, (long long)context,
                     (long long)(int64_t(ids.size()) - r.windows * context), r.seconds);
       } else {
-        std::printf("perplexity %.4f (mean NLL %.5f over %lld tokens, %lld windows of %lld, stride %lld; %.1f s)\n",
-                    r.perplexity, r.mean_nll, (long long)r.predicted_tokens, (long long)r.windows,
+        std::printf("perplexity %.4f +/- %.4f (mean NLL %.5f over %lld tokens, %lld windows of %lld, stride %lld; "
+                    "%.1f s)\n",
+                    r.perplexity, r.perplexity_stderr, r.mean_nll, (long long)r.predicted_tokens, (long long)r.windows,
                     (long long)context, (long long)stride, r.seconds);
       }
       if (!args->compare_to.empty()) {
-        std::printf("vs %s (perplexity %.4f): top-1 agreement %.2f%%, mean KL %.5f nats (max %.4f) over %lld "
-                    "positions\n", args->compare_to.c_str(), reference_result.perplexity, 100.0 * agreement, mean_kl,
-                    trace.kl_max, (long long)trace.compared);
+        std::printf("vs %s (perplexity %.4f): %+.3f%% +/- %.3f%% (paired per token), top-1 agreement %.2f%%, mean "
+                    "KL %.5f nats (max %.4f) over %lld positions\n", args->compare_to.c_str(),
+                    reference_result.perplexity, delta.perplexity_percent, delta.perplexity_percent_stderr,
+                    100.0 * agreement, mean_kl, trace.kl_max, (long long)trace.compared);
       }
     }
   });

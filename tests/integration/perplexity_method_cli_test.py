@@ -60,6 +60,12 @@ def main():
         assert abs(kv16["perplexity"] / hf["perplexity"] - 1) < 1e-2, (kv16, hf)
         assert kv16["compare_to"]["perplexity"] == hf["perplexity"], (kv16, hf)   # the reference's cache is fp32
         assert kv16["compare_to"]["top1_agreement"] > 0.9, kv16
+        # The change comes with its paired error: the same Δ the two perplexities give, an error above 0 and
+        # below the perplexity's own (the pairing removes the text's spread).
+        cmp = kv16["compare_to"]
+        assert abs(cmp["delta_perplexity_percent"] - 100 * (kv16["perplexity"] / hf["perplexity"] - 1)) < 1e-6, kv16
+        assert 0 < cmp["delta_perplexity_percent_stderr"] < 100 * kv16["perplexity_stderr"] / kv16["perplexity"], kv16
+        assert hf["perplexity_stderr"] > 0 and hf["nll_stderr"] > 0, hf
 
     for args, words in [
         (["--method", "llama.cpp", "--stride", "8"], "--stride does not apply to --method llama.cpp"),

@@ -140,5 +140,60 @@ TEST(PerplexityLlamaCpp, ChunksScoreAloneWithTheirFirstTokenReplaced) {
   EXPECT_THROW(compute_perplexity(model, short_text, ctx, 0, nullptr, opts), Error);
 }
 
+// The standard errors: the perplexity's from the trace's own per-token NLLs (sample deviation / sqrt(n), times the
+// perplexity), and a compared run's paired Δ from the differences at each position, recomputed here in two passes.
+// A run compared with itself has Δ 0 with error 0; one with the other chunk-first token has a Δ whose error is
+// below the two perplexities' own (the pairing cancels the text's own spread).
+TEST(PerplexityStandardError, MatchesThePerTokenNlls) {
+  omp_set_num_threads(1);
+  LoadEngineOptions o;
+  o.model_path = std::string(QS_SOURCE_DIR) + "/tests/fixtures/models/llama";
+  o.device = "cpu";
+  LoadedEngine loaded = load_engine(o);
+  auto& model = const_cast<Model&>(loaded.engine->model());
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 70; ++i) ids.push_back(int32_t((37 * i + 11) % 900 + 20));
+  PerplexityOptions opts;
+  opts.method = kLlamaCpp;
+  PerplexityTrace reference;
+  reference.keep_logprobs = true;
+  const PerplexityResult r = compute_perplexity(model, ids, 16, 0, &reference, opts);
+  ASSERT_EQ(int64_t(reference.nll.size()), r.predicted_tokens);
+  const auto spread = [](const std::vector<double>& v) {
+    double mean = 0, ss = 0;
+    for (double x : v) mean += x / double(v.size());
+    for (double x : v) ss += (x - mean) * (x - mean);
+    return std::make_pair(mean, std::sqrt(ss / double(v.size() - 1) / double(v.size())));
+  };
+  const auto [mean, se] = spread(reference.nll);
+  EXPECT_NEAR(mean, r.mean_nll, 1e-6);
+  EXPECT_NEAR(r.nll_stderr, se, 1e-6 * se);
+  EXPECT_GT(r.nll_stderr, 0.01);
+  EXPECT_NEAR(r.perplexity_stderr, r.perplexity * r.nll_stderr, 1e-9 * r.perplexity);
+
+  PerplexityTrace self;
+  self.reference = &reference;
+  compute_perplexity(model, ids, 16, 0, &self, opts);
+  const NllDelta none = paired_nll_delta(self);
+  EXPECT_EQ(self.compared, r.predicted_tokens);
+  EXPECT_EQ(none.mean, 0.0);
+  EXPECT_EQ(none.stderr_mean, 0.0);
+
+  PerplexityTrace other;
+  other.reference = &reference;
+  opts.chunk_first_token = 1;
+  const PerplexityResult changed = compute_perplexity(model, ids, 16, 0, &other, opts);
+  std::vector<double> deltas;
+  for (size_t i = 0; i < other.nll.size(); ++i) deltas.push_back(other.nll[i] - reference.nll[i]);
+  const auto [delta_mean, delta_se] = spread(deltas);
+  const NllDelta d = paired_nll_delta(other);
+  EXPECT_NEAR(d.mean, changed.mean_nll - r.mean_nll, 1e-9);
+  EXPECT_NEAR(d.mean, delta_mean, 1e-6);
+  EXPECT_NEAR(d.stderr_mean, delta_se, 1e-6 * delta_se);
+  EXPECT_GT(d.stderr_mean, 0.0);
+  EXPECT_LT(d.stderr_mean, r.nll_stderr);
+  EXPECT_NEAR(d.perplexity_percent, 100.0 * (changed.perplexity / r.perplexity - 1.0), 1e-6);
+}
+
 }  // namespace
 }  // namespace qs
