@@ -80,6 +80,13 @@ Metrics::Metrics(const std::string& listen) : registry_(std::make_shared<prometh
                    .Help("KV-cache blocks no sequence holds, kept for prefix reuse (evicted, least recently used "
                          "first, when blocks are needed)")
                    .Register(r);
+  kv_window_used_ = &BuildGauge().Name("quantserve_kv_cache_window_blocks_used")
+                        .Help("Sliding-window layers' KV-cache blocks held by sequences, for models whose KV cache "
+                              "is split into layer groups (Gemma 3); 0 otherwise")
+                        .Register(r);
+  kv_window_total_ = &BuildGauge().Name("quantserve_kv_cache_window_blocks_total")
+                         .Help("Sliding-window layers' KV-cache blocks in total (KV layer groups; 0 otherwise)")
+                         .Register(r);
   prefix_queried_ = &BuildCounter().Name("quantserve_prefix_cache_queried_tokens_total")
                          .Help("Prompt tokens of admitted requests looked up in the prefix cache").Register(r);
   prefix_hits_ = &BuildCounter().Name("quantserve_prefix_cache_hit_tokens_total")
@@ -159,6 +166,8 @@ ModelMetrics& Metrics::make_model(const std::string& model, const std::string& p
   mm->kv_blocks_used = &kv_used_->Add(labels);
   mm->kv_blocks_total = &kv_total_->Add(labels);
   mm->kv_blocks_cached = &kv_cached_->Add(labels);
+  mm->kv_window_blocks_used = &kv_window_used_->Add(labels);
+  mm->kv_window_blocks_total = &kv_window_total_->Add(labels);
   mm->prefix_cache_queried_tokens = &prefix_queried_->Add(labels);
   mm->prefix_cache_hit_tokens = &prefix_hits_->Add(labels);
   const prometheus::Labels with_dtype{{"model", model}, {"dtype", kv_cache_dtype}};

@@ -43,6 +43,10 @@ struct ModelMetrics {
   prometheus::Gauge* kv_cache_committed_bytes = nullptr;  // backed by memory
   prometheus::Gauge* kv_cache_used_bytes = nullptr;       // held by sequences
   prometheus::Gauge* kv_blocks_cached = nullptr;          // kept for prefix reuse, held by no sequence
+  // With KV layer groups (Gemma 3) the blocks_* above count the global layers' pool; these the sliding-window
+  // layers' ring pool (0 for a model with one pool).
+  prometheus::Gauge* kv_window_blocks_used = nullptr;
+  prometheus::Gauge* kv_window_blocks_total = nullptr;
   prometheus::Counter* prefix_cache_queried_tokens = nullptr;
   prometheus::Counter* prefix_cache_hit_tokens = nullptr;
   prometheus::Gauge* weight_bytes = nullptr;
@@ -100,6 +104,8 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* kv_committed_ = nullptr;
   prometheus::Family<prometheus::Gauge>* kv_used_bytes_ = nullptr;
   prometheus::Family<prometheus::Gauge>* kv_cached_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* kv_window_used_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* kv_window_total_ = nullptr;
   prometheus::Family<prometheus::Counter>* prefix_queried_ = nullptr;
   prometheus::Family<prometheus::Counter>* prefix_hits_ = nullptr;
   prometheus::Family<prometheus::Gauge>* device_used_ = nullptr;

@@ -416,6 +416,8 @@ TEST_F(ServeTest, MetricsFamiliesPresent) {
       {"quantserve_kv_cache_committed_bytes", "gauge"},
       {"quantserve_kv_cache_used_bytes", "gauge"},
       {"quantserve_kv_cache_blocks_cached", "gauge"},
+      {"quantserve_kv_cache_window_blocks_used", "gauge"},
+      {"quantserve_kv_cache_window_blocks_total", "gauge"},
       {"quantserve_prefix_cache_queried_tokens_total", "counter"},
       {"quantserve_prefix_cache_hit_tokens_total", "counter"},
       {"quantserve_device_memory_used_bytes", "gauge"},
@@ -732,6 +734,48 @@ TEST(PrefixCache, OnByDefaultSameIdsAsOffAndCounted) {
   }, 10, &off_after));
   EXPECT_EQ(off_after.value("quantserve_prefix_cache_hit_tokens_total", {"model=\"gpt2\""}), 0);
   EXPECT_EQ(off_after.value("quantserve_kv_cache_blocks_cached", {"model=\"gpt2\""}), 0);
+}
+
+// A model whose KV cache is split into layer groups (the Gemma 3 fixture: sliding-window and global layers) shows
+// its sliding layers' ring pool in /metrics beside the global pool: blocks in total from the start, some held
+// while a request decodes, none once it is cancelled; a model with one pool shows 0 for both.
+TEST(KvLayerGroups, WindowPoolIsInTheMetrics) {
+  auto server = start_server({"--model", "gemma3=" + std::string(QS_SOURCE_DIR) + "/tests/fixtures/models/gemma3",
+                              "--step-delay-ms", "20"});
+  ASSERT_TRUE(server);
+  const qs::test::Scrape idle = qs::test::parse_metrics(qs::test::http_get(server->metrics_port, "/metrics"));
+  ASSERT_TRUE(idle.types.count("quantserve_kv_cache_window_blocks_used"));
+  EXPECT_EQ(idle.types.at("quantserve_kv_cache_window_blocks_total"), "gauge");
+  EXPECT_GT(idle.value("quantserve_kv_cache_window_blocks_total", {"model=\"gemma3\""}), 0);
+  EXPECT_EQ(idle.value("quantserve_kv_cache_window_blocks_used", {"model=\"gemma3\""}), 0);
+  EXPECT_EQ(idle.value("quantserve_kv_cache_window_blocks_total", {"model=\"gpt2\""}), 0);
+
+  grpc::ClientContext context;
+  deadline_in(context, 60);
+  // The fixture's context is 128 positions and its window 4: 100 tokens cross the window many times.
+  v1::GenerateRequest request = greedy("the window pool", 100);
+  request.set_model("gemma3");
+  auto reader = stub_for(*server)->GenerateStream(&context, request);
+  v1::GenerateResponse chunk;
+  int got = 0;
+  while (got < 3 && reader->Read(&chunk)) got += chunk.token_ids_size();
+  ASSERT_GE(got, 3) << reader->Finish().error_message();
+  qs::test::Scrape during;
+  EXPECT_TRUE(wait_metrics(server->metrics_port, [](const qs::test::Scrape& s) {
+    return s.value("quantserve_kv_cache_window_blocks_used", {"model=\"gemma3\""}) > 0;
+  }, 5, &during)) << "no sliding-window block counted while decoding";
+  EXPECT_LE(during.value("quantserve_kv_cache_window_blocks_used", {"model=\"gemma3\""}),
+            during.value("quantserve_kv_cache_window_blocks_total", {"model=\"gemma3\""}));
+  EXPECT_GT(during.value("quantserve_kv_cache_blocks_used", {"model=\"gemma3\""}), 0);
+  context.TryCancel();
+  while (reader->Read(&chunk)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  qs::test::Scrape after;
+  EXPECT_TRUE(wait_metrics(server->metrics_port, [](const qs::test::Scrape& s) {
+    return s.value("quantserve_kv_cache_window_blocks_used", {"model=\"gemma3\""}) == 0 &&
+           s.value("quantserve_kv_cache_blocks_used", {"model=\"gemma3\""}) == 0;
+  }, 5, &after)) << "window blocks used: " << after.value("quantserve_kv_cache_window_blocks_used", {"model=\"gemma3\""});
 }
 
 TEST(PrefixCache, BadFlagValueFailsAtStartUp) {
