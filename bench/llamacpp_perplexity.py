@@ -13,6 +13,8 @@ quantserve tokenizes the first --tokens tokens once and saves them (--save-ids);
 those very ids by llama.cpp's perplexity tool's method: non-overlapping chunks of --context, each chunk's first token
 replaced by BOS when the vocabulary adds one, the second half of each chunk scored, the remainder dropped. So each
 engine's Δ is against its own fp32 and, the method and ids being the same, the absolute perplexities compare too.
+Every Δ comes with its paired standard error: both engines give each scored position's NLL (quantserve
+`--save-nll`), and a row's per-position differences from its engine's fp32 give the error of its mean.
 Writes bench/results/quality_vs_llamacpp.json (rendered into docs/QUANTIZATION.md by bench/quality_report.py).
 
 Usage: python3 bench/llamacpp_perplexity.py [--binary build/server/quantserve] [--threads 2] [-o OUT.json]
@@ -21,6 +23,7 @@ Needs `scripts/setup.sh --tools` (llama-cpp-python); no test runs it.
 import argparse
 import datetime
 import json
+import math
 import os
 import sys
 import tempfile
@@ -71,7 +74,7 @@ def llama_worker(args):
     # when add_bos; logits from position first = n_ctx/2 on; token j+1 scored from the logits at j for j in
     # first .. n_ctx-2.
     first = n_ctx // 2
-    nll, count, chunks = 0.0, 0, len(ids) // n_ctx
+    nll, count, chunks, per_token = 0.0, 0, len(ids) // n_ctx, []
     t0 = time.perf_counter()
     for c in range(chunks):
         chunk = list(ids[c * n_ctx:(c + 1) * n_ctx])
@@ -84,12 +87,15 @@ def llama_worker(args):
         m = rows.max(axis=1)
         lse = m + np.log(np.exp(rows - m[:, None]).sum(axis=1))
         target = np.asarray(chunk[first + 1:n_ctx])
-        nll += float((lse - rows[np.arange(len(target)), target]).sum())
+        token_nll = lse - rows[np.arange(len(target)), target]
+        per_token += [float(x) for x in token_nll]
+        nll += float(token_nll.sum())
         count += len(target)
     seconds = time.perf_counter() - t0
     print(json.dumps({"perplexity": float(np.exp(nll / count)), "mean_nll": nll / count, "predicted_tokens": count,
                       "windows": chunks, "add_bos": add_bos, "bos": bos, "seconds": seconds, "load_seconds": load_s,
-                      "file_bytes": os.path.getsize(args.gguf), "llama_cpp_python": llama_cpp.__version__}))
+                      "file_bytes": os.path.getsize(args.gguf), "llama_cpp_python": llama_cpp.__version__,
+                      "nll": per_token}))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -116,8 +122,9 @@ def llama_files(threads, previous):
 
 
 def quantserve_run(binary, model, flags, ids_path, args, save_ids=None, text=None):
+    nll_path = ids_path + ".nll.json"
     cmd = [binary, "perplexity", "--model", model, "--device", "cpu", "--threads", str(args.threads), "--method",
-           "llama.cpp", "--context", str(args.context), "--json"] + flags
+           "llama.cpp", "--context", str(args.context), "--json", "--save-nll", nll_path] + flags
     cmd += ["--file", text, "--max-tokens", str(args.tokens), "--save-ids", save_ids] if save_ids else \
         ["--ids-file", ids_path]
     before = load_average()
@@ -125,7 +132,17 @@ def quantserve_run(binary, model, flags, ids_path, args, save_ids=None, text=Non
     return {"perplexity": r["perplexity"], "mean_nll": r["mean_nll"], "predicted_tokens": r["predicted_tokens"],
             "windows": r["windows"], "chunk_first_token": r.get("chunk_first_token"),
             "weight_bytes": r["weight_bytes"], "group_size": r.get("group_size"), "seconds": r["seconds"],
-            "load_average_before": before}
+            "load_average_before": before, "nll": json.load(open(nll_path))}
+
+
+def paired_change(nll, base):
+    """A row's perplexity change against its engine's fp32, position by position: exp(mean Δ) - 1, and its standard
+    error by the delta method (exp(mean Δ) x the per-position differences' deviation / sqrt(n))."""
+    assert len(nll) == len(base), (len(nll), len(base))
+    d = [a - b for a, b in zip(nll, base)]
+    mean = sum(d) / len(d)
+    var = sum((x - mean) ** 2 for x in d) / (len(d) - 1)
+    return math.expm1(mean), math.exp(mean) * math.sqrt(var / len(d))
 
 
 def llama_run(gguf, ids_path, args):
@@ -178,9 +195,16 @@ def main():
             assert qs_first == lc_first, f"chunk first token: quantserve {qs_first}, llama.cpp {lc_first}"
             counts = {r["predicted_tokens"] for e in rows.values() for r in e.values()}
             assert len(counts) == 1, f"{name}: the engines scored different numbers of tokens: {counts}"
+            # Each row's change against its engine's fp32 (paired per position, with its standard error); the
+            # per-position NLLs are not kept in the JSON.
             for engine, base in (("quantserve", "fp32"), ("llama.cpp", "F32")):
+                base_nll = rows[engine][base]["nll"]
                 for r in rows[engine].values():
                     r["change_vs_own_fp32"] = r["perplexity"] / rows[engine][base]["perplexity"] - 1
+                    _, r["change_stderr"] = paired_change(r["nll"], base_nll)
+            for engine in rows.values():
+                for r in engine.values():
+                    del r["nll"]
             texts[name] = {"path": text, "tokens": len(ids), "predicted_tokens": counts.pop(),
                            "chunk_first_token": qs_first, "first_ids": ids[:8], **rows}
 
@@ -188,7 +212,8 @@ def main():
     for engine, labels in (("quantserve", list(QUANTSERVE)), ("llama.cpp", LLAMA_TYPES)):
         for label in labels:
             per = {n: {"perplexity": t[engine][label]["perplexity"],
-                       "change_vs_own_fp32": t[engine][label]["change_vs_own_fp32"]} for n, t in texts.items()}
+                       "change_vs_own_fp32": t[engine][label]["change_vs_own_fp32"],
+                       "change_stderr": t[engine][label]["change_stderr"]} for n, t in texts.items()}
             summary.append({"engine": engine, "precision": label, "texts": per,
                             "mean_change_vs_own_fp32": sum(p["change_vs_own_fp32"] for p in per.values()) / len(per)})
     fp32_gap = {n: t["quantserve"]["fp32"]["perplexity"] / t["llama.cpp"]["F32"]["perplexity"] - 1
@@ -217,7 +242,7 @@ def main():
     write_results(args.output, out)
     print(f"\n{'engine':10s} {'precision':27s} " + " ".join(f"{n:>17s}" for n in texts) + f" {'mean Δ':>8s}")
     for row in summary:
-        cells = " ".join(f"{p['perplexity']:8.4f} {100 * p['change_vs_own_fp32']:+7.3f}%"
+        cells = " ".join(f"{p['perplexity']:8.4f} {100 * p['change_vs_own_fp32']:+7.3f}% ±{100 * p['change_stderr']:.3f}"
                          for p in row["texts"].values())
         print(f"{row['engine']:10s} {row['precision']:27s} {cells} {100 * row['mean_change_vs_own_fp32']:+7.3f}%")
 

@@ -23,6 +23,7 @@ void add_perplexity_command(CLI::App& app) {
     int64_t max_tokens = 0;
     std::string ids_file;
     std::string save_ids;
+    std::string save_nll;
     std::string compare_to;
     std::string method = "sliding-window";
     std::string kv_cache_dtype = "fp32";
@@ -36,6 +37,9 @@ void add_perplexity_command(CLI::App& app) {
                                   "Score these token ids (a JSON array) instead of tokenizing a text file");
   file_opt->excludes(ids_opt);
   cmd->add_option("--save-ids", args->save_ids, "Write the scored token ids as a JSON array to this file");
+  cmd->add_option("--save-nll", args->save_nll,
+                  "Write each scored position's negative log-likelihood (nats, in scoring order) as a JSON array to "
+                  "this file, to pair runs position by position");
   cmd->add_option("--compare-to", args->compare_to,
                   "Also load the model in this precision (e.g. fp32) and report top-1 agreement and mean "
                   "KL(reference || this precision) over the scored positions");
@@ -133,6 +137,12 @@ void add_perplexity_command(CLI::App& app) {
     PerplexityOptions opts = options(loaded.engine->tokenizer());
     opts.kv_cache_dtype = *kv_cache_dtype;
     const PerplexityResult r = compute_perplexity(model, ids, context, stride, &trace, opts);
+    if (!args->save_nll.empty()) {
+      std::ofstream f(args->save_nll);
+      QS_CHECK(f.good(), ErrorCode::kInvalidArgument, "cannot write '", args->save_nll, "'");
+      f << nlohmann::json(trace.nll).dump() << "\n";
+      QS_CHECK(f.good(), ErrorCode::kInternal, "writing '", args->save_nll, "' failed");
+    }
     const double agreement = trace.compared ? double(trace.top1_agree) / double(trace.compared) : 0.0;
     const double mean_kl = trace.compared ? trace.kl_sum / double(trace.compared) : 0.0;
     const NllDelta delta = paired_nll_delta(trace);

@@ -67,6 +67,14 @@ def main():
         assert 0 < cmp["delta_perplexity_percent_stderr"] < 100 * kv16["perplexity_stderr"] / kv16["perplexity"], kv16
         assert hf["perplexity_stderr"] > 0 and hf["nll_stderr"] > 0, hf
 
+        # --save-nll: one NLL per scored position, whose mean is the run's mean NLL.
+        nll_path = os.path.join(tmp, "nll.json")
+        again = json.loads(run(b, common + ["--model", FIXTURE, "--ids-file", ids_path, "--save-nll",
+                                            nll_path]).stdout)
+        nll = json.load(open(nll_path))
+        assert len(nll) == again["predicted_tokens"] == 69, (len(nll), again)
+        assert abs(sum(nll) / len(nll) - again["mean_nll"]) < 1e-9, (sum(nll) / len(nll), again)
+
     for args, words in [
         (["--method", "llama.cpp", "--stride", "8"], "--stride does not apply to --method llama.cpp"),
         (["--method", "llamacpp"], "unknown perplexity method 'llamacpp'"),
@@ -74,6 +82,7 @@ def main():
         (["--method", "llama.cpp", "--max-tokens", "20"], "no token to score"),
         (["--kv-cache-dtype", "q4"], "--kv-cache-dtype 'q4' is not one of: fp32, fp16"),
         (["--kv-cache-dtype", "bf16"], "the cpu backend cannot store the KV cache in bf16"),
+        (["--save-nll", "/nonexistent-dir/nll.json"], "cannot write '/nonexistent-dir/nll.json'"),
     ]:
         p = run(b, ["perplexity", "--model", FIXTURE, "--device", "cpu", "--file", TEXT] + args, ok=False)
         assert words in p.stderr, p.stderr

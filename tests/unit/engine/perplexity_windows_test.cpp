@@ -102,14 +102,19 @@ TEST(PerplexityWindows, BadArgumentsAreRefusedWithASentence) {
   }
 }
 
-// On the Llama fixture: two chunks and a remainder score as the two chunks scored alone, each with its first
-// token replaced (llama.cpp's BOS), and text without a whole chunk is refused.
-TEST(PerplexityLlamaCpp, ChunksScoreAloneWithTheirFirstTokenReplaced) {
+// The Llama fixture on the CPU, one thread (it is tiny).
+LoadedEngine load_llama_fixture() {
   omp_set_num_threads(1);
   LoadEngineOptions o;
   o.model_path = std::string(QS_SOURCE_DIR) + "/tests/fixtures/models/llama";
   o.device = "cpu";
-  LoadedEngine loaded = load_engine(o);
+  return load_engine(o);
+}
+
+// On the Llama fixture: two chunks and a remainder score as the two chunks scored alone, each with its first
+// token replaced (llama.cpp's BOS), and text without a whole chunk is refused.
+TEST(PerplexityLlamaCpp, ChunksScoreAloneWithTheirFirstTokenReplaced) {
+  LoadedEngine loaded = load_llama_fixture();
   auto& model = const_cast<Model&>(loaded.engine->model());
   const int64_t ctx = 16;
   std::vector<int32_t> ids;
@@ -145,11 +150,7 @@ TEST(PerplexityLlamaCpp, ChunksScoreAloneWithTheirFirstTokenReplaced) {
 // A run compared with itself has Δ 0 with error 0; one with the other chunk-first token has a Δ whose error is
 // below the two perplexities' own (the pairing cancels the text's own spread).
 TEST(PerplexityStandardError, MatchesThePerTokenNlls) {
-  omp_set_num_threads(1);
-  LoadEngineOptions o;
-  o.model_path = std::string(QS_SOURCE_DIR) + "/tests/fixtures/models/llama";
-  o.device = "cpu";
-  LoadedEngine loaded = load_engine(o);
+  LoadedEngine loaded = load_llama_fixture();
   auto& model = const_cast<Model&>(loaded.engine->model());
   std::vector<int32_t> ids;
   for (int i = 0; i < 70; ++i) ids.push_back(int32_t((37 * i + 11) % 900 + 20));
