@@ -17,7 +17,9 @@ Every Δ comes with its paired standard error: both engines give each scored pos
 `--save-nll`), and a row's per-position differences from its engine's fp32 give the error of its mean.
 Writes bench/results/quality_vs_llamacpp.json (rendered into docs/QUANTIZATION.md by bench/quality_report.py).
 
-Usage: python3 bench/llamacpp_perplexity.py [--binary build/server/quantserve] [--threads 2] [-o OUT.json]
+Usage: python3 bench/llamacpp_perplexity.py [--binary build/server/quantserve] [--threads 2] [--tokens 2048]
+                                           [--rows "int8;int8-smooth"] [--llama-types Q8_0] [-o OUT.json]
+(--tokens larger than a text scores all of it.)
 Needs `scripts/setup.sh --tools` (llama-cpp-python); no test runs it.
 """
 import argparse
@@ -161,6 +163,10 @@ def main():
     ap.add_argument("--tokens", type=int, default=2048, help="the first N tokens of each text")
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("-o", "--output", default=OUT)
+    ap.add_argument("--rows", help="semicolon-separated quantserve rows to run (labels hold commas; default: all; fp32 "
+                                   "is always run)")
+    ap.add_argument("--llama-types", default=",".join(LLAMA_TYPES),
+                    help="comma-separated llama.cpp types (default: all; F32 is always run)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--gguf", help=argparse.SUPPRESS)
     ap.add_argument("--ids", help=argparse.SUPPRESS)
@@ -169,6 +175,13 @@ def main():
         return llama_worker(args)
 
     binary = find_binary(None if args.binary is None else args.binary)
+    # Each engine's fp32 first: the other rows' Δ is against it.
+    wanted = None if args.rows is None else {"fp32", *(r.strip() for r in args.rows.split(";"))}
+    unknown = (wanted or set()) - set(QUANTSERVE)
+    assert not unknown, f"unknown --rows {sorted(unknown)}; rows: {list(QUANTSERVE)}"
+    rows_run = {k: v for k, v in QUANTSERVE.items() if wanted is None or k in wanted}
+    types_run = ["F32"] + [t for t in args.llama_types.split(",") if t != "F32"]
+    assert set(types_run) <= set(LLAMA_TYPES), f"--llama-types: one of {LLAMA_TYPES}"
     started, t_start = load_average(), time.time()
     previous = json.load(open(args.output)) if os.path.exists(args.output) else {}
     files = llama_files(args.threads, previous)
@@ -178,14 +191,14 @@ def main():
             name = os.path.basename(text)
             ids_path = os.path.join(tmp, f"{name}.ids.json")
             rows = {"quantserve": {}, "llama.cpp": {}}
-            for label, (source, flags) in QUANTSERVE.items():
+            for label, (source, flags) in rows_run.items():
                 first = not rows["quantserve"]
                 model = MODEL if source == "source" else files[source]["path"]
                 rows["quantserve"][label] = quantserve_run(binary, model, flags, ids_path, args,
                                                            save_ids=ids_path if first else None, text=text)
                 print(f"{name:9s} quantserve {label:27s} {rows['quantserve'][label]['perplexity']:.4f}", flush=True)
             ids = json.load(open(ids_path))
-            for t in LLAMA_TYPES:
+            for t in types_run:
                 rows["llama.cpp"][t] = llama_run(files[t]["path"], ids_path, args)
                 print(f"{name:9s} llama.cpp  {t:27s} {rows['llama.cpp'][t]['perplexity']:.4f}", flush=True)
             # Both engines must have scored the same positions with the same first token in each chunk.
@@ -209,7 +222,7 @@ def main():
                            "chunk_first_token": qs_first, "first_ids": ids[:8], **rows}
 
     summary = []
-    for engine, labels in (("quantserve", list(QUANTSERVE)), ("llama.cpp", LLAMA_TYPES)):
+    for engine, labels in (("quantserve", list(rows_run)), ("llama.cpp", types_run)):
         for label in labels:
             per = {n: {"perplexity": t[engine][label]["perplexity"],
                        "change_vs_own_fp32": t[engine][label]["change_vs_own_fp32"],
@@ -233,7 +246,7 @@ def main():
                       "files": {t: {"path": os.path.relpath(f["path"], ROOT), "from": f["from"], "bytes": f["bytes"],
                                     "fallbacks": f["fallbacks"]} for t, f in files.items()}},
         "quantserve": {label: {"model": os.path.relpath(MODEL if source == "source" else files[source]["path"], ROOT),
-                               "flags": " ".join(flags)} for label, (source, flags) in QUANTSERVE.items()},
+                               "flags": " ".join(flags)} for label, (source, flags) in rows_run.items()},
         "fp32_quantserve_over_llama_cpp_f32": fp32_gap,
         "load_average_start": started, "load_average_end": load_average(), "seconds": time.time() - t_start,
         "summary": summary,

@@ -612,6 +612,15 @@ def render_issue13(w):
               "llama.cpp's CPU kernels: ggml multiplies Q4_1 weights by activations it first quantizes to Q8_1 "
               "blocks of 32 (Q8_0 weights by Q8_0 activations), so its Q4_1 and Q8_0 rows are 8-bit-activation "
               "figures, where quantserve's int4-weight-only and int8-weight-only keep fp32 activations.")
+        full = load_json("quality_vs_llamacpp_full_texts.json")
+        if full:
+            counts = ", ".join(f"{n} {t['predicted_tokens']:,}" for n, t in full["texts"].items())
+            w(f"- The same method on *all* of each text (`--tokens {full['tokens_per_text']}`, "
+              f"`bench/results/quality_vs_llamacpp_full_texts.json`, commit `{full['commit'][:10]}`; scored tokens: "
+              f"{counts}), so each error is smaller: " +
+              "; ".join(f"{r['engine']} {r['precision']} " +
+                        " / ".join(pct(c["change_vs_own_fp32"], 2) + stderr_cell(c) for c in r["texts"].values())
+                        for r in full["summary"] if r["precision"] not in ("fp32", "F32")) + ".")
         k = rows.get(("llama.cpp", "Q4_K_M"))
         if k:
             w(f"- llama.cpp Q4_K_M ({pct(k['mean_change_vs_own_fp32'], 2)} mean) re-rounds weights that already sit "
