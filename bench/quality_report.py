@@ -504,7 +504,8 @@ def render_kv_cache(w):
         w(f"| {row['precision']} | {pct(e['mean'], 4)} | ±{100 * e['max_abs']:.4f}% | ±{100 * e['mean_stderr']:.4f}% | "
           f"{100 * e['mean_top1_agreement']:.2f}% | {e['mean_kl']:.5f} |")
     w("")
-    effect = {r["precision"]: r["fp16_cache_effect"] for r in kv["summary"]}
+    summary = {r["precision"]: r for r in kv["summary"]}
+    effect = {p: r["fp16_cache_effect"] for p, r in summary.items()}
     w8a8 = [p for p in ("int8", "int8-smooth") if p in effect]
     steady = [p for p in effect if p not in w8a8]
     if steady and w8a8:
@@ -523,11 +524,10 @@ def render_kv_cache(w):
           "typical channel; not measured channel by channel). A perturbation of the input thus draws a largely "
           "new sample of the W8A8 rounding error. So a W8A8 Δ on one text of 2,047 "
           "tokens is known only to about its standard error (" +
-          ", ".join(f"{p} ±{100 * next(r for r in kv['summary'] if r['precision'] == p)['mean_change_stderr']['fp32']:.2f}%"
-                    for p in w8a8) +
+          ", ".join(f"{p} ±{100 * summary[p]['mean_change_stderr']['fp32']:.2f}%" for p in w8a8) +
           " here), and any change to the arithmetic, even one in the last bits of fp32, can move it by that much.")
         folds = load_json("int8_smooth_folds.json")
-        smooth = next((r for r in kv["summary"] if r["precision"] == "int8-smooth"), None)
+        smooth = summary.get("int8-smooth")
         if folds and smooth:
             was = folds["variants"]["down a0.6"]["mean_change_vs_fp32"]
             w(f"That is also how to read int8-smooth's fp32-cache mean here ({pct(smooth['mean_change_vs_fp32']['fp32'], 3)}) "

@@ -68,9 +68,15 @@ double standard_error(double sum, double sq_sum, int64_t n) {
 
 NllDelta paired_nll_delta(const PerplexityTrace& trace) {
   NllDelta d;
-  if (trace.compared == 0) return d;
-  d.mean = trace.delta_nll_sum / double(trace.compared);
-  d.stderr_mean = standard_error(trace.delta_nll_sum, trace.delta_nll_sq_sum, trace.compared);
+  if (trace.compared == 0 || !trace.reference) return d;
+  double sum = 0, sq_sum = 0;
+  for (int64_t i = 0; i < trace.compared; ++i) {
+    const double delta = trace.nll[size_t(i)] - trace.reference->nll[size_t(i)];
+    sum += delta;
+    sq_sum += delta * delta;
+  }
+  d.mean = sum / double(trace.compared);
+  d.stderr_mean = standard_error(sum, sq_sum, trace.compared);
   d.perplexity_percent = 100.0 * std::expm1(d.mean);
   d.perplexity_percent_stderr = 100.0 * std::exp(d.mean) * d.stderr_mean;
   return d;
@@ -135,9 +141,6 @@ PerplexityResult compute_perplexity(Model& model, const std::vector<int32_t>& id
           if (const PerplexityTrace* ref = trace->reference) {
             QS_CHECK(i < ref->top1.size() && i < ref->logprobs.size() && i < ref->nll.size(),
                      ErrorCode::kInvalidArgument, "the reference trace has fewer scored positions than this run");
-            const double delta = nll - ref->nll[i];
-            trace->delta_nll_sum += delta;
-            trace->delta_nll_sq_sum += delta * delta;
             const std::vector<float>& rp = ref->logprobs[i];
             double kl = 0;
             for (int64_t v = 0; v < V; ++v) {

@@ -65,14 +65,10 @@ struct PerplexityTrace {
   int64_t top1_agree = 0;
   double kl_sum = 0;
   double kl_max = 0;
-  // The paired per-token NLL differences (this model's minus the reference's): their sum and sum of squares, so
-  // a precision's perplexity change comes with its own standard error (see paired_nll_delta).
-  double delta_nll_sum = 0;
-  double delta_nll_sq_sum = 0;
 };
 
-// A precision's change against the reference from a compared trace: the mean per-token NLL difference and its
-// standard error over the compared positions, and the same as a relative perplexity change in percent
+// A precision's change against the reference from a compared trace (its `nll` against reference->nll over the
+// compared positions; zeros without a reference): the mean per-token NLL difference and its standard error, and the same as a relative perplexity change in percent
 // (100 (e^mean - 1), its error by the delta method). Paired, so it is much tighter than the two perplexities'
 // own errors: the text's hard tokens are hard for both.
 struct NllDelta {

@@ -75,6 +75,13 @@ void add_perplexity_command(CLI::App& app) {
       ss << in.rdbuf();
       return ss.str();
     };
+    // --save-ids and --save-nll: one JSON value on one line.
+    const auto write_json = [](const std::string& path, const nlohmann::json& value) {
+      std::ofstream f(path);
+      QS_CHECK(f.good(), ErrorCode::kInvalidArgument, "cannot write '", path, "'");
+      f << value.dump() << "\n";
+      QS_CHECK(f.good(), ErrorCode::kInternal, "writing '", path, "' failed");
+    };
     const std::string text = args->file.empty() ? std::string() : read_all(args->file, "text file");
     const auto load = [&](const std::string& precision, bool quiet) {
       ModelArgs m = args->model;
@@ -126,23 +133,14 @@ void add_perplexity_command(CLI::App& app) {
     LoadedEngine loaded = load(args->model.precision, args->json);
     auto& model = const_cast<Model&>(loaded.engine->model());
     const std::vector<int32_t> ids = token_ids(loaded.engine->tokenizer(), model.config().vocab_size);
-    if (!args->save_ids.empty()) {
-      std::ofstream f(args->save_ids);
-      QS_CHECK(f.good(), ErrorCode::kInvalidArgument, "cannot write '", args->save_ids, "'");
-      f << nlohmann::json(ids).dump() << "\n";
-    }
+    if (!args->save_ids.empty()) write_json(args->save_ids, nlohmann::json(ids));
     const auto [context, stride] = windows(model);
     PerplexityTrace trace;
     trace.reference = args->compare_to.empty() ? nullptr : &reference;
     PerplexityOptions opts = options(loaded.engine->tokenizer());
     opts.kv_cache_dtype = *kv_cache_dtype;
     const PerplexityResult r = compute_perplexity(model, ids, context, stride, &trace, opts);
-    if (!args->save_nll.empty()) {
-      std::ofstream f(args->save_nll);
-      QS_CHECK(f.good(), ErrorCode::kInvalidArgument, "cannot write '", args->save_nll, "'");
-      f << nlohmann::json(trace.nll).dump() << "\n";
-      QS_CHECK(f.good(), ErrorCode::kInternal, "writing '", args->save_nll, "' failed");
-    }
+    if (!args->save_nll.empty()) write_json(args->save_nll, nlohmann::json(trace.nll));
     const double agreement = trace.compared ? double(trace.top1_agree) / double(trace.compared) : 0.0;
     const double mean_kl = trace.compared ? trace.kl_sum / double(trace.compared) : 0.0;
     const NllDelta delta = paired_nll_delta(trace);
@@ -191,8 +189,8 @@ void add_perplexity_command(CLI::App& app) {
       if (method == PerplexityMethod::kLlamaCpp) {
         std::printf("perplexity %.4f +/- %.4f (mean NLL %.5f over %lld tokens, llama.cpp's method: %lld chunks of "
                     "%lld, the second half of each scored, %lld tokens dropped; %.1f s)\n",
-                    r.perplexity, r.perplexity_stderr, r.mean_nll, (long long)r.predicted_tokens, (long long)r.windows, (long long)context,
-                    (long long)(int64_t(ids.size()) - r.windows * context), r.seconds);
+                    r.perplexity, r.perplexity_stderr, r.mean_nll, (long long)r.predicted_tokens, (long long)r.windows,
+                    (long long)context, (long long)(int64_t(ids.size()) - r.windows * context), r.seconds);
       } else {
         std::printf("perplexity %.4f +/- %.4f (mean NLL %.5f over %lld tokens, %lld windows of %lld, stride %lld; "
                     "%.1f s)\n",
