@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """int4-weight-only against the int8 modes on the default model (issue 13): batch-1 decode tokens/s with the
 precisions alternated round by round in one run (so machine load hits them alike; the load average is kept per
-run), weight bytes, and GPL-3 perplexity of int4-weight-only against fp32 (`--perplexity`, or a saved
+run), int4-weight-only also with its fp32 batch-1 kernel (QUANTSERVE_CPU_BF16=0: what the AVX-512 BF16 kernel
+gains; the same kernel twice on a CPU without BF16), weight bytes, and GPL-3 perplexity of int4-weight-only against fp32 (`--perplexity`, or a saved
 `quantserve perplexity --precision int4-weight-only --compare-to fp32 --json` output via --perplexity-json).
 Writes bench/results/int4_weight_only.json.
 
@@ -21,17 +22,22 @@ from bench_common import ROOT, find_binary, git_commit, load_average, machine_in
 MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 OUT = os.path.join(ROOT, "bench", "results", "int4_weight_only.json")
 TEXT = "/usr/share/common-licenses/GPL-3"
-PRECISIONS = ["int4-weight-only", "int8-weight-only", "int8"]
+# (name, precision, environment)
+VARIANTS = [("int4-weight-only", "int4-weight-only", {}),
+            ("int4-weight-only, fp32 kernel", "int4-weight-only", {"QUANTSERVE_CPU_BF16": "0"}),
+            ("int8-weight-only", "int8-weight-only", {}), ("int8", "int8", {})]
 
 
-def bench_once(binary, precision, args):
+def bench_once(binary, variant, args):
+    name, precision, env = variant
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         before = load_average()
         run([binary, "bench", "--model", MODEL, "--device", "cpu", "--threads", str(args.threads),
              "--precisions", precision, "--batch", "1", "--prompt-tokens", str(args.prompt_tokens),
-             "--new-tokens", str(args.new_tokens), "--output", out.name])
+             "--new-tokens", str(args.new_tokens), "--output", out.name], env=env)
         r = json.load(open(out.name))["results"][0]
-    return {"precision": precision, "decode_tokens_per_second": r["decode_tokens_per_second"],
+    return {"variant": name, "precision": precision, "environment": env,
+            "decode_tokens_per_second": r["decode_tokens_per_second"],
             "prefill_tokens_per_second": r["prefill_tokens_per_second"], "weight_bytes": r["weight_bytes"],
             "peak_memory_bytes": r["peak_memory_bytes"], "load_average_before": before,
             "load_average_after": load_average()}
@@ -52,26 +58,27 @@ def main():
 
     runs = []
     for rnd in range(args.rounds):
-        order = PRECISIONS if rnd % 2 == 0 else PRECISIONS[::-1]   # alternate who goes first
-        for p in order:
-            r = bench_once(binary, p, args)
+        order = VARIANTS if rnd % 2 == 0 else VARIANTS[::-1]   # alternate who goes first
+        for variant in order:
+            r = bench_once(binary, variant, args)
             r["round"] = rnd
             runs.append(r)
-            print(f"round {rnd} {p:17s} decode {r['decode_tokens_per_second']:7.1f} tok/s  "
+            print(f"round {rnd} {variant[0]:30s} decode {r['decode_tokens_per_second']:7.1f} tok/s  "
                   f"load {r['load_average_before'][0]:.1f}", flush=True)
 
-    def per_round(p):
-        return [r["decode_tokens_per_second"] for r in runs if r["precision"] == p]
+    def per_round(name):
+        return [r["decode_tokens_per_second"] for r in runs if r["variant"] == name]
 
     summary = {}
-    for p in PRECISIONS:
-        v = per_round(p)
-        summary[p] = {"decode_tokens_per_second_median": statistics.median(v), "min": min(v), "max": max(v),
-                      "weight_bytes": next(r["weight_bytes"] for r in runs if r["precision"] == p)}
+    for name, _, _ in VARIANTS:
+        v = per_round(name)
+        summary[name] = {"decode_tokens_per_second_median": statistics.median(v), "min": min(v), "max": max(v),
+                         "weight_bytes": next(r["weight_bytes"] for r in runs if r["variant"] == name)}
     int4 = per_round("int4-weight-only")
-    for peer in ("int8-weight-only", "int8"):
+    for peer in ("int4-weight-only, fp32 kernel", "int8-weight-only", "int8"):
         ratios = [a / b for a, b in zip(int4, per_round(peer))]   # paired: the same round, back to back
-        summary[f"int4_over_{peer}"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+        key = "int4_over_int4_fp32_kernel" if peer.endswith("fp32 kernel") else f"int4_over_{peer}"
+        summary[key] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
                                         "per_round": ratios}
 
     result = {"benchmark": "int4_weight_only", "date": datetime.datetime.utcnow().isoformat() + "Z",

@@ -19,9 +19,10 @@ def find_binary(explicit):
     sys.exit(f"quantserve binary not found (tried {candidates}); pass --binary")
 
 
-def run(cmd):
-    """Runs cmd and returns its stdout; a non-zero exit raises with the command and the end of its stderr."""
-    p = subprocess.run(cmd, capture_output=True, text=True)
+def run(cmd, env=None):
+    """Runs cmd (with env's variables added to this process's) and returns its stdout; a non-zero exit raises with
+    the command and the end of its stderr."""
+    p = subprocess.run(cmd, capture_output=True, text=True, env=None if env is None else {**os.environ, **env})
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
     return p.stdout

@@ -84,11 +84,11 @@ class CpuLinear final : public LinearWeight {
         }
         break;
       case Precision::kInt4WeightOnly:
-        cpu::dequantize_block_row(dst, w_blocks.data(), block_type, n, K);
+        cpu::dequantize_block_row(dst, w_blocks.data(), block_type, n, out_features, K);
         break;
       default:  // int8, int8-weight-only (per row or in Q8_0 blocks), int8-mixed, int8-smooth
         if (!w_blocks.empty()) {
-          cpu::dequantize_block_row(dst, w_blocks.data(), block_type, n, K);
+          cpu::dequantize_block_row(dst, w_blocks.data(), block_type, n, out_features, K);
           break;
         }
         for (int64_t k = 0; k < K; ++k) dst[k] = row_scale[size_t(n)] * float(q(n, k));
@@ -535,18 +535,24 @@ class CpuBackend final : public Backend {
     QS_CHECK(K % kGgufBlock32 == 0, ErrorCode::kUnsupported, "int4-weight-only quantizes blocks of ", kGgufBlock32,
              " inputs, and this weight (", N, " x ", K, ") has ", K, " inputs, not a multiple of ", kGgufBlock32,
              "; load it in another precision (e.g. int8-weight-only)");
-    if (weight.dtype == DType::Q4_1 || weight.dtype == DType::Q8_0) {
-      lin.block_type = weight.dtype == DType::Q4_1 ? cpu::BlockType::kQ4_1 : cpu::BlockType::kQ8_0;
+    if (weight.dtype == DType::Q8_0) {
+      lin.block_type = cpu::BlockType::kQ8_0;
       const auto* src = static_cast<const uint8_t*>(weight.data);
-      lin.w_blocks.assign(src, src + size_t(n_blocks) * cpu::block_type_bytes(lin.block_type));
-    } else {
+      lin.w_blocks.assign(src, src + size_t(n_blocks) * sizeof(BlockQ8_0));
+    } else {   // Q4_1 blocks, kept split (gemv_blocks.h: Q4_1Split), from the file's or from rounding
       lin.block_type = cpu::BlockType::kQ4_1;
-      lin.w_blocks.resize(size_t(n_blocks) * sizeof(BlockQ4_1));
-      auto* dst = reinterpret_cast<BlockQ4_1*>(lin.w_blocks.data());
-      if (weight.dtype != DType::Q4_0 ||
-          !cpu::convert_q4_0_to_q4_1(dst, static_cast<const BlockQ4_0*>(weight.data), n_blocks)) {
-        cpu::quantize_q4_1(dst, w, N * K);
+      std::vector<BlockQ4_1> blocks;
+      const auto* src = static_cast<const BlockQ4_1*>(weight.data);
+      if (weight.dtype != DType::Q4_1) {
+        blocks.resize(size_t(n_blocks));
+        if (weight.dtype != DType::Q4_0 ||
+            !cpu::convert_q4_0_to_q4_1(blocks.data(), static_cast<const BlockQ4_0*>(weight.data), n_blocks)) {
+          cpu::quantize_q4_1(blocks.data(), w, N * K);
+        }
+        src = blocks.data();
       }
+      lin.w_blocks.resize(size_t(n_blocks) * sizeof(BlockQ4_1));
+      cpu::split_q4_1(lin.w_blocks.data(), src, n_blocks);
     }
     lin.weight_bytes = lin.w_blocks.size();
   }

@@ -13,6 +13,22 @@ namespace qs::cpu {
 
 size_t block_type_bytes(BlockType type) { return type == BlockType::kQ4_1 ? sizeof(BlockQ4_1) : sizeof(BlockQ8_0); }
 
+Q4_1Split q4_1_split(const void* w, int64_t n_blocks) {
+  const auto* base = static_cast<const uint8_t*>(w);
+  const auto* d = reinterpret_cast<const uint16_t*>(base + n_blocks * 16);
+  return {base, d, d + n_blocks};
+}
+
+void split_q4_1(uint8_t* dst, const BlockQ4_1* src, int64_t n_blocks) {
+  auto* d = reinterpret_cast<uint16_t*>(dst + n_blocks * 16);
+  uint16_t* m = d + n_blocks;
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    std::copy(src[b].qs, src[b].qs + 16, dst + b * 16);
+    d[b] = src[b].d;
+    m[b] = src[b].m;
+  }
+}
+
 void quantize_q4_1(BlockQ4_1* dst, const float* src, int64_t n) {
   QS_CHECK(n % kGgufBlock32 == 0, ErrorCode::kInternal, "quantize_q4_1: ", n, " elements are not whole blocks");
   for (int64_t b = 0; b < n / kGgufBlock32; ++b) {
@@ -61,15 +77,17 @@ bool convert_q4_0_to_q4_1(BlockQ4_1* dst, const BlockQ4_0* src, int64_t n_blocks
   return true;
 }
 
-void dequantize_block_row(float* dst, const void* w, BlockType type, int64_t n, int64_t K) {
+void dequantize_block_row(float* dst, const void* w, BlockType type, int64_t n, int64_t N, int64_t K) {
   const int64_t nb = K / kGgufBlock32;
   if (type == BlockType::kQ4_1) {
-    const BlockQ4_1* row = static_cast<const BlockQ4_1*>(w) + n * nb;
-    for (int64_t b = 0; b < nb; ++b) {
-      const float d = f16_to_f32(row[b].d), m = f16_to_f32(row[b].m);
+    const Q4_1Split q = q4_1_split(w, N * nb);
+    for (int64_t b = n * nb; b < (n + 1) * nb; ++b) {
+      const float d = f16_to_f32(q.d[b]), m = f16_to_f32(q.m[b]);
+      const uint8_t* qs = q.qs + b * 16;
+      float* out = dst + (b - n * nb) * 32;
       for (int j = 0; j < 16; ++j) {
-        dst[b * 32 + j] = d * float(row[b].qs[j] & 0x0f) + m;
-        dst[b * 32 + j + 16] = d * float(row[b].qs[j] >> 4) + m;
+        out[j] = d * float(qs[j] & 0x0f) + m;
+        out[j + 16] = d * float(qs[j] >> 4) + m;
       }
     }
   } else {
@@ -84,6 +102,7 @@ void dequantize_block_row(float* dst, const void* w, BlockType type, int64_t n, 
 void gemv_blocks_reference(float* out, const float* x, const void* w, BlockType type, int64_t T, int64_t N,
                            int64_t K) {
   const int64_t nb = K / kGgufBlock32;
+  const Q4_1Split q4 = q4_1_split(w, N * nb);
   for (int64_t t = 0; t < T; ++t) {
     const float* xt = x + t * K;
     for (int64_t n = 0; n < N; ++n) {
@@ -92,10 +111,10 @@ void gemv_blocks_reference(float* out, const float* x, const void* w, BlockType 
         float dot = 0, sum = 0, d = 0, m = 0;
         const float* xb = xt + b * 32;
         if (type == BlockType::kQ4_1) {
-          const BlockQ4_1& blk = static_cast<const BlockQ4_1*>(w)[n * nb + b];
-          d = f16_to_f32(blk.d), m = f16_to_f32(blk.m);
+          d = f16_to_f32(q4.d[n * nb + b]), m = f16_to_f32(q4.m[n * nb + b]);
+          const uint8_t* qs = q4.qs + (n * nb + b) * 16;
           for (int j = 0; j < 16; ++j) {
-            dot += float(blk.qs[j] & 0x0f) * xb[j] + float(blk.qs[j] >> 4) * xb[j + 16];
+            dot += float(qs[j] & 0x0f) * xb[j] + float(qs[j] >> 4) * xb[j + 16];
             sum += xb[j] + xb[j + 16];
           }
         } else {
@@ -112,7 +131,8 @@ void gemv_blocks_reference(float* out, const float* x, const void* w, BlockType 
 
 void gemv_blocks(float* out, const float* x, const void* w, BlockType type, int64_t T, int64_t N, int64_t K) {
   QS_CHECK(K % kGgufBlock32 == 0, ErrorCode::kInternal, "gemv_blocks: K = ", K, " is not a multiple of 32");
-  static const bool avx512 = gemv_avx512_available();
+  static const bool avx512 = gemv_avx512_available(), bf16 = gemv_bf16_available();
+  if (T == 1 && type == BlockType::kQ4_1 && bf16) return gemv_q4_1_bf16(out, x, w, N, K);
   for (int64_t t0 = 0; t0 < T; t0 += kBlockGemvMaxRows) {
     const int64_t rows = std::min(kBlockGemvMaxRows, T - t0);
     if (avx512) {

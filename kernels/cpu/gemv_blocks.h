@@ -9,10 +9,25 @@
 namespace qs::cpu {
 
 // T = tokens (rows of x), N = out features, K = in features (a multiple of kGgufBlock32), NB = K / 32 blocks a row.
-// A block weight w (N, K) is N rows of NB blocks each, row after row (a GGUF tensor's own layout).
+// A block weight w (N, K) is N rows of NB blocks each, row after row. Q8_0 blocks are kept as GGUF lays them out;
+// Q4_1 ones are kept split (Q4_1Split): the same 20 bytes a block and the same values, in three arrays.
 
 enum class BlockType { kQ4_1, kQ8_0 };
 size_t block_type_bytes(BlockType type);   // 20 or 34
+
+// A Q4_1 weight in memory: every block's 16 bytes of nibbles, then every block's d, then every block's m (fp16),
+// each array in block order (row after row). GGUF interleaves them per 20-byte block; split, the batch-1 kernel
+// reads two blocks' nibbles in one 32-byte load and sixteen blocks' scales in one, where interleaved blocks cost
+// it a shuffle and a scalar conversion per block (gemv_blocks_bf16_avx512.cpp says what that was worth).
+struct Q4_1Split {
+  const uint8_t* qs;   // n_blocks x 16
+  const uint16_t* d;   // n_blocks
+  const uint16_t* m;   // n_blocks
+};
+// The three arrays of a split Q4_1 weight of n_blocks blocks that starts at w.
+Q4_1Split q4_1_split(const void* w, int64_t n_blocks);
+// GGUF Q4_1 blocks into the split layout (dst holds n_blocks x 20 bytes); values unchanged.
+void split_q4_1(uint8_t* dst, const BlockQ4_1* src, int64_t n_blocks);
 
 // Round to nearest into Q4_1 (ggml's quantize_row_q4_1_ref): per block of 32, m = min, d = (max - min) / 15,
 // both stored fp16, q = round((x - m) / d) clamped to [0, 15]. n a multiple of 32.
@@ -26,7 +41,8 @@ void quantize_q8_0(BlockQ8_0* dst, const float* src, int64_t n);
 bool convert_q4_0_to_q4_1(BlockQ4_1* dst, const BlockQ4_0* src, int64_t n_blocks);
 
 // out[t, n] = sum_b (d_b sum_j q_bj x[t, 32 b + j] + m_b sum_j x[t, 32 b + j]) over row n's blocks
-// (m = 0 for Q8_0): the weight-only product with the dequantization split per block.
+// (m = 0 for Q8_0): the weight-only product with the dequantization split per block. w: Q8_0 blocks, or a split
+// Q4_1 weight (Q4_1Split) of N x K / 32 blocks.
 // The reference: one plain loop per output.
 void gemv_blocks_reference(float* out, const float* x, const void* w, BlockType type, int64_t T, int64_t N,
                            int64_t K);
@@ -36,9 +52,14 @@ constexpr int64_t kBlockGemvMaxRows = 8;
 // the AVX2 one runs on every CPU the build targets (x86-64-v3).
 void gemv_blocks_avx512(float* out, const float* x, const void* w, BlockType type, int64_t T, int64_t N, int64_t K);
 void gemv_blocks_avx2(float* out, const float* x, const void* w, BlockType type, int64_t T, int64_t N, int64_t K);
-// Any T: passes of kBlockGemvMaxRows rows through the best of the two above.
+// T = 1 on a split Q4_1 weight with AVX-512 BF16 (gemv_bf16_available()): each activation split exactly into three
+// bf16 parts and each nibble looked up as a bf16, so every product is exact and only the order of the fp32 sums
+// differs from gemv_blocks_avx512's; two blocks a dot-product instruction. Threads over rows of w.
+bool gemv_bf16_available();
+void gemv_q4_1_bf16(float* out, const float* x, const void* w, int64_t N, int64_t K);
+// Any T: passes of kBlockGemvMaxRows rows through the best of the above.
 void gemv_blocks(float* out, const float* x, const void* w, BlockType type, int64_t T, int64_t N, int64_t K);
-// dst (K) = row n of w, dequantized as the reference does (d q + m).
-void dequantize_block_row(float* dst, const void* w, BlockType type, int64_t n, int64_t K);
+// dst (K) = row n of the N x K weight w, dequantized as the reference does (d q + m).
+void dequantize_block_row(float* dst, const void* w, BlockType type, int64_t n, int64_t N, int64_t K);
 
 }  // namespace qs::cpu

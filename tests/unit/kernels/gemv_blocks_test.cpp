@@ -45,6 +45,31 @@ std::vector<uint8_t> random_blocks(BlockType type, int64_t N, int64_t K, uint32_
 
 DType gguf_type(BlockType type) { return type == BlockType::kQ4_1 ? DType::Q4_1 : DType::Q8_0; }
 
+// GGUF blocks as the kernels take them: Q4_1 split (Q4_1Split), Q8_0 as it is.
+std::vector<uint8_t> kernel_layout(BlockType type, const std::vector<uint8_t>& gguf) {
+  if (type == BlockType::kQ8_0) return gguf;
+  std::vector<uint8_t> split(gguf.size());
+  split_q4_1(split.data(), reinterpret_cast<const BlockQ4_1*>(gguf.data()), int64_t(gguf.size() / sizeof(BlockQ4_1)));
+  return split;
+}
+
+TEST(Q4_1, SplitLayoutHoldsEachBlocksNibblesAndScales) {
+  std::vector<BlockQ4_1> blocks(5);
+  for (size_t b = 0; b < blocks.size(); ++b) {
+    blocks[b].d = uint16_t(0x1000 + b), blocks[b].m = uint16_t(0x2000 + b);
+    for (int j = 0; j < 16; ++j) blocks[b].qs[j] = uint8_t(16 * b + j);
+  }
+  std::vector<uint8_t> split(blocks.size() * sizeof(BlockQ4_1));
+  split_q4_1(split.data(), blocks.data(), int64_t(blocks.size()));
+  const Q4_1Split q = q4_1_split(split.data(), int64_t(blocks.size()));
+  for (size_t b = 0; b < blocks.size(); ++b) {
+    EXPECT_EQ(q.d[b], blocks[b].d);
+    EXPECT_EQ(q.m[b], blocks[b].m);
+    for (int j = 0; j < 16; ++j) EXPECT_EQ(q.qs[b * 16 + size_t(j)], blocks[b].qs[j]);
+  }
+  EXPECT_EQ(reinterpret_cast<const uint8_t*>(q.m + blocks.size()), split.data() + split.size());
+}
+
 TEST(Q4_1, QuantizerRoundsEachBlockToNearestWithinHalfAStep) {
   const int64_t n = 32 * 40;
   std::vector<float> w = random_values(size_t(n), 1, -2.0f, 3.0f);
@@ -88,14 +113,14 @@ class BlockGemv : public ::testing::TestWithParam<BlockType> {};
 TEST_P(BlockGemv, ReferenceMatchesTheDequantizedProduct) {
   const BlockType type = GetParam();
   const int64_t T = 3, N = 19, K = 160;
-  const std::vector<uint8_t> w = random_blocks(type, N, K, 11);
+  const std::vector<uint8_t> gguf = random_blocks(type, N, K, 11), w = kernel_layout(type, gguf);
   const std::vector<float> x = random_values(size_t(T * K), 12);
   std::vector<float> deq(size_t(N * K)), out(size_t(T * N));
-  dequantize_gguf_blocks(deq.data(), w.data(), gguf_type(type), N * K);
+  dequantize_gguf_blocks(deq.data(), gguf.data(), gguf_type(type), N * K);
   gemv_blocks_reference(out.data(), x.data(), w.data(), type, T, N, K);
   std::vector<float> row(static_cast<size_t>(K));
   for (int64_t n = 0; n < N; ++n) {
-    dequantize_block_row(row.data(), w.data(), type, n, K);
+    dequantize_block_row(row.data(), w.data(), type, n, N, K);
     for (int64_t k = 0; k < K; ++k) ASSERT_EQ(row[size_t(k)], deq[size_t(n * K + k)]);
   }
   for (int64_t t = 0; t < T; ++t) {
@@ -114,7 +139,7 @@ void expect_matches_reference(void (*kernel)(float*, const float*, const void*, 
                               BlockType type, int64_t max_rows) {
   for (int64_t K : {32, 96, 576}) {
     const int64_t N = 37;
-    const std::vector<uint8_t> w = random_blocks(type, N, K, uint32_t(K));
+    const std::vector<uint8_t> w = kernel_layout(type, random_blocks(type, N, K, uint32_t(K)));
     for (int64_t T = 1; T <= max_rows; ++T) {
       const std::vector<float> x = random_values(size_t(T * K), uint32_t(T + 100 * K), -2.0f, 2.0f);
       std::vector<float> want(size_t(T * N)), got(size_t(T * N), -1.0f);
@@ -136,6 +161,56 @@ TEST_P(BlockGemv, Avx2MatchesReference) { expect_matches_reference(gemv_blocks_a
 
 TEST_P(BlockGemv, AnyTokenCountInPasses) { expect_matches_reference(gemv_blocks, GetParam(), 19); }
 
+// The batch-1 bf16 kernel: against the reference at block counts that are odd, a sixteen-block chunk and a tail,
+// and odd row counts, within fp32 summation-order error (every product is exact; only sums are rounded).
+TEST(BlockGemvBf16, MatchesReferenceWithinSummationOrder) {
+  if (!gemv_bf16_available()) GTEST_SKIP() << "no AVX-512 BF16 on this CPU";
+  for (int64_t K : {32, 64, 96, 544, 576, 1536}) {
+    for (int64_t N : {1, 37, 38, 39}) {
+      const std::vector<uint8_t> w = kernel_layout(BlockType::kQ4_1, random_blocks(BlockType::kQ4_1, N, K, uint32_t(K + N)));
+      const std::vector<float> x = random_values(size_t(K), uint32_t(7 * K + N), -2.0f, 2.0f);
+      std::vector<float> want(static_cast<size_t>(N)), got(static_cast<size_t>(N), -1.0f), deq(static_cast<size_t>(K));
+      gemv_blocks_reference(want.data(), x.data(), w.data(), BlockType::kQ4_1, 1, N, K);
+      gemv_q4_1_bf16(got.data(), x.data(), w.data(), N, K);
+      for (int64_t n = 0; n < N; ++n) {
+        dequantize_block_row(deq.data(), w.data(), BlockType::kQ4_1, n, N, K);
+        double scale = 0;
+        for (int64_t k = 0; k < K; ++k) scale += std::fabs(double(deq[size_t(k)]) * x[size_t(k)]);
+        EXPECT_NEAR(got[size_t(n)], want[size_t(n)], 2e-6 * scale) << "K " << K << " N " << N << " n " << n;
+      }
+    }
+  }
+}
+
+// Exact products, not approximately right ones: with one nonzero weight a row (m = 0), a power of two so that q x
+// is exact in fp32, the output is d (q x) rounded once, bit for bit what the fp32 reference computes. The
+// activations carry all 24 bits of their significand, so splitting them into fewer than three bf16 parts would
+// miss. (With other q the three parts' products are exact too, but their sum q x may round once per part.)
+TEST(BlockGemvBf16, ProductsAreExact) {
+  if (!gemv_bf16_available()) GTEST_SKIP() << "no AVX-512 BF16 on this CPU";
+  const int64_t N = 40, K = 96, nb = K / 32;
+  std::vector<BlockQ4_1> blocks(size_t(N * nb));
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t b = 0; b < nb; ++b) {
+      BlockQ4_1& blk = blocks[size_t(n * nb + b)];
+      blk.d = f32_to_f16(0.01f * float(n + 1)), blk.m = 0;
+      std::fill(blk.qs, blk.qs + 16, uint8_t(0));
+    }
+    const int64_t j = n % 32;   // element j of block n % nb: nibble j (low) or j - 16 (high)
+    BlockQ4_1& blk = blocks[size_t(n * nb + n % nb)];
+    const int q = 1 << (n % 4);
+    blk.qs[j % 16] = uint8_t(j < 16 ? q : q << 4);
+  }
+  std::vector<uint8_t> w(blocks.size() * sizeof(BlockQ4_1));
+  split_q4_1(w.data(), blocks.data(), N * nb);
+  std::vector<float> x = random_values(size_t(K), 77, -3.0f, 3.0f);
+  for (size_t k = 0; k < x.size(); ++k) x[k] += 1e-7f * float(k);   // low significand bits set
+  std::vector<float> want(static_cast<size_t>(N)), got(static_cast<size_t>(N));
+  gemv_blocks_reference(want.data(), x.data(), w.data(), BlockType::kQ4_1, 1, N, K);
+  gemv_q4_1_bf16(got.data(), x.data(), w.data(), N, K);
+  for (int64_t n = 0; n < N; ++n) ASSERT_EQ(got[size_t(n)], want[size_t(n)]) << "row " << n;
+}
+
 INSTANTIATE_TEST_SUITE_P(Types, BlockGemv, ::testing::Values(BlockType::kQ4_1, BlockType::kQ8_0),
                          [](const auto& info) { return info.param == BlockType::kQ4_1 ? "Q4_1" : "Q8_0"; });
 
@@ -145,7 +220,7 @@ TEST(Int4Linear, KeepsFileBlocksAndMatchesTheReferenceAtEveryBatch) {
   auto backend = make_cpu_backend(2);
   const int64_t N = 45, K = 128;
   for (BlockType type : {BlockType::kQ4_1, BlockType::kQ8_0}) {
-    const std::vector<uint8_t> w = random_blocks(type, N, K, 5);
+    const std::vector<uint8_t> w = random_blocks(type, N, K, 5), kernel_w = kernel_layout(type, w);
     const std::vector<float> bias = random_values(size_t(N), 6);
     const HostTensor bt{bias.data(), DType::F32, N, 1};
     auto lin = backend->make_linear(HostTensor{w.data(), gguf_type(type), N, K}, &bt, Precision::kInt4WeightOnly,
@@ -155,7 +230,7 @@ TEST(Int4Linear, KeepsFileBlocksAndMatchesTheReferenceAtEveryBatch) {
     for (int64_t T : {1, 7, 9, 33, 70}) {
       const std::vector<float> x = random_values(size_t(T * K), uint32_t(T));
       std::vector<float> want(size_t(T * N));
-      gemv_blocks_reference(want.data(), x.data(), w.data(), type, T, N, K);
+      gemv_blocks_reference(want.data(), x.data(), kernel_w.data(), type, T, N, K);
       std::unique_ptr<DeviceBuffer> in_buf, out_buf;
       Tensor in = backend->new_tensor(in_buf, T, K), out = backend->new_tensor(out_buf, T, N);
       std::memcpy(in.data, x.data(), x.size() * 4);
