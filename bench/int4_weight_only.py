@@ -33,7 +33,7 @@ def bench_once(binary, variant, args):
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         before = load_average()
         run([binary, "bench", "--model", MODEL, "--device", "cpu", "--threads", str(args.threads),
-             "--precisions", precision, "--batch", "1", "--prompt-tokens", str(args.prompt_tokens),
+             "--precisions", precision, "--group-size", "0", "--batch", "1", "--prompt-tokens", str(args.prompt_tokens),
              "--new-tokens", str(args.new_tokens), "--output", out.name], env=env)
         r = json.load(open(out.name))["results"][0]
     return {"variant": name, "precision": precision, "environment": env,

@@ -35,7 +35,7 @@ def perplexity(binary, text, precision, kv, threads, reference="fp32"):
     """`precision` with its KV cache in `kv`, against `reference` (its cache always fp32) on the same positions."""
     before = load_average()
     r = json.loads(run([binary, "perplexity", "--model", MODEL, "--device", "cpu", "--threads", str(threads),
-                        "--precision", precision, "--kv-cache-dtype", kv, "--compare-to", reference, "--file", text,
+                        "--precision", precision, "--group-size", "0", "--kv-cache-dtype", kv, "--compare-to", reference, "--file", text,
                         "--max-tokens", "2048", "--context", "512", "--stride", "256", "--json"]))
     assert r["kv_cache_dtype"] == kv, r
     c = r["compare_to"]

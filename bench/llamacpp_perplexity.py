@@ -43,7 +43,7 @@ TEXTS = ["/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/LGPL-2.
 # first: the others' Δ is against it.
 QUANTSERVE = {
     "fp32": ("source", ["--precision", "fp32"]),
-    "int8-weight-only": ("source", ["--precision", "int8-weight-only"]),
+    "int8-weight-only": ("source", ["--precision", "int8-weight-only", "--group-size", "0"]),   # per row
     "int8-weight-only, group 32": ("source", ["--precision", "int8-weight-only", "--group-size", "32"]),
     "int8-smooth": ("source", ["--precision", "int8-smooth"]),
     "int8": ("source", ["--precision", "int8"]),

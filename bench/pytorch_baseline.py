@@ -104,11 +104,11 @@ def torch_worker(args):
 def quantserve_row(binary, precision, args, ids_path):
     la = load_average()
     th = ["--threads", str(args.threads)]
-    p = json.loads(run([binary, "perplexity", "--model", MODEL, "--precision", precision, "--ids-file", ids_path,
+    p = json.loads(run([binary, "perplexity", "--model", MODEL, "--precision", precision, "--group-size", "0", "--ids-file", ids_path,
                         "--context", str(args.context), "--stride", str(args.stride), "--json"] + th))
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         bench_path = f.name
-    run([binary, "bench", "--model", MODEL, "--precisions", precision, "--batch", "1", "--prompt-tokens",
+    run([binary, "bench", "--model", MODEL, "--precisions", precision, "--group-size", "0", "--batch", "1", "--prompt-tokens",
          str(args.prompt_tokens), "--new-tokens", str(args.new_tokens), "-o", bench_path] + th)
     b = json.load(open(bench_path))["results"][0]
     os.unlink(bench_path)

@@ -89,7 +89,10 @@ def measure(binary, key, args):
                           "/usr/share/common-licenses/Apache-2.0, alpha 0.5",
            "prompts": PROMPTS, "precisions": {}}
     print(f"[{key}] inspect", flush=True)
+    # --group-size 0: this report's int8-weight-only rows are one scale per row (the grouped ones come from
+    # int8_group_size.json and llamacpp_perplexity.json); the option changes int8-weight-only only.
     insp = run_command([binary, "inspect", "--model", path, "--precisions", ",".join(args.precisions), "--json",
+                        "--group-size", "0",
                 "--tensors"] + th)
     out["architecture"] = insp.get("architecture")
     for p in insp["precisions"]:
@@ -101,7 +104,7 @@ def measure(binary, key, args):
                         for t in p["tensors"] if t["precision"] != "fp32" or p["precision"] == "fp32"]}
     for prec in args.precisions:
         print(f"[{key}] perplexity {prec}", flush=True)
-        cmd = [binary, "perplexity", "--model", path, "--precision", prec, "--json"] + ppl_args + th
+        cmd = [binary, "perplexity", "--model", path, "--precision", prec, "--group-size", "0", "--json"] + ppl_args + th
         if prec != "fp32":
             cmd += ["--compare-to", "fp32"]
         r = run_command(cmd)
@@ -121,7 +124,7 @@ def measure(binary, key, args):
         gens = []
         for prompt in PROMPTS:
             print(f"[{key}] generate {prec}: {prompt}", flush=True)
-            gens.append(run_command([binary, "generate", "--model", path, "--precision", prec, "--raw", "-q", "-t", "0",
+            gens.append(run_command([binary, "generate", "--model", path, "--precision", prec, "--group-size", "0", "--raw", "-q", "-t", "0",
                              "-n", "24", prompt] + th, parse_json=False))
         out["precisions"][prec]["generations"] = gens
     if ppl_args[0] == "--ids-file":
@@ -632,8 +635,8 @@ def render_issue13(w):
 
     variants = []   # (label, {text: change}, source)
     if groups:
-        for g, label in ((0, "int8-weight-only, one scale per row (default)"),
-                         (32, "int8-weight-only, --group-size 32")):
+        for g, label in ((0, "int8-weight-only, one scale per row (--group-size 0)"),
+                         (32, "int8-weight-only, groups of 32 (the CPU's default: --group-size auto)")):
             per = {os.path.basename(t): v[f"int8-weight-only group {g}"]["change_vs_fp32"]
                    for t, v in groups["perplexity"].items()}
             variants.append((label, per, "int8_group_size.json"))

@@ -40,14 +40,24 @@ struct LoadReport {
   std::map<std::string, double> smoothing_alpha;
 };
 
+// --group-size auto: int8-weight-only in groups of kInt8WeightGroup where the backend has the kernels and every
+// linear's in-features (hidden, heads x head_dim, intermediate) are whole groups, one scale per row otherwise;
+// 0 for every other precision. Chosen by the numbers (docs/QUANTIZATION.md): on the default model groups of 32
+// score -0.10% mean perplexity change by llama.cpp's method where one scale per row scores +0.46%, for 3.7% more
+// weight bytes and the same GEMV time (bench/results/int8_group_size.json).
+constexpr int64_t kGroupSizeAuto = -1;
+int64_t resolve_group_size(int64_t requested, Precision precision, bool backend_has_groups,
+                           const ModelConfig& config);
+
 // What the quantization plan decides for the tensors that are not ordinary linears.
 struct LoadOptions {
   Precision precision = Precision::kFp32;
   bool quantize_embeddings = false;   // int8 modes: also quantize embeddings and the LM head
   bool compute_error = true;
   // int8-weight-only: inputs per weight scale along K, 0 (one scale per output row) or 32 (Q8_0 blocks);
-  // anything else, another precision, or a backend without group kernels is refused at load.
-  int64_t group_size = 0;
+  // anything else, another precision, or a backend without group kernels is refused at load. kGroupSizeAuto (the
+  // default) is resolve_group_size's choice; the load report says what was loaded.
+  int64_t group_size = kGroupSizeAuto;
   // int8-smooth (SmoothQuant): Model::load first loads the model in fp32 and runs it over a calibration text,
   // recording the per-input-channel absmax of the activations entering each linear that follows a norm (and
   // o_proj / down_proj, for the folds below; and a sample of those activations); the smoothing factors s = absmax(X)^alpha / absmax(W)^(1-alpha) are then

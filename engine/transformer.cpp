@@ -122,8 +122,21 @@ LoadOptions with_int8_clip_from_env(const LoadOptions& options) {
 
 }  // namespace
 
+int64_t resolve_group_size(int64_t requested, Precision precision, bool backend_has_groups,
+                           const ModelConfig& config) {
+  if (requested != kGroupSizeAuto) return requested;
+  if (precision != Precision::kInt8WeightOnly || !backend_has_groups) return 0;
+  const bool whole_groups = config.hidden_size % kInt8WeightGroup == 0 &&
+                            (config.num_heads * config.head_dim) % kInt8WeightGroup == 0 &&
+                            config.intermediate_size % kInt8WeightGroup == 0;
+  return whole_groups ? kInt8WeightGroup : 0;
+}
+
 std::unique_ptr<Model> Model::load(const ModelFile& file, Backend& backend, const LoadOptions& requested) {
-  const LoadOptions options = with_int8_clip_from_env(requested);
+  LoadOptions resolved = with_int8_clip_from_env(requested);
+  resolved.group_size = resolve_group_size(resolved.group_size, resolved.precision,
+                                           backend.supports_weight_groups(), file.config());
+  const LoadOptions options = resolved;
   QS_CHECK(backend.supports(options.precision), ErrorCode::kUnsupported, "the ", backend.name(),
            " backend does not support precision ", precision_name(options.precision));
   check_group_size(options, backend);

@@ -31,9 +31,12 @@ void add_model_args(CLI::App* cmd, ModelArgs& args) {
 void add_group_size_option(CLI::App* cmd, int64_t& group_size) {
   cmd->add_option("--group-size", group_size,
                   "int8-weight-only: one weight scale per this many inputs along K, 32 (GGUF Q8_0 blocks, a Q8_0 "
-                  "tensor kept as it is), or 0 = one scale per output row")
+                  "tensor kept as it is), 0 = one scale per output row, or auto: 32 where the backend has group "
+                  "kernels (the CPU) and the model's in-features are whole groups, else 0")
       ->envname("QUANTSERVE_GROUP_SIZE")
-      ->capture_default_str();
+      ->transform(CLI::Transformer({{"auto", std::to_string(kGroupSizeAuto)}}).description(""))
+      ->type_name("auto|0|32")
+      ->default_str("auto");
 }
 
 ModelArgs args_for_precision(const ModelArgs& args, const std::string& precision) {

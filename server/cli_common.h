@@ -13,7 +13,7 @@ struct ModelArgs {
   std::string device = "cpu";
   int threads = 0;
   bool quantize_embeddings = false;
-  int64_t group_size = 0;       // int8-weight-only: inputs per weight scale (0 = per row, 32)
+  int64_t group_size = kGroupSizeAuto;   // int8-weight-only: inputs per weight scale (auto, 0 = per row, 32)
 };
 // --group-size (QUANTSERVE_GROUP_SIZE): 0 or 32; 64 and 128 are refused by name (not built).
 void add_group_size_option(CLI::App* cmd, int64_t& group_size);

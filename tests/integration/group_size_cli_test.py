@@ -44,7 +44,17 @@ def main():
                              "intermediate_size": config["intermediate_size"],
                              "max_positions": config["max_position_embeddings"], "sliding_window": 0}, insp["shape"]
 
+    # The default (auto): groups of 32 for int8-weight-only on the CPU (the fixture's in-features are whole groups),
+    # per row for the rest, by flag, by QUANTSERVE_GROUP_SIZE and by omission alike.
+    for extra, env in [([], None), (["--group-size", "auto"], None), ([], {"QUANTSERVE_GROUP_SIZE": "auto"})]:
+        insp = json.loads(run(b, ["inspect"] + model + ["--precisions", "int8,int8-weight-only", "--json"] + extra,
+                              env=env).stdout)
+        groups = {p["precision"]: p["group_size"] for p in insp["precisions"]}
+        assert groups == {"int8": 0, "int8-weight-only": 32}, (extra, env, groups)
+    run(b, ["generate"] + model + ["--precision", "int8", "-n", "2", "hello"])   # auto asks nothing of int8
+
     for args, env, words in [
+        (["--precision", "int8-weight-only", "--group-size", "bogus"], None, "--group-size"),
         (["--precision", "int8", "--group-size", "32"], None, "applies to int8-weight-only only"),
         (["--precision", "int8-weight-only"], {"QUANTSERVE_GROUP_SIZE": "64"}, "--group-size 64 is not built"),
     ]:

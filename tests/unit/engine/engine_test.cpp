@@ -88,6 +88,30 @@ void expect_error(const std::function<void()>& f, ErrorCode code, const char* wh
   }
 }
 
+// --group-size auto: groups of 32 for int8-weight-only where the backend has group kernels and every linear's
+// in-features are whole groups, one scale per row otherwise, nothing for the other precisions; a number given is
+// kept (check_group_size judges it). The fixture (all dimensions multiples of 32) loads in groups by default.
+TEST(Engine, GroupSizeAutoIsGroupsOf32WhereTheyFit) {
+  ModelConfig c;
+  c.hidden_size = 64, c.num_heads = 4, c.head_dim = 16, c.intermediate_size = 160;
+  EXPECT_EQ(resolve_group_size(kGroupSizeAuto, Precision::kInt8WeightOnly, true, c), kInt8WeightGroup);
+  EXPECT_EQ(resolve_group_size(kGroupSizeAuto, Precision::kInt8WeightOnly, false, c), 0);   // no group kernels
+  EXPECT_EQ(resolve_group_size(kGroupSizeAuto, Precision::kInt8, true, c), 0);
+  EXPECT_EQ(resolve_group_size(0, Precision::kInt8WeightOnly, true, c), 0);
+  EXPECT_EQ(resolve_group_size(64, Precision::kInt8WeightOnly, true, c), 64);
+  for (int64_t ModelConfig::*dim : {&ModelConfig::hidden_size, &ModelConfig::head_dim, &ModelConfig::intermediate_size}) {
+    ModelConfig odd = c;
+    odd.*dim += 4;   // 68 / 20 (x 4 heads = 80) / 164: not whole groups
+    EXPECT_EQ(resolve_group_size(kGroupSizeAuto, Precision::kInt8WeightOnly, true, odd), 0);
+  }
+  LoadEngineOptions o;
+  o.model_path = kLlama;
+  o.load.precision = Precision::kInt8WeightOnly;
+  EXPECT_EQ(load_engine(o).engine->model().report().group_size, kInt8WeightGroup);
+  o.load.precision = Precision::kInt8;
+  EXPECT_EQ(load_engine(o).engine->model().report().group_size, 0);
+}
+
 TEST(Engine, SubmitRejectsBadRequests) {
   LoadedEngine le = load();
   Engine& e = *le.engine;
