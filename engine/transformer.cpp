@@ -120,6 +120,13 @@ LoadOptions with_int8_clip_from_env(const LoadOptions& options) {
   return o;
 }
 
+// `options` with --group-size auto replaced by what resolve_group_size picks for this backend and model.
+LoadOptions with_group_size_resolved(LoadOptions options, const Backend& backend, const ModelConfig& config) {
+  options.group_size = resolve_group_size(options.group_size, options.precision, backend.supports_weight_groups(),
+                                          config);
+  return options;
+}
+
 }  // namespace
 
 int64_t resolve_group_size(int64_t requested, Precision precision, bool backend_has_groups,
@@ -133,10 +140,7 @@ int64_t resolve_group_size(int64_t requested, Precision precision, bool backend_
 }
 
 std::unique_ptr<Model> Model::load(const ModelFile& file, Backend& backend, const LoadOptions& requested) {
-  LoadOptions resolved = with_int8_clip_from_env(requested);
-  resolved.group_size = resolve_group_size(resolved.group_size, resolved.precision,
-                                           backend.supports_weight_groups(), file.config());
-  const LoadOptions options = resolved;
+  const LoadOptions options = with_group_size_resolved(with_int8_clip_from_env(requested), backend, file.config());
   QS_CHECK(backend.supports(options.precision), ErrorCode::kUnsupported, "the ", backend.name(),
            " backend does not support precision ", precision_name(options.precision));
   check_group_size(options, backend);

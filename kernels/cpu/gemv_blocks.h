@@ -51,6 +51,8 @@ constexpr int64_t kBlockGemvMaxRows = 8;
 // The same for T <= kBlockGemvMaxRows, threads over rows of w. AVX-512 needs gemv_avx512_available() (gemv.h);
 // the AVX2 one runs on every CPU the build targets (x86-64-v3).
 void gemv_blocks_avx512(float* out, const float* x, const void* w, BlockType type, int64_t T, int64_t N, int64_t K);
+// sums[i] = the sum of x[32 i .. 32 i + 32) (AVX-512): Q4_1's m term takes each block's activation sum.
+void block_sums_avx512(float* sums, const float* x, int64_t n_blocks);
 void gemv_blocks_avx2(float* out, const float* x, const void* w, BlockType type, int64_t T, int64_t N, int64_t K);
 // T = 1 on a split Q4_1 weight with AVX-512 BF16 (gemv_bf16_available()): each activation split exactly into three
 // bf16 parts and each nibble looked up as a bf16, so every product is exact and only the order of the fp32 sums

@@ -63,10 +63,7 @@ void gemv_typed(float* out, const float* x, Source w, int64_t T, int64_t N, int6
   std::vector<float> xsum;
   if constexpr (kHasMin<Source>) {
     xsum.resize(size_t(T * nb));
-    for (int64_t i = 0; i < T * nb; ++i) {
-      const __m512 s = _mm512_add_ps(_mm512_loadu_ps(x + i * 32), _mm512_loadu_ps(x + i * 32 + 16));
-      xsum[size_t(i)] = _mm512_reduce_add_ps(s);
-    }
+    block_sums_avx512(xsum.data(), x, T * nb);
   }
   const float* xs = xsum.data();
   switch (T) {
@@ -82,6 +79,12 @@ void gemv_typed(float* out, const float* x, Source w, int64_t T, int64_t N, int6
 }
 
 }  // namespace
+
+void block_sums_avx512(float* sums, const float* x, int64_t n_blocks) {
+  for (int64_t i = 0; i < n_blocks; ++i) {
+    sums[i] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_loadu_ps(x + i * 32), _mm512_loadu_ps(x + i * 32 + 16)));
+  }
+}
 
 void gemv_blocks_avx512(float* out, const float* x, const void* w, BlockType type, int64_t T, int64_t N, int64_t K) {
   if (T <= 0) return;

@@ -8,6 +8,9 @@
 // conversion: the fp32 kernel widens, masks and converts every nibble (five zmm operations a block besides its
 // three multiplies) and one block's scale at a time; here a table lookup (VPERMW) turns 32 nibbles into bf16 words,
 // one VDPBF16PS multiplies two blocks' 32 pairs, and sixteen blocks' d and m come in one load each.
+// Measured on the 2-core AMD EPYC (Zen 4), one thread, weights in L2: the fp32 kernel 1.8-2.0 ns a block, this one
+// 1.4-1.7 on the split layout, and 1.7-1.95 when it read GGUF's interleaved blocks (two 16-byte loads and a scalar
+// scale conversion a pair): the split layout is what makes the kernel pay.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -156,9 +159,7 @@ void gemv_q4_1_bf16(float* out, const float* x, const void* w, int64_t N, int64_
   std::vector<uint16_t> xs(size_t((nb + 1) / 2 * 2 * kSplits * 32));
   std::vector<float> xsum(static_cast<size_t>(nb));
   split_activations(xs.data(), x, nb);
-  for (int64_t b = 0; b < nb; ++b) {
-    xsum[size_t(b)] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_loadu_ps(x + b * 32), _mm512_loadu_ps(x + b * 32 + 16)));
-  }
+  block_sums_avx512(xsum.data(), x, nb);
   const Q4_1Split q = q4_1_split(w, N * nb);
   const __m512i table = nibble_table();
 #pragma omp parallel for schedule(static)
