@@ -114,7 +114,7 @@ int main(int argc, char** argv) {
   std::string precision_name = "int8", json_path;
   int64_t tokens = 1, steps = 30, layers = 30, hidden = 576, ffn = 1536, heads = 9, kv_heads = 3, vocab = 49152;
   bool quantize_head = false;
-  int64_t group_size = 0;   // int8-weight-only: --group-size (the blocks' linears; the LM head stays fp16)
+  int64_t group_size = 0;   // int8-weight-only, int8, int8-smooth: --group-size (the blocks' linears, not the head)
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -162,7 +162,7 @@ int main(int argc, char** argv) {
     for (float& v : w) v = normal(rng);
     qs::LinearOptions lo;
     lo.compute_error = false;
-    if (p == qs::Precision::kInt8WeightOnly) lo.group_size = group_size;
+    if (p == *precision && qs::has_weight_groups(p)) lo.group_size = group_size;
     return backend->make_linear(qs::HostTensor{w.data(), qs::DType::F32, s.N, s.K}, nullptr, p, lo);
   };
   struct Op {

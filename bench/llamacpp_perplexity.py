@@ -45,8 +45,11 @@ QUANTSERVE = {
     "fp32": ("source", ["--precision", "fp32"]),
     "int8-weight-only": ("source", ["--precision", "int8-weight-only", "--group-size", "0"]),   # per row
     "int8-weight-only, group 32": ("source", ["--precision", "int8-weight-only", "--group-size", "32"]),
-    "int8-smooth": ("source", ["--precision", "int8-smooth"]),
-    "int8": ("source", ["--precision", "int8"]),
+    "int8-smooth": ("source", ["--precision", "int8-smooth", "--group-size", "0"]),   # per row and token
+    "int8-smooth, group 32": ("source", ["--precision", "int8-smooth", "--group-size", "32"]),
+    "int8": ("source", ["--precision", "int8", "--group-size", "0"]),   # per row and token
+    # W8A8 by groups of 32: weights as Q8_0 blocks, activations by groups of 32 (llama.cpp's Q8_0 x Q8_0 scheme)
+    "int8, group 32": ("source", ["--precision", "int8", "--group-size", "32"]),
     "int4-weight-only": ("source", ["--precision", "int4-weight-only"]),
     "fp32, llama.cpp's F32 file": ("F32", ["--precision", "fp32"]),
     "int4-weight-only, llama.cpp's F32 file": ("F32", ["--precision", "int4-weight-only"]),

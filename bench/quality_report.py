@@ -441,6 +441,49 @@ ISSUE13_WHY = {
 }
 
 
+def render_w8a8_groups(w):
+    """W8A8 by groups of 32 against per row and token, and llama.cpp's Q8_0, on all of each text."""
+    g = load_json("quality_w8a8_groups_full_texts.json")
+    if not g:
+        return
+    m = g["machine"]
+    counts = ", ".join(f"{n} {t['predicted_tokens']:,}" for n, t in g["texts"].items())
+    names = list(g["texts"])
+    w("### W8A8 by groups of 32 (int8 and int8-smooth, --group-size 32: the CPU's default)\n")
+    w("With `--group-size 32` int8 and int8-smooth quantize the weights as Q8_0 blocks (one fp16 scale per 32 "
+      "inputs of a row) and the activations by groups of 32 as well (one scale per 32 inputs of a token), as "
+      "llama.cpp multiplies Q8_0 weights by Q8_0 activations; the int32 dot of each group is scaled by both its "
+      "scales before the groups are summed (`gemm_w8a8_groups_vnni`, AVX-512 VNNI). An outlier channel then "
+      "coarsens only its own group's grid, not the whole token's. `--group-size auto` (the default) picks it where "
+      "the CPU has VNNI and every linear's inputs are whole groups; CUDA keeps one scale per row and token "
+      "(cuBLASLt's int8 GEMM has no group scales). All of each text by llama.cpp's method "
+      f"(`bench/llamacpp_perplexity.py --tokens {g['tokens_per_text']}`, "
+      f"`bench/results/quality_w8a8_groups_full_texts.json`, commit `{g['commit'][:10]}`, "
+      f"{m.get('cpu', m['platform'])}; scored tokens: {counts}); Δ against the engine's own fp32 ± its paired "
+      "standard error in points:\n")
+    w("| engine | precision | weights | " + " | ".join(f"Δ {n}" for n in names) + " | mean Δ |")
+    w("|---|---|---:|" + "---:|" * (len(names) + 1))
+    first = g["texts"][names[0]]
+    for row in g["summary"]:
+        e, p = row["engine"], row["precision"]
+        if p in ("fp32", "F32"):
+            continue
+        size = (mb(first["quantserve"][p]["weight_bytes"]) if e == "quantserve"
+                else f"{mb(g['llama_cpp']['files'][p]['bytes'])} (file)")
+        w(f"| {e} | {p} | {size} | " +
+          " | ".join(pct(row["texts"][n]["change_vs_own_fp32"], 3) + stderr_cell(row["texts"][n]) for n in names) +
+          f" | **{pct(row['mean_change_vs_own_fp32'], 3)}** |")
+    w("")
+    speed = load_json("int8_w8a8_groups_speed.json")
+    if speed:
+        d, p = speed["decode_summary"]["group_32_over_group_0"], speed["decode_summary"]["prefill"]
+        w(f"Speed, int8 groups of 32 over one scale per row and token, paired in {speed['rounds']} alternated "
+          f"rounds (`bench/int8_group_size.py --precision int8`, `bench/results/int8_w8a8_groups_speed.json`, "
+          f"batch {speed['batch']}, {speed['prompt_tokens']}-token prompts): decode {d['median']:.3f}× "
+          f"({d['min']:.2f}–{d['max']:.2f}), prefill {p['group_32_over_group_0']['median']:.3f}× "
+          f"({p['group_32_over_group_0']['min']:.2f}–{p['group_32_over_group_0']['max']:.2f}).\n")
+
+
 def stderr_summary():
     """The paired standard errors kv_cache_quality.json measured, per precision (fp32 cache, mean over its texts)."""
     kv = load_json("kv_cache_quality.json")
@@ -675,9 +718,19 @@ def render_issue13(w):
               f"alone at α 0.5 {fold('o')}; both at α 0.5 {fold('both')}.\n")
 
     render_kv_cache(w)
+    render_w8a8_groups(w)
+    # The verdicts: on all of each text where a full-text run has the row (the newest first), else on the table's
+    # 1,020 tokens a text.
+    source = {key: "quality_vs_llamacpp.json" for key in rows}
+    for name in ("quality_vs_llamacpp_full_texts.json", "quality_w8a8_groups_full_texts.json"):
+        full = load_json(name)
+        for row in (full or {}).get("summary", []):
+            rows[(row["engine"], row["precision"])] = row
+            source[(row["engine"], row["precision"])] = name
     w("### Issue 13 targets\n")
     w("Each target is a perplexity change against the engine's own fp32 on each of GPL-3, LGPL-2.1 and MPL-2.0; "
-      "the verdict is on the worst of the three (llama.cpp's method, the table above).\n")
+      "the verdict is on the worst of the three, by llama.cpp's method, on all of each text where a full-text run "
+      "has the row (its file named), else on the table's first tokens.\n")
     kl_note = "see `int8_group_size.json`"
     if groups:
         per = list(groups["perplexity"].values())
@@ -692,7 +745,7 @@ def render_issue13(w):
     q8 = rows.get(("llama.cpp", "Q8_0"))
     q41 = rows.get(("llama.cpp", "Q4_1"))
     for label, target in ISSUE13_TARGETS:
-        cands = [label] + ([f"{label}, group 32"] if label == "int8-weight-only" else [])
+        cands = [label] + ([f"{label}, group 32"] if label in ("int8-weight-only", "int8", "int8-smooth") else [])
         for c in cands:
             row = rows.get(("quantserve", c))
             if not row:
@@ -704,7 +757,7 @@ def render_issue13(w):
             verdict = "**met**" if worst <= target else \
                 f"**missed by {100 * (worst - target):.2f} percentage points**"
             extra = ""
-            if label == "int8-weight-only" and q8:
+            if label in ("int8-weight-only", "int8") and q8:
                 q8w = max(x["change_vs_own_fp32"] for x in q8["texts"].values())
                 extra = (f"; llama.cpp Q8_0 on the same ids: worst {pct(q8w, 3)}, mean "
                          f"{pct(q8['mean_change_vs_own_fp32'], 3)} — quantserve "
@@ -718,7 +771,7 @@ def render_issue13(w):
                      if e and abs(worst - target) < 2 * e else "")
             w(f"- {c}: worst {pct(worst if label != 'int4-weight-only' else max(ch, key=abs), 3)}"
               f"{stderr_cell(worst_cell)}, mean {pct(row['mean_change_vs_own_fp32'], 3)}; target {shown}: "
-              f"{verdict}{close}{extra}.{why}")
+              f"{verdict}{close}{extra} (`{source[('quantserve', c)]}`).{why}")
     fp_int4 = rows.get(("quantserve", "int4-weight-only, llama.cpp's F32 file"))
     if fp_int4 and q41:
         a, b = fp_int4["mean_change_vs_own_fp32"], q41["mean_change_vs_own_fp32"]

@@ -99,13 +99,14 @@ std::vector<int32_t> calibration_ids(const ModelFile& file, const LoadOptions& o
 void check_group_size(const LoadOptions& options, const Backend& backend) {
   if (options.group_size == 0) return;
   QS_CHECK(options.group_size == kInt8WeightGroup, ErrorCode::kInvalidArgument, "--group-size ",
-           options.group_size, " is not built: int8-weight-only scales per row (0) or per group of ",
+           options.group_size, " is not built: the int8 modes scale per row (0) or per group of ",
            kInt8WeightGroup, " inputs (Q8_0 blocks)");
-  QS_CHECK(options.precision == Precision::kInt8WeightOnly, ErrorCode::kInvalidArgument, "--group-size ",
-           options.group_size, " applies to int8-weight-only only, not to ", precision_name(options.precision),
+  QS_CHECK(has_weight_groups(options.precision), ErrorCode::kInvalidArgument, "--group-size ", options.group_size,
+           " applies to int8-weight-only, int8 and int8-smooth, not to ", precision_name(options.precision),
            "; use --group-size 0");
-  QS_CHECK(backend.supports_weight_groups(), ErrorCode::kUnsupported, "the ", backend.name(),
-           " backend has no group-wise int8 kernels; use --group-size 0");
+  QS_CHECK(backend.supports_weight_groups(options.precision), ErrorCode::kUnsupported, "the ", backend.name(),
+           " backend has no group-wise ", precision_name(options.precision),
+           " kernels on this machine; use --group-size 0");
 }
 
 // `options` with plain int8's clip search as $QUANTSERVE_INT8_CLIP says (search or none), read once per load.
@@ -122,8 +123,8 @@ LoadOptions with_int8_clip_from_env(const LoadOptions& options) {
 
 // `options` with --group-size auto replaced by what resolve_group_size picks for this backend and model.
 LoadOptions with_group_size_resolved(LoadOptions options, const Backend& backend, const ModelConfig& config) {
-  options.group_size = resolve_group_size(options.group_size, options.precision, backend.supports_weight_groups(),
-                                          config);
+  options.group_size = resolve_group_size(options.group_size, options.precision,
+                                          backend.supports_weight_groups(options.precision), config);
   return options;
 }
 
@@ -132,7 +133,7 @@ LoadOptions with_group_size_resolved(LoadOptions options, const Backend& backend
 int64_t resolve_group_size(int64_t requested, Precision precision, bool backend_has_groups,
                            const ModelConfig& config) {
   if (requested != kGroupSizeAuto) return requested;
-  if (precision != Precision::kInt8WeightOnly || !backend_has_groups) return 0;
+  if (!has_weight_groups(precision) || !backend_has_groups) return 0;
   const bool whole_groups = config.hidden_size % kInt8WeightGroup == 0 &&
                             (config.num_heads * config.head_dim) % kInt8WeightGroup == 0 &&
                             config.intermediate_size % kInt8WeightGroup == 0;
@@ -213,7 +214,8 @@ HostLinear TransformerModel::read_linear(const std::string& weight, const std::s
   // Blocks the backend keeps as they are: int4-weight-only's Q4 and Q8_0 ones, group-32 int8's Q8_0 ones.
   const bool int4_blocks = options_.precision == Precision::kInt4WeightOnly &&
                            (stored.dtype == DType::Q4_0 || stored.dtype == DType::Q4_1 || stored.dtype == DType::Q8_0);
-  const bool int8_blocks = options_.precision == Precision::kInt8WeightOnly &&
+  const bool int8_blocks = (options_.precision == Precision::kInt8WeightOnly ||
+                            (options_.precision == Precision::kInt8 && !options_.int8_clip_search)) &&
                            options_.group_size == kInt8WeightGroup && stored.dtype == DType::Q8_0;
   if (int4_blocks || int8_blocks) {
     const auto* data = static_cast<const uint8_t*>(stored.data);
@@ -262,19 +264,22 @@ std::unique_ptr<LinearWeight> TransformerModel::make_linear(const std::string& n
   HostTensor w{host.weight.data(), DType::F32, host.rows, host.cols};
   // Plain int8 with the clip search: the backend rounds the clamped copy (its reported error is against it).
   HostLinear clipped;
+  // Groups of 32 have no row-wide scale for a clip to shrink: the search is for one scale per row.
   if (precision == Precision::kInt8 && tensor_class != "embedding" && tensor_class != "lm_head" &&
-      options_.int8_clip_search) {
+      options_.int8_clip_search && options_.group_size == 0) {
     clipped = host;
     clip_rows_for_int8(clipped.weight.data(), clipped.rows, clipped.cols);
     w.data = clipped.weight.data();
   }
-  if ((precision == Precision::kInt4WeightOnly || precision == Precision::kInt8WeightOnly) && !host.blocks.empty()) {
+  if ((precision == Precision::kInt4WeightOnly || precision == Precision::kInt8WeightOnly ||
+       precision == Precision::kInt8) && !host.blocks.empty()) {
     w = HostTensor{host.blocks.data(), host.block_dtype, host.rows, host.cols};
   }
   HostTensor b{host.bias.data(), DType::F32, host.rows, 1};
   LinearOptions lo;
   lo.compute_error = options_.compute_error;
-  if (precision == Precision::kInt8WeightOnly) lo.group_size = options_.group_size;
+  // The group size is the load's precision's: a linear loaded in another one (an fp16 LM head) has none.
+  if (precision == options_.precision && has_weight_groups(precision)) lo.group_size = options_.group_size;
   auto lin = backend_->make_linear(w, host.bias.empty() ? nullptr : &b, precision, lo);
   linear_names_[lin.get()] = name;
   quantize_seconds_ += seconds_since(start);

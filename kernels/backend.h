@@ -153,7 +153,7 @@ class Backend {
   virtual DType activation_dtype() const = 0;              // F32 on the CPU
   virtual bool supports(Precision p) const = 0;
   // int8-weight-only with LinearOptions::group_size != 0.
-  virtual bool supports_weight_groups() const { return false; }
+  virtual bool supports_weight_groups(Precision) const { return false; }
   virtual MemoryInfo memory_info() const = 0;
 
   // Memory.

@@ -24,6 +24,10 @@ constexpr PrecisionName kPrecisionNames[] = {
 };
 }  // namespace
 
+bool has_weight_groups(Precision p) {
+  return p == Precision::kInt8WeightOnly || p == Precision::kInt8 || p == Precision::kInt8Smooth;
+}
+
 const char* precision_name(Precision p) {
   for (const auto& entry : kPrecisionNames) {
     if (entry.precision == p) return entry.name;

@@ -12,7 +12,7 @@ enum class Precision {
   kFp32,            // reference
   kFp16,            // weights stored fp16
   kBf16,            // weights stored bf16
-  kInt8,            // W8A8: per-output-channel int8 weights, per-token int8 activations, int8 GEMM
+  kInt8,            // W8A8: int8 weights and activations, int8 GEMM; per row and token, or by groups of 32
   kInt8WeightOnly,  // W8A16/W8A32: int8 weights dequantized inside the GEMM
   kInt8Naive,       // per-tensor asymmetric uint8 with zero point (textbook baseline)
   kInt8Mixed,       // LLM.int8(): outlier activation columns in float, the rest W8A8
@@ -24,6 +24,9 @@ const char* precision_name(Precision p);                       // "fp32", "int8-
 std::optional<Precision> parse_precision(std::string_view name);
 std::vector<Precision> all_precisions();
 std::string precision_list();                                  // "fp32, fp16, ..." for error messages
+// The precisions --group-size applies to: int8-weight-only, and W8A8 (int8, int8-smooth), whose activations are
+// then quantized by groups too (a backend says which it has kernels for: Backend::supports_weight_groups).
+bool has_weight_groups(Precision p);
 
 // Error of a quantized tensor against its float original (dequantized, element by element).
 struct QuantError {

@@ -30,9 +30,11 @@ void add_model_args(CLI::App* cmd, ModelArgs& args) {
 
 void add_group_size_option(CLI::App* cmd, int64_t& group_size) {
   cmd->add_option("--group-size", group_size,
-                  "int8-weight-only: one weight scale per this many inputs along K, 32 (GGUF Q8_0 blocks, a Q8_0 "
-                  "tensor kept as it is), 0 = one scale per output row, or auto: 32 where the backend has group "
-                  "kernels (the CPU) and the model's in-features are whole groups, else 0")
+                  "int8-weight-only, int8, int8-smooth: one weight scale per this many inputs along K, 32 (GGUF "
+                  "Q8_0 blocks, a Q8_0 tensor kept as it is; int8 and int8-smooth then also quantize activations "
+                  "by groups of 32), 0 = one scale per output row (and per token), or auto: 32 where the backend "
+                  "has group kernels (the CPU; W8A8 groups need AVX-512 VNNI) and the model's in-features are "
+                  "whole groups, else 0")
       ->envname("QUANTSERVE_GROUP_SIZE")
       ->transform(CLI::Transformer({{"auto", std::to_string(kGroupSizeAuto)}}).description(""))
       ->type_name("auto|0|32")
@@ -42,7 +44,7 @@ void add_group_size_option(CLI::App* cmd, int64_t& group_size) {
 ModelArgs args_for_precision(const ModelArgs& args, const std::string& precision) {
   ModelArgs m = args;
   m.precision = precision;
-  if (parse_precision_arg(precision) != Precision::kInt8WeightOnly) m.group_size = 0;
+  if (!has_weight_groups(parse_precision_arg(precision))) m.group_size = 0;
   return m;
 }
 

@@ -86,7 +86,7 @@ void add_perplexity_command(CLI::App& app) {
     const auto load = [&](const std::string& precision, bool quiet) {
       ModelArgs m = args->model;
       m.precision = precision;
-      // The --compare-to reference takes --group-size only if it is int8-weight-only too.
+      // The --compare-to reference takes --group-size only if its precision has groups too.
       return load_model_for_cli(precision == args->model.precision ? m : args_for_precision(m, precision), quiet);
     };
     const auto token_ids = [&](const Tokenizer& tok, int64_t vocab) {

@@ -65,6 +65,10 @@ class CpuLinear final : public LinearWeight {
   cpu::BlockType block_type = cpu::BlockType::kQ4_1;
   std::vector<float> row_scale;   // (N)
   std::vector<int32_t> row_sum;   // int8 W8A8: sum_k w_i8[n, k], for the +128 shift of activations (N)
+  // W8A8 by groups of 32 (int8, int8-smooth): the weights VNNI-packed as q + 128 (gemv.h), their fp16 scales
+  // packed by panel (w8a8_group_scale_count); w_vnni, row_scale and row_sum are then empty.
+  std::vector<uint8_t> w_vnni_offset;
+  std::vector<uint16_t> w_group_scale;
   float tensor_scale = 1.0f;      // int8-naive
   int32_t zero_point = 0;         // int8-naive
   std::vector<float> bias;        // (N) or empty
@@ -91,6 +95,13 @@ class CpuLinear final : public LinearWeight {
           cpu::dequantize_block_row(dst, w_blocks.data(), block_type, n, out_features, K);
           break;
         }
+        if (!w_group_scale.empty()) {
+          for (int64_t k = 0; k < K; ++k) {
+            dst[k] = f16_to_f32(cpu::w8a8_group_scale(w_group_scale.data(), n, k / cpu::kW8A8Group, K)) *
+                     float(q(n, k));
+          }
+          break;
+        }
         for (int64_t k = 0; k < K; ++k) dst[k] = row_scale[size_t(n)] * float(q(n, k));
         break;
     }
@@ -98,6 +109,10 @@ class CpuLinear final : public LinearWeight {
 
   // int8 weight (n, k) in whichever layout holds it.
   int8_t q(int64_t n, int64_t k) const {
+    if (!w_vnni_offset.empty()) {   // q + 128 as a byte: its top bit flipped
+      return int8_t(uint8_t(cpu::vnni_weight(reinterpret_cast<const int8_t*>(w_vnni_offset.data()), n, k,
+                                             in_features)) ^ 0x80);
+    }
     return w_vnni.empty() ? w_i8[size_t(n * in_features + k)] : cpu::vnni_weight(w_vnni.data(), n, k, in_features);
   }
   // fp32 / fp16 / bf16 (packed).
@@ -248,7 +263,11 @@ class CpuBackend final : public Backend {
   DType activation_dtype() const override { return DType::F32; }
   // Every precision; int8-smooth is W8A8 on weights the engine has already smoothed (calibrated at load).
   bool supports(Precision) const override { return true; }
-  bool supports_weight_groups() const override { return true; }
+  // int8-weight-only's block GEMVs run everywhere; W8A8 by groups has only a VNNI kernel.
+  bool supports_weight_groups(Precision precision) const override {
+    return precision == Precision::kInt8WeightOnly ||
+           (vnni_ && (precision == Precision::kInt8 || precision == Precision::kInt8Smooth));
+  }
 
   MemoryInfo memory_info() const override {
     MemoryInfo info;
@@ -279,12 +298,15 @@ class CpuBackend final : public Backend {
       lin->bias.resize(size_t(N));
       convert_to_f32(lin->bias.data(), bias->data, bias->dtype, N);
     }
-    QS_CHECK(options.group_size == 0 || (options.group_size == kInt8WeightGroup &&
-                                         precision == Precision::kInt8WeightOnly),
+    QS_CHECK(options.group_size == 0 ||
+                 (options.group_size == kInt8WeightGroup && supports_weight_groups(precision)),
              ErrorCode::kInvalidArgument, "weight groups of ", options.group_size, " inputs with ",
-             precision_name(precision), ": only int8-weight-only has them, and only groups of ", kInt8WeightGroup);
-    if (options.group_size != 0) {
+             precision_name(precision), ": this CPU has groups of ", kInt8WeightGroup,
+             " for int8-weight-only", vnni_ ? ", int8 and int8-smooth" : " (W8A8 groups need AVX-512 VNNI)");
+    if (options.group_size != 0 && precision == Precision::kInt8WeightOnly) {
       make_int8_groups(*lin, weight, w.data());
+    } else if (options.group_size != 0) {
+      make_w8a8_groups(*lin, weight, w.data());
     } else switch (precision) {
       case Precision::kFp32:
         lin->w_f32.resize(cpu::packed_elements(N, K));
@@ -575,6 +597,34 @@ class CpuBackend final : public Backend {
     lin.weight_bytes = lin.w_blocks.size();
   }
 
+  // W8A8 by groups of 32 inputs: the weights as Q8_0 blocks (the same scale and rounding as int8-weight-only's
+  // groups; a Q8_0 source tensor is kept as it is), then the int8 values VNNI-packed as q + 128 and the fp16
+  // scales packed by panel for gemm_w8a8_groups_vnni.
+  static void make_w8a8_groups(CpuLinear& lin, const HostTensor& weight, const float* w) {
+    const int64_t N = lin.out_features, K = lin.in_features, groups = K / kGgufBlock32;
+    QS_CHECK(K % kGgufBlock32 == 0, ErrorCode::kUnsupported, precision_name(lin.precision), " with --group-size ",
+             kGgufBlock32, " scales groups of ", kGgufBlock32, " inputs, and this weight (", N, " x ", K, ") has ",
+             K, " inputs, not a multiple of ", kGgufBlock32, "; load it with --group-size 0 (one scale per row)");
+    std::vector<BlockQ8_0> blocks;
+    const auto* q8 = static_cast<const BlockQ8_0*>(weight.data);
+    if (weight.dtype != DType::Q8_0) {
+      blocks.resize(size_t(N * groups));
+      cpu::quantize_q8_0(blocks.data(), w, N * K);
+      q8 = blocks.data();
+    }
+    std::vector<int8_t> q(size_t(N * K));
+    std::vector<uint16_t> d(size_t(N * groups));
+    for (int64_t i = 0; i < N * groups; ++i) {
+      std::copy(q8[i].qs, q8[i].qs + kGgufBlock32, q.data() + i * kGgufBlock32);
+      d[size_t(i)] = q8[i].d;
+    }
+    lin.w_vnni_offset.resize(cpu::vnni_packed_bytes(N, K));
+    cpu::pack_weights_vnni_offset(lin.w_vnni_offset.data(), q.data(), N, K);
+    lin.w_group_scale.resize(cpu::w8a8_group_scale_count(N, K));
+    cpu::pack_w8a8_group_scales(lin.w_group_scale.data(), d.data(), N, K);
+    lin.weight_bytes = size_t(N * K) + d.size() * sizeof(uint16_t);
+  }
+
   // Low-precision weights at larger batch: dequantize a block of rows to fp32, multiply with sgemm.
   void linear_dequantize_sgemm(float* y, const float* x, const CpuLinear& lin, int64_t T, int64_t N, int64_t K) {
     constexpr int64_t kBlockRows = 256;
@@ -595,6 +645,17 @@ class CpuBackend final : public Backend {
   // W8A8: activations quantized per token to int8 and shifted by +128 to uint8 (VNNI multiplies u8 x s8);
   // the shift is undone with the weights' row sums: (x + 128) . w = x . w + 128 * sum(w).
   void linear_w8a8(float* y, const float* x, const CpuLinear& lin, int64_t T, int64_t N, int64_t K) {
+    if (!lin.w_group_scale.empty()) {   // by groups of 32: one activation scale per token and group
+      const int64_t groups = T * K / cpu::kW8A8Group;
+      grow(scratch_q_, size_t(T * K));
+      grow(scratch_scale_, size_t(groups));
+      grow(scratch_dot_start_, size_t(groups));
+      auto* xq = reinterpret_cast<int8_t*>(scratch_q_.data());
+      cpu::quantize_per_group_int8(xq, scratch_scale_.data(), scratch_dot_start_.data(), x, T, K, cpu::kW8A8Group);
+      cpu::gemm_w8a8_groups_vnni(y, xq, scratch_scale_.data(), scratch_dot_start_.data(), lin.w_vnni_offset.data(),
+                                 lin.w_group_scale.data(), T, N, K);
+      return;
+    }
     // Scratch only grows: resize() down for one linear and back up for the next would zero-fill the difference
     // every time (q/k/v's 960 outputs, then o's 576, then gate/up's 3,072): 2% of an int8 batch-16 step's
     // instructions in memset (callgrind). The VNNI path needs no int32 accumulators at all.
@@ -662,7 +723,7 @@ class CpuBackend final : public Backend {
   BatchLayout window_batch_;   // the pass as the sliding layers see it (their block tables), with layer groups
   std::vector<float> scratch_w_, scratch_scale_, scratch_x_;
   std::vector<uint8_t> scratch_q_;
-  std::vector<int32_t> scratch_acc_;
+  std::vector<int32_t> scratch_acc_, scratch_dot_start_;
   std::vector<int64_t> outlier_cols_;
 };
 

@@ -1,6 +1,7 @@
 // Packed weight panels for the CPU linear kernels (see gemv.h): packing, unpacking, the reference GEMM and the
 // run-time choice between the AVX-512 and AVX2 kernels.
 #include <algorithm>
+#include <cmath>
 
 #include "kernels/cpu/gemv.h"
 #include "kernels/dtype.h"
@@ -87,6 +88,47 @@ void gemm_w8a8_reference(float* out, const uint8_t* xq, const float* x_scale, co
       int32_t acc = 0;
       for (int64_t k = 0; k < K; ++k) acc += int32_t(xq[t * K + k]) * vnni_weight(packed, n, k, K);
       out[t * N + n] = float(acc - 128 * w_row_sum[n]) * x_scale[t] * w_scale[n];
+    }
+  }
+}
+
+void pack_weights_vnni_offset(uint8_t* dst, const int8_t* q, int64_t N, int64_t K) {
+  pack_weights_vnni(reinterpret_cast<int8_t*>(dst), q, N, K);
+  for (size_t i = 0; i < vnni_packed_bytes(N, K); ++i) dst[i] ^= 0x80;   // q + 128 for every int8 q
+}
+
+void pack_w8a8_group_scales(uint16_t* dst, const uint16_t* d, int64_t N, int64_t K) {
+  const int64_t groups = K / kW8A8Group;
+  for (int64_t p = 0; p < packed_panels(N); ++p) {
+    for (int64_t g = 0; g < groups; ++g) {
+      for (int64_t j = 0; j < kPanelWidth; ++j) {
+        const int64_t n = p * kPanelWidth + j;
+        dst[(p * groups + g) * kPanelWidth + j] = n < N ? d[n * groups + g] : uint16_t(0);
+      }
+    }
+  }
+}
+
+uint16_t w8a8_group_scale(const uint16_t* packed_scales, int64_t n, int64_t g, int64_t K) {
+  return packed_scales[((n / kPanelWidth) * (K / kW8A8Group) + g) * kPanelWidth + n % kPanelWidth];
+}
+
+void gemm_w8a8_groups_reference(float* out, const int8_t* xq, const float* x_scale, const uint8_t* packed,
+                                const uint16_t* w_scale, int64_t T, int64_t N, int64_t K) {
+  const int64_t groups = K / kW8A8Group;
+  const auto* bytes = reinterpret_cast<const int8_t*>(packed);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t n = 0; n < N; ++n) {
+      float acc = 0;
+      for (int64_t g = 0; g < groups; ++g) {
+        int32_t dot = 0;
+        for (int64_t k = g * kW8A8Group; k < (g + 1) * kW8A8Group; ++k) {
+          dot += int32_t(xq[t * K + k]) * (int32_t(uint8_t(vnni_weight(bytes, n, k, K))) - 128);
+        }
+        const float scale = f16_to_f32(w8a8_group_scale(w_scale, n, g, K)) * x_scale[t * groups + g];
+        acc = std::fma(float(dot), scale, acc);
+      }
+      out[t * N + n] = acc;
     }
   }
 }

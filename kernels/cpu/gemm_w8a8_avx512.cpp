@@ -88,6 +88,87 @@ void tile_rows(int rows, float* out, int64_t ldo, const uint8_t* a, const int8_t
   }
 }
 
+// W8A8 by groups of 32 inputs (gemv.h): out (kRows, n_valid, ldo) over `groups` groups of 32, each group's int32
+// dot products scaled by the weight scale of its row and the activation scale of its token before they are summed.
+// The operands swap VNNI's roles: the weights are the unsigned ones (q + 128, packed so) and the broadcast
+// activations the signed ones, so the +128 is undone per token and group by starting the group's int32 dots at
+// -128 x the group's activation sum (dot_start, from the quantizer: a broadcast load), not per weight vector.
+// Per group: 8 steps of 4 inputs as in tile(), then per token a conversion, a scale product and an FMA.
+// Int32 and float accumulators for kRows tokens: 4 x kRows + 4 vector registers, so kGroupTileRows = 6.
+constexpr int kGroupTileRows = 6;
+
+template <int kRows>
+void group_tile(float* out, int64_t ldo, const int8_t* a, const uint8_t* b, int64_t groups, int n_valid,
+                const float* x_scale, const int32_t* dot_start, int64_t x_stride, const uint16_t* w_scale) {
+  __m512 f0[kRows], f1[kRows];
+  #pragma GCC unroll 16
+  for (int r = 0; r < kRows; ++r) f0[r] = f1[r] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i c0[kRows], c1[kRows];
+    #pragma GCC unroll 16
+    for (int r = 0; r < kRows; ++r) c0[r] = c1[r] = _mm512_set1_epi32(dot_start[r * x_stride + g]);
+    #pragma GCC unroll 8
+    for (int64_t step = 0; step < kW8A8Group / 4; ++step) {
+      const int64_t q = g * (kW8A8Group / 4) + step;   // the group of 4 inputs
+      _mm_prefetch(reinterpret_cast<const char*>(b + q * 4 * kPanelWidth + kPrefetchBytes), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(b + q * 4 * kPanelWidth + kPrefetchBytes + 64), _MM_HINT_T0);
+      const __m512i w0 = _mm512_loadu_si512(b + q * 4 * kPanelWidth);
+      const __m512i w1 = _mm512_loadu_si512(b + q * 4 * kPanelWidth + 64);
+      #pragma GCC unroll 16
+      for (int r = 0; r < kRows; ++r) {
+        int32_t four;
+        std::memcpy(&four, a + (q * kRows + r) * 4, 4);
+        const __m512i xr = _mm512_set1_epi32(four);
+        dpbusd(c0[r], w0, xr);
+        dpbusd(c1[r], w1, xr);
+      }
+    }
+    const __m512 d0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w_scale + g * kPanelWidth)));
+    const __m512 d1 =
+        _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w_scale + g * kPanelWidth + 16)));
+    #pragma GCC unroll 16
+    for (int r = 0; r < kRows; ++r) {
+      const __m512 xs = _mm512_set1_ps(x_scale[r * x_stride + g]);
+      f0[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c0[r]), _mm512_mul_ps(d0, xs), f0[r]);
+      f1[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c1[r]), _mm512_mul_ps(d1, xs), f1[r]);
+    }
+  }
+  const __mmask16 m0 = n_valid >= 16 ? __mmask16(0xffff) : __mmask16((1u << n_valid) - 1);
+  const __mmask16 m1 = n_valid >= 32 ? __mmask16(0xffff) : n_valid <= 16 ? 0 : __mmask16((1u << (n_valid - 16)) - 1);
+  #pragma GCC unroll 16
+  for (int r = 0; r < kRows; ++r) {
+    _mm512_mask_storeu_ps(out + r * ldo, m0, f0[r]);
+    _mm512_mask_storeu_ps(out + r * ldo + 16, m1, f1[r]);
+  }
+}
+
+void group_tile_rows(int rows, float* out, int64_t ldo, const int8_t* a, const uint8_t* b, int64_t groups,
+                     int n_valid, const float* x_scale, const int32_t* dot_start, int64_t x_stride,
+                     const uint16_t* w_scale) {
+  switch (rows) {
+    case 1: group_tile<1>(out, ldo, a, b, groups, n_valid, x_scale, dot_start, x_stride, w_scale); break;
+    case 2: group_tile<2>(out, ldo, a, b, groups, n_valid, x_scale, dot_start, x_stride, w_scale); break;
+    case 3: group_tile<3>(out, ldo, a, b, groups, n_valid, x_scale, dot_start, x_stride, w_scale); break;
+    case 4: group_tile<4>(out, ldo, a, b, groups, n_valid, x_scale, dot_start, x_stride, w_scale); break;
+    case 5: group_tile<5>(out, ldo, a, b, groups, n_valid, x_scale, dot_start, x_stride, w_scale); break;
+    default: group_tile<6>(out, ldo, a, b, groups, n_valid, x_scale, dot_start, x_stride, w_scale); break;
+  }
+}
+
+// Activations of tokens [t0, t0 + rows) as a tile reads them: (K / 4, rows, 4), zero past K.
+void repack_tile(uint8_t* dst, const uint8_t* xq, int64_t t0, int64_t rows, int64_t K) {
+  const int64_t groups = vnni_groups(K);
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* src = xq + (t0 + r) * K;
+    for (int64_t g = 0; g < groups; ++g) {
+      for (int64_t b = 0; b < 4; ++b) {
+        const int64_t k = 4 * g + b;
+        dst[(g * rows + r) * 4 + b] = k < K ? src[k] : uint8_t(0);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void gemm_w8a8_vnni(float* out, const uint8_t* xq, const float* x_scale, const int8_t* packed, const float* w_scale,
@@ -108,16 +189,7 @@ void gemm_w8a8_vnni(float* out, const uint8_t* xq, const float* x_scale, const i
 #pragma omp for schedule(static)
       for (int64_t i = 0; i < tiles; ++i) {
         const int64_t t0 = i * kTileRows, rows = std::min<int64_t>(kTileRows, T - t0);
-        uint8_t* dst = ax + t0 * groups * 4;
-        for (int64_t r = 0; r < rows; ++r) {
-          const uint8_t* src = xq + (t0 + r) * K;
-          for (int64_t g = 0; g < groups; ++g) {
-            for (int64_t b = 0; b < 4; ++b) {
-              const int64_t k = 4 * g + b;
-              dst[(g * rows + r) * 4 + b] = k < K ? src[k] : uint8_t(0);
-            }
-          }
-        }
+        repack_tile(ax + t0 * groups * 4, xq, t0, rows, K);
       }
     }
 #pragma omp for schedule(static) nowait   // the end of the parallel region is the barrier
@@ -130,6 +202,44 @@ void gemm_w8a8_vnni(float* out, const uint8_t* xq, const float* x_scale, const i
         const uint8_t* a = repack ? ax + t0 * groups * 4 : xq;
         tile_rows(int(rows), out + t0 * N + n0, N, a, bp, groups, n_valid, x_scale + t0, w_scale + n0,
                   w_row_sum + n0);
+      }
+    }
+  }
+}
+
+void gemm_w8a8_groups_vnni(float* out, const int8_t* xq, const float* x_scale, const int32_t* dot_start,
+                           const uint8_t* packed, const uint16_t* w_scale, int64_t T, int64_t N, int64_t K) {
+  static_assert(kGroupTileRows == 6, "group_tile_rows dispatches 1..6");
+  const int64_t panels = packed_panels(N), groups = vnni_groups(K), w_groups = K / kW8A8Group;
+  const int64_t tiles = (T + kGroupTileRows - 1) / kGroupTileRows;
+  const bool repack = T > 1;   // one token is already (K / 4, 1, 4); K is a multiple of 32
+  thread_local std::vector<uint8_t> packed_x;
+  if (repack && packed_x.size() < size_t(T * K)) packed_x.resize(size_t(T * K));
+  const auto* x_bytes = reinterpret_cast<const uint8_t*>(xq);
+  // The calling thread's buffer, named before the parallel region (each thread's thread_local is its own).
+  uint8_t* ax_bytes = repack ? packed_x.data() : nullptr;
+  const int8_t* ax = reinterpret_cast<const int8_t*>(ax_bytes);
+  const size_t panel_bytes = size_t(groups) * 4 * kPanelWidth;
+#pragma omp parallel if (panels > 1)
+  {
+    if (repack) {
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < tiles; ++i) {
+        const int64_t t0 = i * kGroupTileRows, rows = std::min<int64_t>(kGroupTileRows, T - t0);
+        repack_tile(ax_bytes + t0 * K, x_bytes, t0, rows, K);
+      }
+    }
+#pragma omp for schedule(static) nowait   // the end of the parallel region is the barrier
+    for (int64_t p = 0; p < panels; ++p) {
+      const int n_valid = int(std::min<int64_t>(kPanelWidth, N - p * kPanelWidth));
+      const uint8_t* bp = packed + size_t(p) * panel_bytes;
+      const uint16_t* sp = w_scale + size_t(p * w_groups * kPanelWidth);
+      const int64_t n0 = p * kPanelWidth;
+      for (int64_t i = 0; i < tiles; ++i) {
+        const int64_t t0 = i * kGroupTileRows, rows = std::min<int64_t>(kGroupTileRows, T - t0);
+        const int8_t* a = repack ? ax + t0 * K : xq;
+        group_tile_rows(int(rows), out + t0 * N + n0, N, a, bp, w_groups, n_valid, x_scale + t0 * w_groups,
+                        dot_start + t0 * w_groups, w_groups, sp);
       }
     }
   }

@@ -63,6 +63,32 @@ void gemm_w8a8_vnni(float* out, const uint8_t* xq, const float* x_scale, const i
 // The same, one plain loop per output.
 void gemm_w8a8_reference(float* out, const uint8_t* xq, const float* x_scale, const int8_t* packed,
                          const float* w_scale, const int32_t* w_row_sum, int64_t T, int64_t N, int64_t K);
+// W8A8 by groups of kW8A8Group inputs along K (K a multiple of it): one fp16 weight scale per (row, group), as a
+// GGUF Q8_0 block has, and one activation scale per (token, group), as llama.cpp quantizes activations for Q8_0.
+// VNNI multiplies unsigned by signed bytes; here the weights are the unsigned operand: VNNI-packed as above but
+// stored as q + 128 (uint8), so the activations stay signed and the +128 is undone by starting each token's dot of
+// a group at -128 x the group's activation sum, instead of by a weight-sum product per weight vector. The scales are
+// packed by panel, (panels, K / kW8A8Group, kPanelWidth) fp16, zero past N, so a tile loads the 32 scales of its
+// panel's group in one read, in the order it streams.
+constexpr int64_t kW8A8Group = 32;
+inline size_t w8a8_group_scale_count(int64_t N, int64_t K) {
+  return size_t(packed_panels(N) * (K / kW8A8Group) * kPanelWidth);
+}
+// dst (vnni_packed_bytes(N, K)) from q (N, K) int8: pack_weights_vnni's layout, each byte q + 128.
+void pack_weights_vnni_offset(uint8_t* dst, const int8_t* q, int64_t N, int64_t K);
+// dst (w8a8_group_scale_count(N, K)) from d (N, K / kW8A8Group) fp16 bits, row after row.
+void pack_w8a8_group_scales(uint16_t* dst, const uint16_t* d, int64_t N, int64_t K);
+// The fp16 bits of the scale of row n's group g in packed scales.
+uint16_t w8a8_group_scale(const uint16_t* packed_scales, int64_t n, int64_t g, int64_t K);
+// out[t, n] = sum_g x_scale[t, g] * w_scale[n, g] * sum_{k in g} xq[t, k] * w[n, k], the groups summed in order,
+// each as fma(float(int dot), w_scale * x_scale, sum); xq (T, K) int8, x_scale and dot_start (T, K / 32) from
+// quantize_per_group_int8 (dot_start = -128 x each group's sum of xq), w offset-packed as above. Any T; requires
+// gemv_vnni_available().
+void gemm_w8a8_groups_vnni(float* out, const int8_t* xq, const float* x_scale, const int32_t* dot_start,
+                           const uint8_t* packed, const uint16_t* w_scale, int64_t T, int64_t N, int64_t K);
+// The same, one plain loop per output: the kernel's exact result (same products, same order of float sums).
+void gemm_w8a8_groups_reference(float* out, const int8_t* xq, const float* x_scale, const uint8_t* packed,
+                                const uint16_t* w_scale, int64_t T, int64_t N, int64_t K);
 // AVX-512 VNNI (the W8A8 kernel's requirement).
 bool gemv_vnni_available();
 

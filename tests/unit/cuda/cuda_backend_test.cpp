@@ -158,7 +158,8 @@ TEST_F(CudaVsCpu, NameMemoryAndPrecisions) {
 
 TEST_F(CudaVsCpu, RefusesInt8WeightGroups) {
   // No CUDA group-wise int8 kernels: refused with the flag's name, never run per row in their place.
-  EXPECT_FALSE(gpu_->supports_weight_groups());
+  EXPECT_FALSE(gpu_->supports_weight_groups(Precision::kInt8WeightOnly));
+  EXPECT_FALSE(gpu_->supports_weight_groups(Precision::kInt8));
   const auto w = random_values(16 * 32, 1);
   LinearOptions options;
   options.group_size = kInt8WeightGroup;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "engine/load_engine.h"
+#include "kernels/cpu/gemv.h"
 #include "kernels/error.h"
 
 namespace qs {
@@ -96,7 +97,11 @@ TEST(Engine, GroupSizeAutoIsGroupsOf32WhereTheyFit) {
   c.hidden_size = 64, c.num_heads = 4, c.head_dim = 16, c.intermediate_size = 160;
   EXPECT_EQ(resolve_group_size(kGroupSizeAuto, Precision::kInt8WeightOnly, true, c), kInt8WeightGroup);
   EXPECT_EQ(resolve_group_size(kGroupSizeAuto, Precision::kInt8WeightOnly, false, c), 0);   // no group kernels
-  EXPECT_EQ(resolve_group_size(kGroupSizeAuto, Precision::kInt8, true, c), 0);
+  EXPECT_EQ(resolve_group_size(kGroupSizeAuto, Precision::kInt8, true, c), kInt8WeightGroup);
+  EXPECT_EQ(resolve_group_size(kGroupSizeAuto, Precision::kInt8Smooth, true, c), kInt8WeightGroup);
+  EXPECT_EQ(resolve_group_size(kGroupSizeAuto, Precision::kInt8, false, c), 0);   // no VNNI: no W8A8 groups
+  EXPECT_EQ(resolve_group_size(kGroupSizeAuto, Precision::kInt8Mixed, true, c), 0);
+  EXPECT_EQ(resolve_group_size(kGroupSizeAuto, Precision::kFp16, true, c), 0);
   EXPECT_EQ(resolve_group_size(0, Precision::kInt8WeightOnly, true, c), 0);
   EXPECT_EQ(resolve_group_size(64, Precision::kInt8WeightOnly, true, c), 64);
   for (int64_t ModelConfig::*dim : {&ModelConfig::hidden_size, &ModelConfig::head_dim, &ModelConfig::intermediate_size}) {
@@ -108,7 +113,9 @@ TEST(Engine, GroupSizeAutoIsGroupsOf32WhereTheyFit) {
   o.model_path = kLlama;
   o.load.precision = Precision::kInt8WeightOnly;
   EXPECT_EQ(load_engine(o).engine->model().report().group_size, kInt8WeightGroup);
-  o.load.precision = Precision::kInt8;
+  o.load.precision = Precision::kInt8;   // W8A8 groups where the CPU has their VNNI kernel
+  EXPECT_EQ(load_engine(o).engine->model().report().group_size, cpu::gemv_vnni_available() ? kInt8WeightGroup : 0);
+  o.load.precision = Precision::kInt8Mixed;
   EXPECT_EQ(load_engine(o).engine->model().report().group_size, 0);
 }
 
