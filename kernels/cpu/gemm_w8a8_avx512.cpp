@@ -94,7 +94,10 @@ void tile_rows(int rows, float* out, int64_t ldo, const uint8_t* a, const int8_t
 // activations the signed ones, so the +128 is undone per token and group by starting the group's int32 dots at
 // -128 x the group's activation sum (dot_start, from the quantizer: a broadcast load), not per weight vector.
 // Per group: 8 steps of 4 inputs as in tile(), then per token a conversion, a scale product and an FMA.
-// Int32 and float accumulators for kRows tokens: 4 x kRows + 4 vector registers, so kGroupTileRows = 6.
+// Int32 and float accumulators for kRows tokens: 4 x kRows + 4 vector registers, so kGroupTileRows = 6. Tried and
+// not kept: tiles of up to 12 tokens over one 16-row half of a panel (2 x kRows + 4 registers, one weight load a
+// step for all of them) ran 1.4-1.9x slower at batch 16 (qs_gemv_bench, A/B in one build): each broadcast of 4
+// activation bytes then feeds one vpdpbusd instead of two.
 constexpr int kGroupTileRows = 6;
 
 template <int kRows>

@@ -173,12 +173,14 @@ TEST(W8A8Groups, ActivationsQuantizedPerGroupAsPerTokenOnEachGroup) {
 }
 
 // The kernel against its reference, bit for bit (the same integer dots, the same float operations in the same
-// order), for every tile height 1..6 and more, a partial last panel, K of 1 to 48 groups.
+// order), for both tile shapes and their heights, partial last panels and half panels, K of 1 to 48 groups.
 TEST(W8A8Groups, VnniKernelIsTheReferenceBitForBit) {
   if (!gemv_vnni_available()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
   struct Shape { int64_t T, N, K; };
+  // Tiles of 6 tokens and the last one shorter (7, 12, 13, 16, 40); the last panel of N = 56 ends in its
+  // second half, of 37, 45 and 70 in its first.
   const Shape shapes[] = {{1, 576, 576}, {1, 45, 32}, {2, 33, 64}, {3, 64, 96}, {5, 96, 1536}, {6, 40, 160},
-                          {7, 70, 128}, {13, 37, 64}, {40, 64, 576}};
+                          {7, 70, 128}, {12, 56, 96}, {13, 37, 64}, {16, 576, 576}, {40, 64, 576}};
   std::mt19937 rng(22);
   for (const Shape& s : shapes) {
     SCOPED_TRACE("T=" + std::to_string(s.T) + " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K));
