@@ -2,7 +2,8 @@
 """quantserve's CPU backend against llama.cpp (and CTranslate2) on the same weights, machine and run.
 
 One GGUF (--model: the default SmolLM2-135M-Instruct Q4_1, or Gemma 3 270M Q4_K_M) is the one source of weights: quantserve dequantizes it and
-quantizes at load (int8 W8A8 with its default fp16 LM head, int8 with --quantize-embeddings, fp16, fp32); llama.cpp
+quantizes at load (int8 W8A8 with its default fp16 LM head, by groups of 32 where the CPU has VNNI or per row and
+token with --classes int8-per-row, int8 with --quantize-embeddings, fp16, fp32); llama.cpp
 (through llama-cpp-python, which builds it from source at install) gets the same file requantized by its own
 quantize API to Q8_0, F16 and F32. Per precision class the two are compared on
   - prefill: a random prompt of P tokens, tokens/s (time to first token);
@@ -35,7 +36,8 @@ OUT = os.path.join(ROOT, "bench", "results", "cpu_peers.json")
 
 # precision class -> (quantserve precision and flags, llama.cpp file type)
 CLASSES = {
-    "int8": (("int8", []), "Q8_0"),
+    "int8": (("int8", []), "Q8_0"),   # --group-size auto: groups of 32 on VNNI CPUs
+    "int8-per-row": (("int8", ["--group-size", "0"]), "Q8_0"),   # one scale per row and per token
     "int8-all": (("int8", ["--quantize-embeddings"]), "Q8_0"),
     "fp16": (("fp16", []), "F16"),
     "fp32": (("fp32", []), "F32"),

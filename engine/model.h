@@ -40,11 +40,14 @@ struct LoadReport {
   std::map<std::string, double> smoothing_alpha;
 };
 
-// --group-size auto: int8-weight-only in groups of kInt8WeightGroup where the backend has the kernels and every
-// linear's in-features (hidden, heads x head_dim, intermediate) are whole groups, one scale per row otherwise;
-// 0 for every other precision. Chosen by the numbers (docs/QUANTIZATION.md): on the default model groups of 32
-// score -0.10% mean perplexity change by llama.cpp's method where one scale per row scores +0.46%, for 3.7% more
-// weight bytes and the same GEMV time (bench/results/int8_group_size.json).
+// --group-size auto: int8-weight-only, int8 and int8-smooth in groups of kInt8WeightGroup where the backend has
+// the kernels for that precision (Backend::supports_weight_groups: the CPU; W8A8 groups need AVX-512 VNNI) and
+// every linear's in-features (hidden, heads x head_dim, intermediate) are whole groups, one scale per row
+// otherwise; 0 for every other precision. Chosen by the numbers (docs/QUANTIZATION.md), llama.cpp's method on all
+// of three texts: int8-weight-only +0.06% mean perplexity change in groups (+0.46% per row, on fewer tokens) for
+// 3.7% more weight bytes at the same GEMV time (bench/results/int8_group_size.json); int8 +0.38% in groups against
+// +3.57% per row and token (llama.cpp's Q8_0 +0.31%), int8-smooth +0.07% against +0.97%, for about 5% of batch-1
+// decode and 19% of prefill (bench/results/quality_w8a8_groups_full_texts.json, int8_w8a8_groups_speed.json).
 constexpr int64_t kGroupSizeAuto = -1;
 int64_t resolve_group_size(int64_t requested, Precision precision, bool backend_has_groups,
                            const ModelConfig& config);
@@ -54,9 +57,10 @@ struct LoadOptions {
   Precision precision = Precision::kFp32;
   bool quantize_embeddings = false;   // int8 modes: also quantize embeddings and the LM head
   bool compute_error = true;
-  // int8-weight-only: inputs per weight scale along K, 0 (one scale per output row) or 32 (Q8_0 blocks);
-  // anything else, another precision, or a backend without group kernels is refused at load. kGroupSizeAuto (the
-  // default) is resolve_group_size's choice; the load report says what was loaded.
+  // int8-weight-only, int8, int8-smooth: inputs per weight scale along K, 0 (one scale per output row) or 32
+  // (Q8_0 blocks; int8 and int8-smooth then quantize activations by groups of 32 too); anything else, another
+  // precision, or a backend without group kernels for it is refused at load. kGroupSizeAuto (the default) is
+  // resolve_group_size's choice; the load report says what was loaded.
   int64_t group_size = kGroupSizeAuto;
   // int8-smooth (SmoothQuant): Model::load first loads the model in fp32 and runs it over a calibration text,
   // recording the per-input-channel absmax of the activations entering each linear that follows a norm (and

@@ -66,9 +66,10 @@ struct LinearOptions {
   float outlier_threshold = 6.0f;           // int8-mixed: |activation| above this goes through the float path
   const float* input_smoothing = nullptr;   // int8-smooth: per-input-channel divisor already folded upstream (K)
   bool compute_error = true;                // measure QuantError at load
-  // int8-weight-only: inputs per weight scale along K. 0 = one scale per output row; kInt8WeightGroup = one fp16
-  // scale per 32 inputs, stored as GGUF Q8_0 blocks (a Q8_0 source tensor is kept as it is). A backend without
-  // group kernels says so in supports_weight_groups().
+  // int8-weight-only, int8, int8-smooth: inputs per weight scale along K. 0 = one scale per output row;
+  // kInt8WeightGroup = one fp16 scale per 32 inputs, as GGUF Q8_0 blocks (a Q8_0 source tensor is kept as it is),
+  // and for W8A8 one activation scale per 32 inputs of a token. A backend says in supports_weight_groups() which
+  // precisions it has group kernels for.
   int64_t group_size = 0;
 };
 constexpr int64_t kInt8WeightGroup = 32;
@@ -152,7 +153,7 @@ class Backend {
   virtual std::string name() const = 0;                    // "cpu", "cuda:0"
   virtual DType activation_dtype() const = 0;              // F32 on the CPU
   virtual bool supports(Precision p) const = 0;
-  // int8-weight-only with LinearOptions::group_size != 0.
+  // `p` with LinearOptions::group_size != 0 (none by default).
   virtual bool supports_weight_groups(Precision) const { return false; }
   virtual MemoryInfo memory_info() const = 0;
 
