@@ -31,6 +31,32 @@ inline void dpbusd(__m512i& acc, __m512i x, __m512i w) {
 }
 
 
+// One group of 4 inputs of a tile: c0 / c1[r] (rows 0-15 / 16-31 of a panel) += the dot products of token r's 4
+// activations (a4: kRows x 4 bytes) with the panel's 2 x 64 bytes of weights there (b128), its prefetch issued.
+// kWeightsUnsigned: the weights are the u8 operand of vpdpbusd (W8A8 by groups), else the activations are.
+// Inlined into the tiles' loops, so the accumulator arrays stay in registers.
+template <int kRows, bool kWeightsUnsigned, class A, class B>
+__attribute__((always_inline)) inline void step4(__m512i* c0, __m512i* c1, const A* a4, const B* b128) {
+  // Past the panel's end this is the next panel, which the same thread reads next (a static split of panels).
+  _mm_prefetch(reinterpret_cast<const char*>(b128) + kPrefetchBytes, _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(b128) + kPrefetchBytes + 64, _MM_HINT_T0);
+  const __m512i w0 = _mm512_loadu_si512(b128);
+  const __m512i w1 = _mm512_loadu_si512(reinterpret_cast<const char*>(b128) + 64);
+  #pragma GCC unroll 16
+  for (int r = 0; r < kRows; ++r) {
+    int32_t four;
+    std::memcpy(&four, reinterpret_cast<const char*>(a4) + r * 4, 4);
+    const __m512i xr = _mm512_set1_epi32(four);
+    if constexpr (kWeightsUnsigned) {
+      dpbusd(c0[r], w0, xr);
+      dpbusd(c1[r], w1, xr);
+    } else {
+      dpbusd(c0[r], xr, w0);
+      dpbusd(c1[r], xr, w1);
+    }
+  }
+}
+
 // out (kRows, n_valid <= 32, row stride ldo) = dequantized a (groups, kRows, 4 u8) . b (groups, 32, 4 s8).
 // The loops over rows are unrolled by pragma: left to itself GCC 12 does not unroll the epilogue's, and then
 // keeps the accumulator arrays in memory.
@@ -41,19 +67,7 @@ void tile(float* out, int64_t ldo, const uint8_t* a, const int8_t* b, int64_t gr
   #pragma GCC unroll 16
   for (int r = 0; r < kRows; ++r) c0[r] = c1[r] = _mm512_setzero_si512();
   for (int64_t g = 0; g < groups; ++g) {
-    // Past the panel's end this is the next panel, which the same thread reads next (a static split of panels).
-    _mm_prefetch(reinterpret_cast<const char*>(b + g * 4 * kPanelWidth + kPrefetchBytes), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(b + g * 4 * kPanelWidth + kPrefetchBytes + 64), _MM_HINT_T0);
-    const __m512i w0 = _mm512_loadu_si512(b + g * 4 * kPanelWidth);
-    const __m512i w1 = _mm512_loadu_si512(b + g * 4 * kPanelWidth + 64);
-    #pragma GCC unroll 16
-    for (int r = 0; r < kRows; ++r) {
-      int32_t four;
-      std::memcpy(&four, a + (g * kRows + r) * 4, 4);
-      const __m512i xr = _mm512_set1_epi32(four);
-      dpbusd(c0[r], xr, w0);
-      dpbusd(c1[r], xr, w1);
-    }
+    step4<kRows, false>(c0, c1, a + g * kRows * 4, b + g * 4 * kPanelWidth);
   }
   const __mmask16 m0 = n_valid >= 16 ? __mmask16(0xffff) : __mmask16((1u << n_valid) - 1);
   const __mmask16 m1 = n_valid >= 32 ? __mmask16(0xffff) : n_valid <= 16 ? 0 : __mmask16((1u << (n_valid - 16)) - 1);
@@ -113,18 +127,7 @@ void group_tile(float* out, int64_t ldo, const int8_t* a, const uint8_t* b, int6
     #pragma GCC unroll 8
     for (int64_t step = 0; step < kW8A8Group / 4; ++step) {
       const int64_t q = g * (kW8A8Group / 4) + step;   // the group of 4 inputs
-      _mm_prefetch(reinterpret_cast<const char*>(b + q * 4 * kPanelWidth + kPrefetchBytes), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(b + q * 4 * kPanelWidth + kPrefetchBytes + 64), _MM_HINT_T0);
-      const __m512i w0 = _mm512_loadu_si512(b + q * 4 * kPanelWidth);
-      const __m512i w1 = _mm512_loadu_si512(b + q * 4 * kPanelWidth + 64);
-      #pragma GCC unroll 16
-      for (int r = 0; r < kRows; ++r) {
-        int32_t four;
-        std::memcpy(&four, a + (q * kRows + r) * 4, 4);
-        const __m512i xr = _mm512_set1_epi32(four);
-        dpbusd(c0[r], w0, xr);
-        dpbusd(c1[r], w1, xr);
-      }
+      step4<kRows, true>(c0, c1, a + q * kRows * 4, b + q * 4 * kPanelWidth);
     }
     const __m512 d0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w_scale + g * kPanelWidth)));
     const __m512 d1 =

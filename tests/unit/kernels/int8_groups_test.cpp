@@ -32,6 +32,17 @@ LinearOptions grouped() {
   return o;
 }
 
+// y (T, N) = the backend's linear of x (T, K) through lin.
+std::vector<float> run_linear(Backend& backend, const LinearWeight& lin, const std::vector<float>& x, int64_t T,
+                              int64_t K, int64_t N) {
+  std::unique_ptr<DeviceBuffer> in_buf, out_buf;
+  Tensor in = backend.new_tensor(in_buf, T, K), out = backend.new_tensor(out_buf, T, N);
+  std::memcpy(in.data, x.data(), x.size() * 4);
+  backend.linear(out, in, lin, Activation::kNone);
+  const float* y = static_cast<const float*>(out.data);
+  return std::vector<float>(y, y + T * N);
+}
+
 TEST(Q8_0, QuantizerRoundsEachBlockToNearestOfItsOwnScale) {
   const int64_t n = 32 * 60;
   std::vector<float> w = random_values(size_t(n), 1, -2.0f, 3.0f);
@@ -80,13 +91,10 @@ TEST(Int8GroupLinear, MatchesTheReferenceAtEveryBatchAndKeepsQ8_0Blocks) {
       std::vector<float> want(size_t(T * N));
       gemv_blocks_reference(want.data(), x.data(), blocks.data(), BlockType::kQ8_0, T, N, K);
       for (const LinearWeight* lin : {from_floats.get(), from_blocks.get()}) {
-        std::unique_ptr<DeviceBuffer> in_buf, out_buf;
-        Tensor in = backend->new_tensor(in_buf, T, K), out = backend->new_tensor(out_buf, T, N);
-        std::memcpy(in.data, x.data(), x.size() * 4);
-        backend->linear(out, in, *lin, Activation::kNone);
-        const float* y = static_cast<const float*>(out.data);
+        const std::vector<float> y = run_linear(*backend, *lin, x, T, K, N);
         for (int64_t i = 0; i < T * N; ++i) {
-          EXPECT_NEAR(y[i], want[size_t(i)] + bias[size_t(i % N)], 2e-5 * (std::fabs(want[size_t(i)]) + double(K)))
+          EXPECT_NEAR(y[size_t(i)], want[size_t(i)] + bias[size_t(i % N)],
+                      2e-5 * (std::fabs(want[size_t(i)]) + double(K)))
               << "K " << K << " T " << T << " i " << i;
         }
       }
@@ -249,11 +257,7 @@ TEST(W8A8Groups, LinearIsTheProductOfBothGroupRoundings) {
       std::vector<int32_t> dot_start(size_t(T * K / 32));
       quantize_per_group_int8(xq.data(), xs.data(), dot_start.data(), x.data(), T, K, 32);
       for (const LinearWeight* lin : {from_floats.get(), from_blocks.get()}) {
-        std::unique_ptr<DeviceBuffer> in_buf, out_buf;
-        Tensor in = backend->new_tensor(in_buf, T, K), out = backend->new_tensor(out_buf, T, N);
-        std::memcpy(in.data, x.data(), x.size() * 4);
-        backend->linear(out, in, *lin, Activation::kNone);
-        const float* y = static_cast<const float*>(out.data);
+        const std::vector<float> y = run_linear(*backend, *lin, x, T, K, N);
         for (int64_t t = 0; t < T; ++t) {
           for (int64_t n = 0; n < N; ++n) {
             double want = bias[size_t(n)], exact = bias[size_t(n)], mag = 0, half_steps = 0;
@@ -264,9 +268,10 @@ TEST(W8A8Groups, LinearIsTheProductOfBothGroupRoundings) {
               mag += std::fabs(double(x[size_t(t * K + k)]) * w);
               half_steps += 0.5 * step * std::fabs(w);
             }
-            ASSERT_NEAR(y[t * N + n], want, 1e-5 * mag + 1e-6) << precision_name(p) << " T " << t << " n " << n;
+            ASSERT_NEAR(y[size_t(t * N + n)], want, 1e-5 * mag + 1e-6)
+                << precision_name(p) << " T " << t << " n " << n;
             // At most half a step of each input's own group grid: token 0's outlier widens only its first group's.
-            EXPECT_NEAR(y[t * N + n], exact, half_steps * (1 + 1e-4) + 1e-5 * mag)
+            EXPECT_NEAR(y[size_t(t * N + n)], exact, half_steps * (1 + 1e-4) + 1e-5 * mag)
                 << precision_name(p) << " T " << t << " n " << n;
           }
         }
