@@ -215,7 +215,7 @@ HostLinear TransformerModel::read_linear(const std::string& weight, const std::s
   const bool int4_blocks = options_.precision == Precision::kInt4WeightOnly &&
                            (stored.dtype == DType::Q4_0 || stored.dtype == DType::Q4_1 || stored.dtype == DType::Q8_0);
   const bool int8_blocks = (options_.precision == Precision::kInt8WeightOnly ||
-                            (options_.precision == Precision::kInt8 && !options_.int8_clip_search)) &&
+                            options_.precision == Precision::kInt8) &&
                            options_.group_size == kInt8WeightGroup && stored.dtype == DType::Q8_0;
   if (int4_blocks || int8_blocks) {
     const auto* data = static_cast<const uint8_t*>(stored.data);

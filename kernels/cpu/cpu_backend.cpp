@@ -96,9 +96,9 @@ class CpuLinear final : public LinearWeight {
           break;
         }
         if (!w_group_scale.empty()) {
-          for (int64_t k = 0; k < K; ++k) {
-            dst[k] = f16_to_f32(cpu::w8a8_group_scale(w_group_scale.data(), n, k / cpu::kW8A8Group, K)) *
-                     float(q(n, k));
+          for (int64_t g = 0; g < K / cpu::kW8A8Group; ++g) {
+            const float scale = f16_to_f32(cpu::w8a8_group_scale(w_group_scale.data(), n, g, K));
+            for (int64_t k = g * cpu::kW8A8Group; k < (g + 1) * cpu::kW8A8Group; ++k) dst[k] = scale * float(q(n, k));
           }
           break;
         }
@@ -265,8 +265,7 @@ class CpuBackend final : public Backend {
   bool supports(Precision) const override { return true; }
   // int8-weight-only's block GEMVs run everywhere; W8A8 by groups has only a VNNI kernel.
   bool supports_weight_groups(Precision precision) const override {
-    return precision == Precision::kInt8WeightOnly ||
-           (vnni_ && (precision == Precision::kInt8 || precision == Precision::kInt8Smooth));
+    return has_weight_groups(precision) && (precision == Precision::kInt8WeightOnly || vnni_);
   }
 
   MemoryInfo memory_info() const override {
@@ -579,39 +578,38 @@ class CpuBackend final : public Backend {
     lin.weight_bytes = lin.w_blocks.size();
   }
 
-  // int8-weight-only by groups of 32 inputs: Q8_0 blocks (fp16 scale + 32 int8, 34 bytes), which the block GEMV
-  // of int4-weight-only already multiplies; a Q8_0 source tensor is kept as it is (not rounded twice).
-  static void make_int8_groups(CpuLinear& lin, const HostTensor& weight, const float* w) {
-    const int64_t N = lin.out_features, K = lin.in_features, n_blocks = N * K / kGgufBlock32;
-    QS_CHECK(K % kGgufBlock32 == 0, ErrorCode::kUnsupported, "int8-weight-only with --group-size ", kGgufBlock32,
-             " scales groups of ", kGgufBlock32, " inputs, and this weight (", N, " x ", K, ") has ", K,
-             " inputs, not a multiple of ", kGgufBlock32, "; load it with --group-size 0 (one scale per row)");
-    lin.block_type = cpu::BlockType::kQ8_0;
+  // The weight in groups of 32 inputs as Q8_0 blocks (fp16 scale + 32 int8, 34 bytes): a Q8_0 source tensor as it
+  // is (not rounded twice), anything else quantized; refused, naming the precision, if K is not whole groups.
+  static std::vector<uint8_t> q8_0_blocks(const CpuLinear& lin, const HostTensor& weight, const float* w) {
+    const int64_t N = lin.out_features, K = lin.in_features;
+    QS_CHECK(K % kGgufBlock32 == 0, ErrorCode::kUnsupported, precision_name(lin.precision), " with --group-size ",
+             kGgufBlock32, " scales groups of ", kGgufBlock32, " inputs, and this weight (", N, " x ", K, ") has ",
+             K, " inputs, not a multiple of ", kGgufBlock32, "; load it with --group-size 0 (one scale per row)");
+    const size_t bytes = size_t(N * K / kGgufBlock32) * sizeof(BlockQ8_0);
     if (weight.dtype == DType::Q8_0) {
       const auto* src = static_cast<const uint8_t*>(weight.data);
-      lin.w_blocks.assign(src, src + size_t(n_blocks) * sizeof(BlockQ8_0));
-    } else {
-      lin.w_blocks.resize(size_t(n_blocks) * sizeof(BlockQ8_0));
-      cpu::quantize_q8_0(reinterpret_cast<BlockQ8_0*>(lin.w_blocks.data()), w, N * K);
+      return std::vector<uint8_t>(src, src + bytes);
     }
+    std::vector<uint8_t> blocks(bytes);
+    cpu::quantize_q8_0(reinterpret_cast<BlockQ8_0*>(blocks.data()), w, N * K);
+    return blocks;
+  }
+
+  // int8-weight-only by groups of 32 inputs: Q8_0 blocks, which the block GEMV of int4-weight-only already
+  // multiplies.
+  static void make_int8_groups(CpuLinear& lin, const HostTensor& weight, const float* w) {
+    lin.block_type = cpu::BlockType::kQ8_0;
+    lin.w_blocks = q8_0_blocks(lin, weight, w);
     lin.weight_bytes = lin.w_blocks.size();
   }
 
   // W8A8 by groups of 32 inputs: the weights as Q8_0 blocks (the same scale and rounding as int8-weight-only's
-  // groups; a Q8_0 source tensor is kept as it is), then the int8 values VNNI-packed as q + 128 and the fp16
-  // scales packed by panel for gemm_w8a8_groups_vnni.
+  // groups), then the int8 values VNNI-packed as q + 128 and the fp16 scales packed by panel for
+  // gemm_w8a8_groups_vnni.
   static void make_w8a8_groups(CpuLinear& lin, const HostTensor& weight, const float* w) {
     const int64_t N = lin.out_features, K = lin.in_features, groups = K / kGgufBlock32;
-    QS_CHECK(K % kGgufBlock32 == 0, ErrorCode::kUnsupported, precision_name(lin.precision), " with --group-size ",
-             kGgufBlock32, " scales groups of ", kGgufBlock32, " inputs, and this weight (", N, " x ", K, ") has ",
-             K, " inputs, not a multiple of ", kGgufBlock32, "; load it with --group-size 0 (one scale per row)");
-    std::vector<BlockQ8_0> blocks;
-    const auto* q8 = static_cast<const BlockQ8_0*>(weight.data);
-    if (weight.dtype != DType::Q8_0) {
-      blocks.resize(size_t(N * groups));
-      cpu::quantize_q8_0(blocks.data(), w, N * K);
-      q8 = blocks.data();
-    }
+    const std::vector<uint8_t> blocks = q8_0_blocks(lin, weight, w);
+    const auto* q8 = reinterpret_cast<const BlockQ8_0*>(blocks.data());
     std::vector<int8_t> q(size_t(N * K));
     std::vector<uint16_t> d(size_t(N * groups));
     for (int64_t i = 0; i < N * groups; ++i) {

@@ -175,80 +175,65 @@ void repack_tile(uint8_t* dst, const uint8_t* xq, int64_t t0, int64_t rows, int6
   }
 }
 
-}  // namespace
-
-void gemm_w8a8_vnni(float* out, const uint8_t* xq, const float* x_scale, const int8_t* packed, const float* w_scale,
-                    const int32_t* w_row_sum, int64_t T, int64_t N, int64_t K) {
-  static_assert(kTileRows == 12, "tile_rows dispatches 1..12");
-  const int64_t panels = packed_panels(N), groups = vnni_groups(K);
-  const int64_t tiles = (T + kTileRows - 1) / kTileRows;
-  // Activations are repacked per tile as (groups, rows, 4), zero past K; one token with K a multiple of 4
-  // already is that.
+// The two W8A8 kernels' driver: the activations repacked per tile of kTile tokens as a tile reads them (one token
+// with K a multiple of 4 already is that), then threads over panels, each calling
+// tile(panel, n_valid, t0, rows, activations) for every tile of tokens.
+template <int kTile, class Tile>
+void for_each_panel_tile(const uint8_t* xq, int64_t T, int64_t N, int64_t K, const Tile& tile) {
+  const int64_t panels = packed_panels(N), quads = vnni_groups(K);
+  const int64_t tiles = (T + kTile - 1) / kTile;
   const bool repack = T > 1 || K % 4 != 0;
   thread_local std::vector<uint8_t> packed_x;
-  if (repack && packed_x.size() < size_t(T * groups * 4)) packed_x.resize(size_t(T * groups * 4));
+  if (repack && packed_x.size() < size_t(T * quads * 4)) packed_x.resize(size_t(T * quads * 4));
+  // The calling thread's buffer, named before the parallel region (each thread's thread_local is its own).
   uint8_t* ax = repack ? packed_x.data() : nullptr;
-  const size_t panel_bytes = size_t(groups) * 4 * kPanelWidth;
 #pragma omp parallel if (panels > 1)
   {
     if (repack) {
 #pragma omp for schedule(static)
       for (int64_t i = 0; i < tiles; ++i) {
-        const int64_t t0 = i * kTileRows, rows = std::min<int64_t>(kTileRows, T - t0);
-        repack_tile(ax + t0 * groups * 4, xq, t0, rows, K);
+        const int64_t t0 = i * kTile, rows = std::min<int64_t>(kTile, T - t0);
+        repack_tile(ax + t0 * quads * 4, xq, t0, rows, K);
       }
     }
 #pragma omp for schedule(static) nowait   // the end of the parallel region is the barrier
     for (int64_t p = 0; p < panels; ++p) {
       const int n_valid = int(std::min<int64_t>(kPanelWidth, N - p * kPanelWidth));
-      const int8_t* bp = packed + size_t(p) * panel_bytes;
-      const int64_t n0 = p * kPanelWidth;
       for (int64_t i = 0; i < tiles; ++i) {
-        const int64_t t0 = i * kTileRows, rows = std::min<int64_t>(kTileRows, T - t0);
-        const uint8_t* a = repack ? ax + t0 * groups * 4 : xq;
-        tile_rows(int(rows), out + t0 * N + n0, N, a, bp, groups, n_valid, x_scale + t0, w_scale + n0,
-                  w_row_sum + n0);
+        const int64_t t0 = i * kTile, rows = std::min<int64_t>(kTile, T - t0);
+        tile(p, n_valid, t0, rows, repack ? ax + t0 * quads * 4 : xq);
       }
     }
   }
 }
 
+}  // namespace
+
+void gemm_w8a8_vnni(float* out, const uint8_t* xq, const float* x_scale, const int8_t* packed, const float* w_scale,
+                    const int32_t* w_row_sum, int64_t T, int64_t N, int64_t K) {
+  static_assert(kTileRows == 12, "tile_rows dispatches 1..12");
+  const int64_t groups = vnni_groups(K);
+  const size_t panel_bytes = size_t(groups) * 4 * kPanelWidth;
+  for_each_panel_tile<kTileRows>(xq, T, N, K, [&](int64_t p, int n_valid, int64_t t0, int64_t rows,
+                                                  const uint8_t* a) {
+    const int64_t n0 = p * kPanelWidth;
+    tile_rows(int(rows), out + t0 * N + n0, N, a, packed + size_t(p) * panel_bytes, groups, n_valid, x_scale + t0,
+              w_scale + n0, w_row_sum + n0);
+  });
+}
+
 void gemm_w8a8_groups_vnni(float* out, const int8_t* xq, const float* x_scale, const int32_t* dot_start,
                            const uint8_t* packed, const uint16_t* w_scale, int64_t T, int64_t N, int64_t K) {
   static_assert(kGroupTileRows == 6, "group_tile_rows dispatches 1..6");
-  const int64_t panels = packed_panels(N), groups = vnni_groups(K), w_groups = K / kW8A8Group;
-  const int64_t tiles = (T + kGroupTileRows - 1) / kGroupTileRows;
-  const bool repack = T > 1;   // one token is already (K / 4, 1, 4); K is a multiple of 32
-  thread_local std::vector<uint8_t> packed_x;
-  if (repack && packed_x.size() < size_t(T * K)) packed_x.resize(size_t(T * K));
-  const auto* x_bytes = reinterpret_cast<const uint8_t*>(xq);
-  // The calling thread's buffer, named before the parallel region (each thread's thread_local is its own).
-  uint8_t* ax_bytes = repack ? packed_x.data() : nullptr;
-  const int8_t* ax = reinterpret_cast<const int8_t*>(ax_bytes);
-  const size_t panel_bytes = size_t(groups) * 4 * kPanelWidth;
-#pragma omp parallel if (panels > 1)
-  {
-    if (repack) {
-#pragma omp for schedule(static)
-      for (int64_t i = 0; i < tiles; ++i) {
-        const int64_t t0 = i * kGroupTileRows, rows = std::min<int64_t>(kGroupTileRows, T - t0);
-        repack_tile(ax_bytes + t0 * K, x_bytes, t0, rows, K);
-      }
-    }
-#pragma omp for schedule(static) nowait   // the end of the parallel region is the barrier
-    for (int64_t p = 0; p < panels; ++p) {
-      const int n_valid = int(std::min<int64_t>(kPanelWidth, N - p * kPanelWidth));
-      const uint8_t* bp = packed + size_t(p) * panel_bytes;
-      const uint16_t* sp = w_scale + size_t(p * w_groups * kPanelWidth);
-      const int64_t n0 = p * kPanelWidth;
-      for (int64_t i = 0; i < tiles; ++i) {
-        const int64_t t0 = i * kGroupTileRows, rows = std::min<int64_t>(kGroupTileRows, T - t0);
-        const int8_t* a = repack ? ax + t0 * K : xq;
-        group_tile_rows(int(rows), out + t0 * N + n0, N, a, bp, w_groups, n_valid, x_scale + t0 * w_groups,
-                        dot_start + t0 * w_groups, w_groups, sp);
-      }
-    }
-  }
+  const int64_t w_groups = K / kW8A8Group;
+  const size_t panel_bytes = size_t(vnni_groups(K)) * 4 * kPanelWidth;
+  for_each_panel_tile<kGroupTileRows>(reinterpret_cast<const uint8_t*>(xq), T, N, K,
+                                      [&](int64_t p, int n_valid, int64_t t0, int64_t rows, const uint8_t* a) {
+    const int64_t n0 = p * kPanelWidth;
+    group_tile_rows(int(rows), out + t0 * N + n0, N, reinterpret_cast<const int8_t*>(a),
+                    packed + size_t(p) * panel_bytes, w_groups, n_valid, x_scale + t0 * w_groups,
+                    dot_start + t0 * w_groups, w_groups, w_scale + size_t(p * w_groups * kPanelWidth));
+  });
 }
 
 }  // namespace qs::cpu
