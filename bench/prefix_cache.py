@@ -11,9 +11,11 @@ goes first alternates. Both TTFTs are recorded as the server measures them (arri
 response's timings) and as the client sees them (request sent -> first streamed chunk). The prompts go as token
 ids, so both servers see exactly the same tokens; the greedy outputs of the two servers are compared too.
 
-Writes bench/results/prefix_cache.json.
+Writes bench/results/prefix_cache.json. `--model models/gemma-3-270m-q4_k_m.gguf` runs Gemma 3 270M (its turns
+in Gemma's chat markup), whose KV cache is in layer groups: a hit then shares the global layers' blocks and the
+last window (512 positions) of the sliding layers' blocks; it writes bench/results/prefix_cache_gemma3.json.
 
-  python3 bench/prefix_cache.py [--binary build/server/quantserve] [--repetitions 7] [--threads 0]
+  python3 bench/prefix_cache.py [--binary build/server/quantserve] [--repetitions 7] [--threads 0] [--model PATH]
 """
 import argparse
 import datetime
@@ -42,15 +44,21 @@ WORDS = ("model server cache block token prompt answer question careful helpful 
          "shipping account password invoice product warranty support hours weekend holiday manager escalate "
          "polite concise accurate summary detail example format list table date time price discount region").split()
 USERS = ["What are your support hours on weekends?", "How do I get a refund for a damaged product?"]
+# Each model's chat markup: the system turn's opening and end, and a user turn up to the answer's start.
+MARKUP = {
+    "chatml": ("<|im_start|>system\n", "<|im_end|>\n", "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"),
+    # Gemma 3 has no system role: its instructions open the first user turn.
+    "gemma": ("<start_of_turn>user\n", "\n", "{}<end_of_turn>\n<start_of_turn>model\n"),
+}
 
 
 class Server:
     """One `quantserve serve` with its gRPC stub; stopped with SIGTERM."""
 
-    def __init__(self, binary, prefix_cache, port, metrics_port, threads, pb2, pb2_grpc):
+    def __init__(self, binary, model, prefix_cache, port, metrics_port, threads, pb2, pb2_grpc):
         self.name = f"prefix-cache-{prefix_cache}"
         self.metrics_port = metrics_port
-        cmd = [binary, "serve", "--model", f"smollm2={MODEL}", "--device", "cpu", "--threads", str(threads),
+        cmd = [binary, "serve", "--model", f"bench={model}", "--device", "cpu", "--threads", str(threads),
                "--prefix-cache", prefix_cache, "--listen", f"127.0.0.1:{port}",
                "--metrics-listen", f"127.0.0.1:{metrics_port}", "--http-listen", ""]
         # The log to a file: a stderr pipe nobody reads fills after ~64 KB of request lines and then blocks the server.
@@ -93,7 +101,7 @@ class Server:
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
         values = {}
         for name in ("quantserve_prefix_cache_queried_tokens_total", "quantserve_prefix_cache_hit_tokens_total",
-                     "quantserve_kv_cache_blocks_cached"):
+                     "quantserve_kv_cache_blocks_cached", "quantserve_kv_cache_window_blocks_cached"):
             m = re.search(rf"^{name}{{[^}}]*}} ([0-9.e+-]+)$", text, re.M)
             values[name] = float(m.group(1)) if m else None
         return values
@@ -109,11 +117,11 @@ class Server:
         self.log.close()
 
 
-def system_prompt_ids(server, repetition):
-    """A ChatML system turn of exactly SYSTEM_TOKENS tokens, its words drawn for this repetition."""
+def system_prompt_ids(server, repetition, markup):
+    """A system turn of exactly SYSTEM_TOKENS tokens in `markup`, its words drawn for this repetition."""
     words = [WORDS[(repetition * 7919 + i * i * 31 + i * 17) % len(WORDS)] for i in range(SYSTEM_TOKENS)]
-    body = server.tokenize(f"<|im_start|>system\nRule set {repetition}: " + " ".join(words))
-    end = server.tokenize("<|im_end|>\n")
+    body = server.tokenize(f"{MARKUP[markup][0]}Rule set {repetition}: " + " ".join(words))
+    end = server.tokenize(MARKUP[markup][1])
     ids = body[:SYSTEM_TOKENS - len(end)] + end
     if len(ids) != SYSTEM_TOKENS:
         raise RuntimeError(f"system prompt has {len(ids)} tokens, wanted {SYSTEM_TOKENS}")
@@ -127,25 +135,29 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="server CPU threads (0 = all cores)")
     ap.add_argument("--max-new-tokens", type=int, default=8)
     ap.add_argument("--port", type=int, default=50671)
-    ap.add_argument("--out", default=OUT)
+    ap.add_argument("--model", default=MODEL, help="a GGUF; Gemma's chat markup where the name says gemma")
+    ap.add_argument("--out")
     args = ap.parse_args()
     binary = find_binary(args.binary)
-    if not os.path.isfile(MODEL):
-        sys.exit(f"{MODEL} missing: run scripts/setup.sh")
+    model = os.path.abspath(args.model)
+    if not os.path.isfile(model):
+        sys.exit(f"{model} missing: run scripts/setup.sh (--extra-models for Gemma 3)")
+    markup = "gemma" if "gemma" in os.path.basename(model).lower() else "chatml"
+    out = args.out or (OUT.replace(".json", "_gemma3.json") if markup == "gemma" else OUT)
     pb2, pb2_grpc = load_stubs()
     load_before = load_average()
-    servers = {mode: Server(binary, mode, args.port + 2 * i, args.port + 2 * i + 1, args.threads, pb2, pb2_grpc)
+    servers = {mode: Server(binary, model, mode, args.port + 2 * i, args.port + 2 * i + 1, args.threads, pb2, pb2_grpc)
                for i, mode in enumerate(("on", "off"))}
     runs = []
     try:
-        users = [servers["on"].tokenize(f"<|im_start|>user\n{u}<|im_end|>\n<|im_start|>assistant\n") for u in USERS]
+        users = [servers["on"].tokenize(MARKUP[markup][2].format(u)) for u in USERS]
         # Warm-up (first-touch allocations, thread pools), its own system prompt, not recorded.
-        warm = system_prompt_ids(servers["on"], 1000)
+        warm = system_prompt_ids(servers["on"], 1000, markup)
         for s in servers.values():
             for u in users:
                 s.first_token(warm + u, 2)
         for r in range(args.repetitions):
-            system = system_prompt_ids(servers["on"], r)
+            system = system_prompt_ids(servers["on"], r, markup)
             order = ("on", "off") if r % 2 == 0 else ("off", "on")
             for mode in order:
                 first = servers[mode].first_token(system + users[0], args.max_new_tokens)
@@ -181,7 +193,7 @@ def main():
         "machine": machine_info(args.threads or None),
         "load_average_before": load_before,
         "load_average_after": load_average(),
-        "model": os.path.relpath(MODEL, ROOT),
+        "model": os.path.relpath(model, ROOT),
         "precision": info.precision,
         "device": info.device,
         "system_prompt_tokens": SYSTEM_TOKENS,
@@ -195,13 +207,13 @@ def main():
         "metrics_at_end": counters,
         "runs": [{k: v for k, v in x.items() if k != "ids"} for x in runs],
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
     print(f"median second/first TTFT: cache on {on['median_ratio']:.3f} ({on['median_first_ttft_ms']:.0f} -> "
           f"{on['median_second_ttft_ms']:.0f} ms), off {off['median_ratio']:.3f}; same ids: {same}; "
-          f"wrote {args.out}")
+          f"wrote {out}")
     return 0 if same else 1
 
 

@@ -97,7 +97,7 @@ struct Engine::Impl {
   std::string kv_layout;
 
   int64_t kv_held_bytes() const {
-    return blocks->used() * global_block_bytes + (window_blocks ? window_blocks->used() * window_block_bytes : 0);
+    return blocks->used() * global_block_bytes + (window_blocks ? window_blocks->promised() * window_block_bytes : 0);
   }
   // With layer groups: what a sequence takes at admission, its whole length of global blocks and its ring.
   int64_t admission_bytes(const Sequence& s) const {
@@ -201,21 +201,35 @@ struct Engine::Impl {
       Sequence& s = *waiting.front();
       // With layer groups the two pools share one budget: the sequence's global blocks and sliding ring must fit
       // in what it has left. The ring first: it is all-or-nothing like the global blocks below.
-      if (window_blocks && (kv_held_bytes() + admission_bytes(s) > kv_budget_bytes ||
-                            !s.window.acquire(*window_blocks, admission_ring(s)))) {
-        break;
-      }
-      // Reserve the whole request (prompt + max_new_tokens) up front: a running request never waits for
-      // memory, so there is no preemption and no deadlock; the cost is admitting fewer long requests.
       // The prompt's cached prefix is shared, not computed; its last token is always computed, for the logits
       // (as vLLM does: at most prompt_len - 1 tokens are looked up, so a fully cached prompt recomputes its
       // last block into a fresh one, and shared blocks are never written).
-      const std::optional<int64_t> cached = blocks->allocate(
-          s.block_table, s.tokens, int64_t(s.prompt_len) - 1, int64_t(s.prompt_len) + s.params.max_new_tokens);
+      int64_t max_cached = int64_t(s.prompt_len) - 1;
+      if (window_blocks) {
+        if (kv_held_bytes() + admission_bytes(s) > kv_budget_bytes) break;
+        // A hit needs the global blocks up to it and the sliding ones of its window (window_prefix_hit).
+        const int64_t lookup = max_cached / options.kv_block_size;
+        const std::vector<int32_t> sliding = window_blocks->cached_blocks(s.tokens, lookup);
+        const WindowPrefixHit hit =
+            window_prefix_hit(blocks->cached_blocks(s.tokens, lookup), sliding, group_window, options.kv_block_size);
+        const std::span<const int32_t> shared =
+            hit.blocks > 0 ? std::span<const int32_t>(sliding).subspan(size_t(hit.first_sliding),
+                                                                      size_t(hit.blocks - hit.first_sliding))
+                           : std::span<const int32_t>();
+        if (!s.window.acquire(*window_blocks, admission_ring(s), hit.first_sliding, shared)) break;
+        max_cached = hit.blocks * options.kv_block_size;
+      }
+      // Reserve the whole request (prompt + max_new_tokens) up front: a running request never waits for
+      // memory, so there is no preemption and no deadlock; the cost is admitting fewer long requests.
+      const std::optional<int64_t> cached =
+          blocks->allocate(s.block_table, s.tokens, max_cached, int64_t(s.prompt_len) + s.params.max_new_tokens);
       if (!cached) {
         if (window_blocks) s.window.release(*window_blocks);
         break;
       }
+      // With layer groups the global blocks found are those window_prefix_hit counted: nothing changed between.
+      QS_CHECK(!window_blocks || *cached == max_cached, ErrorCode::kInternal, "the global pool shared ", *cached,
+               " tokens of a prefix hit of ", max_cached);
       s.num_computed = *cached;
       if (blocks->prefix_caching()) {
         stats.prefix_cache_queried_tokens += s.prompt_len;
@@ -270,7 +284,7 @@ struct Engine::Impl {
       batch.block_tables.push_back(s.block_table);
       if (window_blocks) {
         // Short when the ring ran out: check_window_blocks_held() below then fails the request.
-        s.window.cover(s.num_computed + chunk, options.kv_block_size);
+        s.window.cover(*window_blocks, s.num_computed + chunk);
         batch.window_block_tables.push_back(s.window.table());
       }
       batch.seq_lens.push_back(int32_t(s.num_computed + chunk));
@@ -315,7 +329,8 @@ struct Engine::Impl {
     }
     if (window_blocks) {
       for (Sequence* s : in_batch) {
-        s->window.slide(s->num_computed, group_window, options.kv_block_size);
+        window_blocks->commit(s->window.table(), s->tokens, s->num_computed);
+        s->window.slide(*window_blocks, s->num_computed, group_window);
         if (s->num_computed >= s->prompt_len) s->window.shrink(*window_blocks, decode_ring(*s));
       }
     }
@@ -400,8 +415,6 @@ Engine::Engine(std::unique_ptr<Model> model, std::unique_ptr<Tokenizer> tokenize
     impl_->kv_budget_bytes = sizes.budget_bytes;
     impl_->global_block_bytes = int64_t(kv.group_bytes_per_token(0)) * o.kv_block_size;
     impl_->window_block_bytes = int64_t(kv.group_bytes_per_token(1)) * o.kv_block_size;
-    // A prefix hit would need the sliding layers' blocks of the prefix, which the rings have reused.
-    o.prefix_cache = false;
   } else {
     num_blocks = kv_cache_blocks(o.kv_cache_bytes, o.kv_cache_tokens, kv.bytes_per_token(), o.kv_block_size,
                                  o.max_context, o.max_batch_size);
@@ -415,7 +428,6 @@ Engine::Engine(std::unique_ptr<Model> model, std::unique_ptr<Tokenizer> tokenize
   if (grouped) {
     o.kv_cache_bytes = impl_->kv_budget_bytes;
     o.kv_cache_tokens = impl_->kv_budget_bytes / int64_t(kv.bytes_per_token()) / o.kv_block_size * o.kv_block_size;
-    impl_->window_blocks = std::make_unique<KvBlockManager>(kv.window_num_blocks, o.kv_block_size);
     auto mib = [](double bytes) {
       char text[32];
       if (bytes >= (1 << 20)) {
@@ -435,7 +447,7 @@ Engine::Engine(std::unique_ptr<Model> model, std::unique_ptr<Tokenizer> tokenize
         c.sliding_window, ", ", impl_->window_block_bytes, " bytes a block): a sequence of ", o.max_context,
         " tokens takes ", mib(double(context_blocks * impl_->global_block_bytes + ring * impl_->window_block_bytes)),
         " (", mib(double(context_blocks * o.kv_block_size) * double(kv.bytes_per_token())),
-        " with one table); prefix cache off with layer groups; CPU backend only");
+        " with one table); CPU backend only");
   }
   impl_->cache = backend.make_kv_cache(kv);
   // A cached block's contents depend on the tokens and on what this engine is: the model, its precision and the
@@ -448,6 +460,8 @@ Engine::Engine(std::unique_ptr<Model> model, std::unique_ptr<Tokenizer> tokenize
                                            "|" + std::to_string(o.kv_block_size));
   }
   impl_->blocks = std::make_unique<KvBlockManager>(num_blocks, o.kv_block_size, prefix_seed);
+  // The sliding layers' blocks are hashed with the same seed: a block's hash names the same tokens in both pools.
+  if (grouped) impl_->window_blocks = std::make_unique<KvBlockManager>(kv.window_num_blocks, o.kv_block_size, prefix_seed);
 }
 
 Engine::~Engine() = default;
@@ -525,7 +539,8 @@ EngineStats Engine::stats() const {
   s.kv_cache_committed_bytes = int64_t(impl_->cache->committed_bytes());
   s.kv_cache_used_bytes = s.kv_blocks_total > 0 ? s.kv_cache_bytes / s.kv_blocks_total * s.kv_blocks_used : 0;
   if (impl_->window_blocks) {
-    s.kv_window_blocks_used = impl_->window_blocks->used();
+    s.kv_window_blocks_used = impl_->window_blocks->promised();   // the rings admitted sequences may fill
+    s.kv_window_blocks_cached = impl_->window_blocks->cached();
     s.kv_window_blocks_total = impl_->window_blocks->total();
     s.kv_cache_bytes = impl_->kv_budget_bytes;   // the pools are mapped for the whole budget each
     s.kv_cache_used_bytes = impl_->kv_held_bytes();

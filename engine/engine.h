@@ -79,7 +79,8 @@ struct EngineOptions {
   bool prefix_cache = true;             // reuse the KV blocks of earlier prompts' common prefixes (kv_cache.h)
   // A model with global and sliding layers (Gemma 3) on a backend with layer groups (the CPU): a KV pool and
   // block table for each kind, the sliding one a ring of window + chunk blocks per sequence (WindowBlocks);
-  // prefix caching is then off. false: one table for all layers, as for every other model.
+  // a prefix hit then shares the global blocks up to it and the sliding ones of its last window. false: one
+  // table for all layers, as for every other model.
   bool kv_layer_groups = true;
 };
 
@@ -93,8 +94,9 @@ struct EngineStats {
   int64_t kv_cache_used_bytes = 0;      // the blocks sequences hold
   int64_t kv_blocks_cached = 0;         // full blocks no sequence holds, kept for prefix reuse (evictable)
   // With KV layer groups the kv_blocks_* above are the global layers' pool; these the sliding layers' (0 without).
-  int64_t kv_window_blocks_used = 0;
+  int64_t kv_window_blocks_used = 0;     // the rings of running sequences (WindowBlocks), filled or not
   int64_t kv_window_blocks_total = 0;
+  int64_t kv_window_blocks_cached = 0;   // sliding blocks no sequence holds, kept for prefix reuse
   int64_t prefix_cache_queried_tokens = 0;  // prompt tokens of admitted requests looked up in the prefix cache
   int64_t prefix_cache_hit_tokens = 0;      // of those, found cached (not computed again)
   int64_t last_batch_size = 0;          // sequences in the last forward pass

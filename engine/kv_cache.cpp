@@ -109,6 +109,12 @@ uint64_t KvBlockManager::chain_hash(uint64_t parent, const int32_t* tokens) cons
   return h;
 }
 
+uint64_t KvBlockManager::prefix_hash(std::span<const int32_t> tokens, int64_t blocks) const {
+  uint64_t h = *seed_;
+  for (int64_t i = 0; i < blocks; ++i) h = chain_hash(h, tokens.data() + i * block_size_);
+  return h;
+}
+
 void KvBlockManager::forget(int32_t block) {
   Block& b = blocks_[size_t(block)];
   if (b.indexed) index_.erase(b.hash);
@@ -129,39 +135,65 @@ int32_t KvBlockManager::take_fresh() {
   return block;
 }
 
+std::vector<int32_t> KvBlockManager::cached_blocks(std::span<const int32_t> prompt, int64_t blocks) const {
+  std::vector<int32_t> found;
+  if (!seed_) return found;
+  blocks = std::min<int64_t>(blocks, int64_t(prompt.size()) / block_size_);
+  uint64_t parent = *seed_;
+  for (int64_t i = 0; i < blocks; ++i) {
+    const int32_t* block_prompt = prompt.data() + i * block_size_;
+    const uint64_t h = chain_hash(parent, block_prompt);
+    const auto it = index_.find(h);
+    // The hash is 64 bits: the tokens and the parent are compared too, so a collision is a miss, not wrong KV.
+    const bool same = it != index_.end() && blocks_[size_t(it->second)].parent == parent &&
+                      std::equal(block_prompt, block_prompt + block_size_,
+                                 block_tokens_.begin() + int64_t(it->second) * block_size_);
+    found.push_back(same ? it->second : kReleasedBlock);
+    parent = h;
+  }
+  return found;
+}
+
 std::optional<int64_t> KvBlockManager::allocate(std::vector<int32_t>& table, std::span<const int32_t> prompt,
                                                 int64_t max_cached_tokens, int64_t tokens) {
   QS_CHECK(table.empty(), ErrorCode::kInternal, "allocate() is for a new sequence's empty block table");
-  std::vector<int32_t> shared;
+  std::vector<int32_t> shared = cached_blocks(prompt, std::max<int64_t>(0, max_cached_tokens) / block_size_);
+  shared.erase(std::find(shared.begin(), shared.end(), kReleasedBlock), shared.end());   // the leading run
   int64_t shared_unheld = 0;   // shared blocks now in the LRU list: they stop being available to others
-  if (seed_) {
-    const int64_t whole = std::min<int64_t>(max_cached_tokens, int64_t(prompt.size())) / block_size_;
-    uint64_t parent = *seed_;
-    for (int64_t i = 0; i < whole; ++i) {
-      const int32_t* block_prompt = prompt.data() + i * block_size_;
-      const uint64_t h = chain_hash(parent, block_prompt);
-      const auto it = index_.find(h);
-      if (it == index_.end()) break;
-      // The hash is 64 bits: the tokens and the parent are compared too, so a collision is a miss, not wrong KV.
-      const Block& b = blocks_[size_t(it->second)];
-      if (b.parent != parent || !std::equal(block_prompt, block_prompt + block_size_,
-                                            block_tokens_.begin() + it->second * block_size_)) {
-        break;
-      }
-      shared.push_back(it->second);
-      if (b.refs == 0) ++shared_unheld;
-      parent = h;
-    }
-  }
+  for (int32_t block : shared) shared_unheld += blocks_[size_t(block)].refs == 0;
   const int64_t fresh = std::max<int64_t>(0, blocks_for(tokens) - int64_t(shared.size()));
   if (fresh > free_blocks() + cached() - shared_unheld) return std::nullopt;
   for (int32_t block : shared) {
-    Block& b = blocks_[size_t(block)];
-    if (b.refs++ == 0) lru_.erase(b.lru);
+    share(block);
     table.push_back(block);
   }
   for (int64_t i = 0; i < fresh; ++i) table.push_back(take_fresh());
   return int64_t(shared.size()) * block_size_;
+}
+
+void KvBlockManager::share(int32_t block) {
+  Block& b = blocks_[size_t(block)];
+  QS_CHECK(b.indexed, ErrorCode::kInternal, "only a cached block can be shared (block ", block, ")");
+  if (b.refs++ == 0) lru_.erase(b.lru);
+}
+
+bool KvBlockManager::promise_ring(int64_t blocks) {
+  if (blocks < 0 || promised_ + blocks > num_blocks_) return false;
+  promised_ += blocks;
+  return true;
+}
+
+void KvBlockManager::unpromise_ring(int64_t blocks) {
+  QS_CHECK(blocks >= 0 && blocks <= promised_, ErrorCode::kInternal, "unpromise_ring(", blocks, ") with ",
+           promised_, " promised");
+  promised_ -= blocks;
+}
+
+int32_t KvBlockManager::take_ring_block() {
+  // Never empty while promise_ring's bound holds (see kv_cache.h); a broken bound must not read an empty list.
+  QS_CHECK(free_blocks() + cached() > 0, ErrorCode::kInternal, "a ring's promised block is not in the pool (",
+           promised_, " promised of ", num_blocks_, ")");
+  return take_fresh();
 }
 
 bool KvBlockManager::reserve(std::vector<int32_t>& table, int64_t tokens) {
@@ -182,11 +214,13 @@ void KvBlockManager::commit(const std::vector<int32_t>& table, std::span<const i
     --first;
   for (int64_t i = first; i < full; ++i) {
     const int32_t block = table[size_t(i)];
-    // release_front() keeps a block until the next one is hashed, so an unhashed block's predecessor is here.
-    QS_CHECK(block != kReleasedBlock && (i == 0 || table[size_t(i - 1)] != kReleasedBlock), ErrorCode::kInternal,
-             "commit: block ", i, " of a sequence or the one before it was released before being hashed");
+    QS_CHECK(block != kReleasedBlock, ErrorCode::kInternal, "commit: block ", i,
+             " of a sequence was released before being hashed");
     Block& b = blocks_[size_t(block)];
-    b.parent = i == 0 ? *seed_ : blocks_[size_t(table[size_t(i - 1)])].hash;
+    // The previous block's hash; a window ring may have given that block back already, and the chain is the
+    // tokens' alone.
+    const int32_t previous = i == 0 ? kReleasedBlock : table[size_t(i - 1)];
+    b.parent = i == 0 ? *seed_ : previous != kReleasedBlock ? blocks_[size_t(previous)].hash : prefix_hash(tokens, i);
     const int32_t* block_tokens = tokens.data() + i * block_size_;
     b.hash = chain_hash(b.parent, block_tokens);
     b.hashed = true;
@@ -255,51 +289,72 @@ int64_t WindowBlocks::ring_blocks(int64_t window, int64_t chunk, int64_t block_s
   return std::min(ring, (tokens + block_size - 1) / block_size);
 }
 
-bool WindowBlocks::acquire(KvBlockManager& m, int64_t blocks) {
+bool WindowBlocks::acquire(KvBlockManager& m, int64_t blocks, int64_t first_shared,
+                           std::span<const int32_t> shared) {
   QS_CHECK(ring_ == 0 && table_.empty(), ErrorCode::kInternal, "a window ring is acquired once, when admitted");
-  if (!m.reserve(spare_, blocks * m.block_size())) return false;
+  QS_CHECK(int64_t(shared.size()) <= blocks && first_shared >= 0, ErrorCode::kInternal, "a ring of ", blocks,
+           " blocks cannot hold ", shared.size(), " shared ones");
+  if (!m.promise_ring(blocks)) return false;
   ring_ = blocks;
-  // The first positions take the spares from the back: put the lowest block numbers there (warm, as the free list).
-  std::reverse(spare_.begin(), spare_.end());
+  table_.assign(size_t(first_shared), KvBlockManager::kReleasedBlock);
+  for (int32_t block : shared) {
+    m.share(block);
+    table_.push_back(block);
+  }
+  released_ = first_shared;
+  held_ = int64_t(shared.size());
   return true;
 }
 
-bool WindowBlocks::cover(int64_t tokens, int64_t block_size) {
-  const size_t need = size_t((tokens + block_size - 1) / block_size);
+bool WindowBlocks::cover(KvBlockManager& m, int64_t tokens) {
+  const size_t need = size_t(m.blocks_for(tokens));
   while (table_.size() < need) {
-    if (spare_.empty()) return false;
-    table_.push_back(spare_.back());
-    spare_.pop_back();
+    if (held_ >= ring_) return false;
+    table_.push_back(m.take_ring_block());
+    ++held_;
   }
   return true;
 }
 
-int64_t WindowBlocks::slide(int64_t next_position, int64_t window, int64_t block_size) {
+int64_t WindowBlocks::slide(KvBlockManager& m, int64_t next_position, int64_t window) {
   // Blocks [0, end) hold only positions < next_position + 1 - window.
-  const int64_t end = std::min<int64_t>(std::max<int64_t>(0, next_position + 1 - window) / block_size,
+  const int64_t end = std::min<int64_t>(std::max<int64_t>(0, next_position + 1 - window) / m.block_size(),
                                         int64_t(table_.size()));
   int64_t released = 0;
   for (; released_ < end; ++released_, ++released) {
-    spare_.push_back(table_[size_t(released_)]);
+    m.give_back(table_[size_t(released_)]);
     table_[size_t(released_)] = KvBlockManager::kReleasedBlock;
+    --held_;
   }
   return released;
 }
 
 void WindowBlocks::shrink(KvBlockManager& m, int64_t blocks) {
-  std::vector<int32_t> give;
-  while (ring_ > blocks && !spare_.empty()) {
-    give.push_back(spare_.front());   // the spare reused last (the back is taken first)
-    spare_.erase(spare_.begin());
-    --ring_;
-  }
-  m.release(give);
+  const int64_t to = std::max(blocks, held_);
+  if (to >= ring_) return;
+  m.unpromise_ring(ring_ - to);
+  ring_ = to;
 }
 
 void WindowBlocks::release(KvBlockManager& m) {
   m.release(table_);
-  m.release(spare_);
-  ring_ = released_ = 0;
+  m.unpromise_ring(ring_);
+  ring_ = held_ = released_ = 0;
+}
+
+WindowPrefixHit window_prefix_hit(std::span<const int32_t> global, std::span<const int32_t> sliding, int64_t window,
+                                  int64_t block_size) {
+  auto first_of = [&](int64_t h) { return std::max<int64_t>(0, h * block_size + 1 - window) / block_size; };
+  int64_t h = 0;
+  while (h < int64_t(std::min(global.size(), sliding.size())) && global[size_t(h)] != KvBlockManager::kReleasedBlock)
+    ++h;
+  for (; h > 0; --h) {
+    const int64_t first = first_of(h);
+    bool held = true;
+    for (int64_t i = first; i < h && held; ++i) held = sliding[size_t(i)] != KvBlockManager::kReleasedBlock;
+    if (held) return {h, first};
+  }
+  return {};
 }
 
 }  // namespace qs

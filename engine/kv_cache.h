@@ -70,6 +70,10 @@ class KvBlockManager {
   // nullopt if the blocks do not fit, in which case nothing changes.
   std::optional<int64_t> allocate(std::vector<int32_t>& table, std::span<const int32_t> prompt,
                                   int64_t max_cached_tokens, int64_t tokens);
+  // For each of the first `blocks` whole blocks of `prompt`: the cached block that holds it (same chain hash,
+  // parent and tokens) or kReleasedBlock, whether or not the blocks before it are cached. Empty without prefix
+  // caching. Changes nothing.
+  std::vector<int32_t> cached_blocks(std::span<const int32_t> prompt, int64_t blocks) const;
   // Grows `table` with fresh blocks so it holds `tokens` tokens; false (and nothing changes) if they do not fit.
   bool reserve(std::vector<int32_t>& table, int64_t tokens);
   // Records that the first `computed` of `tokens` are written into `table`'s blocks: each block that is now
@@ -87,6 +91,16 @@ class KvBlockManager {
   // attention must not read a block before its earliest query's window (the CPU one does not; CUDA has none).
   int64_t release_front(std::vector<int32_t>& table, int64_t next_position, int64_t window);
   static constexpr int32_t kReleasedBlock = -1;
+  // Rings (WindowBlocks): a pool whose sequences each hold at most a fixed number of blocks at once promises each
+  // its ring at admission, and take_ring_block() then never fails: the rings promised never exceed the pool, and
+  // a sequence's ring counts every block its table holds, shared ones too, so the blocks no sequence holds
+  // (free or cached) are always at least the rings' empty places.
+  bool promise_ring(int64_t blocks);           // false (nothing changes) if the rings would exceed the pool
+  void unpromise_ring(int64_t blocks);
+  int64_t promised() const { return promised_; }
+  int32_t take_ring_block();                   // a fresh block for a ring's empty place
+  void share(int32_t block);                   // one holder more for a cached block (found by cached_blocks())
+  void give_back(int32_t block);               // one holder fewer: to the LRU list (cached) or the free stack
   int64_t used() const { return total() - free_blocks() - cached(); }   // held by sequences
   int64_t cached() const { return int64_t(lru_.size()); }              // held by none, kept for reuse
   int64_t total() const { return num_blocks_; }
@@ -107,7 +121,8 @@ class KvBlockManager {
   // A fresh block for a sequence: a free (uncached) one if any, else the least recently used cached one, evicted.
   int32_t take_fresh();
   void forget(int32_t block);   // drops a block's hash and index entry
-  void give_back(int32_t block);   // one holder fewer: to the LRU list (cached) or the free stack
+  // The chain hash of the first `blocks` whole blocks of `tokens` (the seed for none).
+  uint64_t prefix_hash(std::span<const int32_t> tokens, int64_t blocks) const;
 
   int64_t num_blocks_;
   int64_t block_size_;
@@ -117,6 +132,7 @@ class KvBlockManager {
   std::vector<int32_t> free_;                     // a stack: recently freed blocks are reused first (warm)
   std::list<int32_t> lru_;                        // cached blocks no sequence holds, least recently used first
   std::unordered_map<uint64_t, int32_t> index_;   // chain hash -> cached block
+  int64_t promised_ = 0;                          // blocks of the rings promised to sequences (promise_ring)
 };
 
 // Before a pass over sliding-window layers: each token's window starts in a block its sequence still holds and
@@ -129,39 +145,54 @@ void check_window_blocks_held(const BatchLayout& batch, const std::vector<std::v
                               int64_t window, int64_t block_size);
 
 // One sequence's blocks for the sliding layers of a model that also has global ones (Gemma 3), from the sliding
-// group's own KvBlockManager: a ring of a fixed number of blocks taken at admission, what a window plus the
+// group's own KvBlockManager: a ring of a fixed number of blocks promised at admission, what a window plus the
 // longest chunk the sequence computes in one pass can touch, not its whole length; a running sequence never waits
 // for memory. The table is indexed by position / block_size as the global table is. After each pass the blocks
-// wholly before the next query's window leave the table (kReleasedBlock in their place, as release_front) for the
-// ring's spares, and the next positions' blocks come from those spares. Without prefix caching in the sliding
-// group: a prefix hit would need blocks the ring has reused.
+// wholly before the next query's window leave the table (kReleasedBlock in their place, as release_front) and go
+// back to the pool (cached ones to its LRU list), and the next positions take fresh ones in their ring's places.
+// With prefix caching the sliding group's blocks are hashed like the global ones, so a later prompt that begins
+// with the same tokens can share the last window of blocks before its hit (window_prefix_hit).
 class WindowBlocks {
  public:
   // Blocks a sequence of `tokens` in all, computed `chunk` at a time at most, can hold at once with a window of
   // `window`: the positions of a pass and the window of its first: floor((window + chunk - 2) / BS) + 2 (at most
   // ceil((window + chunk) / BS) + 1), and never more than the whole sequence's.
   static int64_t ring_blocks(int64_t window, int64_t chunk, int64_t block_size, int64_t tokens);
-  // At admission: takes `blocks` fresh blocks from `m`; false (and nothing changes) if they do not fit.
-  bool acquire(KvBlockManager& m, int64_t blocks);
-  // Before a pass: the table holds positions < tokens, its new blocks from the spares. False when the spares run
-  // out (the ring was sized too small): the table is left short, and the pass's window check fails the request.
-  bool cover(int64_t tokens, int64_t block_size);
-  // After a pass: blocks wholly before the window of next_position go back to the spares. Returns how many.
-  int64_t slide(int64_t next_position, int64_t window, int64_t block_size);
-  // Gives spare blocks back to `m` until the ring is `blocks` (a sequence whose prompt is computed needs only a
-  // decode step's ring); never below the blocks the table holds.
+  // At admission: promises a ring of `blocks` in `m` and, for a prefix hit, shares `shared`, the cached blocks
+  // of positions from block `first_shared` on (the blocks before are never read again); false (and nothing
+  // changes) if the ring does not fit. The shared blocks take places in the ring.
+  bool acquire(KvBlockManager& m, int64_t blocks, int64_t first_shared = 0, std::span<const int32_t> shared = {});
+  // Before a pass: the table holds positions < tokens, its new blocks in the ring's empty places. False when the
+  // ring is full (it was sized too small): the table is left short, and the pass's window check fails the request.
+  bool cover(KvBlockManager& m, int64_t tokens);
+  // After a pass: blocks wholly before the window of next_position go back to `m`. Returns how many.
+  int64_t slide(KvBlockManager& m, int64_t next_position, int64_t window);
+  // Shrinks the ring to `blocks` (a sequence whose prompt is computed needs only a decode step's ring), never
+  // below the blocks the table holds.
   void shrink(KvBlockManager& m, int64_t blocks);
-  // Gives every block back to `m` (the end of the sequence).
+  // Gives every block and the ring back to `m` (the end of the sequence).
   void release(KvBlockManager& m);
   const std::vector<int32_t>& table() const { return table_; }
-  int64_t held() const { return ring_ - int64_t(spare_.size()); }   // blocks in the table now
+  int64_t held() const { return held_; }   // blocks in the table now
   int64_t ring() const { return ring_; }
 
  private:
   std::vector<int32_t> table_;   // kReleasedBlock before the window
-  std::vector<int32_t> spare_;   // the ring's blocks not in the table
   int64_t ring_ = 0;
+  int64_t held_ = 0;
   int64_t released_ = 0;         // table_[0, released_) are kReleasedBlock
 };
+
+// A prefix hit for a model with sliding layers beside global ones: the most whole blocks h of a prompt such that
+// the global layers have all of blocks [0, h) cached and the sliding layers the blocks of the first uncached
+// position's window, [first, h) with first = max(0, h * BS + 1 - window) / BS; `global` and `sliding` are the
+// two pools' cached_blocks() of the prompt. A sliding layer's K/V depend on the layers below over their windows,
+// so only blocks computed in full for the same tokens (the chain hash) can stand for them. Returns {h, first}.
+struct WindowPrefixHit {
+  int64_t blocks = 0;
+  int64_t first_sliding = 0;
+};
+WindowPrefixHit window_prefix_hit(std::span<const int32_t> global, std::span<const int32_t> sliding, int64_t window,
+                                  int64_t block_size);
 
 }  // namespace qs

@@ -81,9 +81,14 @@ Metrics::Metrics(const std::string& listen) : registry_(std::make_shared<prometh
                          "first, when blocks are needed)")
                    .Register(r);
   kv_window_used_ = &BuildGauge().Name("quantserve_kv_cache_window_blocks_used")
-                        .Help("Sliding-window layers' KV-cache blocks held by sequences, for models whose KV cache "
-                              "is split into layer groups (Gemma 3); 0 otherwise")
+                        .Help("Sliding-window layers' KV-cache blocks of running sequences' rings (held or kept "
+                              "for their next positions), for models whose KV cache is split into layer groups "
+                              "(Gemma 3); 0 otherwise")
                         .Register(r);
+  kv_window_cached_ = &BuildGauge().Name("quantserve_kv_cache_window_blocks_cached")
+                          .Help("Sliding-window layers' KV-cache blocks no sequence holds, kept for prefix reuse "
+                                "(KV layer groups; 0 otherwise)")
+                          .Register(r);
   kv_window_total_ = &BuildGauge().Name("quantserve_kv_cache_window_blocks_total")
                          .Help("Sliding-window layers' KV-cache blocks in total (KV layer groups; 0 otherwise)")
                          .Register(r);
@@ -168,6 +173,7 @@ ModelMetrics& Metrics::make_model(const std::string& model, const std::string& p
   mm->kv_blocks_cached = &kv_cached_->Add(labels);
   mm->kv_window_blocks_used = &kv_window_used_->Add(labels);
   mm->kv_window_blocks_total = &kv_window_total_->Add(labels);
+  mm->kv_window_blocks_cached = &kv_window_cached_->Add(labels);
   mm->prefix_cache_queried_tokens = &prefix_queried_->Add(labels);
   mm->prefix_cache_hit_tokens = &prefix_hits_->Add(labels);
   const prometheus::Labels with_dtype{{"model", model}, {"dtype", kv_cache_dtype}};

@@ -47,6 +47,7 @@ struct ModelMetrics {
   // layers' ring pool (0 for a model with one pool).
   prometheus::Gauge* kv_window_blocks_used = nullptr;
   prometheus::Gauge* kv_window_blocks_total = nullptr;
+  prometheus::Gauge* kv_window_blocks_cached = nullptr;
   prometheus::Counter* prefix_cache_queried_tokens = nullptr;
   prometheus::Counter* prefix_cache_hit_tokens = nullptr;
   prometheus::Gauge* weight_bytes = nullptr;
@@ -106,6 +107,7 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* kv_cached_ = nullptr;
   prometheus::Family<prometheus::Gauge>* kv_window_used_ = nullptr;
   prometheus::Family<prometheus::Gauge>* kv_window_total_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* kv_window_cached_ = nullptr;
   prometheus::Family<prometheus::Counter>* prefix_queried_ = nullptr;
   prometheus::Family<prometheus::Counter>* prefix_hits_ = nullptr;
   prometheus::Family<prometheus::Gauge>* device_used_ = nullptr;

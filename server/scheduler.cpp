@@ -234,6 +234,7 @@ void ModelWorker::update_gauges(bool memory) {
   metrics_->kv_blocks_cached->Set(double(stats.kv_blocks_cached));
   metrics_->kv_window_blocks_used->Set(double(stats.kv_window_blocks_used));
   metrics_->kv_window_blocks_total->Set(double(stats.kv_window_blocks_total));
+  metrics_->kv_window_blocks_cached->Set(double(stats.kv_window_blocks_cached));
   // The engine counts since it started; the counters advance by what is new since the last update.
   metrics_->prefix_cache_queried_tokens->Increment(double(stats.prefix_cache_queried_tokens - prefix_queried_seen_));
   metrics_->prefix_cache_hit_tokens->Increment(double(stats.prefix_cache_hit_tokens - prefix_hits_seen_));

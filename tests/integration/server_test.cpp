@@ -418,6 +418,7 @@ TEST_F(ServeTest, MetricsFamiliesPresent) {
       {"quantserve_kv_cache_blocks_cached", "gauge"},
       {"quantserve_kv_cache_window_blocks_used", "gauge"},
       {"quantserve_kv_cache_window_blocks_total", "gauge"},
+      {"quantserve_kv_cache_window_blocks_cached", "gauge"},
       {"quantserve_prefix_cache_queried_tokens_total", "counter"},
       {"quantserve_prefix_cache_hit_tokens_total", "counter"},
       {"quantserve_device_memory_used_bytes", "gauge"},
@@ -738,7 +739,7 @@ TEST(PrefixCache, OnByDefaultSameIdsAsOffAndCounted) {
 
 // A model whose KV cache is split into layer groups (the Gemma 3 fixture: sliding-window and global layers) shows
 // its sliding layers' ring pool in /metrics beside the global pool: blocks in total from the start, some held
-// while a request decodes, none once it is cancelled; a model with one pool shows 0 for both.
+// while a request decodes, none once it is cancelled but some cached; a model with one pool shows 0 for all.
 TEST(KvLayerGroups, WindowPoolIsInTheMetrics) {
   auto server = start_server({"--model", "gemma3=" + std::string(QS_SOURCE_DIR) + "/tests/fixtures/models/gemma3",
                               "--step-delay-ms", "20"});
@@ -776,6 +777,25 @@ TEST(KvLayerGroups, WindowPoolIsInTheMetrics) {
     return s.value("quantserve_kv_cache_window_blocks_used", {"model=\"gemma3\""}) == 0 &&
            s.value("quantserve_kv_cache_blocks_used", {"model=\"gemma3\""}) == 0;
   }, 5, &after)) << "window blocks used: " << after.value("quantserve_kv_cache_window_blocks_used", {"model=\"gemma3\""});
+  // The prefix cache is on: the full sliding blocks a request computed stay cached for a prompt that begins the
+  // same, and the same request again finds them.
+  v1::GenerateRequest whole = greedy("", 40);
+  whole.clear_prompt();
+  for (int id = 5; id < 25; ++id) whole.add_prompt_token_ids(id);   // a whole first block of 16 and more
+  whole.set_model("gemma3");
+  v1::GenerateResponse first, again;
+  ASSERT_TRUE(generate(*stub_for(*server), whole, &first).ok());
+  qs::test::Scrape done;
+  EXPECT_TRUE(wait_metrics(server->metrics_port, [](const qs::test::Scrape& s) {
+    return s.value("quantserve_kv_cache_window_blocks_cached", {"model=\"gemma3\""}) > 0;
+  }, 5, &done)) << "no sliding block cached after a request of 60 tokens";
+  EXPECT_EQ(done.value("quantserve_kv_cache_window_blocks_cached", {"model=\"gpt2\""}), 0);
+  const double hits = done.value("quantserve_prefix_cache_hit_tokens_total", {"model=\"gemma3\""});
+  ASSERT_TRUE(generate(*stub_for(*server), whole, &again).ok());
+  EXPECT_EQ(again.text(), first.text());
+  EXPECT_TRUE(wait_metrics(server->metrics_port, [&](const qs::test::Scrape& s) {
+    return s.value("quantserve_prefix_cache_hit_tokens_total", {"model=\"gemma3\""}) == hits + 16;
+  }, 5, &done)) << "the same prompt again did not find its first block";
 }
 
 TEST(PrefixCache, BadFlagValueFailsAtStartUp) {

@@ -105,7 +105,7 @@ TEST(KvLayerGroups, TheFixtureGetsTwoGroupsAndTheOneTablePathStaysAsItWas) {
   LoadedEngine grouped = load(options(true));
   EXPECT_EQ(grouped.engine->model().config().sliding_window, kWindow);
   EXPECT_GT(grouped.engine->stats().kv_window_blocks_total, 0);
-  EXPECT_FALSE(grouped.engine->options().prefix_cache) << "prefix caching is off with layer groups";
+  EXPECT_TRUE(grouped.engine->options().prefix_cache) << "prefix caching works with layer groups";
   EXPECT_NE(grouped.engine->kv_layout().find("two layer groups"), std::string::npos) << grouped.engine->kv_layout();
   LoadedEngine one = load(options(false));
   EXPECT_EQ(one.engine->stats().kv_window_blocks_total, 0);
@@ -182,6 +182,45 @@ TEST(KvLayerGroups, ASequenceHoldsOnlyARingOfSlidingBlocks) {
     EXPECT_EQ(most_global, 25) << "the global layers hold the whole 100 tokens";
     EXPECT_LE(most, bound);
     EXPECT_EQ(got[0].size(), 60u);
+  }
+}
+
+// Prefix caching with the groups: a system prompt, then turns that begin with it, each after the one before has
+// finished, and two at once while the first still decodes. Blocks of 2, so a hit shares the global blocks up to
+// it and the two or three sliding blocks of its window (4). The tokens are those with the cache off.
+TEST(KvLayerGroups, APrefixHitGivesTheTokensOfNoCache) {
+  const std::vector<int32_t> system = text_prompt(0, 41);
+  auto turn = [&](size_t from, size_t n) {
+    std::vector<int32_t> p = system;
+    const std::vector<int32_t> user = text_prompt(from, n);
+    p.insert(p.end(), user.begin(), user.end());
+    return p;
+  };
+  const std::vector<std::vector<int32_t>> turns = {turn(50, 9), turn(70, 4), turn(90, 13), turn(50, 9)};
+  for (int64_t chunk : {256, 5}) {
+    SCOPED_TRACE("prefill chunk " + std::to_string(chunk));
+    std::vector<std::vector<int32_t>> got[2];
+    int64_t hits[2] = {0, 0};
+    for (bool cache : {false, true}) {
+      EngineOptions o = options(true);
+      o.kv_block_size = 2;
+      o.prefix_cache = cache;
+      o.prefill_chunk = chunk;
+      LoadedEngine le = load(o);
+      for (const auto& t : turns) got[cache].push_back(run_all(*le.engine, {t}, 20)[0]);
+      // Two at once: both find the system prompt the turns above left cached.
+      const auto together = run_all(*le.engine, {turns[1], turns[2]}, 20);
+      got[cache].insert(got[cache].end(), together.begin(), together.end());
+      hits[cache] = le.engine->stats().prefix_cache_hit_tokens;
+      if (cache) {
+        EXPECT_GT(le.engine->stats().kv_window_blocks_cached, 0);
+      }
+    }
+    EXPECT_EQ(got[1], got[0]);
+    EXPECT_EQ(hits[0], 0);
+    // The second and third turns find the 40 system-prompt tokens in whole blocks of 2; the repeats find their
+    // whole prompts but the last token's block (50, 45 and 54 tokens: 48, 44 and 52).
+    EXPECT_EQ(hits[1], 40 + 40 + 48 + 44 + 52) << "hit tokens";
   }
 }
 
@@ -304,25 +343,115 @@ TEST(WindowBlocks, ARingCoversSlidesAndGivesBack) {
   EXPECT_EQ(WindowBlocks::ring_blocks(512, 256, 16, 100), 7);  // never more than the whole sequence
   WindowBlocks w;
   ASSERT_TRUE(w.acquire(m, 4));
-  EXPECT_EQ(m.used(), 4);
+  EXPECT_EQ(m.promised(), 4);
+  EXPECT_EQ(m.used(), 0) << "a ring is promised, its blocks taken as positions need them";
   EXPECT_EQ(w.held(), 0);
-  ASSERT_TRUE(w.cover(8, 4));   // positions 0..7: blocks 0, 1
+  ASSERT_TRUE(w.cover(m, 8));   // positions 0..7: blocks 0, 1
   EXPECT_EQ(w.held(), 2);
-  EXPECT_EQ(w.slide(8, 4, 4), 1);   // the next query (8) sees 5..8: block 0 is out
+  EXPECT_EQ(m.used(), 2);
+  EXPECT_EQ(w.slide(m, 8, 4), 1);   // the next query (8) sees 5..8: block 0 is out
   EXPECT_EQ(w.table()[0], KvBlockManager::kReleasedBlock);
-  ASSERT_TRUE(w.cover(16, 4));      // blocks 2, 3
+  EXPECT_EQ(m.used(), 1) << "a block that slid out is back in the pool";
+  ASSERT_TRUE(w.cover(m, 16));      // blocks 2, 3
   EXPECT_EQ(w.held(), 3);
-  EXPECT_EQ(w.slide(16, 4, 4), 2);  // 13..16: blocks 1, 2 out
-  ASSERT_TRUE(w.cover(24, 4));      // blocks 4, 5 reuse the ring's spares
-  EXPECT_EQ(m.used(), 4) << "the ring never takes more blocks";
-  EXPECT_FALSE(w.cover(40, 4)) << "a ring too small for a pass says so";
+  EXPECT_EQ(w.slide(m, 16, 4), 2);  // 13..16: blocks 1, 2 out
+  ASSERT_TRUE(w.cover(m, 24));      // blocks 4, 5 take the places of 1 and 2
+  EXPECT_EQ(w.held(), 3);
+  EXPECT_EQ(m.used(), 3);
+  EXPECT_EQ(m.promised(), 4) << "the ring never grows";
+  EXPECT_FALSE(w.cover(m, 40)) << "a ring too small for a pass says so";
+  EXPECT_EQ(w.held(), 4);
   w.shrink(m, 3);
-  EXPECT_EQ(w.ring(), 4) << "no spare left to give back";
+  EXPECT_EQ(w.ring(), 4) << "never below the blocks held";
+  EXPECT_EQ(w.slide(m, 24, 4), 2);
+  w.shrink(m, 3);
+  EXPECT_EQ(w.ring(), 3);
+  EXPECT_EQ(m.promised(), 3);
   w.release(m);
   EXPECT_EQ(m.used(), 0);
+  EXPECT_EQ(m.promised(), 0);
   WindowBlocks big;
-  EXPECT_FALSE(big.acquire(m, 11));
-  EXPECT_EQ(m.used(), 0);
+  EXPECT_FALSE(big.acquire(m, 11)) << "more than the pool";
+  EXPECT_EQ(m.promised(), 0);
+  WindowBlocks a, b, c;
+  ASSERT_TRUE(a.acquire(m, 4));
+  ASSERT_TRUE(b.acquire(m, 6));
+  EXPECT_FALSE(c.acquire(m, 1)) << "the rings promised never exceed the pool, filled or not";
+  a.release(m);
+  b.release(m);
+}
+
+// Two sequences with the same first 24 tokens, window 6 and blocks of 4 (the Gemma 3 case in small): the second
+// finds the global blocks 0..5 and the sliding blocks of its first query's window (position 24 reads 19..24,
+// blocks 4 and 5), shares them, and computes from position 24 on.
+TEST(WindowBlocks, APrefixHitSharesTheLastWindowOfSlidingBlocks) {
+  const uint64_t seed = 7;
+  KvBlockManager global(20, 4, seed), sliding(12, 4, seed);
+  std::vector<int32_t> prompt(30);
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t(100 + i);
+  // The first sequence computes all 30 positions in passes of 4, its ring sliding as it goes.
+  std::vector<int32_t> table;
+  ASSERT_TRUE(global.allocate(table, prompt, 0, 30).has_value());
+  WindowBlocks first;
+  const int64_t ring = WindowBlocks::ring_blocks(6, 4, 4, 30);
+  ASSERT_TRUE(first.acquire(sliding, ring));
+  for (int64_t n = 4; n <= 28; n += 4) {
+    ASSERT_TRUE(first.cover(sliding, n));
+    global.commit(table, prompt, n);
+    sliding.commit(first.table(), prompt, n);
+    first.slide(sliding, n, 6);
+  }
+  EXPECT_EQ(first.table()[0], KvBlockManager::kReleasedBlock) << "block 0 slid out long ago";
+  const std::vector<int32_t> g = global.cached_blocks(prompt, 7), w = sliding.cached_blocks(prompt, 7);
+  ASSERT_EQ(g.size(), 7u);
+  for (int32_t b : g) EXPECT_NE(b, KvBlockManager::kReleasedBlock);
+  // Every sliding block was hashed before it slid out (the pool has room, nothing was evicted).
+  for (int32_t b : w) EXPECT_NE(b, KvBlockManager::kReleasedBlock);
+  first.release(sliding);
+  global.release(table);
+  EXPECT_EQ(sliding.used(), 0);
+  EXPECT_EQ(sliding.cached(), 7);
+
+  // A hit of 6 blocks (at most 29 tokens looked up: the last is computed) needs sliding blocks [ (24+1-6)/4, 6 ).
+  const WindowPrefixHit hit = window_prefix_hit(global.cached_blocks(prompt, 29 / 4),
+                                                sliding.cached_blocks(prompt, 29 / 4), 6, 4);
+  EXPECT_EQ(hit.blocks, 7);
+  EXPECT_EQ(hit.first_sliding, (28 + 1 - 6) / 4);
+  const WindowPrefixHit at_24 = window_prefix_hit(std::span<const int32_t>(g).first(6),
+                                                  std::span<const int32_t>(w).first(6), 6, 4);
+  EXPECT_EQ(at_24.blocks, 6);
+  EXPECT_EQ(at_24.first_sliding, 4);
+  WindowBlocks second;
+  ASSERT_TRUE(second.acquire(sliding, ring, at_24.first_sliding, std::span<const int32_t>(w).subspan(4, 2)));
+  EXPECT_EQ(second.held(), 2);
+  EXPECT_EQ(second.table().size(), 6u);
+  EXPECT_EQ(second.table()[3], KvBlockManager::kReleasedBlock);
+  EXPECT_EQ(second.table()[4], w[4]);
+  EXPECT_EQ(sliding.used(), 2) << "shared, not copied";
+  ASSERT_TRUE(second.cover(sliding, 30));
+  EXPECT_EQ(second.held(), 4);
+  second.release(sliding);
+  EXPECT_EQ(sliding.cached(), 7) << "the shared blocks are cached again, the unhashed ones free";
+}
+
+TEST(WindowBlocks, APrefixHitShrinksToWhereTheSlidingWindowIsCached) {
+  constexpr int32_t kNone = KvBlockManager::kReleasedBlock;
+  // Blocks of 4, window 6: a hit of h blocks needs sliding blocks [(4h - 5) / 4, h), the last two.
+  const std::vector<int32_t> global = {1, 2, 3, 4, 5, 6};
+  EXPECT_EQ(window_prefix_hit(global, std::vector<int32_t>{7, 8, 9, 10, 11, 12}, 6, 4).blocks, 6);
+  // Block 4's sliding KV was evicted: h = 6 and 5 need it, h = 4 needs blocks 2 and 3.
+  const WindowPrefixHit evicted = window_prefix_hit(global, std::vector<int32_t>{kNone, kNone, 9, 10, kNone, 12},
+                                                    6, 4);
+  EXPECT_EQ(evicted.blocks, 4);
+  EXPECT_EQ(evicted.first_sliding, 2);
+  // The old sliding blocks are not needed: only the window's.
+  EXPECT_EQ(window_prefix_hit(global, std::vector<int32_t>{kNone, kNone, kNone, kNone, 11, 12}, 6, 4).blocks, 6);
+  // The global pool's run ends at its first miss, whatever the sliding one has.
+  EXPECT_EQ(window_prefix_hit(std::vector<int32_t>{1, 2, kNone, 4}, std::vector<int32_t>{7, 8, 9, 10}, 6, 4).blocks,
+            2);
+  EXPECT_EQ(window_prefix_hit(global, std::vector<int32_t>{kNone, kNone, kNone, kNone, kNone, kNone}, 6, 4).blocks,
+            0);
+  EXPECT_EQ(window_prefix_hit({}, {}, 6, 4).blocks, 0);
 }
 
 TEST(WindowBlocks, TheTwoPoolsShareOneBudget) {

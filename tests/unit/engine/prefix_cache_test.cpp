@@ -1,5 +1,5 @@
-// Prefix caching in the Engine on the tiny random-initialised fixtures (CPU, three architectures): greedy
-// outputs are the same token ids with the cache on as with it off — one request after another, batched, with
+// Prefix caching in the Engine on the tiny random-initialised fixtures (CPU, four architectures, Gemma 3's KV in
+// layer groups) and on the real models: greedy outputs are the same token ids with the cache on as with it off — one request after another, batched, with
 // chunked prefill, with requests sharing a prefix that another request still holds, under eviction — and the
 // cache's statistics count what was reused.
 #include <gtest/gtest.h>
@@ -168,7 +168,9 @@ TEST_P(PrefixCacheEngine, EvictionUnderPressureKeepsOutputsRight) {
                                             {kUserA, 12, 90}},
                                            o);
   // The third request evicts all of A's cached blocks, so B finds nothing; A's repeat finds B's system prompt.
-  EXPECT_EQ(on.stats.prefix_cache_hit_tokens, 32);
+  // gemma3's KV is in layer groups: the same budget holds twice the global blocks (one of its two layers is
+  // global) and nothing is evicted, so B finds A's system prompt too.
+  EXPECT_EQ(on.stats.prefix_cache_hit_tokens, GetParam() == "gemma3" ? 64 : 32);
   EXPECT_LE(on.max_blocks_used, 8);
 }
 
@@ -182,7 +184,33 @@ TEST_P(PrefixCacheEngine, AFollowUpTurnReusesGeneratedBlocks) {
   EXPECT_EQ(on.stats.prefix_cache_hit_tokens, 64);
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, PrefixCacheEngine, ::testing::Values("llama", "gpt2", "gpt_neox"));
+// gemma3: its KV cache is in two layer groups (the sliding layers' ring beside the global layers' blocks).
+INSTANTIATE_TEST_SUITE_P(Fixtures, PrefixCacheEngine, ::testing::Values("llama", "gpt2", "gpt_neox", "gemma3"));
+
+// A real model in int8 for the tests below, and a library's system prompt of `rules` rules followed by each
+// question, `new_tokens` each, submitted `spacing` steps apart (so decode steps share passes with prefill chunks).
+struct LibraryChat {
+  LoadEngineOptions load;
+  std::vector<Request> requests;
+};
+LibraryChat library_chat(const std::string& path, int rules, const std::vector<std::string>& questions,
+                         int32_t new_tokens, int spacing) {
+  LibraryChat chat;
+  chat.load.model_path = path;
+  chat.load.device = "cpu";
+  chat.load.load.precision = Precision::kInt8;
+  std::string system = "You are a careful assistant for a public library. ";
+  for (int i = 0; i < rules; ++i) {
+    system += "Rule " + std::to_string(i + 1) + ": answer questions about books, opening hours, membership and "
+              "events politely, and say so when you do not know. ";
+  }
+  const Tokenizer tokenizer(ModelFile::open(path)->tokenizer_spec());
+  for (const std::string& question : questions) {
+    chat.requests.push_back({tokenizer.encode(system + "\nQuestion: " + question + "\nAnswer:"), new_tokens,
+                             int(chat.requests.size()) * spacing});
+  }
+  return chat;
+}
 
 // The default model (SmolLM2-135M, real weights) in int8 on 2 threads: the greedy ids are the same with the
 // prefix cache on and off and with prefill chunks of other sizes. Its int8 GEMMs sum exactly in int32 and its
@@ -191,24 +219,12 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, PrefixCacheEngine, ::testing::Values("llama",
 TEST(PrefixCacheDefaultModel, Int8GreedyIdsDoNotDependOnCacheOrChunks) {
   const std::string path = default_model_path();
   if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent (bash scripts/setup.sh fetches it)";
-  LoadEngineOptions o;
-  o.model_path = path;
-  o.device = "cpu";
-  o.load.precision = Precision::kInt8;
-  // A system prompt past one key chunk (256 keys) and three users' questions after it, each submitted while the
-  // one before still decodes (so decode tokens share passes with prefill chunks).
-  std::string system = "You are a careful assistant for a public library. ";
-  for (int i = 0; i < 14; ++i) {
-    system += "Rule " + std::to_string(i + 1) + ": answer questions about books, opening hours, membership and "
-              "events politely, and say so when you do not know. ";
-  }
-  const Tokenizer tokenizer(ModelFile::open(path)->tokenizer_spec());
-  std::vector<Request> requests;
-  for (const char* question : {"When does the library open on Sundays?", "Can I borrow e-books with my card?",
-                               "Which events are there for children this month?"}) {
-    requests.push_back({tokenizer.encode(system + "\nQuestion: " + question + "\nAnswer:"), 16,
-                        int(requests.size()) * 5});
-  }
+  // A system prompt past one key chunk (256 keys) and three users' questions after it.
+  LibraryChat chat = library_chat(path, 14, {"When does the library open on Sundays?",
+                                             "Can I borrow e-books with my card?",
+                                             "Which events are there for children this month?"}, 16, 5);
+  LoadEngineOptions& o = chat.load;
+  const std::vector<Request>& requests = chat.requests;
   ASSERT_GT(requests[0].prompt.size(), 300u);
   const int saved = omp_get_max_threads();
   omp_set_num_threads(2);   // key ranges split among threads in decode, not in a long prefill
@@ -229,6 +245,33 @@ TEST(PrefixCacheDefaultModel, Int8GreedyIdsDoNotDependOnCacheOrChunks) {
   o.engine = options;
   const Outcome chunked = run_requests(o, requests);
   for (size_t i = 0; i < requests.size(); ++i) EXPECT_EQ(chunked.ids[i], off.ids[i]) << "chunks of 37, request " << i;
+  omp_set_num_threads(saved);
+}
+
+// Gemma 3 270M (setup.sh --extra-models), its KV cache in layer groups: a system prompt past the sliding window
+// of 512, so a hit shares the global blocks up to it and the last 32 sliding blocks before it, while the sliding
+// blocks of its start have been evicted or are simply not needed. Same ids with the cache on and off, int8.
+TEST(PrefixCacheGemma3, GreedyIdsDoNotDependOnTheCache) {
+  const std::string path = std::string(QS_SOURCE_DIR) + "/models/gemma-3-270m-q4_k_m.gguf";
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent (bash scripts/setup.sh --extra-models)";
+  // The second is submitted while the first decodes: its decode step shares a pass with the second's prefill.
+  LibraryChat chat = library_chat(path, 24, {"When does the library open on Sundays?",
+                                             "Can I borrow e-books with my card?"}, 10, 4);
+  LoadEngineOptions& o = chat.load;
+  const std::vector<Request>& requests = chat.requests;
+  ASSERT_GT(requests[0].prompt.size(), 600u) << "past the window of 512";
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(2);
+  EngineOptions options;
+  options.prefix_cache = false;
+  o.engine = options;
+  const Outcome off = run_requests(o, requests);
+  options.prefix_cache = true;
+  o.engine = options;
+  const Outcome on = run_requests(o, requests);
+  EXPECT_GE(on.stats.prefix_cache_hit_tokens, 592) << "the second finds the system prompt";
+  EXPECT_GT(on.stats.kv_window_blocks_cached, 0);
+  for (size_t i = 0; i < requests.size(); ++i) EXPECT_EQ(on.ids[i], off.ids[i]) << "cache on, request " << i;
   omp_set_num_threads(saved);
 }
 
