@@ -1,7 +1,7 @@
 // Prefix caching in the Engine on the tiny random-initialised fixtures (CPU, four architectures, Gemma 3's KV in
-// layer groups) and on the real models: greedy outputs are the same token ids with the cache on as with it off — one request after another, batched, with
-// chunked prefill, with requests sharing a prefix that another request still holds, under eviction — and the
-// cache's statistics count what was reused.
+// layer groups) and on the real models: greedy outputs are the same token ids with the cache on as with it off —
+// one request after another, batched, with chunked prefill, with requests sharing a prefix that another request
+// still holds, under eviction — and the cache's statistics count what was reused.
 #include <gtest/gtest.h>
 #include <omp.h>
 
