@@ -88,7 +88,7 @@ class KvBlockManager {
   // release() does: cached ones join the LRU list), leaving kReleasedBlock in its table entry so positions still
   // index the table. With prefix caching a block is kept until the block after it is hashed (commit() chains
   // each block's hash to the previous one's). Returns how many blocks it gave back. A backend's windowed
-  // attention must not read a block before its earliest query's window (the CPU one does not; CUDA has none).
+  // attention must not read a block before its earliest query's window (neither the CPU's nor the CUDA one does).
   int64_t release_front(std::vector<int32_t>& table, int64_t next_position, int64_t window);
   static constexpr int32_t kReleasedBlock = -1;
   // Rings (WindowBlocks): a pool whose sequences each hold at most a fixed number of blocks at once promises each

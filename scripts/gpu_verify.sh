@@ -170,7 +170,7 @@ sanitize() {
   need_build
   command -v compute-sanitizer >/dev/null || { say "no compute-sanitizer"; return 0; }
   compute-sanitizer --tool memcheck --error-exitcode 9 "$BUILD/tests/qs_cuda_tests" \
-    --gtest_filter='*Attention*:*Norms*:*Embedding*:*Rope*:*CudaConformance.DecodeSteps*/gpt2' \
+    --gtest_filter='*Attention*:*Norms*:*GemmaQwen3*:*Embedding*:*Rope*:*CudaConformance.DecodeSteps*/gpt2' \
     > "$OUT/sanitize.log" 2>&1
   say "memcheck rc=$?; log: $OUT/sanitize.log"
   tail -15 "$OUT/sanitize.log" >&2

@@ -571,7 +571,34 @@ class CudaBackend final : public Backend {
     QS_CHECK(gate_up.cols % 2 == 0, ErrorCode::kInternal, "silu_mul input has an odd width ", gate_up.cols);
     check_activation(out, gate_up.rows, gate_up.cols / 2, "silu_mul output");
     DeviceGuard guard(device_);
-    cuda::silu_mul(f32(out), f32(gate_up), gate_up.rows, gate_up.cols / 2, stream_);
+    cuda::gated_activation(f32(out), f32(gate_up), gate_up.rows, gate_up.cols / 2, Activation::kSilu, stream_);
+  }
+
+  // ---- the ops Gemma 3, Qwen3 and Mistral add (Backend::supports_op) ----
+  bool supports_op(BackendOp) const override { return true; }
+
+  void gated_activation(Tensor out, Tensor gate_up, Activation act) override {
+    QS_CHECK(gate_up.cols % 2 == 0, ErrorCode::kInternal, "gated_activation input has an odd width ", gate_up.cols);
+    check_activation(out, gate_up.rows, gate_up.cols / 2, "gated_activation output");
+    DeviceGuard guard(device_);
+    cuda::gated_activation(f32(out), f32(gate_up), gate_up.rows, gate_up.cols / 2, act, stream_);
+  }
+
+  void head_rmsnorm(Tensor qkv, const DenseWeight& q_weight, const DenseWeight& k_weight, int64_t num_heads,
+                    int64_t num_kv_heads, int64_t head_dim, float eps) override {
+    check_activation(qkv, qkv.rows, (num_heads + 2 * num_kv_heads) * head_dim, "head_rmsnorm qkv");
+    QS_CHECK(q_weight.rows * q_weight.cols == head_dim && k_weight.rows * k_weight.cols == head_dim &&
+                 q_weight.dtype == k_weight.dtype,
+             ErrorCode::kInternal, "head_rmsnorm: weights do not match the head size ", head_dim);
+    DeviceGuard guard(device_);
+    cuda::head_rmsnorm(f32(qkv), q_weight.buffer->data(), k_weight.buffer->data(), q_weight.dtype, qkv.rows,
+                       num_heads, num_kv_heads, head_dim, eps, stream_);
+  }
+
+  void scale(Tensor x, float factor) override {
+    check_activation(x, x.rows, x.cols, "scale");
+    DeviceGuard guard(device_);
+    cuda::scale(f32(x), x.rows * x.cols, factor, stream_);
   }
 
   void rope(Tensor qkv, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, int64_t rotary_dim,
@@ -584,6 +611,13 @@ class CudaBackend final : public Backend {
 
   void attention(Tensor out, Tensor qkv, KvCache& cache, int64_t layer, int64_t num_heads, int64_t num_kv_heads,
                  int64_t head_dim) override {
+    attention_window(out, qkv, cache, layer, num_heads, num_kv_heads, head_dim, 0);
+  }
+
+  // One block table for every layer (no KV layer groups here): Gemma 3's sliding layers read the same blocks as
+  // its global ones, only fewer of them; Mistral's tables give back the blocks before the window.
+  void attention_window(Tensor out, Tensor qkv, KvCache& cache, int64_t layer, int64_t num_heads,
+                        int64_t num_kv_heads, int64_t head_dim, int64_t window) override {
     require_batch("attention");
     auto& kv = dynamic_cast<CudaKvCache&>(cache);
     const KvCacheConfig& cfg = kv.config_;
@@ -604,7 +638,7 @@ class CudaBackend final : public Backend {
     }
     DeviceGuard guard(device_);
     cuda::paged_attention(f32(out), f32(qkv), kv.k_[size_t(layer)]->data(), kv.v_[size_t(layer)]->data(), kv.dtype_,
-                          batch_view_, num_heads, num_kv_heads, head_dim, cfg.block_size, stream_);
+                          batch_view_, num_heads, num_kv_heads, head_dim, cfg.block_size, window, stream_);
   }
 
   void gather_logit_rows(Tensor out, Tensor in) override {

@@ -108,15 +108,23 @@ void rmsnorm(float* out, const float* in, const void* w, DType w_type, int64_t T
              cudaStream_t stream);
 // out[n] = a[n] + b[n]; out may alias either.
 void add(float* out, const float* a, const float* b, int64_t n, cudaStream_t stream);
-// out[T, F] = silu(gate_up[T, :F]) * gate_up[T, F:].
-void silu_mul(float* out, const float* gate_up, int64_t T, int64_t F, cudaStream_t stream);
+// x[n] *= factor, in place.
+void scale(float* x, int64_t n, float factor, cudaStream_t stream);
+// out[T, F] = act(gate_up[T, :F]) * gate_up[T, F:], act kSilu (SwiGLU) or kGeluTanh (GeGLU).
+void gated_activation(float* out, const float* gate_up, int64_t T, int64_t F, Activation act, cudaStream_t stream);
+// In place on qkv[T, (NH + 2 NKV) HD]: each q head = rmsnorm(head) * q_weight[HD], each k head with k_weight
+// (QK-norm); weights F32/F16/BF16 as w_type says.
+void head_rmsnorm(float* qkv, const void* q_weight, const void* k_weight, DType w_type, int64_t T, int64_t NH,
+                  int64_t NKV, int64_t HD, float eps, cudaStream_t stream);
 // In place on qkv[T, (NH + 2 NKV) HD]: rotate_half rotary embedding of the q and k heads' first rotary_dim dims.
 void rope(float* qkv, const BatchView& batch, int64_t NH, int64_t NKV, int64_t HD, int64_t rotary_dim,
           float theta, cudaStream_t stream);
 // Writes each token's k, v (from qkv) into the layer's pools [num_blocks, BS, NKV, HD] (F32 or F16), then
-// out[T, NH HD] = causal softmax(q k^T / sqrt(HD)) v over the token's sequence, positions 0..its own.
+// out[T, NH HD] = causal softmax(q k^T / sqrt(HD)) v over the token's sequence, positions 0..its own, or with
+// window > 0 its `window` latest (its own included; the blocks before are not read).
 void paged_attention(float* out, const float* qkv, void* k_pool, void* v_pool, DType kv_type,
-                     const BatchView& batch, int64_t NH, int64_t NKV, int64_t HD, int64_t BS, cudaStream_t stream);
+                     const BatchView& batch, int64_t NH, int64_t NKV, int64_t HD, int64_t BS, int64_t window,
+                     cudaStream_t stream);
 // out[L, C] = in[logit_rows].
 void gather_rows(float* out, const float* in, const BatchView& batch, int64_t C, cudaStream_t stream);
 

@@ -1,5 +1,6 @@
-// The non-GEMM ops of a forward pass on F32 activations: embedding, norms, add, silu_mul, rope, paged
-// attention (KV write + causal online-softmax attention, prefill and decode alike), logit-row gather.
+// The non-GEMM ops of a forward pass on F32 activations: embedding, norms (per row and per head), add, scale,
+// gated activations, rope, paged attention (KV write + causal online-softmax attention over all positions or a
+// sliding window, prefill and decode alike), logit-row gather.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -70,14 +71,34 @@ __global__ void add_kernel(float* out, const float* a, const float* b, int64_t n
     out[i] = a[i] + b[i];
 }
 
-__global__ void silu_mul_kernel(float* out, const float* gate_up, int64_t T, int64_t F) {
+__global__ void scale_kernel(float* x, int64_t n, float factor) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    x[i] *= factor;
+}
+
+// out = act(gate) * up, the CPU's formulas (apply_activation): silu for SwiGLU, gelu-tanh for Gemma's GeGLU.
+__global__ void gated_kernel(float* out, const float* gate_up, int64_t T, int64_t F, Activation act) {
   const int64_t total = T * F;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i / F, f = i - t * F;
     const float g = gate_up[t * 2 * F + f], u = gate_up[t * 2 * F + F + f];
-    out[i] = g / (1.0f + expf(-g)) * u;
+    out[i] = apply_activation(g, act) * u;
   }
+}
+
+// One warp per (token, head among the NH q heads then the NKV k heads): RMSNorm of the head's HD values in
+// place, times the q or k weight (QK-norm). A lane holds dims lane, lane + 32, ...
+template <typename W>
+__global__ void head_rmsnorm_kernel(float* qkv, const W* q_weight, const W* k_weight, int64_t NH, int64_t NKV,
+                                    int64_t HD, float eps) {
+  const int64_t t = blockIdx.x, head = blockIdx.y;
+  float* x = qkv + t * (NH + 2 * NKV) * HD + head * HD;
+  const W* w = head < NH ? q_weight : k_weight;
+  float sq = 0.0f;
+  for (int64_t d = threadIdx.x; d < HD; d += 32) sq += x[d] * x[d];
+  const float rms = 1.0f / sqrtf(warp_sum(sq) / float(HD) + eps);
+  for (int64_t d = threadIdx.x; d < HD; d += 32) x[d] = to_float(w[d]) * (x[d] * rms);
 }
 
 // One thread per (token, head among the NH q and NKV k heads, rotation pair i < rotary_dim/2).
@@ -118,7 +139,9 @@ __global__ void kv_write_kernel(KV* k_pool, KV* v_pool, const float* qkv, BatchV
   }
 }
 
-// One block per (token, query head): kAttentionWarps warps split the token's positions 0..pos round robin,
+// One block per (token, query head): kAttentionWarps warps split the token's positions round robin (0..pos, or
+// with a sliding window the `window` latest, pos + 1 - window..pos: blocks before it are never read, so a table
+// may have given them back),
 // each keeping an online softmax (running max m, running sum l, output accumulator); the warps' states are
 // merged at the end. A lane holds dims lane, lane + 32, ... of q and of the accumulator.
 // TODO(perf): split-K over long contexts for decode and a tiled (flash) kernel for prefill.
@@ -126,7 +149,8 @@ template <typename KV>
 __global__ void __launch_bounds__(kAttentionWarps * 32) attention_kernel(float* out, const float* qkv,
                                                                          const KV* k_pool, const KV* v_pool,
                                                                          BatchView batch, int64_t NH,
-                                                                         int64_t NKV, int64_t HD, int64_t BS) {
+                                                                         int64_t NKV, int64_t HD, int64_t BS,
+                                                                         int64_t window) {
   __shared__ float q[kMaxHeadDim];
   __shared__ float warp_m[kAttentionWarps], warp_l[kAttentionWarps];
   __shared__ float warp_acc[kAttentionWarps][kMaxHeadDim];
@@ -145,7 +169,8 @@ __global__ void __launch_bounds__(kAttentionWarps * 32) attention_kernel(float* 
 #pragma unroll
   for (int i = 0; i < kMaxDimsPerLane; ++i) acc[i] = 0.0f;
 
-  for (int64_t j = warp; j <= pos; j += kAttentionWarps) {
+  const int64_t first = window > 0 && pos + 1 > window ? pos + 1 - window : 0;
+  for (int64_t j = first + warp; j <= pos; j += kAttentionWarps) {
     const int64_t base = ((int64_t(table[j / BS]) * BS + j % BS) * NKV + kv_head) * HD;
     float partial = 0.0f;
 #pragma unroll
@@ -177,7 +202,7 @@ __global__ void __launch_bounds__(kAttentionWarps * 32) attention_kernel(float* 
   }
   __syncthreads();
   float m_all = -INFINITY;
-  for (int w = 0; w < kAttentionWarps; ++w) m_all = fmaxf(m_all, warp_m[w]);  // warp 0 always saw position 0
+  for (int w = 0; w < kAttentionWarps; ++w) m_all = fmaxf(m_all, warp_m[w]);  // warp 0 always saw `first`
   float l_all = 0.0f, weights[kAttentionWarps];
   for (int w = 0; w < kAttentionWarps; ++w) {
     weights[w] = warp_m[w] == -INFINITY ? 0.0f : expf(warp_m[w] - m_all);
@@ -248,9 +273,30 @@ void add(float* out, const float* a, const float* b, int64_t n, cudaStream_t str
   QS_CUDA_CHECK_LAUNCH();
 }
 
-void silu_mul(float* out, const float* gate_up, int64_t T, int64_t F, cudaStream_t stream) {
+void scale(float* x, int64_t n, float factor, cudaStream_t stream) {
+  if (n == 0) return;
+  scale_kernel<<<grid_for(n, 256), 256, 0, stream>>>(x, n, factor);
+  QS_CUDA_CHECK_LAUNCH();
+}
+
+void gated_activation(float* out, const float* gate_up, int64_t T, int64_t F, Activation act, cudaStream_t stream) {
+  QS_CHECK(act == Activation::kSilu || act == Activation::kGeluTanh, ErrorCode::kInternal,
+           "gated_activation: only silu and gelu-tanh gates exist");
   if (T * F == 0) return;
-  silu_mul_kernel<<<grid_for(T * F, 256), 256, 0, stream>>>(out, gate_up, T, F);
+  gated_kernel<<<grid_for(T * F, 256), 256, 0, stream>>>(out, gate_up, T, F, act);
+  QS_CUDA_CHECK_LAUNCH();
+}
+
+void head_rmsnorm(float* qkv, const void* q_weight, const void* k_weight, DType w_type, int64_t T, int64_t NH,
+                  int64_t NKV, int64_t HD, float eps, cudaStream_t stream) {
+  if (T == 0) return;
+  check_grid_rows(T, "head_rmsnorm");
+  QS_CHECK(NH + NKV < 65536, ErrorCode::kUnsupported, "head_rmsnorm grid too large: ", NH + NKV, " heads");
+  dispatch_float(w_type, [&](auto s) {
+    using W = decltype(s);
+    head_rmsnorm_kernel<W><<<dim3(unsigned(T), unsigned(NH + NKV)), 32, 0, stream>>>(
+        qkv, static_cast<const W*>(q_weight), static_cast<const W*>(k_weight), NH, NKV, HD, eps);
+  });
   QS_CUDA_CHECK_LAUNCH();
 }
 
@@ -266,7 +312,9 @@ void rope(float* qkv, const BatchView& batch, int64_t NH, int64_t NKV, int64_t H
 }
 
 void paged_attention(float* out, const float* qkv, void* k_pool, void* v_pool, DType kv_type,
-                     const BatchView& batch, int64_t NH, int64_t NKV, int64_t HD, int64_t BS, cudaStream_t stream) {
+                     const BatchView& batch, int64_t NH, int64_t NKV, int64_t HD, int64_t BS, int64_t window,
+                     cudaStream_t stream) {
+  QS_CHECK(window >= 0, ErrorCode::kInternal, "attention window ", window, " < 0");
   QS_CHECK(HD > 0 && HD <= kMaxHeadDim, ErrorCode::kUnsupported, "the CUDA attention kernel handles head_dim up to ",
            kMaxHeadDim, ", got ", HD);
   QS_CHECK(NKV > 0 && NH % NKV == 0, ErrorCode::kInvalidArgument, "num_heads ", NH,
@@ -281,7 +329,7 @@ void paged_attention(float* out, const float* qkv, void* k_pool, void* v_pool, D
     KV* v = static_cast<KV*>(v_pool);
     kv_write_kernel<KV><<<grid_for(T * NKV * HD, 256), 256, 0, stream>>>(k, v, qkv, batch, NH, NKV, HD, BS);
     attention_kernel<KV><<<dim3(unsigned(T), unsigned(NH)), kAttentionWarps * 32, 0, stream>>>(out, qkv, k, v, batch,
-                                                                                           NH, NKV, HD, BS);
+                                                                                           NH, NKV, HD, BS, window);
   };
   if (kv_type == DType::F16)
     launch(__half{});

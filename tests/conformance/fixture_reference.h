@@ -158,10 +158,4 @@ inline std::vector<std::string> fixture_models() {
   return names;
 }
 
-// Fixtures whose architecture needs ops the CUDA backend has no kernel for (QK-norm, GeGLU, sliding windows):
-// it refuses them at load, which the CUDA tests check instead of comparing logits.
-inline bool needs_cpu_only_ops(const std::string& name) {
-  return name == "qwen3" || name == "mistral" || name == "gemma3";
-}
-
 }  // namespace qs::conformance

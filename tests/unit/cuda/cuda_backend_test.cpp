@@ -321,6 +321,92 @@ TEST_F(CudaVsCpu, PagedAttentionPrefillThenDecode) {
   }
 }
 
+// The ops Gemma 3, Qwen3 and Mistral add: GeGLU's gelu-tanh gate, QK-norm (weights in fp32 and bf16), the
+// embedding scale, and attention over a sliding window in prefill and decode, where the decode table has given
+// back the block wholly before the window (-1 in its place, as KvBlockManager::release_front leaves it).
+TEST_F(CudaVsCpu, GemmaQwen3AndMistralOps) {
+  const int64_t T = 5, F = 96, NH = 4, NKV = 2, HD = 40;
+  const int64_t W = (NH + 2 * NKV) * HD;
+  const auto gate_up = random_values(T * 2 * F, 21, 3.0f);
+  const auto qkv = random_values(T * W, 22, 2.0f);
+  const auto qw = random_values(HD, 23, 1.5f), kw = random_values(HD, 24, 1.5f);
+  std::vector<float> gated[2], normed[2], normed16[2], scaled[2];
+  int i = 0;
+  for (Backend* b : {cpu_.get(), gpu_.get()}) {
+    auto g = upload(*b, gate_up, T, 2 * F);
+    auto out = empty(*b, T, F);
+    b->gated_activation(out.t, g.t, Activation::kGeluTanh);
+    gated[i] = download(*b, out.t);
+    b->scale(out.t, 25.298221f);   // sqrt(640), Gemma 3 270M's embedding multiplier
+    scaled[i] = download(*b, out.t);
+    for (DType wt : {DType::F32, DType::BF16}) {
+      auto x = upload(*b, qkv, T, W);
+      const std::vector<uint16_t> q16 = to_half(qw, DType::BF16), k16 = to_half(kw, DType::BF16);
+      DenseWeight q = wt == DType::F32 ? b->make_dense(HostTensor{qw.data(), DType::F32, HD, 1}, DType::F32)
+                                       : b->make_dense(HostTensor{q16.data(), DType::BF16, HD, 1}, DType::BF16);
+      DenseWeight k = wt == DType::F32 ? b->make_dense(HostTensor{kw.data(), DType::F32, HD, 1}, DType::F32)
+                                       : b->make_dense(HostTensor{k16.data(), DType::BF16, HD, 1}, DType::BF16);
+      b->head_rmsnorm(x.t, q, k, NH, NKV, HD, 1e-6f);
+      (wt == DType::F32 ? normed : normed16)[i] = download(*b, x.t);
+    }
+    ++i;
+  }
+  expect_close(gated[1], gated[0], 1e-5, "gelu-tanh gate");
+  expect_close(scaled[1], scaled[0], 1e-5, "scale");
+  expect_close(normed[1], normed[0], 1e-5, "head_rmsnorm");
+  expect_close(normed16[1], normed16[0], 1e-5, "head_rmsnorm, bf16 weights");
+}
+
+TEST_F(CudaVsCpu, SlidingWindowAttentionPrefillThenDecode) {
+  const int64_t NH = 4, NKV = 2, HD = 32, BS = 4, kWindow = 5;
+  const int64_t W = (NH + 2 * NKV) * HD;
+  KvCacheConfig cfg;
+  cfg.num_layers = 1;
+  cfg.num_blocks = 8;
+  cfg.block_size = BS;
+  cfg.num_kv_heads = NKV;
+  cfg.head_dim = HD;
+  BatchLayout prefill;   // sequence 0: 11 positions over blocks 6, 2, 4; sequence 1: 3 positions in block 1
+  for (int32_t p = 0; p < 11; ++p) {
+    prefill.token_ids.push_back(p + 1);
+    prefill.positions.push_back(p);
+    prefill.seq_of_token.push_back(0);
+  }
+  for (int32_t p = 0; p < 3; ++p) {
+    prefill.token_ids.push_back(p + 20);
+    prefill.positions.push_back(p);
+    prefill.seq_of_token.push_back(1);
+  }
+  prefill.block_tables = {{6, 2, 4}, {1}};
+  prefill.seq_lens = {11, 3};
+  BatchLayout decode;    // position 11 sees 7..11: block 0 (positions 0..3) was given back
+  decode.token_ids = {30, 31};
+  decode.positions = {11, 3};
+  decode.seq_of_token = {0, 1};
+  decode.block_tables = {{-1, 2, 4}, {1}};
+  decode.seq_lens = {12, 4};
+  const auto qkv1 = random_values(14 * W, 25);
+  const auto qkv2 = random_values(2 * W, 26);
+  std::vector<float> first[2], second[2];
+  int i = 0;
+  for (Backend* b : {cpu_.get(), gpu_.get()}) {
+    auto cache = b->make_kv_cache(cfg);
+    auto q1 = upload(*b, qkv1, 14, W);
+    auto q2 = upload(*b, qkv2, 2, W);
+    begin(*b, prefill);
+    auto out1 = empty(*b, 14, NH * HD);
+    b->attention_window(out1.t, q1.t, *cache, 0, NH, NKV, HD, kWindow);
+    first[i] = download(*b, out1.t);
+    begin(*b, decode);
+    auto out2 = empty(*b, 2, NH * HD);
+    b->attention_window(out2.t, q2.t, *cache, 0, NH, NKV, HD, kWindow);
+    second[i] = download(*b, out2.t);
+    ++i;
+  }
+  expect_close(first[1], first[0], 1e-5, "sliding-window attention, prefill");
+  expect_close(second[1], second[0], 1e-5, "sliding-window attention, decode past a given-back block");
+}
+
 struct LinearCase {
   int64_t N, K;
   std::vector<int64_t> tokens;
