@@ -36,8 +36,10 @@ OUT = os.path.join(ROOT, "bench", "results", "cpu_peers.json")
 
 # precision class -> (quantserve precision and flags, llama.cpp file type)
 CLASSES = {
-    "int8": (("int8", []), "Q8_0"),   # --group-size auto: groups of 32 on VNNI CPUs
-    "int8-per-row": (("int8", ["--group-size", "0"]), "Q8_0"),   # one scale per row and per token
+    # --group-size auto: groups of 32 on VNNI CPUs, and then the embedding table and LM head quantized too
+    "int8": (("int8", []), "Q8_0"),
+    "int8-fp16-head": (("int8", ["--quantize-embeddings=off"]), "Q8_0"),   # groups, tables in fp16
+    "int8-per-row": (("int8", ["--group-size", "0"]), "Q8_0"),   # one scale per row and per token, fp16 tables
     "int8-all": (("int8", ["--quantize-embeddings"]), "Q8_0"),
     "fp16": (("fp16", []), "F16"),
     "fp32": (("fp32", []), "F32"),

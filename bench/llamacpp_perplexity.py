@@ -50,6 +50,12 @@ QUANTSERVE = {
     "int8": ("source", ["--precision", "int8", "--group-size", "0"]),   # per row and token
     # W8A8 by groups of 32: weights as Q8_0 blocks, activations by groups of 32 (llama.cpp's Q8_0 x Q8_0 scheme)
     "int8, group 32": ("source", ["--precision", "int8", "--group-size", "32"]),
+    # The embedding table and LM head quantized too (--quantize-embeddings): the default model's table is Q8_0 in
+    # the file, which groups of 32 keep block for block, as llama.cpp's Q8_0 keeps its output tensor.
+    "int8, group 32, embeddings too": ("source", ["--precision", "int8", "--group-size", "32",
+                                                  "--quantize-embeddings"]),
+    "int8-weight-only, group 32, embeddings too": ("source", ["--precision", "int8-weight-only", "--group-size",
+                                                              "32", "--quantize-embeddings"]),
     "int4-weight-only": ("source", ["--precision", "int4-weight-only"]),
     "fp32, llama.cpp's F32 file": ("F32", ["--precision", "fp32"]),
     "int4-weight-only, llama.cpp's F32 file": ("F32", ["--precision", "int4-weight-only"]),

@@ -23,8 +23,13 @@ void add_model_args(CLI::App* cmd, ModelArgs& args) {
       ->envname("QUANTSERVE_PRECISION");
   cmd->add_option("-d,--device", args.device, "cpu, cuda, cuda:N or auto")->envname("QUANTSERVE_DEVICE");
   cmd->add_option("--threads", args.threads, "CPU threads (0 = all cores)")->envname("QUANTSERVE_THREADS");
-  cmd->add_flag("--quantize-embeddings", args.quantize_embeddings,
-                "In the int8 modes, quantize the embedding table and LM head too (default: fp16)");
+  cmd->add_flag("--quantize-embeddings{on}", args.quantize_embeddings,
+                "In the int8 modes, quantize the embedding table and LM head too: on (the bare flag), off (fp16), "
+                "or auto: on where the weights are in groups of 32 (--group-size), fp16 per row")
+      ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->envname("QUANTSERVE_QUANTIZE_EMBEDDINGS")
+      ->type_name("[=auto|on|off]")
+      ->default_str("auto");
   add_group_size_option(cmd, args.group_size);
 }
 
@@ -64,7 +69,7 @@ LoadedEngine load_model_for_cli(const ModelArgs& args, bool quiet, const EngineO
   o.model_path = args.model;
   o.device = args.device;
   o.load.precision = parse_precision_arg(args.precision);
-  o.load.quantize_embeddings = args.quantize_embeddings;
+  if (args.quantize_embeddings != "auto") o.load.quantize_embeddings = args.quantize_embeddings == "on";
   o.load.group_size = args.group_size;
   o.engine = engine;
   LoadedEngine loaded = load_engine(o);

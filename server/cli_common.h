@@ -12,7 +12,7 @@ struct ModelArgs {
   std::string precision = "fp32";
   std::string device = "cpu";
   int threads = 0;
-  bool quantize_embeddings = false;
+  std::string quantize_embeddings = "auto";   // auto, on, off (LoadOptions::quantize_embeddings)
   int64_t group_size = kGroupSizeAuto;   // int8-weight-only: inputs per weight scale (auto, 0 = per row, 32)
 };
 // --group-size (QUANTSERVE_GROUP_SIZE): 0 or 32; 64 and 128 are refused by name (not built).

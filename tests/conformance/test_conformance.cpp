@@ -32,14 +32,18 @@ const Bounds kBounds[] = {
     // 4-bit round-to-nearest of these large random weights (no GGUF blocks to keep): measured top1 >= 0.304
     // (mistral), mean KL <= 1.26 (llama); a broken kernel scores near 0 top1 over these vocabularies.
     {Precision::kInt4WeightOnly, 0.25, 1.6},
-    // int8-weight-only with one scale per 32 inputs (Q8_0 blocks): measured top1 >= 0.695 (llama_untied, 0.739
-    // per row), mean KL <= 1.93e-2 (qwen2); lower KL than per row on 6 of the 9 fixtures.
+    // int8-weight-only with one scale per 32 inputs (Q8_0 blocks), its tables quantized too (the default with
+    // groups): measured top1 >= 0.783 (llama_untied, 0.739 per row), mean KL <= 3.13e-2 (llama; 1.93e-2 with fp16
+    // tables).
     {Precision::kInt8WeightOnly, 0.60, 4e-2, kInt8WeightGroup},
-    // W8A8 with weights and activations by groups of 32 (VNNI CPUs; skipped elsewhere). int8: measured top1 >=
-    // 0.826 (llama_untied; 0.783 per row and token), mean KL <= 2.89e-2 (llama; 4.04e-2 per row). int8-smooth:
-    // top1 >= 0.696 (llama_untied, as per row), mean KL <= 5.37e-2 (gpt2; 3.35e-2 per row: smoothing's factors
-    // were chosen for per-token activations, and these random weights have no outlier channels to confine).
-    {Precision::kInt8, 0.75, 4e-2, kInt8WeightGroup},
+    // W8A8 with weights and activations by groups of 32 (VNNI CPUs; skipped elsewhere), the embedding table and LM
+    // head quantized too as groups make them by default (LoadOptions::quantize_embeddings). int8: measured top1 >=
+    // 0.739 (llama_untied; 0.826 with the tables in fp16, 0.783 per row and token), mean KL <= 4.57e-2 (llama;
+    // 2.89e-2 with fp16 tables, 4.04e-2 per row): these random tables have no Q8_0 blocks to keep, so their rounding
+    // shows here, where the default model's Q8_0 table costs nothing (docs/QUANTIZATION.md). int8-smooth:
+    // top1 >= 0.783 (mistral), mean KL <= 4.42e-2 (gpt2; 5.37e-2 with fp16 tables, 3.35e-2 per row: smoothing's
+    // factors were chosen for per-token activations, and these random weights have no outlier channels to confine).
+    {Precision::kInt8, 0.70, 6e-2, kInt8WeightGroup},
     {Precision::kInt8Smooth, 0.60, 7e-2, kInt8WeightGroup},
 };
 
