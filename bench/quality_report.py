@@ -263,8 +263,9 @@ def render(results):
       "NLLs' deviation over √n, times the perplexity: what llama.cpp's tool prints), and with `--compare-to` the "
       "change ± its *paired* error (the per-position NLL differences' deviation over √n). The paired error is the "
       "one to read against a target" + stderr_summary())
-    w("- **Weight bytes**: everything resident for the weights (`quantserve inspect`); in the int8 modes the "
-      "embedding / tied LM head stays fp16 (DESIGN.md), which is 56.6 MB of the default model's int8 total.")
+    w("- **Weight bytes**: everything resident for the weights (`quantserve inspect`); in the int8 rows of the "
+      "tables below the embedding / tied LM head stayed fp16 (56.6 MB of the default model's int8 total), which is "
+      "now the default per row only: in groups it is quantized too (its own section below).")
     w("- **int8-smooth** calibrates on the first 512 tokens of `/usr/share/common-licenses/Apache-2.0` (not the "
       "scored text), α = 0.5, smoothing the linears that follow a norm (QKV, MLP-in / gate_up) and, through "
       "up_proj's rows at α = 0.6, down_proj (since issue 13 item 2; the tables were measured before it).\n")
@@ -487,6 +488,44 @@ def render_w8a8_groups(w):
            f"{b16['rounds']} rounds ({b16['decode_summary']['group_32_over_group_0']['min']:.2f}–"
            f"{b16['decode_summary']['group_32_over_group_0']['max']:.2f}, `int8_w8a8_groups_speed_batch16.json`)"
            if b16 else "") + ".\n")
+
+
+def render_int8_tables(w):
+    """The embedding table and LM head quantized with the weights in groups (the default) or kept in fp16."""
+    g = load_json("quality_int8_embeddings_groups.json")
+    if not g:
+        return
+    names = list(g["texts"])
+    w("### The embedding table and LM head in the int8 modes (`--quantize-embeddings`)\n")
+    w("Where the weights are in groups of 32, the int8 modes quantize the embedding table and (tied) LM head too by "
+      "default (`--quantize-embeddings` auto): the default model's table is Q8_0 in the file and is kept block for "
+      "block, as llama.cpp's Q8_0 keeps its output tensor; per row the tables stay fp16. All of each text by "
+      f"llama.cpp's method (`bench/llamacpp_perplexity.py --tokens {g['tokens_per_text']}`, "
+      f"`bench/results/quality_int8_embeddings_groups.json`, commit `{g['commit'][:10]}`); Δ against the engine's "
+      "own fp32 ± its paired standard error in points:\n")
+    w("| engine | precision | weights | " + " | ".join(f"Δ {n}" for n in names) + " | mean Δ |")
+    w("|---|---|---:|" + "---:|" * (len(names) + 1))
+    first = g["texts"][names[0]]
+    for row in g["summary"]:
+        e, p = row["engine"], row["precision"]
+        if p in ("fp32", "F32"):
+            continue
+        size = (mb(first["quantserve"][p]["weight_bytes"]) if e == "quantserve"
+                else f"{mb(g['llama_cpp']['files'][p]['bytes'])} (file)")
+        label = p.replace(", embeddings too", ", tables quantized (the default)") if e == "quantserve" else p
+        if e == "quantserve" and "embeddings too" not in p:
+            label = p + ", tables fp16"
+        w(f"| {e} | {label} | {size} | " +
+          " | ".join(pct(row["texts"][n]["change_vs_own_fp32"], 3) + stderr_cell(row["texts"][n]) for n in names) +
+          f" | **{pct(row['mean_change_vs_own_fp32'], 3)}** |")
+    w("")
+    ab = load_json("int8_tables_ab_decode128.json")
+    if ab:
+        d = ab["b_over_a"]["decode"]
+        w(f"Speed, int8 with the tables quantized over fp16 tables, paired in {ab['rounds']} alternated rounds "
+          f"(`bench/flags_ab.py`, `bench/results/int8_tables_ab_decode128.json`, batch 1, {ab['prompt_tokens']}-token "
+          f"prompts): decode {d['median']:.3f}× ({d['min']:.2f}–{d['max']:.2f}), weights "
+          f"{mb(ab['weight_bytes']['b'])} against {mb(ab['weight_bytes']['a'])}.\n")
 
 
 def stderr_summary():
@@ -724,10 +763,12 @@ def render_issue13(w):
 
     render_kv_cache(w)
     render_w8a8_groups(w)
+    render_int8_tables(w)
     # The verdicts: on all of each text where a full-text run has the row (the newest first), else on the table's
     # 1,020 tokens a text.
     source = {key: "quality_vs_llamacpp.json" for key in rows}
-    for name in ("quality_vs_llamacpp_full_texts.json", "quality_w8a8_groups_full_texts.json"):
+    for name in ("quality_vs_llamacpp_full_texts.json", "quality_w8a8_groups_full_texts.json",
+                 "quality_int8_embeddings_groups.json"):
         full = load_json(name)
         for row in (full or {}).get("summary", []):
             rows[(row["engine"], row["precision"])] = row
@@ -751,6 +792,8 @@ def render_issue13(w):
     q41 = rows.get(("llama.cpp", "Q4_1"))
     for label, target in ISSUE13_TARGETS:
         cands = [label] + ([f"{label}, group 32"] if label in ("int8-weight-only", "int8", "int8-smooth") else [])
+        # With groups the tables are quantized too by default ("embeddings too": the rows of that default).
+        cands += [f"{label}, group 32, embeddings too"] if label in ("int8-weight-only", "int8") else []
         for c in cands:
             row = rows.get(("quantserve", c))
             if not row:

@@ -9,6 +9,7 @@ Variants (one server each, started once, kept for all rounds; the same binary un
   one      : 1 engine thread (no barriers at all)
   b        : --binary-b with the default settings, 2 threads (an old-vs-new build A/B)
   per-row  : the default with int8 per row and token (QUANTSERVE_GROUP_SIZE=0) instead of by groups of 32
+  fp16-tables: the default with the embedding table and LM head in fp16 (QUANTSERVE_QUANTIZE_EMBEDDINGS=off)
 Each repetition runs every variant's c=1 and c=16 rounds, in an order rotated each repetition; one round is one
 `quantserve-client bench` run (64-token prompts, 32 new, greedy, prefix cache off). Medians, each repetition's
 ratios against spin10k, and the 1-minute load average before every round go to bench/results/serving_threads_ab.json.
@@ -26,7 +27,8 @@ from bench_common import ROOT, find_binary, git_commit, load_average, machine_in
 import http_vs_grpc  # noqa: E402  (its Server and one_round: the same server flags and load generator)
 
 VARIANTS = {"spin10k": ({}, 2), "passive": ({"OMP_WAIT_POLICY": "passive"}, 2), "one": ({}, 1), "b": ({}, 2),
-            "per-row": ({"QUANTSERVE_GROUP_SIZE": "0"}, 2)}
+            "per-row": ({"QUANTSERVE_GROUP_SIZE": "0"}, 2),
+            "fp16-tables": ({"QUANTSERVE_QUANTIZE_EMBEDDINGS": "off"}, 2)}
 
 
 def start(binary, env, threads):

@@ -23,14 +23,23 @@ void add_model_args(CLI::App* cmd, ModelArgs& args) {
       ->envname("QUANTSERVE_PRECISION");
   cmd->add_option("-d,--device", args.device, "cpu, cuda, cuda:N or auto")->envname("QUANTSERVE_DEVICE");
   cmd->add_option("--threads", args.threads, "CPU threads (0 = all cores)")->envname("QUANTSERVE_THREADS");
-  cmd->add_flag("--quantize-embeddings{on}", args.quantize_embeddings,
+  add_quantize_embeddings_option(cmd, args.quantize_embeddings);
+  add_group_size_option(cmd, args.group_size);
+}
+
+void add_quantize_embeddings_option(CLI::App* cmd, std::string& choice) {
+  cmd->add_flag("--quantize-embeddings{on}", choice,
                 "In the int8 modes, quantize the embedding table and LM head too: on (the bare flag), off (fp16), "
                 "or auto: on where the weights are in groups of 32 (--group-size), fp16 per row")
       ->check(CLI::IsMember({"auto", "on", "off"}))
       ->envname("QUANTSERVE_QUANTIZE_EMBEDDINGS")
       ->type_name("[=auto|on|off]")
       ->default_str("auto");
-  add_group_size_option(cmd, args.group_size);
+}
+
+std::optional<bool> quantize_embeddings_choice(const std::string& choice) {
+  if (choice == "auto") return std::nullopt;
+  return choice == "on";
 }
 
 void add_group_size_option(CLI::App* cmd, int64_t& group_size) {
@@ -69,7 +78,7 @@ LoadedEngine load_model_for_cli(const ModelArgs& args, bool quiet, const EngineO
   o.model_path = args.model;
   o.device = args.device;
   o.load.precision = parse_precision_arg(args.precision);
-  if (args.quantize_embeddings != "auto") o.load.quantize_embeddings = args.quantize_embeddings == "on";
+  o.load.quantize_embeddings = quantize_embeddings_choice(args.quantize_embeddings);
   o.load.group_size = args.group_size;
   o.engine = engine;
   LoadedEngine loaded = load_engine(o);

@@ -1,6 +1,7 @@
 // Flags the local CLI commands share (model, precision, device, sampling) and the model loading they do.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <optional>
 #include <string>
 
 #include "engine/load_engine.h"
@@ -17,6 +18,10 @@ struct ModelArgs {
 };
 // --group-size (QUANTSERVE_GROUP_SIZE): 0 or 32; 64 and 128 are refused by name (not built).
 void add_group_size_option(CLI::App* cmd, int64_t& group_size);
+// --quantize-embeddings[=auto|on|off] (QUANTSERVE_QUANTIZE_EMBEDDINGS), the bare flag meaning on; and what it
+// means for LoadOptions::quantize_embeddings (nullopt for auto).
+void add_quantize_embeddings_option(CLI::App* cmd, std::string& choice);
+std::optional<bool> quantize_embeddings_choice(const std::string& choice);
 // `args` loading `precision` instead, for commands that load several (bench, inspect, perplexity --compare-to):
 // --group-size goes to the int8-weight-only loads only (a single load in another precision is refused instead).
 ModelArgs args_for_precision(const ModelArgs& args, const std::string& precision);

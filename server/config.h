@@ -33,6 +33,7 @@ struct ServeOptions {
   std::vector<ModelSpec> models;       // the first is the default for requests with an empty model
   std::string precision;               // empty = fp32 on the CPU, int8 on CUDA
   int64_t group_size = kGroupSizeAuto; // int8 modes: inputs per weight scale (auto, 0 = per row, 32)
+  std::string quantize_embeddings = "auto";   // int8 modes: the embedding table and LM head too (auto, on, off)
   std::string device = "auto";
   std::string listen = "0.0.0.0:50051";
   std::string metrics_listen = "0.0.0.0:9090";

@@ -116,6 +116,7 @@ LoadedModel load_model(const server::ModelSpec& spec, const server::ServeOptions
       LoadOptions load_options;
       load_options.precision = *precision;
       load_options.group_size = options.group_size;
+      load_options.quantize_embeddings = cli::quantize_embeddings_choice(options.quantize_embeddings);
       model = Model::load(*file_ptr, *out.backend, load_options);
       tokenizer = std::make_unique<Tokenizer>(file_ptr->tokenizer_spec());
     }
@@ -397,6 +398,7 @@ void add_serve_command(CLI::App& app) {
                   "Weight precision: " + precision_list() + " (default: fp32 on CPU, fp16 on CUDA)")
       ->envname("QUANTSERVE_PRECISION");
   add_group_size_option(cmd, options->group_size);
+  add_quantize_embeddings_option(cmd, options->quantize_embeddings);
   cmd->add_option("--device", options->device, "cpu, cuda, cuda:N or auto")
       ->envname("QUANTSERVE_DEVICE")
       ->capture_default_str();
