@@ -13,7 +13,9 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEGIN, END = "<!-- cpu-peers:begin -->", "<!-- cpu-peers:end -->"
-NAMES = {"int8": "int8 vs Q8_0", "int8-all": "int8 + `--quantize-embeddings` vs Q8_0", "fp16": "fp16 vs F16",
+NAMES = {"int8": "int8 vs Q8_0", "int8-all": "int8 + `--quantize-embeddings` vs Q8_0",
+         "int8-per-row": "int8 per row (`--group-size 0`) vs Q8_0",
+         "int8-fp16-head": "int8, fp16 tables (`--quantize-embeddings=off`) vs Q8_0", "fp16": "fp16 vs F16",
          "fp32": "fp32 vs F32"}
 TARGET = 1.25   # decode; prefill wants 1.2
 
