@@ -442,6 +442,24 @@ ISSUE13_WHY = {
 }
 
 
+def full_text_table(w, g, label=lambda engine, precision: precision):
+    """A bench/llamacpp_perplexity.py run's rows but the fp32s: weights and each text's Δ ± its paired error."""
+    names = list(g["texts"])
+    w("| engine | precision | weights | " + " | ".join(f"Δ {n}" for n in names) + " | mean Δ |")
+    w("|---|---|---:|" + "---:|" * (len(names) + 1))
+    first = g["texts"][names[0]]
+    for row in g["summary"]:
+        e, p = row["engine"], row["precision"]
+        if p in ("fp32", "F32"):
+            continue
+        size = (mb(first["quantserve"][p]["weight_bytes"]) if e == "quantserve"
+                else f"{mb(g['llama_cpp']['files'][p]['bytes'])} (file)")
+        w(f"| {e} | {label(e, p)} | {size} | " +
+          " | ".join(pct(row["texts"][n]["change_vs_own_fp32"], 3) + stderr_cell(row["texts"][n]) for n in names) +
+          f" | **{pct(row['mean_change_vs_own_fp32'], 3)}** |")
+    w("")
+
+
 def render_w8a8_groups(w):
     """W8A8 by groups of 32 against per row and token, and llama.cpp's Q8_0, on all of each text."""
     g = load_json("quality_w8a8_groups_full_texts.json")
@@ -462,19 +480,7 @@ def render_w8a8_groups(w):
       f"`bench/results/quality_w8a8_groups_full_texts.json`, commit `{g['commit'][:10]}`, "
       f"{m.get('cpu', m['platform'])}; scored tokens: {counts}); Δ against the engine's own fp32 ± its paired "
       "standard error in points:\n")
-    w("| engine | precision | weights | " + " | ".join(f"Δ {n}" for n in names) + " | mean Δ |")
-    w("|---|---|---:|" + "---:|" * (len(names) + 1))
-    first = g["texts"][names[0]]
-    for row in g["summary"]:
-        e, p = row["engine"], row["precision"]
-        if p in ("fp32", "F32"):
-            continue
-        size = (mb(first["quantserve"][p]["weight_bytes"]) if e == "quantserve"
-                else f"{mb(g['llama_cpp']['files'][p]['bytes'])} (file)")
-        w(f"| {e} | {p} | {size} | " +
-          " | ".join(pct(row["texts"][n]["change_vs_own_fp32"], 3) + stderr_cell(row["texts"][n]) for n in names) +
-          f" | **{pct(row['mean_change_vs_own_fp32'], 3)}** |")
-    w("")
+    full_text_table(w, g)
     speed = load_json("int8_w8a8_groups_speed.json")
     b16 = load_json("int8_w8a8_groups_speed_batch16.json")
     if speed:
@@ -503,22 +509,12 @@ def render_int8_tables(w):
       f"llama.cpp's method (`bench/llamacpp_perplexity.py --tokens {g['tokens_per_text']}`, "
       f"`bench/results/quality_int8_embeddings_groups.json`, commit `{g['commit'][:10]}`); Δ against the engine's "
       "own fp32 ± its paired standard error in points:\n")
-    w("| engine | precision | weights | " + " | ".join(f"Δ {n}" for n in names) + " | mean Δ |")
-    w("|---|---|---:|" + "---:|" * (len(names) + 1))
-    first = g["texts"][names[0]]
-    for row in g["summary"]:
-        e, p = row["engine"], row["precision"]
-        if p in ("fp32", "F32"):
-            continue
-        size = (mb(first["quantserve"][p]["weight_bytes"]) if e == "quantserve"
-                else f"{mb(g['llama_cpp']['files'][p]['bytes'])} (file)")
-        label = p.replace(", embeddings too", ", tables quantized (the default)") if e == "quantserve" else p
-        if e == "quantserve" and "embeddings too" not in p:
-            label = p + ", tables fp16"
-        w(f"| {e} | {label} | {size} | " +
-          " | ".join(pct(row["texts"][n]["change_vs_own_fp32"], 3) + stderr_cell(row["texts"][n]) for n in names) +
-          f" | **{pct(row['mean_change_vs_own_fp32'], 3)}** |")
-    w("")
+    def label(engine, p):
+        if engine != "quantserve":
+            return p
+        return p.replace(", embeddings too", ", tables quantized (the default)") if "embeddings too" in p \
+            else p + ", tables fp16"
+    full_text_table(w, g, label)
     ab = load_json("int8_tables_ab_decode128.json")
     if ab:
         d = ab["b_over_a"]["decode"]

@@ -129,6 +129,39 @@ class CudaVsCpu : public ::testing::Test {
     return out;
   }
 
+  // Attention over a prefill pass, then a decode pass on the same cache, on the CPU ([0]) and the GPU ([1]):
+  // attention() with window 0, attention_window() otherwise. Returns {prefill outputs, decode outputs}.
+  struct TwoPasses {
+    std::vector<float> prefill[2], decode[2];
+  };
+  TwoPasses prefill_then_decode(const KvCacheConfig& cfg, const BatchLayout& prefill, const BatchLayout& decode,
+                                int64_t layer, int64_t NH, int64_t NKV, int64_t HD, int64_t window, uint32_t seed) {
+    const int64_t W = (NH + 2 * NKV) * HD;
+    const int64_t T1 = prefill.num_tokens(), T2 = decode.num_tokens();
+    const auto qkv1 = random_values(T1 * W, seed);
+    const auto qkv2 = random_values(T2 * W, seed + 1);
+    TwoPasses r;
+    int i = 0;
+    for (Backend* b : {cpu_.get(), gpu_.get()}) {
+      auto cache = b->make_kv_cache(cfg);
+      auto q1 = upload(*b, qkv1, T1, W);
+      auto q2 = upload(*b, qkv2, T2, W);
+      for (int pass = 0; pass < 2; ++pass) {
+        begin(*b, pass == 0 ? prefill : decode);
+        auto& q = pass == 0 ? q1 : q2;
+        auto out = empty(*b, pass == 0 ? T1 : T2, NH * HD);
+        if (window == 0) {
+          b->attention(out.t, q.t, *cache, layer, NH, NKV, HD);
+        } else {
+          b->attention_window(out.t, q.t, *cache, layer, NH, NKV, HD, window);
+        }
+        (pass == 0 ? r.prefill : r.decode)[i] = download(*b, out.t);
+      }
+      ++i;
+    }
+    return r;
+  }
+
   std::unique_ptr<Backend> cpu_, gpu_;
   std::list<BatchLayout> layouts_;
 };
@@ -279,7 +312,6 @@ TEST_F(CudaVsCpu, RopePartialRotaryAtBatchPositions) {
 TEST_F(CudaVsCpu, PagedAttentionPrefillThenDecode) {
   for (int64_t HD : {int64_t(32), int64_t(40), int64_t(128)}) {
     const int64_t NH = 4, NKV = 2, BS = 4;
-    const int64_t W = (NH + 2 * NKV) * HD;
     KvCacheConfig cfg;
     cfg.num_layers = 2;
     cfg.num_blocks = 6;
@@ -298,26 +330,9 @@ TEST_F(CudaVsCpu, PagedAttentionPrefillThenDecode) {
     decode.seq_of_token = {0, 1};
     decode.block_tables = {{3, 0}, {5, 1}};
     decode.seq_lens = {6, 4};
-    const auto qkv1 = random_values(8 * W, 11);
-    const auto qkv2 = random_values(2 * W, 12);
-    std::vector<float> first[2], second[2];
-    int i = 0;
-    for (Backend* b : {cpu_.get(), gpu_.get()}) {
-      auto cache = b->make_kv_cache(cfg);
-      auto q1 = upload(*b, qkv1, 8, W);
-      auto q2 = upload(*b, qkv2, 2, W);
-      begin(*b, prefill);
-      auto out1 = empty(*b, 8, NH * HD);
-      b->attention(out1.t, q1.t, *cache, 1, NH, NKV, HD);
-      first[i] = download(*b, out1.t);
-      begin(*b, decode);
-      auto out2 = empty(*b, 2, NH * HD);
-      b->attention(out2.t, q2.t, *cache, 1, NH, NKV, HD);
-      second[i] = download(*b, out2.t);
-      ++i;
-    }
-    expect_close(first[1], first[0], 1e-5, str("attention prefill, head_dim ", HD));
-    expect_close(second[1], second[0], 1e-5, str("attention decode, head_dim ", HD));
+    const TwoPasses r = prefill_then_decode(cfg, prefill, decode, 1, NH, NKV, HD, 0, 11);
+    expect_close(r.prefill[1], r.prefill[0], 1e-5, str("attention prefill, head_dim ", HD));
+    expect_close(r.decode[1], r.decode[0], 1e-5, str("attention decode, head_dim ", HD));
   }
 }
 
@@ -359,7 +374,6 @@ TEST_F(CudaVsCpu, GemmaQwen3AndMistralOps) {
 
 TEST_F(CudaVsCpu, SlidingWindowAttentionPrefillThenDecode) {
   const int64_t NH = 4, NKV = 2, HD = 32, BS = 4, kWindow = 5;
-  const int64_t W = (NH + 2 * NKV) * HD;
   KvCacheConfig cfg;
   cfg.num_layers = 1;
   cfg.num_blocks = 8;
@@ -385,26 +399,9 @@ TEST_F(CudaVsCpu, SlidingWindowAttentionPrefillThenDecode) {
   decode.seq_of_token = {0, 1};
   decode.block_tables = {{-1, 2, 4}, {1}};
   decode.seq_lens = {12, 4};
-  const auto qkv1 = random_values(14 * W, 25);
-  const auto qkv2 = random_values(2 * W, 26);
-  std::vector<float> first[2], second[2];
-  int i = 0;
-  for (Backend* b : {cpu_.get(), gpu_.get()}) {
-    auto cache = b->make_kv_cache(cfg);
-    auto q1 = upload(*b, qkv1, 14, W);
-    auto q2 = upload(*b, qkv2, 2, W);
-    begin(*b, prefill);
-    auto out1 = empty(*b, 14, NH * HD);
-    b->attention_window(out1.t, q1.t, *cache, 0, NH, NKV, HD, kWindow);
-    first[i] = download(*b, out1.t);
-    begin(*b, decode);
-    auto out2 = empty(*b, 2, NH * HD);
-    b->attention_window(out2.t, q2.t, *cache, 0, NH, NKV, HD, kWindow);
-    second[i] = download(*b, out2.t);
-    ++i;
-  }
-  expect_close(first[1], first[0], 1e-5, "sliding-window attention, prefill");
-  expect_close(second[1], second[0], 1e-5, "sliding-window attention, decode past a given-back block");
+  const TwoPasses r = prefill_then_decode(cfg, prefill, decode, 0, NH, NKV, HD, kWindow, 25);
+  expect_close(r.prefill[1], r.prefill[0], 1e-5, "sliding-window attention, prefill");
+  expect_close(r.decode[1], r.decode[0], 1e-5, "sliding-window attention, decode past a given-back block");
 }
 
 struct LinearCase {
