@@ -515,6 +515,14 @@ def render_int8_tables(w):
         return p.replace(", embeddings too", ", tables quantized (the default)") if "embeddings too" in p \
             else p + ", tables fp16"
     full_text_table(w, g, label)
+    exact = load_json("quality_int8_weight_only_exact_q4.json")
+    if exact:
+        row = next(r for r in exact["summary"] if r["precision"] == "int8-weight-only, group 32")
+        w("Since then int8-weight-only in groups no longer rounds a 4-bit file's tensors again: Q4_0 blocks are Q8_0 "
+          "ones exactly, and Q4_1 ones (the default model's linears) become U8Min blocks, a byte a weight with "
+          "Q4_1's d and minimum (36 bytes per 32 weights, 149.7 MB for the default model). Its perplexity is then "
+          "fp32's: " + " / ".join(pct(row["texts"][n]["change_vs_own_fp32"], 4) for n in exact["texts"]) +
+          f" (`bench/results/quality_int8_weight_only_exact_q4.json`, commit `{exact['commit'][:10]}`).\n")
     ab = load_json("int8_tables_ab_decode128.json")
     if ab:
         d = ab["b_over_a"]["decode"]
@@ -764,7 +772,7 @@ def render_issue13(w):
     # 1,020 tokens a text.
     source = {key: "quality_vs_llamacpp.json" for key in rows}
     for name in ("quality_vs_llamacpp_full_texts.json", "quality_w8a8_groups_full_texts.json",
-                 "quality_int8_embeddings_groups.json"):
+                 "quality_int8_embeddings_groups.json", "quality_int8_weight_only_exact_q4.json"):
         full = load_json(name)
         for row in (full or {}).get("summary", []):
             rows[(row["engine"], row["precision"])] = row

@@ -157,6 +157,7 @@ std::vector<int32_t> KvBlockManager::cached_blocks(std::span<const int32_t> prom
 std::optional<int64_t> KvBlockManager::allocate(std::vector<int32_t>& table, std::span<const int32_t> prompt,
                                                 int64_t max_cached_tokens, int64_t tokens) {
   QS_CHECK(table.empty(), ErrorCode::kInternal, "allocate() is for a new sequence's empty block table");
+  QS_CHECK(promised_ == 0, ErrorCode::kInternal, "allocate() on a pool that serves rings");
   std::vector<int32_t> shared = cached_blocks(prompt, std::max<int64_t>(0, max_cached_tokens) / block_size_);
   shared.erase(std::find(shared.begin(), shared.end(), kReleasedBlock), shared.end());   // the leading run
   int64_t shared_unheld = 0;   // shared blocks now in the LRU list: they stop being available to others
@@ -197,6 +198,7 @@ int32_t KvBlockManager::take_ring_block() {
 }
 
 bool KvBlockManager::reserve(std::vector<int32_t>& table, int64_t tokens) {
+  QS_CHECK(promised_ == 0, ErrorCode::kInternal, "reserve() on a pool that serves rings");
   const int64_t need = blocks_for(tokens) - int64_t(table.size());
   if (need <= 0) return true;
   if (need > free_blocks() + cached()) return false;

@@ -94,7 +94,8 @@ class KvBlockManager {
   // Rings (WindowBlocks): a pool whose sequences each hold at most a fixed number of blocks at once promises each
   // its ring at admission, and take_ring_block() then never fails: the rings promised never exceed the pool, and
   // a sequence's ring counts every block its table holds, shared ones too, so the blocks no sequence holds
-  // (free or cached) are always at least the rings' empty places.
+  // (free or cached) are always at least the rings' empty places. A pool serves rings or allocate() / reserve(),
+  // not both: those would take blocks promised to rings (they refuse while any ring is promised).
   bool promise_ring(int64_t blocks);           // false (nothing changes) if the rings would exceed the pool
   void unpromise_ring(int64_t blocks);
   int64_t promised() const { return promised_; }

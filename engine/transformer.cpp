@@ -211,12 +211,13 @@ HostLinear TransformerModel::read_linear(const std::string& weight, const std::s
   h.weight = file_.get_f32(weight, {rows, cols});
   if (!bias.empty()) h.bias = file_.get_f32(bias, {rows});
   const StoredTensor& stored = file_.get(weight, {rows, cols});
-  // Blocks the backend keeps as they are: int4-weight-only's Q4 and Q8_0 ones, group-32 int8's Q8_0 ones.
-  const bool int4_blocks = options_.precision == Precision::kInt4WeightOnly &&
-                           (stored.dtype == DType::Q4_0 || stored.dtype == DType::Q4_1 || stored.dtype == DType::Q8_0);
-  const bool int8_blocks = (options_.precision == Precision::kInt8WeightOnly ||
-                            options_.precision == Precision::kInt8) &&
-                           options_.group_size == kInt8WeightGroup && stored.dtype == DType::Q8_0;
+  // Blocks the backend keeps without rounding them again: int4-weight-only's Q4 and Q8_0 ones, group-32
+  // int8-weight-only's too (Q4_0 as Q8_0, Q4_1 as U8Min, both exact), group-32 W8A8's Q8_0 ones.
+  const bool gguf_4_or_8 = stored.dtype == DType::Q4_0 || stored.dtype == DType::Q4_1 || stored.dtype == DType::Q8_0;
+  const bool groups = options_.group_size == kInt8WeightGroup;
+  const bool int4_blocks = options_.precision == Precision::kInt4WeightOnly && gguf_4_or_8;
+  const bool int8_blocks = (options_.precision == Precision::kInt8WeightOnly && groups && gguf_4_or_8) ||
+                           (options_.precision == Precision::kInt8 && groups && stored.dtype == DType::Q8_0);
   if (int4_blocks || int8_blocks) {
     const auto* data = static_cast<const uint8_t*>(stored.data);
     h.blocks.assign(data, data + stored.nbytes);

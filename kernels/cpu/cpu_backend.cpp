@@ -596,10 +596,24 @@ class CpuBackend final : public Backend {
   }
 
   // int8-weight-only by groups of 32 inputs: Q8_0 blocks, which the block GEMV of int4-weight-only already
-  // multiplies.
+  // multiplies. A 4-bit GGUF tensor is not rounded again: Q4_0 blocks are Q8_0 ones exactly (d (q - 8)), and
+  // Q4_1's minimum needs U8Min blocks (x = d q + m, a byte a weight), which hold them exactly.
   static void make_int8_groups(CpuLinear& lin, const HostTensor& weight, const float* w) {
-    lin.block_type = cpu::BlockType::kQ8_0;
-    lin.w_blocks = q8_0_blocks(lin, weight, w);
+    const int64_t n_blocks = lin.out_features * lin.in_features / kGgufBlock32;
+    if (weight.dtype == DType::Q4_1) {
+      lin.block_type = cpu::BlockType::kU8Min;
+      lin.w_blocks.resize(size_t(n_blocks) * sizeof(cpu::BlockU8Min));
+      cpu::convert_q4_1_to_u8_min(reinterpret_cast<cpu::BlockU8Min*>(lin.w_blocks.data()),
+                                  static_cast<const BlockQ4_1*>(weight.data), n_blocks);
+    } else if (weight.dtype == DType::Q4_0) {
+      lin.block_type = cpu::BlockType::kQ8_0;
+      lin.w_blocks.resize(size_t(n_blocks) * sizeof(BlockQ8_0));
+      cpu::convert_q4_0_to_q8_0(reinterpret_cast<BlockQ8_0*>(lin.w_blocks.data()),
+                                static_cast<const BlockQ4_0*>(weight.data), n_blocks);
+    } else {
+      lin.block_type = cpu::BlockType::kQ8_0;
+      lin.w_blocks = q8_0_blocks(lin, weight, w);
+    }
     lin.weight_bytes = lin.w_blocks.size();
   }
 

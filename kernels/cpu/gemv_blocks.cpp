@@ -11,7 +11,35 @@
 
 namespace qs::cpu {
 
-size_t block_type_bytes(BlockType type) { return type == BlockType::kQ4_1 ? sizeof(BlockQ4_1) : sizeof(BlockQ8_0); }
+size_t block_type_bytes(BlockType type) {
+  switch (type) {
+    case BlockType::kQ4_1: return sizeof(BlockQ4_1);
+    case BlockType::kQ8_0: return sizeof(BlockQ8_0);
+    case BlockType::kU8Min: return sizeof(BlockU8Min);
+  }
+  return 0;
+}
+
+void convert_q4_1_to_u8_min(BlockU8Min* dst, const BlockQ4_1* src, int64_t n_blocks) {
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    dst[b].d = src[b].d;
+    dst[b].m = src[b].m;
+    for (int j = 0; j < 16; ++j) {   // a Q4_1 byte holds element j (low nibble) and element j + 16 (high)
+      dst[b].qs[j] = src[b].qs[j] & 0x0f;
+      dst[b].qs[j + 16] = src[b].qs[j] >> 4;
+    }
+  }
+}
+
+void convert_q4_0_to_q8_0(BlockQ8_0* dst, const BlockQ4_0* src, int64_t n_blocks) {
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    dst[b].d = src[b].d;
+    for (int j = 0; j < 16; ++j) {
+      dst[b].qs[j] = int8_t((src[b].qs[j] & 0x0f) - 8);
+      dst[b].qs[j + 16] = int8_t((src[b].qs[j] >> 4) - 8);
+    }
+  }
+}
 
 Q4_1Split q4_1_split(const void* w, int64_t n_blocks) {
   const auto* base = static_cast<const uint8_t*>(w);
@@ -90,6 +118,12 @@ void dequantize_block_row(float* dst, const void* w, BlockType type, int64_t n, 
         out[j + 16] = d * float(qs[j] >> 4) + m;
       }
     }
+  } else if (type == BlockType::kU8Min) {
+    const BlockU8Min* row = static_cast<const BlockU8Min*>(w) + n * nb;
+    for (int64_t b = 0; b < nb; ++b) {
+      const float d = f16_to_f32(row[b].d), m = f16_to_f32(row[b].m);
+      for (int j = 0; j < 32; ++j) dst[b * 32 + j] = d * float(row[b].qs[j]) + m;
+    }
   } else {
     const BlockQ8_0* row = static_cast<const BlockQ8_0*>(w) + n * nb;
     for (int64_t b = 0; b < nb; ++b) {
@@ -117,6 +151,10 @@ void gemv_blocks_reference(float* out, const float* x, const void* w, BlockType 
             dot += float(qs[j] & 0x0f) * xb[j] + float(qs[j] >> 4) * xb[j + 16];
             sum += xb[j] + xb[j + 16];
           }
+        } else if (type == BlockType::kU8Min) {
+          const BlockU8Min& blk = static_cast<const BlockU8Min*>(w)[n * nb + b];
+          d = f16_to_f32(blk.d), m = f16_to_f32(blk.m);
+          for (int j = 0; j < 32; ++j) dot += float(blk.qs[j]) * xb[j], sum += xb[j];
         } else {
           const BlockQ8_0& blk = static_cast<const BlockQ8_0*>(w)[n * nb + b];
           d = f16_to_f32(blk.d);

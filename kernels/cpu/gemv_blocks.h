@@ -1,5 +1,6 @@
 // The CPU kernels of int4-weight-only and group-wise int8-weight-only: GEMV over rows of GGUF-style blocks of 32
-// weights (Q4_1, and Q8_0), dequantized in registers against fp32 activations; the Q4_1 and Q8_0 quantizers.
+// weights (Q4_1, Q8_0 and U8Min), dequantized in registers against fp32 activations; the Q4_1 and Q8_0 quantizers
+// and the exact conversions between block types.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -12,8 +13,17 @@ namespace qs::cpu {
 // A block weight w (N, K) is N rows of NB blocks each, row after row. Q8_0 blocks are kept as GGUF lays them out;
 // Q4_1 ones are kept split (Q4_1Split): the same 20 bytes a block and the same values, in three arrays.
 
-enum class BlockType { kQ4_1, kQ8_0 };
-size_t block_type_bytes(BlockType type);   // 20 or 34
+enum class BlockType { kQ4_1, kQ8_0, kU8Min };
+size_t block_type_bytes(BlockType type);   // 20, 34 or 36
+
+// 8-bit weights with a minimum, x = d q + m (q 0..255, d and m fp16): Q4_1's formula with a byte a weight. Not a
+// GGUF type: int8-weight-only keeps a Q4_1 tensor in it exactly (q = the nibble), where Q8_0 (x = d q, no m) would
+// round it again. 36 bytes a block.
+struct BlockU8Min { uint16_t d, m; uint8_t qs[32]; };
+// Q4_1 blocks as U8Min without rounding anything (the same d and m, each nibble a byte).
+void convert_q4_1_to_u8_min(BlockU8Min* dst, const BlockQ4_1* src, int64_t n_blocks);
+// Q4_0 blocks as Q8_0 without rounding anything: d (q - 8) is Q8_0's d q' with q' = q - 8.
+void convert_q4_0_to_q8_0(BlockQ8_0* dst, const BlockQ4_0* src, int64_t n_blocks);
 
 // A Q4_1 weight in memory: every block's 16 bytes of nibbles, then every block's d, then every block's m (fp16),
 // each array in block order (row after row). GGUF interleaves them per 20-byte block; split, the batch-1 kernel
@@ -41,8 +51,8 @@ void quantize_q8_0(BlockQ8_0* dst, const float* src, int64_t n);
 bool convert_q4_0_to_q4_1(BlockQ4_1* dst, const BlockQ4_0* src, int64_t n_blocks);
 
 // out[t, n] = sum_b (d_b sum_j q_bj x[t, 32 b + j] + m_b sum_j x[t, 32 b + j]) over row n's blocks
-// (m = 0 for Q8_0): the weight-only product with the dequantization split per block. w: Q8_0 blocks, or a split
-// Q4_1 weight (Q4_1Split) of N x K / 32 blocks.
+// (m = 0 for Q8_0): the weight-only product with the dequantization split per block. w: Q8_0 or U8Min blocks, or a
+// split Q4_1 weight (Q4_1Split) of N x K / 32 blocks.
 // The reference: one plain loop per output.
 void gemv_blocks_reference(float* out, const float* x, const void* w, BlockType type, int64_t T, int64_t N,
                            int64_t K);

@@ -17,7 +17,7 @@ inline float hsum(__m256 v) {
 }
 
 // The 32 weights of one block as four vectors of 8 fp32 (elements 0..7, 8..15, 16..23, 24..31), and its d and m.
-// Block i (of the whole weight): a split Q4_1 weight's, or a Q8_0 array's.
+// Block i (of the whole weight): a split Q4_1 weight's, or a U8Min or Q8_0 array's.
 inline void load_block(const Q4_1Split& w, int64_t i, __m256 q[4], float& d, float& m) {
   // Bytes 0..7 and 8..15 widened once each (lo | hi << 4 in each 32-bit lane), then the nibbles apart.
   const uint8_t* qs = w.qs + i * 16;
@@ -31,6 +31,15 @@ inline void load_block(const Q4_1Split& w, int64_t i, __m256 q[4], float& d, flo
   d = _cvtsh_ss(w.d[i]);
   m = _cvtsh_ss(w.m[i]);
 }
+inline void load_block(const BlockU8Min* w, int64_t i, __m256 q[4], float& d, float& m) {
+  const BlockU8Min& blk = w[i];
+  for (int k = 0; k < 4; ++k) {
+    const __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk.qs + 8 * k));
+    q[k] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+  }
+  d = _cvtsh_ss(blk.d);
+  m = _cvtsh_ss(blk.m);
+}
 inline void load_block(const BlockQ8_0* w, int64_t i, __m256 q[4], float& d, float& m) {
   const BlockQ8_0& blk = w[i];
   for (int i = 0; i < 4; ++i) {
@@ -41,9 +50,9 @@ inline void load_block(const BlockQ8_0* w, int64_t i, __m256 q[4], float& d, flo
   m = 0.0f;
 }
 
-// xsum (T, NB): per token and block, the sum of its 32 activations (for the m term of Q4_1).
+// xsum (T, NB): per token and block, the sum of its 32 activations (for the m term of Q4_1 and U8Min).
 template <typename Source>
-constexpr bool kHasMin = std::is_same_v<Source, Q4_1Split>;   // Q4_1's m term; Q8_0 has none
+constexpr bool kHasMin = !std::is_same_v<Source, const BlockQ8_0*>;   // Q4_1's and U8Min's m term; Q8_0 has none
 
 template <int kRows, typename Source>
 void gemv_rows(float* out, const float* x, Source w, const float* xsum, int64_t N, int64_t K) {
@@ -104,6 +113,8 @@ void gemv_blocks_avx2(float* out, const float* x, const void* w, BlockType type,
   if (T <= 0) return;
   if (type == BlockType::kQ4_1) {
     gemv_typed(out, x, q4_1_split(w, N * K / 32), T, N, K);
+  } else if (type == BlockType::kU8Min) {
+    gemv_typed(out, x, static_cast<const BlockU8Min*>(w), T, N, K);
   } else {
     gemv_typed(out, x, static_cast<const BlockQ8_0*>(w), T, N, K);
   }

@@ -11,7 +11,7 @@ namespace qs::cpu {
 namespace {
 
 // The 32 weights of one block as two vectors of 16 fp32 (elements 0..15 and 16..31), and its d and m.
-// Block i (of the whole weight): a split Q4_1 weight's, or a Q8_0 array's.
+// Block i (of the whole weight): a split Q4_1 weight's, or a U8Min or Q8_0 array's.
 inline void load_block(const Q4_1Split& w, int64_t i, __m512& lo, __m512& hi, float& d, float& m) {
   // One widening of the 16 bytes (lo | hi << 4 in each 32-bit lane), then the nibbles apart: one shuffle, not two.
   const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.qs + i * 16)));
@@ -19,6 +19,13 @@ inline void load_block(const Q4_1Split& w, int64_t i, __m512& lo, __m512& hi, fl
   hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
   d = _cvtsh_ss(w.d[i]);
   m = _cvtsh_ss(w.m[i]);
+}
+inline void load_block(const BlockU8Min* w, int64_t i, __m512& lo, __m512& hi, float& d, float& m) {
+  const BlockU8Min& blk = w[i];
+  lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.qs))));
+  hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.qs + 16))));
+  d = _cvtsh_ss(blk.d);
+  m = _cvtsh_ss(blk.m);
 }
 inline void load_block(const BlockQ8_0* w, int64_t i, __m512& lo, __m512& hi, float& d, float& m) {
   const BlockQ8_0& blk = w[i];
@@ -28,9 +35,9 @@ inline void load_block(const BlockQ8_0* w, int64_t i, __m512& lo, __m512& hi, fl
   m = 0.0f;
 }
 
-// xsum (T, NB): per token and block, the sum of its 32 activations (for the m term of Q4_1).
+// xsum (T, NB): per token and block, the sum of its 32 activations (for the m term of Q4_1 and U8Min).
 template <typename Source>
-constexpr bool kHasMin = std::is_same_v<Source, Q4_1Split>;   // Q4_1's m term; Q8_0 has none
+constexpr bool kHasMin = !std::is_same_v<Source, const BlockQ8_0*>;   // Q4_1's and U8Min's m term; Q8_0 has none
 
 template <int kRows, typename Source>
 void gemv_rows(float* out, const float* x, Source w, const float* xsum, int64_t N, int64_t K) {
@@ -90,6 +97,8 @@ void gemv_blocks_avx512(float* out, const float* x, const void* w, BlockType typ
   if (T <= 0) return;
   if (type == BlockType::kQ4_1) {
     gemv_typed(out, x, q4_1_split(w, N * K / 32), T, N, K);
+  } else if (type == BlockType::kU8Min) {
+    gemv_typed(out, x, static_cast<const BlockU8Min*>(w), T, N, K);
   } else {
     gemv_typed(out, x, static_cast<const BlockQ8_0*>(w), T, N, K);
   }

@@ -28,7 +28,8 @@ std::vector<uint8_t> random_blocks(BlockType type, int64_t N, int64_t K, uint32_
   const std::vector<float> w = random_values(size_t(N * K), seed, -0.7f, 0.9f);
   const int64_t nb = N * K / 32;
   std::vector<uint8_t> out(size_t(nb) * block_type_bytes(type));
-  if (type == BlockType::kQ4_1) {
+  if (type != BlockType::kQ8_0) {   // U8Min's come from Q4_1 ones (kernel_layout converts them)
+    out.resize(size_t(nb) * sizeof(BlockQ4_1));
     quantize_q4_1(reinterpret_cast<BlockQ4_1*>(out.data()), w.data(), N * K);
   } else {
     auto* blocks = reinterpret_cast<BlockQ8_0*>(out.data());
@@ -43,11 +44,18 @@ std::vector<uint8_t> random_blocks(BlockType type, int64_t N, int64_t K, uint32_
   return out;
 }
 
-DType gguf_type(BlockType type) { return type == BlockType::kQ4_1 ? DType::Q4_1 : DType::Q8_0; }
+DType gguf_type(BlockType type) { return type == BlockType::kQ8_0 ? DType::Q8_0 : DType::Q4_1; }
 
-// GGUF blocks as the kernels take them: Q4_1 split (Q4_1Split), Q8_0 as it is.
+// GGUF blocks as the kernels take them: Q4_1 split (Q4_1Split), Q8_0 as it is, Q4_1 as U8Min (exactly).
 std::vector<uint8_t> kernel_layout(BlockType type, const std::vector<uint8_t>& gguf) {
   if (type == BlockType::kQ8_0) return gguf;
+  if (type == BlockType::kU8Min) {
+    const int64_t nb = int64_t(gguf.size() / sizeof(BlockQ4_1));
+    std::vector<uint8_t> u8(size_t(nb) * sizeof(BlockU8Min));
+    convert_q4_1_to_u8_min(reinterpret_cast<BlockU8Min*>(u8.data()), reinterpret_cast<const BlockQ4_1*>(gguf.data()),
+                           nb);
+    return u8;
+  }
   std::vector<uint8_t> split(gguf.size());
   split_q4_1(split.data(), reinterpret_cast<const BlockQ4_1*>(gguf.data()), int64_t(gguf.size() / sizeof(BlockQ4_1)));
   return split;
@@ -139,7 +147,14 @@ void expect_matches_reference(void (*kernel)(float*, const float*, const void*, 
                               BlockType type, int64_t max_rows) {
   for (int64_t K : {32, 96, 576}) {
     const int64_t N = 37;
-    const std::vector<uint8_t> w = kernel_layout(type, random_blocks(type, N, K, uint32_t(K)));
+    std::vector<uint8_t> w = kernel_layout(type, random_blocks(type, N, K, uint32_t(K)));
+    if (type == BlockType::kU8Min) {   // every byte value, not only a nibble's (the reference reads the same)
+      std::mt19937 rng(static_cast<uint32_t>(K));
+      auto* blocks = reinterpret_cast<BlockU8Min*>(w.data());
+      for (int64_t b = 0; b < N * K / 32; ++b) {
+        for (uint8_t& q : blocks[b].qs) q = uint8_t(rng() & 0xff);
+      }
+    }
     for (int64_t T = 1; T <= max_rows; ++T) {
       const std::vector<float> x = random_values(size_t(T * K), uint32_t(T + 100 * K), -2.0f, 2.0f);
       std::vector<float> want(size_t(T * N)), got(size_t(T * N), -1.0f);
@@ -211,8 +226,11 @@ TEST(BlockGemvBf16, ProductsAreExact) {
   for (int64_t n = 0; n < N; ++n) ASSERT_EQ(got[size_t(n)], want[size_t(n)]) << "row " << n;
 }
 
-INSTANTIATE_TEST_SUITE_P(Types, BlockGemv, ::testing::Values(BlockType::kQ4_1, BlockType::kQ8_0),
-                         [](const auto& info) { return info.param == BlockType::kQ4_1 ? "Q4_1" : "Q8_0"; });
+INSTANTIATE_TEST_SUITE_P(Types, BlockGemv, ::testing::Values(BlockType::kQ4_1, BlockType::kQ8_0, BlockType::kU8Min),
+                         [](const auto& info) {
+                           return info.param == BlockType::kQ4_1 ? "Q4_1" : info.param == BlockType::kQ8_0 ? "Q8_0"
+                                                                                                           : "U8Min";
+                         });
 
 // The backend: a file's Q4_1 and Q8_0 blocks are kept byte for byte (error 0 against their own values), floats
 // are rounded into Q4_1, and every batch size (GEMV passes, dequantize-then-sgemm prefill) gives the reference.

@@ -102,6 +102,49 @@ TEST(Int8GroupLinear, MatchesTheReferenceAtEveryBatchAndKeepsQ8_0Blocks) {
   }
 }
 
+// A 4-bit file's tensor is not rounded again: Q4_1 blocks become U8Min ones (36 bytes a block) and Q4_0 ones Q8_0
+// (34), both exactly (error 0), and the product is the reference's over the file's values at every batch size.
+TEST(Int8GroupLinear, KeepsQ4BlocksExactly) {
+  auto backend = make_cpu_backend(2);
+  const int64_t N = 37, K = 96, nb = N * K / 32;
+  const std::vector<float> wf = random_values(size_t(N * K), 3, -0.7f, 0.9f);
+  std::vector<BlockQ4_1> q4_1(static_cast<size_t>(nb));
+  quantize_q4_1(q4_1.data(), wf.data(), N * K);
+  std::vector<BlockQ4_0> q4_0(static_cast<size_t>(nb));
+  for (int64_t b = 0; b < nb; ++b) {
+    q4_0[size_t(b)].d = f32_to_f16(0.01f * float(b % 7 + 1));
+    for (int j = 0; j < 16; ++j) q4_0[size_t(b)].qs[j] = uint8_t((b * 31 + j * 7) & 0xff);
+  }
+  struct Case {
+    DType dtype;
+    const void* data;
+    size_t block_bytes;
+  };
+  for (const Case& c : {Case{DType::Q4_1, q4_1.data(), sizeof(BlockU8Min)},
+                        Case{DType::Q4_0, q4_0.data(), sizeof(BlockQ8_0)}}) {
+    SCOPED_TRACE(dtype_name(c.dtype));
+    auto lin = backend->make_linear(HostTensor{c.data, c.dtype, N, K}, nullptr, Precision::kInt8WeightOnly, grouped());
+    EXPECT_EQ(lin->weight_bytes, size_t(nb) * c.block_bytes);
+    EXPECT_EQ(lin->error.max_abs, 0.0) << "the file's values exactly";
+    std::vector<float> deq(size_t(N * K));
+    dequantize_gguf_blocks(deq.data(), c.data, c.dtype, N * K);
+    for (int64_t T : {1, 3, 8, 9, 40}) {
+      const std::vector<float> x = random_values(size_t(T * K), uint32_t(T), -2.0f, 2.0f);
+      const std::vector<float> y = run_linear(*backend, *lin, x, T, K, N);
+      for (int64_t t = 0; t < T; ++t) {
+        for (int64_t n = 0; n < N; ++n) {
+          double want = 0, scale = 0;
+          for (int64_t k = 0; k < K; ++k) {
+            want += double(x[size_t(t * K + k)]) * deq[size_t(n * K + k)];
+            scale += std::fabs(double(x[size_t(t * K + k)]) * deq[size_t(n * K + k)]);
+          }
+          EXPECT_NEAR(y[size_t(t * N + n)], want, 2e-5 * scale + 1e-6) << "T " << T << " t " << t << " n " << n;
+        }
+      }
+    }
+  }
+}
+
 // The reason for groups: a row whose inputs differ in scale (here one group 50x larger) loses its small weights
 // to a row-wide scale; per group each keeps its own grid.
 TEST(Int8GroupLinear, ErrorBelowPerRowWhereGroupsDifferInScale) {
