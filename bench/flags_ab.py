@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Two `quantserve bench` flag sets against each other, alternated round by round on one machine: batch-1 prefill
-and decode tok/s of each, and the paired ratios B / A (this VM's speed drifts ±20% between runs, so only a paired
-ratio decides a few-percent question).
+"""Two `quantserve bench` flag sets (or two builds: --binary-b) against each other, alternated round by round on one
+machine: batch-1 prefill and decode tok/s of each, and the paired ratios B / A (this VM's speed drifts ±20% between
+runs, so only a paired ratio decides a few-percent question).
 
     python3 bench/flags_ab.py --a "--precision int8 --quantize-embeddings=off" --b "--precision int8" \\
         [--rounds 7] [--prompt-tokens 128] [--new-tokens 128] [--threads 2] -o bench/results/NAME.json
+    python3 bench/flags_ab.py --binary OLD/quantserve --binary-b build/server/quantserve \\
+        --a "--precision int8-weight-only" --b "--precision int8-weight-only" -o bench/results/NAME.json
 """
 import argparse
 import json
@@ -39,7 +41,8 @@ def one_run(binary, flags, args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--binary")
+    ap.add_argument("--binary", help="the build A runs (default: build/server/quantserve)")
+    ap.add_argument("--binary-b", help="the build B runs (default: A's)")
     ap.add_argument("--a", required=True, help="flag set A (the baseline)")
     ap.add_argument("--b", required=True, help="flag set B")
     ap.add_argument("--rounds", type=int, default=7)
@@ -49,11 +52,12 @@ def main():
     ap.add_argument("-o", "--output", required=True)
     args = ap.parse_args()
     binary = find_binary(args.binary)
+    binaries = {"a": binary, "b": os.path.abspath(args.binary_b) if args.binary_b else binary}
     start_load = load_average()
     rounds = []
     for i in range(args.rounds):
         order = ("a", "b") if i % 2 == 0 else ("b", "a")   # who goes first alternates
-        got = {side: one_run(binary, getattr(args, side), args) for side in order}
+        got = {side: one_run(binaries[side], getattr(args, side), args) for side in order}
         rounds.append({"round": i, "first": order[0], **got, "load_average": load_average()})
         print(f"round {i}: A decode {got['a']['decode_tokens_per_second']:.1f}, B decode "
               f"{got['b']['decode_tokens_per_second']:.1f} tok/s", flush=True)
@@ -68,7 +72,7 @@ def main():
 
     result = {
         "tool": "bench/flags_ab.py", "commit": git_commit(), "machine": machine_info(args.threads),
-        "a": args.a, "b": args.b, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+        "a": args.a, "b": args.b, "binaries": binaries, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
         "rounds": args.rounds, "load_average_start": start_load, "load_average_end": load_average(),
         "median": {side: {k: median(side, k) for k in ("prefill_tokens_per_second", "decode_tokens_per_second")}
                    for side in ("a", "b")},
