@@ -40,31 +40,30 @@ DOORS = ("grpc", "http")
 MODES = ("unary", "stream")
 
 
-class Server:
-    def __init__(self, binary, threads):
-        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
-        cmd = [binary, "serve", "--model", f"smollm2={DEFAULT_MODEL}", "--precision", "int8", "--device", "cpu",
-               "--threads", str(threads), "--prefix-cache", "off", "--max-batch-size", "32", "--max-queued", "128",
-               "--listen", f"127.0.0.1:{self.grpc_port}", "--http-listen", f"127.0.0.1:{self.http_port}",
-               "--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
-        # The log to a file: a pipe nobody reads fills after ~64 KB of request lines and then blocks the server.
-        self.log = tempfile.NamedTemporaryFile(prefix="quantserve-http-vs-grpc-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log)
+class HealthyProcess:
+    """A server process, its log in a file (a pipe nobody reads fills after ~64 KB of request lines and then blocks
+    the server), ready once `health_url` answers 200; if it exits first, or is not ready within 300 s, this script
+    exits with the end of its log. `merge_stdout`: the server logs to stdout too."""
+
+    def __init__(self, name, cmd, health_url, merge_stdout=False):
+        self.command = cmd
+        self.log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(cmd, stdout=self.log if merge_stdout else subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT if merge_stdout else self.log)
         deadline = time.time() + 300
         while True:
             if self.proc.poll() is not None:
                 with open(self.log.name, errors="replace") as f:
-                    sys.exit(f"quantserve exited: {f.read()[-2000:]}")
+                    sys.exit(f"{name} exited: {f.read()[-3000:]}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/health", timeout=2) as r:
+                with urllib.request.urlopen(health_url, timeout=2) as r:
                     if r.status == 200:
                         break
             except OSError:
-                pass
+                pass   # refused before it listens, 503 while it loads
             if time.time() > deadline:
-                sys.exit("quantserve did not become healthy within 300 s")
+                sys.exit(f"{name} did not become healthy within 300 s")
             time.sleep(0.5)
-        self.address = {"grpc": f"127.0.0.1:{self.grpc_port}", "http": f"127.0.0.1:{self.http_port}"}
 
     def stop(self):
         self.proc.terminate()
@@ -74,6 +73,17 @@ class Server:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+
+
+class Server(HealthyProcess):
+    def __init__(self, binary, threads):
+        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
+        cmd = [binary, "serve", "--model", f"smollm2={DEFAULT_MODEL}", "--precision", "int8", "--device", "cpu",
+               "--threads", str(threads), "--prefix-cache", "off", "--max-batch-size", "32", "--max-queued", "128",
+               "--listen", f"127.0.0.1:{self.grpc_port}", "--http-listen", f"127.0.0.1:{self.http_port}",
+               "--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
+        super().__init__("quantserve", cmd, f"http://127.0.0.1:{self.http_port}/health")
+        self.address = {"grpc": f"127.0.0.1:{self.grpc_port}", "http": f"127.0.0.1:{self.http_port}"}
 
 
 def one_round(client, server, door, mode, concurrency, requests, prompt_tokens, new_tokens):

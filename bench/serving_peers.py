@@ -22,9 +22,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +32,7 @@ import http_vs_grpc  # noqa: E402  (its Server, free_port and one_round: the sam
 CONCURRENCIES = (1, 16)
 
 
-class LlamaServer:
+class LlamaServer(http_vs_grpc.HealthyProcess):
     """llama-server on one GGUF: `slots` parallel sequences of `slot_tokens` each (continuous batching is its
     default), 2 threads for decode and for batches, no prompt cache, no web UI."""
 
@@ -44,33 +41,8 @@ class LlamaServer:
         cmd = [binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(self.port), "-t", str(threads),
                "-tb", str(threads), "-np", str(slots), "-c", str(slots * slot_tokens), "-b", "2048", "-ub", "512",
                "--no-cache-prompt", "--cache-ram", "0", "--no-webui", "--metrics"]
-        self.log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 300
-        while True:
-            if self.proc.poll() is not None:
-                with open(self.log.name, errors="replace") as f:
-                    sys.exit(f"llama-server exited: {f.read()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass   # 503 while it loads, refused before it listens
-            if time.time() > deadline:
-                sys.exit("llama-server did not become healthy within 300 s")
-            time.sleep(0.5)
+        super().__init__("llama-server", cmd, f"http://127.0.0.1:{self.port}/health", merge_stdout=True)
         self.address = {"http": f"127.0.0.1:{self.port}"}
-        self.command = cmd
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 def version_of(binary):
