@@ -164,6 +164,15 @@ void group_tile_rows(int rows, float* out, int64_t ldo, const int8_t* a, const u
 // Activations of tokens [t0, t0 + rows) as a tile reads them: (K / 4, rows, 4), zero past K.
 void repack_tile(uint8_t* dst, const uint8_t* xq, int64_t t0, int64_t rows, int64_t K) {
   const int64_t groups = vnni_groups(K);
+  if (K % 4 == 0) {
+    // Whole groups of 4 (every model's K): a 32-bit word per token and group. Byte by byte, with the bounds check
+    // below, this repack was 4.6% of a serving step at c=16 (perf, int8 by groups, an Intel Xeon).
+    for (int64_t r = 0; r < rows; ++r) {
+      const uint8_t* src = xq + (t0 + r) * K;
+      for (int64_t g = 0; g < groups; ++g) std::memcpy(dst + (g * rows + r) * 4, src + 4 * g, 4);
+    }
+    return;
+  }
   for (int64_t r = 0; r < rows; ++r) {
     const uint8_t* src = xq + (t0 + r) * K;
     for (int64_t g = 0; g < groups; ++g) {

@@ -96,12 +96,22 @@ void quantize_per_group_int8(int8_t* q, float* scales, int32_t* dot_start, const
     for (int64_t g = 0; g < groups; ++g) {
       auto* u = reinterpret_cast<uint8_t*>(q + t * K + g * group);
       scales[t * groups + g] = quantize_segment_shifted(u, x + t * K + g * group, group);
-      int32_t sum = 0;
-      for (int64_t j = 0; j < group; ++j) {
-        u[j] ^= 0x80;   // q + 128 back to q: the top bit flipped is the same byte as int8
-        sum += int8_t(u[j]);
+      // The sum of q is the sum of the shifted bytes less 128 a byte; then q + 128 back to q (the top bit flipped
+      // is the same byte as int8). 32 bytes at a time (psadbw sums them): as a byte loop this was 3.9% of a c=16
+      // serving profile's samples (perf, int8 by groups, an Intel Xeon), the quantization itself 1.6%.
+      int64_t shifted_sum = 0, j = 0;
+      for (; j + 32 <= group; j += 32) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + j));
+        const __m256i sums = _mm256_sad_epu8(v, _mm256_setzero_si256());   // four 64-bit partial sums
+        shifted_sum += _mm256_extract_epi64(sums, 0) + _mm256_extract_epi64(sums, 1) +
+                       _mm256_extract_epi64(sums, 2) + _mm256_extract_epi64(sums, 3);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(u + j), _mm256_xor_si256(v, _mm256_set1_epi8(char(0x80))));
       }
-      dot_start[t * groups + g] = -128 * sum;
+      for (; j < group; ++j) {
+        shifted_sum += u[j];
+        u[j] ^= 0x80;
+      }
+      dot_start[t * groups + g] = -128 * int32_t(shifted_sum - 128 * group);
     }
   }
 }
