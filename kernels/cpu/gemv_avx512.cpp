@@ -50,7 +50,8 @@ inline float load1(const void* w, int64_t i) {
 }
 
 // How far ahead of its reads a thread asks for the weights (rows follow each other, so ahead is further along the
-// same stream): see gemv_blocks_avx512.cpp, whose Q8_0 GEMV it took from 45% to 80-88% of the read loop.
+// same stream), as for the block GEMVs (gemv_blocks.h: 45% -> 80-88% of the read loop there). Here: 51% -> 73-79%
+// (qs_gemv_bench --precision int8-weight-only --group-size 0 --quantize-head, the same Intel Xeon).
 constexpr int64_t kPrefetchBytes = 4096;
 
 inline size_t element_bytes(WeightType t) {

@@ -35,18 +35,6 @@ inline void load_block(const BlockQ8_0* w, int64_t i, __m512& lo, __m512& hi, fl
   m = 0.0f;
 }
 
-// Where block i's quantized bytes are: what the GEMV prefetches ahead of.
-inline const void* block_address(const Q4_1Split& w, int64_t i) { return w.qs + i * 16; }
-inline const void* block_address(const BlockU8Min* w, int64_t i) { return w + i; }
-inline const void* block_address(const BlockQ8_0* w, int64_t i) { return w + i; }
-
-// How far ahead of its reads a thread asks for the weights (a row's blocks follow the last row's, so ahead is
-// further along the same stream). Without it the kernel is latency-bound: on a 2-vCPU Intel Xeon (2026-12-04,
-// qs_gemv_bench --precision int8-weight-only --group-size 32 --quantize-head, 143 MB of Q8_0 blocks) it read at
-// 45% of the plain read loop; 1 KiB ahead 74-77%, 2 KiB 82-89%, 4 KiB 87-88%. Four rows at a time sharing the
-// activation loads (more independent chains) did not help: 50% without the hint, 71-81% with it.
-constexpr int64_t kPrefetchBytes = 4096;
-
 // xsum (T, NB): per token and block, the sum of its 32 activations (for the m term of Q4_1 and U8Min).
 template <typename Source>
 constexpr bool kHasMin = !std::is_same_v<Source, const BlockQ8_0*>;   // Q4_1's and U8Min's m term; Q8_0 has none
@@ -62,7 +50,7 @@ void gemv_rows(float* out, const float* x, Source w, const float* xsum, int64_t 
     for (int64_t b = 0; b < nb; ++b) {
       __m512 lo, hi;
       float d, m;
-      _mm_prefetch(reinterpret_cast<const char*>(block_address(w, n * nb + b)) + kPrefetchBytes, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(block_address(w, n * nb + b)) + kBlockPrefetchBytes, _MM_HINT_T0);
       load_block(w, n * nb + b, lo, hi, d, m);
       const __m512 dv = _mm512_set1_ps(d);
       for (int t = 0; t < kRows; ++t) {
