@@ -2,6 +2,22 @@
 # One command per step for verifying the CUDA backend on a GPU machine (the device tool: a bare image with nvcc,
 # CMake, PyTorch and transformers, but none of our apt libraries and no network). See docs/CUDA.md.
 #
+# The one-call plan (issue 10: 15 minutes of GPU time in all, one command of at most 10):
+#   scripts/gpu_verify.sh bundle               HERE: build quantserve and qs_cuda_tests for sm_90 (QUANTSERVE_MINIMAL,
+#                                              build-gpu-bundle/) and copy them with the non-system libraries they
+#                                              need into gpu-bundle/ (git-ignored; the device call carries it)
+#   scripts/gpu_verify.sh check                HERE: the dry run: the bundle is complete, current and starts, what
+#                                              travels is under 64 MiB, and `all` runs end to end here (its GPU tests
+#                                              skip) leaving at most 8 files
+#   scripts/gpu_verify.sh all                  THERE: everything in one command of at most QS_BUDGET_S (420) seconds:
+#                                              env + nvidia-smi, the prebuilt binaries (built there only if they cannot
+#                                              start), every gpu test with its own timeout (the int8 path report
+#                                              among them), compute-sanitizer memcheck on the attention, CUDA-graph
+#                                              and int8 GEMM tests, the benchmark; whatever it has when a step fails,
+#                                              hangs or runs out of time stays in $OUT (at most 8 files)
+#     run(command="OUT=$OUT QS_COMMIT=<sha> bash scripts/gpu_verify.sh all", carry=["gpu-bundle"], timeout_s=480)
+#
+# The steps one at a time (the older plan; each builds there first when build-gpu is missing):
 #   scripts/gpu_verify.sh pack                 HERE (Debian dev machine): bundle the build dependencies the GPU
 #                                              image lacks (oneDNN, OpenCL loader, PCRE2, nlohmann_json, CLI11,
 #                                              GoogleTest) into .gpu-deps.tgz (git-ignored via .git/info/exclude);
@@ -188,6 +204,168 @@ bench() {
   return $rc
 }
 
+# ---- the one-call plan ----------------------------------------------------------------------------------------
+
+BUNDLE=$ROOT/gpu-bundle
+BUNDLE_BUILD=$ROOT/build-gpu-bundle
+# Libraries the bundle (gpu-bundle/bundle.tar.xz: bin/, lib/, COMMIT) leaves to the machine: glibc's (they must be the system's own), the driver's, and cuBLAS
+# (hundreds of MB; the GPU image has it, in the toolkit or its nvidia-cublas wheel: setup_env finds it).
+SYSTEM_LIBS='^(linux-vdso|ld-linux|libc|libm|libdl|librt|libpthread|libresolv|libcuda|libcublas|libcublasLt)\.so'
+MAX_TRAVEL_BYTES=$((64 << 20))
+
+bundle() {
+  say "building quantserve and qs_cuda_tests for sm_90 in $BUNDLE_BUILD"
+  cmake -S "$ROOT" -B "$BUNDLE_BUILD" -DCMAKE_BUILD_TYPE=Release -DQUANTSERVE_CUDA=ON -DQUANTSERVE_MINIMAL=ON \
+    -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_GTEST_DISCOVER_TESTS_DISCOVERY_MODE=PRE_TEST >/dev/null || exit 1
+  cmake --build "$BUNDLE_BUILD" -j"$JOBS" --target quantserve qs_cuda_tests >/dev/null || exit 1
+  local stage=$BUNDLE_BUILD/stage lib
+  rm -rf "$stage" "$BUNDLE"
+  mkdir -p "$stage/bin" "$stage/lib" "$BUNDLE"
+  cp "$BUNDLE_BUILD/server/quantserve" "$BUNDLE_BUILD/tests/qs_cuda_tests" "$stage/bin/"
+  strip --strip-unneeded "$stage"/bin/*
+  for lib in $(ldd "$stage"/bin/* | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u); do
+    basename "$lib" | grep -Eq "$SYSTEM_LIBS" || cp -L "$lib" "$stage/lib/"
+  done
+  git -C "$ROOT" rev-parse HEAD > "$BUNDLE/COMMIT"
+  git -C "$ROOT" diff --quiet HEAD -- . || echo "dirty" >> "$BUNDLE/COMMIT"
+  cp "$BUNDLE/COMMIT" "$stage/"
+  # xz: oneDNN alone is 38 MB, 62 of the 64 MiB that may travel; packed, the bundle is about 9 MB.
+  tar -C "$stage" -cf - bin lib COMMIT | xz -T"$JOBS" -6 > "$BUNDLE/bundle.tar.xz"
+  say "wrote $BUNDLE/bundle.tar.xz ($(du -h "$BUNDLE/bundle.tar.xz" | cut -f1); $(du -sh "$stage" | cut -f1) unpacked): $(ls "$stage/lib" | tr '\n' ' ')"
+}
+
+# The bundle unpacked into $1: STAGE/bin and STAGE/lib.
+unpack() {
+  STAGE=$1
+  rm -rf "$STAGE" && mkdir -p "$STAGE" && xz -dc "$BUNDLE/bundle.tar.xz" | tar -C "$STAGE" -xf -
+}
+
+# Bytes that travel to the device: tracked files, untracked ones git does not ignore, and the carried bundle.
+travel_bytes() {
+  { git -C "$ROOT" ls-files -z; git -C "$ROOT" ls-files -z --others --exclude-standard; } |
+    (cd "$ROOT" && xargs -0 stat -c %s 2>/dev/null) | awk '{s += $1} END {print s + 0}'
+}
+
+check() {
+  local fail=0 head bytes missing dry files
+  [ -s "$BUNDLE/bundle.tar.xz" ] || { say "check: no bundle: run scripts/gpu_verify.sh bundle"; return 1; }
+  head=$(git -C "$ROOT" rev-parse HEAD)
+  if [ "$(head -1 "$BUNDLE/COMMIT")" != "$head" ] || grep -q dirty "$BUNDLE/COMMIT"; then
+    say "check: the bundle is of $(tr '\n' ' ' < "$BUNDLE/COMMIT"), HEAD is $head: run bundle again"; fail=1
+  fi
+  unpack "$(mktemp -d)"
+  missing=$(LD_LIBRARY_PATH=$STAGE/lib ldd "$STAGE"/bin/* | awk '/not found/ {print $1}' | sort -u |
+            grep -Ev "$SYSTEM_LIBS" || true)
+  [ -z "$missing" ] || { say "check: the bundle lacks $missing"; fail=1; }
+  rm -rf "$STAGE"
+  bytes=$(( $(travel_bytes) + $(du -sb "$BUNDLE" | cut -f1) ))
+  say "check: $((bytes >> 20)) MiB would travel (limit $((MAX_TRAVEL_BYTES >> 20)))"
+  [ "$bytes" -lt "$MAX_TRAVEL_BYTES" ] || fail=1
+  # The dry run: the whole plan here, where every GPU test skips and there is no GPU to benchmark.
+  dry=$(mktemp -d)
+  OUT=$dry QS_GPU_DRY=1 QS_BUDGET_S=300 bash "$ROOT/scripts/gpu_verify.sh" all || { say "check: all failed"; fail=1; }
+  files=$(find "$dry" -type f | wc -l)
+  say "check: all left $files files: $(cd "$dry" && ls | tr '\n' ' ')"
+  [ "$files" -le 8 ] || { say "check: more than 8 files come back"; fail=1; }
+  grep -q "tests: .* passed" "$dry/summary.txt" || { say "check: no test ran"; fail=1; }
+  grep -q "binaries: /tmp/qs-gpu-bundle" "$dry/summary.txt" || { say "check: the prebuilt binaries did not start"; fail=1; }
+  rm -rf "$dry"
+  [ $fail = 0 ] && say "check: ready" || say "check: NOT ready"
+  return $fail
+}
+
+# One gtest test in its own process under its own timeout: "PASS|SKIP|TIMEOUT|FAIL(rc) NAME SECONDS", its output in
+# $OUT/.t/NAME.log ('/' of parameterised names as '_').
+one_test() {
+  local name=$1 t0=$SECONDS rc state=PASS log
+  log="$OUT/.t/${name//\//_}.log"
+  timeout "$PER_TEST_S" "$tests" --gtest_filter="$name" > "$log" 2>&1
+  rc=$?
+  if [ $rc = 124 ]; then state=TIMEOUT; elif [ $rc != 0 ]; then state="FAIL($rc)";
+  elif grep -q "SKIPPED \] 1 test" "$log"; then state=SKIP; fi
+  echo "$state $name $((SECONDS - t0))s"
+}
+
+# The plan's clock: seconds left of QS_BUDGET_S since `all` began.
+left() { echo $(( ${QS_BUDGET_S:-420} - (SECONDS - ALL_T0) )); }
+note() { echo "$*" | tee -a "$OUT/summary.txt" >&2; }
+
+all() {
+  ALL_T0=$SECONDS
+  export OUT
+  : > "$OUT/summary.txt"
+  setup_env
+  STAGE=/nonexistent
+  [ -s "$BUNDLE/bundle.tar.xz" ] && unpack /tmp/qs-gpu-bundle
+  export LD_LIBRARY_PATH=$STAGE/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  export QS_SOURCE_DIR=$ROOT   # the tests' fixtures, wherever the tree is on this machine
+  write_env
+  {
+    echo "bundle: $(tr '\n' ' ' < "$STAGE/COMMIT" 2>/dev/null || echo none)"
+    ldd "$STAGE"/bin/* 2>&1
+  } >> "$OUT/env.txt"
+  # The prebuilt binaries if they start here; else a build (its log is the 8th file).
+  local qs=$STAGE/bin/quantserve tests=$STAGE/bin/qs_cuda_tests
+  if ! timeout 60 "$tests" --gtest_list_tests > /dev/null 2>> "$OUT/env.txt" ||
+     ! timeout 60 "$qs" --help > /dev/null 2>> "$OUT/env.txt"; then
+    note "prebuilt binaries do not start here: building ($(left) s left)"
+    BUILD_TIMEOUT=$(( $(left) - 150 ))
+    if [ "$BUILD_TIMEOUT" -gt 60 ] && timeout "$BUILD_TIMEOUT" bash "$ROOT/scripts/gpu_verify.sh" build; then
+      qs=$BUILD/server/quantserve tests=$BUILD/tests/qs_cuda_tests
+    else
+      note "build failed or did not fit; see build.log"; return 1
+    fi
+  fi
+  note "binaries: $qs, $tests ($(left) s left)"
+
+  # Every test its own process and timeout, four at a time (one GPU has room for them).
+  local list=$OUT/.tests
+  "$tests" --gtest_list_tests | awk '/^[^ ]/ {suite = $1} /^  / {print suite $1}' > "$list"
+  mkdir -p "$OUT/.t"
+  PER_TEST_S=$(( $(left) < 240 ? 60 : 120 ))
+  export tests PER_TEST_S QS_INT8_PATHS_JSON=$OUT/int8_paths.json   # CudaInt8Paths writes its report there
+  export -f one_test
+  xargs -P 4 -I{} bash -c 'one_test "$1"' _ {} < "$list" > "$OUT/.results"
+  {
+    sort -k2 "$OUT/.results"
+    for f in "$OUT"/.t/*.log; do
+      grep -q "PASSED  \] 1 test\|SKIPPED \] 1 test" "$f" && ! grep -q "\[int8 path\]" "$f" && continue
+      echo "===== $(basename "$f" .log)"; cat "$f"
+    done
+  } > "$OUT/tests.log"
+  local pass fail skip
+  pass=$(grep -c '^PASS' "$OUT/.results"); skip=$(grep -c '^SKIP' "$OUT/.results")
+  fail=$(grep -vc '^PASS\|^SKIP' "$OUT/.results")
+  note "tests: $pass passed, $skip skipped, $fail failed or timed out ($(left) s left)"
+  rm -rf "$OUT/.t" "$OUT/.tests" "$OUT/.results"
+
+  # compute-sanitizer memcheck: attention, CUDA graphs, int8 GEMMs (not on gVisor, where it cannot attach).
+  if [ -n "${QS_GPU_DRY:-}" ] || ! command -v compute-sanitizer > /dev/null; then
+    note "sanitize: skipped (no compute-sanitizer here)"
+  elif [ "$(left)" -gt 150 ]; then
+    timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 "$tests" \
+      --gtest_filter='*Attention*:*Int8*:*Linear*:*DecodeStepsWithGraphs*/gpt2:*DecodeStepsWithGraphs*/llama' \
+      > "$OUT/sanitize.log" 2>&1
+    note "sanitize: rc=$? ($(tail -1 "$OUT/sanitize.log" | cut -c1-120)) ($(left) s left)"
+  else
+    note "sanitize: skipped ($(left) s left)"
+  fi
+
+  # The benchmark: whatever time is left, less a margin for the summary.
+  if [ -n "${QS_GPU_DRY:-}" ]; then
+    note "bench: skipped (dry run)"
+  elif [ "$(left)" -gt 90 ]; then
+    timeout $(( $(left) - 20 )) env PYTHONUNBUFFERED=1 python3 "$ROOT/bench/gpu_bench.py" --quantserve "$qs" \
+      --models gpt2-small,pythia-1.4b > "$OUT/bench.log" 2>&1
+    note "bench: rc=$? ($(left) s left)"
+    find "$ROOT/bench/results" -name 'gpu_*.json' -newer "$OUT/summary.txt" -exec cp {} "$OUT/" \;
+  else
+    note "bench: skipped ($(left) s left)"
+  fi
+  note "all: done in $((SECONDS - ALL_T0)) s"
+  [ "$fail" = 0 ]
+}
+
 [ $# -gt 0 ] || set -- build test
 status=0
 while [ $# -gt 0 ]; do
@@ -195,6 +373,9 @@ while [ $# -gt 0 ]; do
   shift
   case $step in
     pack) pack ;;
+    bundle) bundle ;;
+    check) check || status=1 ;;
+    all) all || status=1 ;;
     build) build ;;
     test) run_tests || status=1 ;;
     smoke) smoke ;;
@@ -206,7 +387,7 @@ while [ $# -gt 0 ]; do
       else
         bench || status=1
       fi ;;
-    *) say "unknown step '$step' (pack, build, test, smoke, sanitize, bench [MODELS])"; exit 2 ;;
+    *) say "unknown step '$step' (bundle, check, all; pack, build, test, smoke, sanitize, bench [MODELS])"; exit 2 ;;
   esac
 done
 exit $status

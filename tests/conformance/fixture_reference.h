@@ -3,6 +3,7 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -14,7 +15,13 @@
 
 namespace qs::conformance {
 
-inline const std::string kFixtures = std::string(QS_SOURCE_DIR) + "/tests/fixtures/models/";
+// The source tree the binary was built from, unless QS_SOURCE_DIR says where it is now: a test binary built on one
+// machine and run on another (scripts/gpu_verify.sh's prebuilt bundle on the GPU machine) reads the fixtures there.
+inline std::string source_dir() {
+  const char* moved = std::getenv("QS_SOURCE_DIR");
+  return moved && *moved ? moved : QS_SOURCE_DIR;
+}
+inline const std::string kFixtures = source_dir() + "/tests/fixtures/models/";
 
 struct Reference {
   std::vector<std::vector<int32_t>> sequences;
