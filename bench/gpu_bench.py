@@ -101,6 +101,27 @@ def gpu_info(torch):
     return info
 
 
+def copy_bandwidth(torch, gib=2, repeats=10):
+    """Device-to-device copy bandwidth measured now (bytes read + written per second, the median of `repeats`
+    copies of a `gib` GiB buffer after a warm-up): the ceiling a decode step's weight stream is held against."""
+    n = gib << 30
+    src = torch.empty(n, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    del src, dst
+    torch.cuda.empty_cache()
+    times.sort()
+    return 2 * n / times[len(times) // 2]
+
+
 def make_model(name, directory, torch, transformers, seed=0):
     spec = MODELS[name]
     torch.manual_seed(seed)
@@ -121,9 +142,11 @@ def make_model(name, directory, torch, transformers, seed=0):
     params = {id(p): p for p in model.parameters()}   # tied weights once
     weight_bytes = sum(p.numel() * p.element_size() for p in params.values())
     n_params = sum(p.numel() for p in params.values())
+    largest = max(p.numel() * p.element_size() for p in params.values())   # as saved (fp16): what load uploads
     del model
     torch.cuda.empty_cache()
-    return {"parameters": n_params, "fp16_weight_bytes": weight_bytes, "config": spec["config"], "arch": spec["arch"]}
+    return {"parameters": n_params, "fp16_weight_bytes": weight_bytes, "largest_tensor_bytes": largest,
+            "config": spec["config"], "arch": spec["arch"]}
 
 
 def run_quantserve(binary, model_dir, precisions, batches, prompt, new, graphs=True, timeout=900):
@@ -209,21 +232,27 @@ def bandwidth_ratio(tokens_per_s, batch, weight_bytes, bandwidth):
     return {"limit_tokens_per_second": limit, "fraction_of_limit": tokens_per_s / limit}
 
 
-def decode_at(rows, precision, batch, graphs=True):
+def row_at(rows, precision, batch, run="graphs"):
     for r in rows:
-        if r.get("precision") == precision and r.get("batch") == batch and r.get("cuda_graphs", True) == graphs:
-            return r.get("decode_tokens_per_second")
+        if r.get("precision") == precision and r.get("batch") == batch and r.get("run", "graphs") == run:
+            return r
     return None
+
+
+def decode_at(rows, precision, batch, run="graphs"):
+    r = row_at(rows, precision, batch, run)
+    return r.get("decode_tokens_per_second") if r else None
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quantserve", default=os.path.join(ROOT, "build-gpu", "server", "quantserve"))
     ap.add_argument("--models", default="gpt2-small,pythia-1.4b")
-    ap.add_argument("--precisions", default="fp16,int8,int8-weight-only")
+    ap.add_argument("--precisions", default="fp32,fp16,bf16,int8,int8-weight-only")
     ap.add_argument("--batches", default="1,8,64")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--prefill", type=int, default=512, help="the prefill figure's prompt (batch 1, every precision)")
     ap.add_argument("--no-graphs-ab", action="store_true", help="skip fp16 batch 1 with QUANTSERVE_CUDA_GRAPHS=0")
     ap.add_argument("--skip-peer", action="store_true", help="skip transformers (debugging only)")
     ap.add_argument("--out", default="", help="JSON path (default bench/results/gpu_<gpu>_<date>.json)")
@@ -237,6 +266,8 @@ def main():
     if not os.access(args.quantserve, os.X_OK):
         sys.exit(f"gpu_bench: {args.quantserve} is not an executable (build it first: scripts/gpu_verify.sh build)")
     gpu = gpu_info(torch)
+    gpu["copy_bandwidth_bytes_per_s"] = copy_bandwidth(torch)
+    gpu["peak_bandwidth_bytes_per_s"] = gpu["memory_bandwidth_bytes_per_s"]
     log("GPU:", json.dumps(gpu))
     slug = re.sub(r"[^A-Za-z0-9]+", "_", gpu["name"]).strip("_").lower()
     out_path = args.out or os.path.join(ROOT, "bench", "results", f"gpu_{slug}_{_dt.date.today().isoformat()}.json")
@@ -249,7 +280,7 @@ def main():
     doc.setdefault("models", {})
     precisions = args.precisions.split(",")
     batches = [int(b) for b in args.batches.split(",")]
-    bw = gpu["memory_bandwidth_bytes_per_s"]
+    bw = gpu["copy_bandwidth_bytes_per_s"]   # the limit every decode figure is a fraction of: measured in this call
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="qs_gpu_bench_")
     for name in args.models.split(","):
@@ -266,8 +297,12 @@ def main():
         if not args.no_graphs_ab and "fp16" in precisions:
             entry["quantserve"]["no_graphs"] = run_quantserve(args.quantserve, model_dir, ["fp16"], [1], args.prompt,
                                                               args.new, graphs=False)
+        if args.prefill:
+            entry["quantserve"]["prefill"] = run_quantserve(args.quantserve, model_dir, precisions, [1], args.prefill, 2)
         if not args.skip_peer:
             entry["transformers"] = run_transformers(model_dir, batches, args.prompt, args.new, torch, transformers)
+            if args.prefill:
+                entry["transformers_prefill"] = run_transformers(model_dir, [1], args.prefill, 2, torch, transformers)
 
         # The flat table: one row per (engine, precision, batch), with the bandwidth ratio.
         rows = []
@@ -275,14 +310,18 @@ def main():
             for r in run.get("results", []):
                 row = dict(r)
                 row["engine"] = "quantserve"
-                row["cuda_graphs"] = key == "graphs"
+                row["cuda_graphs"] = key != "no_graphs"
+                row["run"] = key   # graphs / no_graphs: the decode runs; prefill: the --prefill prompt
                 row.update(bandwidth_ratio(r["decode_tokens_per_second"], r["batch"], r["weight_bytes"], bw) or {})
                 rows.append(row)
-        if entry["transformers"]:
-            for r in entry["transformers"]["results"]:
+        for key in ("transformers", "transformers_prefill"):
+            if not entry.get(key):
+                continue
+            for r in entry[key]["results"]:
                 row = dict(r)
                 row.update({"engine": "transformers-eager", "precision": "fp16", "weight_bytes": meta["fp16_weight_bytes"],
-                            "load_seconds": entry["transformers"]["load_seconds"]})
+                            "load_seconds": entry[key]["load_seconds"],
+                            "run": "prefill" if key == "transformers_prefill" else "graphs"})
                 row.update(bandwidth_ratio(r["decode_tokens_per_second"], r["batch"], meta["fp16_weight_bytes"], bw) or {})
                 rows.append(row)
         entry["rows"] = rows
@@ -302,7 +341,26 @@ def main():
                         "int8_weight_only_tokens_per_second": wo, "fp16_tokens_per_second": fp,
                         "ratio": wo / fp if wo and fp else None, "required": 1.5,
                         "met": bool(wo and fp and wo / fp >= 1.5)})
+    def target(text, value, required, at_most=False, **figures):
+        met = value is not None and (value <= required if at_most else value >= required)
+        targets.append({"target": text, "value": value, "required": required, "met": bool(met), **figures})
+
+    if py:
+        row = row_at([r for r in py["rows"] if r["engine"] == "quantserve"], "int8-weight-only", 1)
+        target("pythia-1.4b: int8-weight-only batch-1 decode >= 60% of the bandwidth limit (copy bandwidth measured "
+               "in this call)", row.get("fraction_of_limit") if row else None, 0.6)
     g2 = doc["models"].get("gpt2-small")
+    if g2:
+        q = [r for r in g2["rows"] if r["engine"] == "quantserve"]
+        target("gpt2-small: int8-weight-only batch-1 decode >= 3,000 tok/s", decode_at(q, "int8-weight-only", 1), 3000)
+        for prec in precisions:
+            target(f"gpt2-small: batch-64 decode ({prec}) >= 30,000 tok/s", decode_at(q, prec, 64), 30000)
+        row = row_at(q, "int8-weight-only", 1)
+        if row:
+            target("gpt2-small: load + quantize (int8-weight-only) <= 1 s", row.get("load_seconds"), 1.0, at_most=True)
+            bound = row["weight_bytes"] + g2["model"]["largest_tensor_bytes"]
+            target("gpt2-small: peak device memory during load <= final model + its largest tensor",
+                   row.get("load_peak_memory_bytes"), bound, at_most=True)
     if g2:
         q = [r for r in g2["rows"] if r["engine"] == "quantserve"]
         hf = decode_at([r for r in g2["rows"] if r["engine"] == "transformers-eager"], "fp16", 1)
@@ -327,7 +385,8 @@ def main():
                   f"{r['time_to_first_token_ms']:>8.1f} {r['inter_token_latency_ms']:>7.2f} "
                   f"{r['peak_memory_bytes'] / 2**20:>9.0f} {'' if frac is None else f'{frac:.0%}':>6}")
     for t in targets:
-        print(f"target: {t['target']}: ratio {t['ratio'] if t['ratio'] is None else round(t['ratio'], 2)} -> "
+        v = t.get("ratio", t.get("value"))
+        print(f"target: {t['target']}: {v if v is None else round(v, 3)} (required {t['required']}) -> "
               f"{'MET' if t['met'] else 'NOT MET'}")
     return 0
 
