@@ -36,7 +36,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Shapes of the two models the issue names. Pythia-1.4B: GPT-NeoX, 24 layers of 2048, 16 heads, rotary 25%.
 MODELS = {
     "gpt2-small": dict(arch="gpt2", tokenizer="gpt2",
-                       config=dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257)),
+                       # bos/eos inside the fixture tokenizer's 1000 tokens (GPT-2's 50256 is past them: the load refuses)
+                       config=dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257,
+                                   bos_token_id=0, eos_token_id=0)),
+    # Pythia-410m: 24 layers of 1024, 16 heads (the logits check's second shape).
+    "pythia-410m": dict(arch="gpt_neox", tokenizer="gpt_neox",
+                        config=dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                    intermediate_size=4096, vocab_size=50304, max_position_embeddings=2048,
+                                    use_parallel_residual=True, hidden_act="gelu", layer_norm_eps=1e-5,
+                                    tie_word_embeddings=False)),
     "pythia-1.4b": dict(arch="gpt_neox", tokenizer="gpt_neox",
                         config=dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=16,
                                     intermediate_size=8192, vocab_size=50304, max_position_embeddings=2048,
@@ -122,7 +130,7 @@ def copy_bandwidth(torch, gib=2, repeats=10):
     return 2 * n / times[len(times) // 2]
 
 
-def make_model(name, directory, torch, transformers, seed=0):
+def make_model(name, directory, torch, transformers, seed=0, device="cuda"):
     spec = MODELS[name]
     torch.manual_seed(seed)
     if spec["arch"] == "gpt2":
@@ -131,7 +139,7 @@ def make_model(name, directory, torch, transformers, seed=0):
     else:
         cfg = transformers.GPTNeoXConfig(**spec["config"])
         cls = transformers.GPTNeoXForCausalLM
-    with torch.device("cuda"):   # random init on the GPU: seconds instead of a minute for 1.4B
+    with torch.device(device):   # random init on the GPU: seconds instead of a minute for 1.4B
         model = cls(cfg)
     model = model.half().eval()
     model.save_pretrained(directory, safe_serialization=True)

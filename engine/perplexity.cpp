@@ -153,6 +153,7 @@ PerplexityResult compute_perplexity(Model& model, const std::vector<int32_t>& id
             trace->top1_agree += trace->top1.back() == ref->top1[i] ? 1 : 0;
             ++trace->compared;
           }
+          if (trace->keep_logits) trace->logits.insert(trace->logits.end(), row, row + V);
           if (trace->keep_logprobs) {
             std::vector<float> lp(row, row + V);
             for (auto& x : lp) x = float(double(x) - lse);

@@ -58,6 +58,10 @@ struct PerplexityTrace {
   std::vector<double> nll;                   // per scored position, nats
   std::vector<std::vector<float>> logprobs;  // per scored position (V), only when keep_logprobs
   bool keep_logprobs = false;
+  // The raw logits each scored position was predicted from, [scored positions, V] row after row, only when
+  // keep_logits (`perplexity --save-logits`: another engine's logits on the same ids are compared with these).
+  std::vector<float> logits;
+  bool keep_logits = false;
   // When set (a trace of the same ids and windows with keep_logprobs, e.g. from fp32), each scored position is
   // compared with it on the fly: top-1 agreement and KL(reference || this model), in nats.
   const PerplexityTrace* reference = nullptr;

@@ -13,7 +13,8 @@
 #                                              env + nvidia-smi, the prebuilt binaries (built there only if they cannot
 #                                              start), every gpu test with its own timeout (the int8 path report
 #                                              among them), compute-sanitizer memcheck on the attention, CUDA-graph
-#                                              and int8 GEMM tests, the benchmark; whatever it has when a step fails,
+#                                              and int8 GEMM tests, logits against transformers at GPT-2-small and
+#                                              Pythia-410m shapes, the benchmark; whatever it has when a step fails,
 #                                              hangs or runs out of time stays in $OUT (at most 8 files)
 #     run(command="OUT=$OUT QS_COMMIT=<sha> bash scripts/gpu_verify.sh all", carry=["gpu-bundle"], timeout_s=480)
 #
@@ -289,6 +290,8 @@ one_test() {
 # The plan's clock: seconds left of QS_BUDGET_S since `all` began.
 left() { echo $(( ${QS_BUDGET_S:-420} - (SECONDS - ALL_T0) )); }
 note() { echo "$*" | tee -a "$OUT/summary.txt" >&2; }
+# QS_SKIP=tests,logits,sanitize,bench (any of them): a rerun that spends the budget on what is left to do.
+skip() { [[ ",${QS_SKIP:-}," == *",$1,"* ]]; }
 
 all() {
   ALL_T0=$SECONDS
@@ -319,41 +322,57 @@ all() {
   note "binaries: $qs, $tests ($(left) s left)"
 
   # Every test its own process and timeout, four at a time (one GPU has room for them).
-  local list=$OUT/.tests
-  "$tests" --gtest_list_tests | awk '/^[^ ]/ {suite = $1} /^  / {print suite $1}' > "$list"
-  mkdir -p "$OUT/.t"
-  PER_TEST_S=$(( $(left) < 240 ? 60 : 120 ))
-  export tests PER_TEST_S QS_INT8_PATHS_JSON=$OUT/int8_paths.json   # CudaInt8Paths writes its report there
-  export -f one_test
-  xargs -P 4 -I{} bash -c 'one_test "$1"' _ {} < "$list" > "$OUT/.results"
-  {
-    sort -k2 "$OUT/.results"
-    for f in "$OUT"/.t/*.log; do
-      grep -q "PASSED  \] 1 test\|SKIPPED \] 1 test" "$f" && ! grep -q "\[int8 path\]" "$f" && continue
-      echo "===== $(basename "$f" .log)"; cat "$f"
-    done
-  } > "$OUT/tests.log"
-  local pass fail skip
-  pass=$(grep -c '^PASS' "$OUT/.results"); skip=$(grep -c '^SKIP' "$OUT/.results")
-  fail=$(grep -vc '^PASS\|^SKIP' "$OUT/.results")
-  note "tests: $pass passed, $skip skipped, $fail failed or timed out ($(left) s left)"
-  rm -rf "$OUT/.t" "$OUT/.tests" "$OUT/.results"
+  local list=$OUT/.tests fail=0
+  if skip tests; then note "tests: skipped (QS_SKIP)"; else
+    "$tests" --gtest_list_tests | awk '/^[^ ]/ {suite = $1} /^  / {print suite $1}' > "$list"
+    mkdir -p "$OUT/.t"
+    PER_TEST_S=$(( $(left) < 240 ? 60 : 120 ))
+    export tests PER_TEST_S QS_INT8_PATHS_JSON=$OUT/int8_paths.json   # CudaInt8Paths writes its report there
+    export -f one_test
+    xargs -P 4 -I{} bash -c 'one_test "$1"' _ {} < "$list" > "$OUT/.results"
+    {
+      sort -k2 "$OUT/.results"
+      for f in "$OUT"/.t/*.log; do
+        grep -q "PASSED  \] 1 test\|SKIPPED \] 1 test" "$f" && ! grep -q "\[int8 path\]" "$f" && continue
+        echo "===== $(basename "$f" .log)"; cat "$f"
+      done
+    } > "$OUT/tests.log"
+    local pass skipped
+    pass=$(grep -c '^PASS' "$OUT/.results"); skipped=$(grep -c '^SKIP' "$OUT/.results")
+    fail=$(grep -vc '^PASS\|^SKIP' "$OUT/.results")
+    note "tests: $pass passed, $skipped skipped, $fail failed or timed out ($(left) s left)"
+    rm -rf "$OUT/.t" "$OUT/.tests" "$OUT/.results"
+  fi
 
-  # compute-sanitizer memcheck: attention, CUDA graphs, int8 GEMMs (not on gVisor, where it cannot attach).
-  if [ -n "${QS_GPU_DRY:-}" ] || ! command -v compute-sanitizer > /dev/null; then
-    note "sanitize: skipped (no compute-sanitizer here)"
+  # quantserve's logits against transformers' fp32 on GPT-2-small and Pythia-410m shapes, every precision.
+  if [ -n "${QS_GPU_DRY:-}" ] || skip logits; then
+    note "logits: skipped (dry run or QS_SKIP)"
+  elif [ "$(left)" -gt 200 ]; then
+    timeout 150 env PYTHONUNBUFFERED=1 python3 "$ROOT/bench/logits_vs_transformers.py" --quantserve "$qs" \
+      --device cuda --out "$OUT/logits.json" 2>&1 | grep -v "it/s" | tee -a "$OUT/summary.txt" >&2
+    note "logits: rc=${PIPESTATUS[0]} ($(left) s left)"
+  else
+    note "logits: skipped ($(left) s left)"
+  fi
+
+  # compute-sanitizer memcheck: attention, CUDA graphs, int8 GEMMs (not on gVisor, where it cannot attach); its
+  # log goes to the end of tests.log (8 files at most come back).
+  if [ -n "${QS_GPU_DRY:-}" ] || skip sanitize || ! command -v compute-sanitizer > /dev/null; then
+    note "sanitize: skipped (dry run, QS_SKIP or no compute-sanitizer here)"
   elif [ "$(left)" -gt 150 ]; then
     timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 "$tests" \
       --gtest_filter='*Attention*:*Int8*:*Linear*:*DecodeStepsWithGraphs*/gpt2:*DecodeStepsWithGraphs*/llama' \
-      > "$OUT/sanitize.log" 2>&1
-    note "sanitize: rc=$? ($(tail -1 "$OUT/sanitize.log" | cut -c1-120)) ($(left) s left)"
+      > "$OUT/.sanitize" 2>&1
+    note "sanitize: rc=$? ($(tail -1 "$OUT/.sanitize" | cut -c1-120)) ($(left) s left)"
+    { echo "===== compute-sanitizer memcheck"; cat "$OUT/.sanitize"; } >> "$OUT/tests.log"
+    rm -f "$OUT/.sanitize"
   else
     note "sanitize: skipped ($(left) s left)"
   fi
 
   # The benchmark: whatever time is left, less a margin for the summary.
-  if [ -n "${QS_GPU_DRY:-}" ]; then
-    note "bench: skipped (dry run)"
+  if [ -n "${QS_GPU_DRY:-}" ] || skip bench; then
+    note "bench: skipped (dry run or QS_SKIP)"
   elif [ "$(left)" -gt 90 ]; then
     timeout $(( $(left) - 20 )) env PYTHONUNBUFFERED=1 python3 "$ROOT/bench/gpu_bench.py" --quantserve "$qs" \
       --models gpt2-small,pythia-1.4b > "$OUT/bench.log" 2>&1

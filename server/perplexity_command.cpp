@@ -24,6 +24,7 @@ void add_perplexity_command(CLI::App& app) {
     std::string ids_file;
     std::string save_ids;
     std::string save_nll;
+    std::string save_logits;
     std::string compare_to;
     std::string method = "sliding-window";
     std::string kv_cache_dtype = "fp32";
@@ -40,6 +41,9 @@ void add_perplexity_command(CLI::App& app) {
   cmd->add_option("--save-nll", args->save_nll,
                   "Write each scored position's negative log-likelihood (nats, in scoring order) as a JSON array to "
                   "this file, to pair runs position by position");
+  cmd->add_option("--save-logits", args->save_logits,
+                  "Write each scored position's logits (the row it was predicted from) to this file: raw float32, "
+                  "little-endian, one row of vocab_size per scored position, in --save-nll's order");
   cmd->add_option("--compare-to", args->compare_to,
                   "Also load the model in this precision (e.g. fp32) and report top-1 agreement and mean "
                   "KL(reference || this precision) over the scored positions");
@@ -137,10 +141,16 @@ void add_perplexity_command(CLI::App& app) {
     const auto [context, stride] = windows(model);
     PerplexityTrace trace;
     trace.reference = args->compare_to.empty() ? nullptr : &reference;
+    trace.keep_logits = !args->save_logits.empty();
     PerplexityOptions opts = options(loaded.engine->tokenizer());
     opts.kv_cache_dtype = *kv_cache_dtype;
     const PerplexityResult r = compute_perplexity(model, ids, context, stride, &trace, opts);
     if (!args->save_nll.empty()) write_json(args->save_nll, nlohmann::json(trace.nll));
+    if (!args->save_logits.empty()) {
+      std::ofstream f(args->save_logits, std::ios::binary);
+      f.write(reinterpret_cast<const char*>(trace.logits.data()), std::streamsize(trace.logits.size() * sizeof(float)));
+      QS_CHECK(f.good(), ErrorCode::kInvalidArgument, "cannot write the logits to '", args->save_logits, "'");
+    }
     const double agreement = trace.compared ? double(trace.top1_agree) / double(trace.compared) : 0.0;
     const double mean_kl = trace.compared ? trace.kl_sum / double(trace.compared) : 0.0;
     const NllDelta delta = paired_nll_delta(trace);

@@ -196,5 +196,35 @@ TEST(PerplexityStandardError, MatchesThePerTokenNlls) {
   EXPECT_NEAR(d.perplexity_percent, 100.0 * (changed.perplexity / r.perplexity - 1.0), 1e-6);
 }
 
+// keep_logits (perplexity --save-logits) keeps, for every scored position, the very row it was scored from:
+// its argmax is the trace's top-1 and its log-sum-exp less the next token's logit is the trace's NLL.
+TEST(PerplexityTrace, KeptLogitsAreTheRowsEachPositionWasScoredFrom) {
+  LoadedEngine loaded = load_llama_fixture();
+  auto& model = const_cast<Model&>(loaded.engine->model());
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 40; ++i) ids.push_back(int32_t((37 * i + 11) % 900 + 20));
+  PerplexityTrace trace;
+  trace.keep_logits = true;
+  const PerplexityResult r = compute_perplexity(model, ids, 16, 8, &trace);
+  const int64_t V = model.config().vocab_size;
+  ASSERT_EQ(int64_t(trace.logits.size()), r.predicted_tokens * V);
+  // The scored positions in order: the first window's from 1 on, each later one's new tokens.
+  std::vector<int64_t> scored;
+  for (const PerplexityWindow& w : perplexity_windows(int64_t(ids.size()), 16, 8, PerplexityMethod::kSlidingWindow))
+    for (int64_t p = w.first_scored; p < w.start + w.length; ++p) scored.push_back(p);
+  ASSERT_EQ(int64_t(scored.size()), r.predicted_tokens);
+  for (int64_t i = 0; i < r.predicted_tokens; ++i) {
+    const float* row = trace.logits.data() + i * V;
+    EXPECT_EQ(int32_t(std::max_element(row, row + V) - row), trace.top1[size_t(i)]) << i;
+    double z = 0;
+    const float m = *std::max_element(row, row + V);
+    for (int64_t v = 0; v < V; ++v) z += std::exp(double(row[v] - m));
+    EXPECT_NEAR(double(m) + std::log(z) - double(row[ids[size_t(scored[size_t(i)])]]), trace.nll[size_t(i)], 1e-9) << i;
+  }
+  PerplexityTrace without;
+  compute_perplexity(model, ids, 16, 8, &without);
+  EXPECT_TRUE(without.logits.empty());
+}
+
 }  // namespace
 }  // namespace qs
