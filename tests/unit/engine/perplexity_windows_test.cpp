@@ -111,14 +111,20 @@ LoadedEngine load_llama_fixture() {
   return load_engine(o);
 }
 
+// n token ids of the fixture's vocabulary that no run of them repeats soon: the tests' text.
+std::vector<int32_t> text_ids(int n) {
+  std::vector<int32_t> ids;
+  for (int i = 0; i < n; ++i) ids.push_back(int32_t((37 * i + 11) % 900 + 20));
+  return ids;
+}
+
 // On the Llama fixture: two chunks and a remainder score as the two chunks scored alone, each with its first
 // token replaced (llama.cpp's BOS), and text without a whole chunk is refused.
 TEST(PerplexityLlamaCpp, ChunksScoreAloneWithTheirFirstTokenReplaced) {
   LoadedEngine loaded = load_llama_fixture();
   auto& model = const_cast<Model&>(loaded.engine->model());
   const int64_t ctx = 16;
-  std::vector<int32_t> ids;
-  for (int i = 0; i < 2 * ctx + 5; ++i) ids.push_back(int32_t((37 * i + 11) % 900 + 20));
+  const std::vector<int32_t> ids = text_ids(2 * ctx + 5);
   PerplexityOptions opts;
   opts.method = kLlamaCpp;
   opts.chunk_first_token = 1;
@@ -152,8 +158,7 @@ TEST(PerplexityLlamaCpp, ChunksScoreAloneWithTheirFirstTokenReplaced) {
 TEST(PerplexityStandardError, MatchesThePerTokenNlls) {
   LoadedEngine loaded = load_llama_fixture();
   auto& model = const_cast<Model&>(loaded.engine->model());
-  std::vector<int32_t> ids;
-  for (int i = 0; i < 70; ++i) ids.push_back(int32_t((37 * i + 11) % 900 + 20));
+  const std::vector<int32_t> ids = text_ids(70);
   PerplexityOptions opts;
   opts.method = kLlamaCpp;
   PerplexityTrace reference;
@@ -201,8 +206,7 @@ TEST(PerplexityStandardError, MatchesThePerTokenNlls) {
 TEST(PerplexityTrace, KeptLogitsAreTheRowsEachPositionWasScoredFrom) {
   LoadedEngine loaded = load_llama_fixture();
   auto& model = const_cast<Model&>(loaded.engine->model());
-  std::vector<int32_t> ids;
-  for (int i = 0; i < 40; ++i) ids.push_back(int32_t((37 * i + 11) % 900 + 20));
+  const std::vector<int32_t> ids = text_ids(40);
   PerplexityTrace trace;
   trace.keep_logits = true;
   const PerplexityResult r = compute_perplexity(model, ids, 16, 8, &trace);
