@@ -5,7 +5,9 @@
 # The one-call plan (issue 10: 15 minutes of GPU time in all, one command of at most 10):
 #   scripts/gpu_verify.sh bundle               HERE: build quantserve and qs_cuda_tests for sm_90 (QUANTSERVE_MINIMAL,
 #                                              build-gpu-bundle/) and copy them with the non-system libraries they
-#                                              need into gpu-bundle/ (git-ignored; the device call carries it)
+#                                              need into gpu-bundle/bundle.tar.xz, and the build dependencies
+#                                              (pack) into gpu-bundle/deps.tgz for a fallback build there
+#                                              (git-ignored; the device call carries the folder)
 #   scripts/gpu_verify.sh check                HERE: the dry run: the bundle is complete, current and starts, what
 #                                              travels is under 64 MiB, and `all` runs end to end here (its GPU tests
 #                                              skip) leaving at most 8 files
@@ -42,7 +44,7 @@ ROOT=$PWD
 OUT=${OUT:-$ROOT/gpu-out}
 mkdir -p "$OUT"
 BUILD=$ROOT/build-gpu
-DEPS_TGZ=$ROOT/.gpu-deps.tgz
+DEPS_TGZ=${QS_DEPS_TGZ:-$ROOT/.gpu-deps.tgz}   # `all` uses the bundle's copy, gpu-bundle/deps.tgz
 DEPS=/tmp/qs-deps
 JOBS=$(nproc 2>/dev/null || echo 8)
 
@@ -232,6 +234,8 @@ bundle() {
   cp "$BUNDLE/COMMIT" "$stage/"
   # xz: oneDNN alone is 38 MB, 62 of the 64 MiB that may travel; packed, the bundle is about 9 MB.
   tar -C "$stage" -cf - bin lib COMMIT | xz -T"$JOBS" -6 > "$BUNDLE/bundle.tar.xz"
+  # The build dependencies too (pack), for the fallback build there when the prebuilt binaries cannot start.
+  QS_DEPS_TGZ=$BUNDLE/deps.tgz bash "$ROOT/scripts/gpu_verify.sh" pack || exit 1
   say "wrote $BUNDLE/bundle.tar.xz ($(du -h "$BUNDLE/bundle.tar.xz" | cut -f1); $(du -sh "$stage" | cut -f1) unpacked): $(ls "$stage/lib" | tr '\n' ' ')"
 }
 
@@ -249,7 +253,8 @@ travel_bytes() {
 
 check() {
   local fail=0 head bytes missing dry files
-  [ -s "$BUNDLE/bundle.tar.xz" ] || { say "check: no bundle: run scripts/gpu_verify.sh bundle"; return 1; }
+  [ -s "$BUNDLE/bundle.tar.xz" ] && [ -s "$BUNDLE/deps.tgz" ] ||
+    { say "check: no bundle: run scripts/gpu_verify.sh bundle"; return 1; }
   head=$(git -C "$ROOT" rev-parse HEAD)
   if [ "$(head -1 "$BUNDLE/COMMIT")" != "$head" ] || grep -q dirty "$BUNDLE/COMMIT"; then
     say "check: the bundle is of $(tr '\n' ' ' < "$BUNDLE/COMMIT"), HEAD is $head: run bundle again"; fail=1
@@ -297,6 +302,7 @@ all() {
   ALL_T0=$SECONDS
   export OUT
   : > "$OUT/summary.txt"
+  [ -s "$BUNDLE/deps.tgz" ] && export QS_DEPS_TGZ=$BUNDLE/deps.tgz && DEPS_TGZ=$QS_DEPS_TGZ   # for a fallback build
   setup_env
   STAGE=/nonexistent
   [ -s "$BUNDLE/bundle.tar.xz" ] && unpack /tmp/qs-gpu-bundle
