@@ -349,9 +349,9 @@ def main():
                         "int8_weight_only_tokens_per_second": wo, "fp16_tokens_per_second": fp,
                         "ratio": wo / fp if wo and fp else None, "required": 1.5,
                         "met": bool(wo and fp and wo / fp >= 1.5)})
-    def target(text, value, required, at_most=False, **figures):
+    def target(text, value, required, at_most=False):
         met = value is not None and (value <= required if at_most else value >= required)
-        targets.append({"target": text, "value": value, "required": required, "met": bool(met), **figures})
+        targets.append({"target": text, "value": value, "required": required, "met": bool(met)})
 
     if py:
         row = row_at([r for r in py["rows"] if r["engine"] == "quantserve"], "int8-weight-only", 1)

@@ -49,11 +49,6 @@ inline float load1(const void* w, int64_t i) {
   }
 }
 
-// How far ahead of its reads a thread asks for the weights (rows follow each other, so ahead is further along the
-// same stream), as for the block GEMVs (gemv_blocks.h: 45% -> 80-88% of the read loop there). Here: 51% -> 73-79%
-// (qs_gemv_bench --precision int8-weight-only --group-size 0 --quantize-head, the same Intel Xeon).
-constexpr int64_t kPrefetchBytes = 4096;
-
 inline size_t element_bytes(WeightType t) {
   return (t == WeightType::kI8 || t == WeightType::kU8) ? 1 : 2;
 }
@@ -75,7 +70,7 @@ void gemv_rows(float* out, const float* x, const void* w, const float* row_scale
     __m512 acc[kRows];
     for (int t = 0; t < kRows; ++t) acc[t] = _mm512_setzero_ps();
     for (int64_t k = 0; k < k16; k += 16) {
-      _mm_prefetch(static_cast<const char*>(wn) + k * int64_t(element_bytes(kType)) + kPrefetchBytes, _MM_HINT_T0);
+      _mm_prefetch(static_cast<const char*>(wn) + k * int64_t(element_bytes(kType)) + kWeightPrefetchBytes, _MM_HINT_T0);
       const __m512 wv = load16<kType>(wn, k);
       for (int t = 0; t < kRows; ++t) acc[t] = _mm512_fmadd_ps(_mm512_loadu_ps(x + t * K + k), wv, acc[t]);
     }

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/cpu/gemv.h"
 #include "kernels/gguf_blocks.h"
 
 namespace qs::cpu {
@@ -36,19 +37,12 @@ struct Q4_1Split {
 };
 // The three arrays of a split Q4_1 weight of n_blocks blocks that starts at w.
 Q4_1Split q4_1_split(const void* w, int64_t n_blocks);
-
-// Where block i's quantized bytes are, and how far ahead of them the block GEMVs prefetch (a row's blocks follow
-// the last row's, so ahead is further along the same stream). Without the hint the AVX-512 GEMV is latency-bound:
-// on a 2-vCPU Intel Xeon (2026-12-04, qs_gemv_bench --precision int8-weight-only --group-size 32 --quantize-head,
-// 143 MB of Q8_0 blocks) it read at 45% of the plain read loop; 1 KiB ahead 74-77%, 2 KiB 82-89%, 4 KiB 87-88%.
-// Four rows at a time sharing the activation loads (more independent chains) did not help: 50% without the hint,
-// 71-81% with it. The AVX2 GEMV takes the same distance (not measured on an AVX2-only machine).
+// GGUF Q4_1 blocks into the split layout (dst holds n_blocks x 20 bytes); values unchanged.
+void split_q4_1(uint8_t* dst, const BlockQ4_1* src, int64_t n_blocks);
+// Where block i's quantized bytes are: what the block GEMVs prefetch kWeightPrefetchBytes (gemv.h) ahead of.
 inline const void* block_address(const Q4_1Split& w, int64_t i) { return w.qs + i * 16; }
 inline const void* block_address(const BlockU8Min* w, int64_t i) { return w + i; }
 inline const void* block_address(const BlockQ8_0* w, int64_t i) { return w + i; }
-constexpr int64_t kBlockPrefetchBytes = 4096;
-// GGUF Q4_1 blocks into the split layout (dst holds n_blocks x 20 bytes); values unchanged.
-void split_q4_1(uint8_t* dst, const BlockQ4_1* src, int64_t n_blocks);
 
 // Round to nearest into Q4_1 (ggml's quantize_row_q4_1_ref): per block of 32, m = min, d = (max - min) / 15,
 // both stored fp16, q = round((x - m) / d) clamped to [0, 15]. n a multiple of 32.

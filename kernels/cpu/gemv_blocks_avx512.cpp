@@ -50,7 +50,7 @@ void gemv_rows(float* out, const float* x, Source w, const float* xsum, int64_t 
     for (int64_t b = 0; b < nb; ++b) {
       __m512 lo, hi;
       float d, m;
-      _mm_prefetch(reinterpret_cast<const char*>(block_address(w, n * nb + b)) + kBlockPrefetchBytes, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(block_address(w, n * nb + b)) + kWeightPrefetchBytes, _MM_HINT_T0);
       load_block(w, n * nb + b, lo, hi, d, m);
       const __m512 dv = _mm512_set1_ps(d);
       for (int t = 0; t < kRows; ++t) {

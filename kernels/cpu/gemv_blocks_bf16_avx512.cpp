@@ -38,10 +38,6 @@ bool gemv_bf16_available() {
 namespace {
 
 constexpr int kSplits = 3;   // bf16 parts an activation is split into: three hold an fp32 exactly
-// How far ahead of its reads each thread asks for its nibbles (the scales: an eighth of it). This kernel is fast
-// enough that DRAM latency, not arithmetic, bounds it: without the hint, the hardware prefetcher alone left it at
-// 40-60% of the read loop on the EPYC (qs_gemv_bench); 2, 4 and 8 KiB measured alike, within the machine's noise.
-constexpr int64_t kPrefetchBytes = 4096;
 // Rows of w that share one load of the activations: 4 streamed at 18-26 GB/s on the EPYC's four linear shapes,
 // 2 at 17-21 (2 threads, 64 MB of weights a shape, best of 30).
 constexpr int kRowsAtOnce = 4;
@@ -92,7 +88,7 @@ inline void pair_bf16(__m512 acc[kRows], const __m512 d_pair[kRows], const uint1
 #pragma GCC unroll 4
   for (int r = 0; r < kRows; ++r) {
     const uint8_t* q = w.qs + ((n0 + r) * nb + b) * 16;
-    _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchBytes), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(q + kWeightPrefetchBytes), _MM_HINT_T0);
     const __m256i bytes = kLone ? _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)))
                                 : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
     const __m512i v = _mm512_cvtepu8_epi16(bytes);   // lo | hi << 4 in each word
@@ -121,8 +117,9 @@ void rows_bf16(float* out, const uint16_t* xs, const float* xsum, const Q4_1Spli
     __m512 d[kRows];
     for (int r = 0; r < kRows; ++r) {
       const int64_t i = (n0 + r) * nb + c;
-      _mm_prefetch(reinterpret_cast<const char*>(w.d + i) + kPrefetchBytes / 8, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(w.m + i) + kPrefetchBytes / 8, _MM_HINT_T0);
+      // The scales as far ahead in blocks as the nibbles: 2 bytes a block against 16.
+      _mm_prefetch(reinterpret_cast<const char*>(w.d + i) + kWeightPrefetchBytes / 8, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(w.m + i) + kWeightPrefetchBytes / 8, _MM_HINT_T0);
       d[r] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w.d + i));
       macc[r] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w.m + i)), sums, macc[r]);
     }
