@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
 """int4-weight-only against the int8 modes on the default model (issue 13): batch-1 decode tokens/s with the
 precisions alternated round by round in one run (so machine load hits them alike; the load average is kept per
-run), int4-weight-only also with its fp32 batch-1 kernel (QUANTSERVE_CPU_BF16=0: what the AVX-512 BF16 kernel
-gains; the same kernel twice on a CPU without BF16), weight bytes, and GPL-3 perplexity of int4-weight-only against fp32 (`--perplexity`, or a saved
+run), weight bytes, and GPL-3 perplexity of int4-weight-only against fp32 (`--perplexity`, or a saved
 `quantserve perplexity --precision int4-weight-only --compare-to fp32 --json` output via --perplexity-json).
 Writes bench/results/int4_weight_only.json.
 
@@ -26,7 +25,6 @@ TEXT = "/usr/share/common-licenses/GPL-3"
 # "int8 (default)" is today's default int8: W8A8 by groups of 32 with the embedding table and LM head quantized too.
 PER_ROW = ["--group-size", "0"]
 VARIANTS = [("int4-weight-only", "int4-weight-only", {}, PER_ROW),
-            ("int4-weight-only, fp32 kernel", "int4-weight-only", {"QUANTSERVE_CPU_BF16": "0"}, PER_ROW),
             ("int8-weight-only", "int8-weight-only", {}, PER_ROW), ("int8", "int8", {}, PER_ROW),
             ("int8 (default)", "int8", {}, [])]
 
@@ -78,10 +76,9 @@ def main():
         summary[name] = {"decode_tokens_per_second_median": statistics.median(v), "min": min(v), "max": max(v),
                          "weight_bytes": next(r["weight_bytes"] for r in runs if r["variant"] == name)}
     int4 = per_round("int4-weight-only")
-    for peer in ("int4-weight-only, fp32 kernel", "int8-weight-only", "int8", "int8 (default)"):
+    for peer in ("int8-weight-only", "int8", "int8 (default)"):
         ratios = [a / b for a, b in zip(int4, per_round(peer))]   # paired: the same round, back to back
-        key = ("int4_over_int4_fp32_kernel" if peer.endswith("fp32 kernel") else
-               "int4_over_int8_default" if peer == "int8 (default)" else f"int4_over_{peer}")
+        key = "int4_over_int8_default" if peer == "int8 (default)" else f"int4_over_{peer}"
         summary[key] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
                                         "per_round": ratios}
 

@@ -560,7 +560,7 @@ class CpuBackend final : public Backend {
       lin.block_type = cpu::BlockType::kQ8_0;
       const auto* src = static_cast<const uint8_t*>(weight.data);
       lin.w_blocks.assign(src, src + size_t(n_blocks) * sizeof(BlockQ8_0));
-    } else {   // Q4_1 blocks, kept split (gemv_blocks.h: Q4_1Split), from the file's or from rounding
+    } else {   // Q4_1 blocks in tiles (gemv_blocks.h), from the file's or from rounding
       lin.block_type = cpu::BlockType::kQ4_1;
       std::vector<BlockQ4_1> blocks;
       const auto* src = static_cast<const BlockQ4_1*>(weight.data);
@@ -573,7 +573,7 @@ class CpuBackend final : public Backend {
         src = blocks.data();
       }
       lin.w_blocks.resize(size_t(n_blocks) * sizeof(BlockQ4_1));
-      cpu::split_q4_1(lin.w_blocks.data(), src, n_blocks);
+      cpu::tile_q4_1(lin.w_blocks.data(), src, N, K);
     }
     lin.weight_bytes = lin.w_blocks.size();
   }

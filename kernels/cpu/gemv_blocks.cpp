@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "kernels/cpu/gemv.h"
 #include "kernels/dtype.h"
@@ -41,20 +42,56 @@ void convert_q4_0_to_q8_0(BlockQ8_0* dst, const BlockQ4_0* src, int64_t n_blocks
   }
 }
 
-Q4_1Split q4_1_split(const void* w, int64_t n_blocks) {
-  const auto* base = static_cast<const uint8_t*>(w);
-  const auto* d = reinterpret_cast<const uint16_t*>(base + n_blocks * 16);
-  return {base, d, d + n_blocks};
+namespace {
+
+// Byte i of word r holds elements 8r + i (low nibble) and 8r + 4 + i (high); GGUF's byte j holds elements j (low)
+// and j + 16 (high).
+int gguf_element(const BlockQ4_1& blk, int j) { return j < 16 ? blk.qs[j] & 0x0f : blk.qs[j - 16] >> 4; }
+void set_gguf_element(BlockQ4_1& blk, int j, int q) {
+  uint8_t& byte = blk.qs[j % 16];
+  byte = j < 16 ? uint8_t((byte & 0xf0) | q) : uint8_t((byte & 0x0f) | (q << 4));
 }
 
-void split_q4_1(uint8_t* dst, const BlockQ4_1* src, int64_t n_blocks) {
-  auto* d = reinterpret_cast<uint16_t*>(dst + n_blocks * 16);
-  uint16_t* m = d + n_blocks;
-  for (int64_t b = 0; b < n_blocks; ++b) {
-    std::copy(src[b].qs, src[b].qs + 16, dst + b * 16);
-    d[b] = src[b].d;
-    m[b] = src[b].m;
+}  // namespace
+
+void tile_q4_1(uint8_t* dst, const BlockQ4_1* src, int64_t N, int64_t K) {
+  const int64_t nb = K / kGgufBlock32;
+  for (int64_t g = 0; g * kQ4_1TileRows < N; ++g) {
+    const int64_t rows = q4_1_tile_rows(g, N);
+    uint8_t* group = dst + (q4_1_tile_group(dst, g, K) - dst);
+    for (int64_t b = 0; b < nb; ++b) {
+      uint8_t* tile = group + b * rows * int64_t(sizeof(BlockQ4_1));
+      auto* d = reinterpret_cast<uint16_t*>(tile + 16 * rows);
+      uint16_t* m = d + rows;
+      for (int64_t k = 0; k < rows; ++k) {
+        const BlockQ4_1& blk = src[(g * kQ4_1TileRows + k) * nb + b];
+        for (int r = 0; r < 4; ++r) {
+          for (int i = 0; i < 4; ++i) {
+            tile[4 * (r * rows + k) + i] =
+                uint8_t(gguf_element(blk, 8 * r + i) | (gguf_element(blk, 8 * r + 4 + i) << 4));
+          }
+        }
+        d[k] = blk.d;
+        m[k] = blk.m;
+      }
+    }
   }
+}
+
+BlockQ4_1 q4_1_tile_block(const void* w, int64_t n, int64_t b, int64_t N, int64_t K) {
+  const int64_t g = n / kQ4_1TileRows, k = n % kQ4_1TileRows, rows = q4_1_tile_rows(g, N);
+  const uint8_t* tile = q4_1_tile_group(w, g, K) + b * rows * int64_t(sizeof(BlockQ4_1));
+  BlockQ4_1 blk{};
+  std::memcpy(&blk.d, tile + 16 * rows + 2 * k, 2);
+  std::memcpy(&blk.m, tile + 18 * rows + 2 * k, 2);
+  for (int r = 0; r < 4; ++r) {
+    for (int i = 0; i < 4; ++i) {
+      const uint8_t byte = tile[4 * (r * rows + k) + i];
+      set_gguf_element(blk, 8 * r + i, byte & 0x0f);
+      set_gguf_element(blk, 8 * r + 4 + i, byte >> 4);
+    }
+  }
+  return blk;
 }
 
 void quantize_q4_1(BlockQ4_1* dst, const float* src, int64_t n) {
@@ -108,15 +145,10 @@ bool convert_q4_0_to_q4_1(BlockQ4_1* dst, const BlockQ4_0* src, int64_t n_blocks
 void dequantize_block_row(float* dst, const void* w, BlockType type, int64_t n, int64_t N, int64_t K) {
   const int64_t nb = K / kGgufBlock32;
   if (type == BlockType::kQ4_1) {
-    const Q4_1Split q = q4_1_split(w, N * nb);
-    for (int64_t b = n * nb; b < (n + 1) * nb; ++b) {
-      const float d = f16_to_f32(q.d[b]), m = f16_to_f32(q.m[b]);
-      const uint8_t* qs = q.qs + b * 16;
-      float* out = dst + (b - n * nb) * 32;
-      for (int j = 0; j < 16; ++j) {
-        out[j] = d * float(qs[j] & 0x0f) + m;
-        out[j + 16] = d * float(qs[j] >> 4) + m;
-      }
+    for (int64_t b = 0; b < nb; ++b) {
+      const BlockQ4_1 blk = q4_1_tile_block(w, n, b, N, K);
+      const float d = f16_to_f32(blk.d), m = f16_to_f32(blk.m);
+      for (int j = 0; j < 32; ++j) dst[b * 32 + j] = d * float(gguf_element(blk, j)) + m;
     }
   } else if (type == BlockType::kU8Min) {
     const BlockU8Min* row = static_cast<const BlockU8Min*>(w) + n * nb;
@@ -136,7 +168,6 @@ void dequantize_block_row(float* dst, const void* w, BlockType type, int64_t n, 
 void gemv_blocks_reference(float* out, const float* x, const void* w, BlockType type, int64_t T, int64_t N,
                            int64_t K) {
   const int64_t nb = K / kGgufBlock32;
-  const Q4_1Split q4 = q4_1_split(w, N * nb);
   for (int64_t t = 0; t < T; ++t) {
     const float* xt = x + t * K;
     for (int64_t n = 0; n < N; ++n) {
@@ -145,12 +176,9 @@ void gemv_blocks_reference(float* out, const float* x, const void* w, BlockType 
         float dot = 0, sum = 0, d = 0, m = 0;
         const float* xb = xt + b * 32;
         if (type == BlockType::kQ4_1) {
-          d = f16_to_f32(q4.d[n * nb + b]), m = f16_to_f32(q4.m[n * nb + b]);
-          const uint8_t* qs = q4.qs + (n * nb + b) * 16;
-          for (int j = 0; j < 16; ++j) {
-            dot += float(qs[j] & 0x0f) * xb[j] + float(qs[j] >> 4) * xb[j + 16];
-            sum += xb[j] + xb[j + 16];
-          }
+          const BlockQ4_1 blk = q4_1_tile_block(w, n, b, N, K);
+          d = f16_to_f32(blk.d), m = f16_to_f32(blk.m);
+          for (int j = 0; j < 32; ++j) dot += float(gguf_element(blk, j)) * xb[j], sum += xb[j];
         } else if (type == BlockType::kU8Min) {
           const BlockU8Min& blk = static_cast<const BlockU8Min*>(w)[n * nb + b];
           d = f16_to_f32(blk.d), m = f16_to_f32(blk.m);
@@ -169,8 +197,7 @@ void gemv_blocks_reference(float* out, const float* x, const void* w, BlockType 
 
 void gemv_blocks(float* out, const float* x, const void* w, BlockType type, int64_t T, int64_t N, int64_t K) {
   QS_CHECK(K % kGgufBlock32 == 0, ErrorCode::kInternal, "gemv_blocks: K = ", K, " is not a multiple of 32");
-  static const bool avx512 = gemv_avx512_available(), bf16 = gemv_bf16_available();
-  if (T == 1 && type == BlockType::kQ4_1 && bf16) return gemv_q4_1_bf16(out, x, w, N, K);
+  static const bool avx512 = gemv_avx512_available();
   for (int64_t t0 = 0; t0 < T; t0 += kBlockGemvMaxRows) {
     const int64_t rows = std::min(kBlockGemvMaxRows, T - t0);
     if (avx512) {

@@ -46,8 +46,8 @@ std::vector<uint8_t> random_blocks(BlockType type, int64_t N, int64_t K, uint32_
 
 DType gguf_type(BlockType type) { return type == BlockType::kQ8_0 ? DType::Q8_0 : DType::Q4_1; }
 
-// GGUF blocks as the kernels take them: Q4_1 split (Q4_1Split), Q8_0 as it is, Q4_1 as U8Min (exactly).
-std::vector<uint8_t> kernel_layout(BlockType type, const std::vector<uint8_t>& gguf) {
+// GGUF blocks (N x K) as the kernels take them: Q4_1 in tiles, Q8_0 as it is, Q4_1 as U8Min (exactly).
+std::vector<uint8_t> kernel_layout(BlockType type, const std::vector<uint8_t>& gguf, int64_t N, int64_t K) {
   if (type == BlockType::kQ8_0) return gguf;
   if (type == BlockType::kU8Min) {
     const int64_t nb = int64_t(gguf.size() / sizeof(BlockQ4_1));
@@ -56,26 +56,40 @@ std::vector<uint8_t> kernel_layout(BlockType type, const std::vector<uint8_t>& g
                            nb);
     return u8;
   }
-  std::vector<uint8_t> split(gguf.size());
-  split_q4_1(split.data(), reinterpret_cast<const BlockQ4_1*>(gguf.data()), int64_t(gguf.size() / sizeof(BlockQ4_1)));
-  return split;
+  std::vector<uint8_t> tiles(gguf.size());
+  tile_q4_1(tiles.data(), reinterpret_cast<const BlockQ4_1*>(gguf.data()), N, K);
+  return tiles;
 }
 
-TEST(Q4_1, SplitLayoutHoldsEachBlocksNibblesAndScales) {
-  std::vector<BlockQ4_1> blocks(5);
-  for (size_t b = 0; b < blocks.size(); ++b) {
-    blocks[b].d = uint16_t(0x1000 + b), blocks[b].m = uint16_t(0x2000 + b);
-    for (int j = 0; j < 16; ++j) blocks[b].qs[j] = uint8_t(16 * b + j);
+// Every block comes back as it went in, in full groups of 16 rows and in a last group of fewer; the tiles take
+// the blocks' bytes, nothing more; and the layout is the one the kernels read (gemv_blocks.h): word r of row k
+// at byte 4 (r R + k) of its tile, holding elements 8r + i (low nibbles) and 8r + 4 + i (high).
+TEST(Q4_1, TilesHoldEachBlockAsItIs) {
+  for (int64_t N : {16, 37}) {
+    const int64_t K = 96, nb = K / 32;
+    std::vector<BlockQ4_1> blocks(size_t(N * nb));
+    std::mt19937 gen{uint32_t(N)};
+    for (auto& blk : blocks) {
+      blk.d = uint16_t(gen()), blk.m = uint16_t(gen());
+      for (auto& q : blk.qs) q = uint8_t(gen());
+    }
+    std::vector<uint8_t> tiles(blocks.size() * sizeof(BlockQ4_1));
+    tile_q4_1(tiles.data(), blocks.data(), N, K);
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t b = 0; b < nb; ++b) {
+        const BlockQ4_1 got = q4_1_tile_block(tiles.data(), n, b, N, K), want = blocks[size_t(n * nb + b)];
+        ASSERT_EQ(std::memcmp(&got, &want, sizeof(BlockQ4_1)), 0) << "N " << N << " row " << n << " block " << b;
+      }
+    }
+    // Row 33 (group 2, of N - 32 rows), block 1: element 8 * 2 + 4 + 3 = 23 is the high nibble of word 2's byte 3.
+    if (N == 37) {
+      const int64_t rows = N - 32, k = 1;
+      const uint8_t* tile = q4_1_tile_group(tiles.data(), 2, K) + 1 * rows * 20;
+      const BlockQ4_1& blk = blocks[size_t(33 * nb + 1)];
+      EXPECT_EQ(tile[4 * (2 * rows + k) + 3] >> 4, blk.qs[23 - 16] >> 4);
+      EXPECT_EQ(tile[4 * (2 * rows + k) + 3] & 0x0f, blk.qs[19 - 16] >> 4);   // element 19: a low nibble here, high in GGUF
+    }
   }
-  std::vector<uint8_t> split(blocks.size() * sizeof(BlockQ4_1));
-  split_q4_1(split.data(), blocks.data(), int64_t(blocks.size()));
-  const Q4_1Split q = q4_1_split(split.data(), int64_t(blocks.size()));
-  for (size_t b = 0; b < blocks.size(); ++b) {
-    EXPECT_EQ(q.d[b], blocks[b].d);
-    EXPECT_EQ(q.m[b], blocks[b].m);
-    for (int j = 0; j < 16; ++j) EXPECT_EQ(q.qs[b * 16 + size_t(j)], blocks[b].qs[j]);
-  }
-  EXPECT_EQ(reinterpret_cast<const uint8_t*>(q.m + blocks.size()), split.data() + split.size());
 }
 
 TEST(Q4_1, QuantizerRoundsEachBlockToNearestWithinHalfAStep) {
@@ -121,7 +135,7 @@ class BlockGemv : public ::testing::TestWithParam<BlockType> {};
 TEST_P(BlockGemv, ReferenceMatchesTheDequantizedProduct) {
   const BlockType type = GetParam();
   const int64_t T = 3, N = 19, K = 160;
-  const std::vector<uint8_t> gguf = random_blocks(type, N, K, 11), w = kernel_layout(type, gguf);
+  const std::vector<uint8_t> gguf = random_blocks(type, N, K, 11), w = kernel_layout(type, gguf, N, K);
   const std::vector<float> x = random_values(size_t(T * K), 12);
   std::vector<float> deq(size_t(N * K)), out(size_t(T * N));
   dequantize_gguf_blocks(deq.data(), gguf.data(), gguf_type(type), N * K);
@@ -146,8 +160,8 @@ TEST_P(BlockGemv, ReferenceMatchesTheDequantizedProduct) {
 void expect_matches_reference(void (*kernel)(float*, const float*, const void*, BlockType, int64_t, int64_t, int64_t),
                               BlockType type, int64_t max_rows) {
   for (int64_t K : {32, 96, 576}) {
-    const int64_t N = 37;
-    std::vector<uint8_t> w = kernel_layout(type, random_blocks(type, N, K, uint32_t(K)));
+    const int64_t N = 37;   // two groups of 16 rows and a last one of 5 (the Q4_1 tiles)
+    std::vector<uint8_t> w = kernel_layout(type, random_blocks(type, N, K, uint32_t(K)), N, K);
     if (type == BlockType::kU8Min) {   // every byte value, not only a nibble's (the reference reads the same)
       std::mt19937 rng(static_cast<uint32_t>(K));
       auto* blocks = reinterpret_cast<BlockU8Min*>(w.data());
@@ -176,33 +190,11 @@ TEST_P(BlockGemv, Avx2MatchesReference) { expect_matches_reference(gemv_blocks_a
 
 TEST_P(BlockGemv, AnyTokenCountInPasses) { expect_matches_reference(gemv_blocks, GetParam(), 19); }
 
-// The batch-1 bf16 kernel: against the reference at block counts that are odd, a sixteen-block chunk and a tail,
-// and odd row counts, within fp32 summation-order error (every product is exact; only sums are rounded).
-TEST(BlockGemvBf16, MatchesReferenceWithinSummationOrder) {
-  if (!gemv_bf16_available()) GTEST_SKIP() << "no AVX-512 BF16 on this CPU";
-  for (int64_t K : {32, 64, 96, 544, 576, 1536}) {
-    for (int64_t N : {1, 37, 38, 39}) {
-      const std::vector<uint8_t> w = kernel_layout(BlockType::kQ4_1, random_blocks(BlockType::kQ4_1, N, K, uint32_t(K + N)));
-      const std::vector<float> x = random_values(size_t(K), uint32_t(7 * K + N), -2.0f, 2.0f);
-      std::vector<float> want(static_cast<size_t>(N)), got(static_cast<size_t>(N), -1.0f), deq(static_cast<size_t>(K));
-      gemv_blocks_reference(want.data(), x.data(), w.data(), BlockType::kQ4_1, 1, N, K);
-      gemv_q4_1_bf16(got.data(), x.data(), w.data(), N, K);
-      for (int64_t n = 0; n < N; ++n) {
-        dequantize_block_row(deq.data(), w.data(), BlockType::kQ4_1, n, N, K);
-        double scale = 0;
-        for (int64_t k = 0; k < K; ++k) scale += std::fabs(double(deq[size_t(k)]) * x[size_t(k)]);
-        EXPECT_NEAR(got[size_t(n)], want[size_t(n)], 2e-6 * scale) << "K " << K << " N " << N << " n " << n;
-      }
-    }
-  }
-}
-
 // Exact products, not approximately right ones: with one nonzero weight a row (m = 0), a power of two so that q x
-// is exact in fp32, the output is d (q x) rounded once, bit for bit what the fp32 reference computes. The
-// activations carry all 24 bits of their significand, so splitting them into fewer than three bf16 parts would
-// miss. (With other q the three parts' products are exact too, but their sum q x may round once per part.)
-TEST(BlockGemvBf16, ProductsAreExact) {
-  if (!gemv_bf16_available()) GTEST_SKIP() << "no AVX-512 BF16 on this CPU";
+// is exact in fp32, the output is d (q x) rounded once, bit for bit what the fp32 reference computes, with
+// activations that carry all 24 bits of their significand. Both Q4_1 kernels, at batch 1 (four partial sums a
+// row) and 3 (one).
+TEST(BlockGemvQ4_1, ProductsAreExact) {
   const int64_t N = 40, K = 96, nb = K / 32;
   std::vector<BlockQ4_1> blocks(size_t(N * nb));
   for (int64_t n = 0; n < N; ++n) {
@@ -217,13 +209,19 @@ TEST(BlockGemvBf16, ProductsAreExact) {
     blk.qs[j % 16] = uint8_t(j < 16 ? q : q << 4);
   }
   std::vector<uint8_t> w(blocks.size() * sizeof(BlockQ4_1));
-  split_q4_1(w.data(), blocks.data(), N * nb);
-  std::vector<float> x = random_values(size_t(K), 77, -3.0f, 3.0f);
-  for (size_t k = 0; k < x.size(); ++k) x[k] += 1e-7f * float(k);   // low significand bits set
-  std::vector<float> want(static_cast<size_t>(N)), got(static_cast<size_t>(N));
-  gemv_blocks_reference(want.data(), x.data(), w.data(), BlockType::kQ4_1, 1, N, K);
-  gemv_q4_1_bf16(got.data(), x.data(), w.data(), N, K);
-  for (int64_t n = 0; n < N; ++n) ASSERT_EQ(got[size_t(n)], want[size_t(n)]) << "row " << n;
+  tile_q4_1(w.data(), blocks.data(), N, K);
+  for (int64_t T : {1, 3}) {
+    std::vector<float> x = random_values(size_t(T * K), 77, -3.0f, 3.0f);
+    for (size_t k = 0; k < x.size(); ++k) x[k] += 1e-7f * float(k);   // low significand bits set
+    std::vector<float> want(size_t(T * N)), got(size_t(T * N));
+    gemv_blocks_reference(want.data(), x.data(), w.data(), BlockType::kQ4_1, T, N, K);
+    if (gemv_avx512_available()) {
+      gemv_blocks_avx512(got.data(), x.data(), w.data(), BlockType::kQ4_1, T, N, K);
+      for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want[i]) << "AVX-512, T " << T << ", output " << i;
+    }
+    gemv_blocks_avx2(got.data(), x.data(), w.data(), BlockType::kQ4_1, T, N, K);
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want[i]) << "AVX2, T " << T << ", output " << i;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, BlockGemv, ::testing::Values(BlockType::kQ4_1, BlockType::kQ8_0, BlockType::kU8Min),
@@ -238,7 +236,7 @@ TEST(Int4Linear, KeepsFileBlocksAndMatchesTheReferenceAtEveryBatch) {
   auto backend = make_cpu_backend(2);
   const int64_t N = 45, K = 128;
   for (BlockType type : {BlockType::kQ4_1, BlockType::kQ8_0}) {
-    const std::vector<uint8_t> w = random_blocks(type, N, K, 5), kernel_w = kernel_layout(type, w);
+    const std::vector<uint8_t> w = random_blocks(type, N, K, 5), kernel_w = kernel_layout(type, w, N, K);
     const std::vector<float> bias = random_values(size_t(N), 6);
     const HostTensor bt{bias.data(), DType::F32, N, 1};
     auto lin = backend->make_linear(HostTensor{w.data(), gguf_type(type), N, K}, &bt, Precision::kInt4WeightOnly,
