@@ -858,15 +858,23 @@ def render_issue13(w):
               f"{mb(s['int4-weight-only']['weight_bytes'])}): " +
               int4_ratio(today, "int4_over_int8_default", "int4_weight_only_vs_int8_default.json", "it") +
               f". There int4 decodes at {s['int4-weight-only']['decode_tokens_per_second_median']:.1f} tok/s, the "
-              f"default int8 at {s['int8 (default)']['decode_tokens_per_second_median']:.1f}: int8 activations let "
-              "the W8A8 kernel stream its weights at the read loop's rate (VNNI: one instruction for 64 weights), "
-              "while int4-weight-only keeps fp32 activations, so every weight is widened and multiplied in float "
-              "(the exactness it is for), and on that machine the arithmetic, not memory, bounds it. int4 "
-              "with 8-bit activations (llama.cpp's Q4_1 x Q8_1) would close that gap at llama.cpp's quality cost.")
-        kernel = int4["summary"].get("int4_over_int4_fp32_kernel")
-        if kernel:
-            w(f"  Of that, the AVX-512 BF16 batch-1 kernel (exact products, three bf16 parts an activation) gives "
-              f"{kernel['median']:.2f}× over int4's fp32 kernel (`QUANTSERVE_CPU_BF16=0`), paired in the same rounds.")
+              f"default int8 at {s['int8 (default)']['decode_tokens_per_second_median']:.1f}, and the per-row int8 "
+              f"of the first runs at {s['int8']['decode_tokens_per_second_median']:.1f} "
+              f"({s['int4_over_int8']['median']:.2f}× paired). int4-weight-only keeps fp32 activations (the "
+              "exactness it is for), so each weight still costs an FMA, plus a shift and a VPERMPS a nibble, where "
+              "the default int8's VNNI multiplies four weights an instruction; and its embedding / LM head is the "
+              "file's Q8_0 (30 MB, a third of its bytes), which the row-at-a-time block GEMV runs.")
+        tiles = load_json("int4_weight_only_tiles_ab.json")
+        gemv = load_json("cpu_gemv_int4_tiles.json")
+        if tiles and gemv:
+            g = gemv["summary"]
+            w(f"  Since the Q4_1 weights are kept in tiles of 16 rows (gemv_blocks.h: one load is a nibble word of 16 "
+              f"rows, a shift and a VPERMPS make 16 exact fp32 weights), int4 decode is "
+              f"{tiles['b_over_a']['decode']['median']:.2f}× the previous build's (paired, "
+              f"`bench/results/int4_weight_only_tiles_ab.json`): its linears take "
+              f"{g['after']['median_linears_ms']:.2f} ms a step against {g['before']['median_linears_ms']:.2f}, "
+              f"{100 * g['after']['median_fraction_of_read_loop']:.0f}% of the read loop against "
+              f"{100 * g['before']['median_fraction_of_read_loop']:.0f}% (`bench/results/cpu_gemv_int4_tiles.json`).")
     w("")
 
 

@@ -2,6 +2,8 @@
 // and the dispatch between the AVX-512 and AVX2 kernels (gemv_blocks_avx512.cpp, gemv_blocks_avx2.cpp).
 #include "kernels/cpu/gemv_blocks.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -145,10 +147,28 @@ bool convert_q4_0_to_q4_1(BlockQ4_1* dst, const BlockQ4_0* src, int64_t n_blocks
 void dequantize_block_row(float* dst, const void* w, BlockType type, int64_t n, int64_t N, int64_t K) {
   const int64_t nb = K / kGgufBlock32;
   if (type == BlockType::kQ4_1) {
+    // Straight from the tiles (prefill dequantizes every row of a weight this way): row n's bytes of block b are
+    // four words 4 R bytes apart.
+    const int64_t g = n / kQ4_1TileRows, k = n % kQ4_1TileRows, rows = q4_1_tile_rows(g, N);
+    const uint8_t* group = q4_1_tile_group(w, g, K);
     for (int64_t b = 0; b < nb; ++b) {
-      const BlockQ4_1 blk = q4_1_tile_block(w, n, b, N, K);
-      const float d = f16_to_f32(blk.d), m = f16_to_f32(blk.m);
-      for (int j = 0; j < 32; ++j) dst[b * 32 + j] = d * float(gguf_element(blk, j)) + m;
+      const uint8_t* tile = group + b * rows * int64_t(sizeof(BlockQ4_1));
+      uint16_t d16, m16;
+      std::memcpy(&d16, tile + 16 * rows + 2 * k, 2);
+      std::memcpy(&m16, tile + 18 * rows + 2 * k, 2);
+      const __m256 d = _mm256_set1_ps(f16_to_f32(d16)), m = _mm256_set1_ps(f16_to_f32(m16));
+      for (int r = 0; r < 4; r += 2) {   // words r and r + 1: elements 8r .. 8r + 15
+        uint32_t w0, w1;
+        std::memcpy(&w0, tile + 4 * (r * rows + k), 4);
+        std::memcpy(&w1, tile + 4 * ((r + 1) * rows + k), 4);
+        const __m256i v = _mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, int(w1), int(w0)));
+        // lo: lanes 0..3 elements 8r + 0..3, lanes 4..7 8r + 8..11; hi: 8r + 4..7 and 8r + 12..15.
+        const __m256 lo = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(0x0f))), m);
+        const __m256 hi = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4)), m);
+        float* out = dst + b * 32 + 8 * r;
+        _mm256_storeu_ps(out, _mm256_permute2f128_ps(lo, hi, 0x20));
+        _mm256_storeu_ps(out + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+      }
     }
   } else if (type == BlockType::kU8Min) {
     const BlockU8Min* row = static_cast<const BlockU8Min*>(w) + n * nb;
