@@ -60,7 +60,8 @@ class CpuLinear final : public LinearWeight {
   std::vector<int8_t> w_i8;       // int8 modes: (N, K), scales in row_scale (N); empty where w_vnni holds them
   std::vector<int8_t> w_vnni;     // W8A8 (int8, -smooth, -mixed) on VNNI CPUs: vnni_packed_bytes(N, K) (gemv.h)
   std::vector<uint8_t> w_u8;      // int8-naive: (N, K), one scale and zero point
-  // int4-weight-only, and int8-weight-only by groups of 32: N rows of K/32 blocks of block_type (gemv_blocks.h)
+  // int4-weight-only, and int8-weight-only by groups of 32: N rows of K/32 blocks of block_type, in tiles
+  // (gemv_blocks.h)
   std::vector<uint8_t> w_blocks;
   cpu::BlockType block_type = cpu::BlockType::kQ4_1;
   std::vector<float> row_scale;   // (N)
@@ -558,23 +559,27 @@ class CpuBackend final : public Backend {
              "; load it in another precision (e.g. int8-weight-only)");
     if (weight.dtype == DType::Q8_0) {
       lin.block_type = cpu::BlockType::kQ8_0;
-      const auto* src = static_cast<const uint8_t*>(weight.data);
-      lin.w_blocks.assign(src, src + size_t(n_blocks) * sizeof(BlockQ8_0));
-    } else {   // Q4_1 blocks in tiles (gemv_blocks.h), from the file's or from rounding
-      lin.block_type = cpu::BlockType::kQ4_1;
-      std::vector<BlockQ4_1> blocks;
-      const auto* src = static_cast<const BlockQ4_1*>(weight.data);
-      if (weight.dtype != DType::Q4_1) {
-        blocks.resize(size_t(n_blocks));
-        if (weight.dtype != DType::Q4_0 ||
-            !cpu::convert_q4_0_to_q4_1(blocks.data(), static_cast<const BlockQ4_0*>(weight.data), n_blocks)) {
-          cpu::quantize_q4_1(blocks.data(), w, N * K);
-        }
-        src = blocks.data();
-      }
-      lin.w_blocks.resize(size_t(n_blocks) * sizeof(BlockQ4_1));
-      cpu::tile_q4_1(lin.w_blocks.data(), src, N, K);
+      tile(lin, weight.data);
+      return;
     }
+    lin.block_type = cpu::BlockType::kQ4_1;   // from the file's Q4_1 blocks, or from Q4_0's or from rounding
+    if (weight.dtype == DType::Q4_1) {
+      tile(lin, weight.data);
+      return;
+    }
+    std::vector<BlockQ4_1> blocks(static_cast<size_t>(n_blocks));
+    if (weight.dtype != DType::Q4_0 ||
+        !cpu::convert_q4_0_to_q4_1(blocks.data(), static_cast<const BlockQ4_0*>(weight.data), n_blocks)) {
+      cpu::quantize_q4_1(blocks.data(), w, N * K);
+    }
+    tile(lin, blocks.data());
+  }
+
+  // Row-major blocks of lin.block_type into the tiles the block GEMVs read (gemv_blocks.h), as lin's weight.
+  static void tile(CpuLinear& lin, const void* blocks) {
+    const int64_t N = lin.out_features, K = lin.in_features;
+    lin.w_blocks.resize(size_t(N * K / kGgufBlock32) * cpu::block_type_bytes(lin.block_type));
+    cpu::tile_blocks(lin.w_blocks.data(), blocks, lin.block_type, N, K);
     lin.weight_bytes = lin.w_blocks.size();
   }
 
@@ -602,19 +607,18 @@ class CpuBackend final : public Backend {
     const int64_t n_blocks = lin.out_features * lin.in_features / kGgufBlock32;
     if (weight.dtype == DType::Q4_1) {
       lin.block_type = cpu::BlockType::kU8Min;
-      lin.w_blocks.resize(size_t(n_blocks) * sizeof(cpu::BlockU8Min));
-      cpu::convert_q4_1_to_u8_min(reinterpret_cast<cpu::BlockU8Min*>(lin.w_blocks.data()),
-                                  static_cast<const BlockQ4_1*>(weight.data), n_blocks);
+      std::vector<cpu::BlockU8Min> blocks(static_cast<size_t>(n_blocks));
+      cpu::convert_q4_1_to_u8_min(blocks.data(), static_cast<const BlockQ4_1*>(weight.data), n_blocks);
+      tile(lin, blocks.data());
     } else if (weight.dtype == DType::Q4_0) {
       lin.block_type = cpu::BlockType::kQ8_0;
-      lin.w_blocks.resize(size_t(n_blocks) * sizeof(BlockQ8_0));
-      cpu::convert_q4_0_to_q8_0(reinterpret_cast<BlockQ8_0*>(lin.w_blocks.data()),
-                                static_cast<const BlockQ4_0*>(weight.data), n_blocks);
+      std::vector<BlockQ8_0> blocks(static_cast<size_t>(n_blocks));
+      cpu::convert_q4_0_to_q8_0(blocks.data(), static_cast<const BlockQ4_0*>(weight.data), n_blocks);
+      tile(lin, blocks.data());
     } else {
       lin.block_type = cpu::BlockType::kQ8_0;
-      lin.w_blocks = q8_0_blocks(lin, weight, w);
+      tile(lin, q8_0_blocks(lin, weight, w).data());
     }
-    lin.weight_bytes = lin.w_blocks.size();
   }
 
   // W8A8 by groups of 32 inputs: the weights as Q8_0 blocks (the same scale and rounding as int8-weight-only's

@@ -38,14 +38,11 @@ constexpr int64_t kGemvMaxRows = 8;
 // Up to this many rows (decode batches) the GEMV runs in passes of kGemvMaxRows: each pass streams the
 // low-precision weights once, which beats dequantizing them to fp32 for sgemm; above it (prefill), sgemm.
 constexpr int64_t kGemvBatchLimit = 32;
-// How far ahead of its reads a weight-only GEMV (row-major int8, GGUF blocks, split Q4_1) asks for its weights:
-// a row follows the last one in memory, so ahead is further along the same stream. Without the hint these kernels
-// are latency-bound. On a 2-vCPU Intel Xeon (2026-12-04, qs_gemv_bench --precision int8-weight-only
-// --quantize-head) the Q8_0 block GEMV (--group-size 32, 143 MB) read at 45% of the plain read loop without it,
-// 74-77% at 1 KiB ahead, 82-89% at 2 KiB, 87-88% at 4 KiB (four rows at a time sharing the activation loads: 50%
-// without, 71-81% with); the row-major one (--group-size 0) 51% -> 73-79% at 4 KiB. The split-Q4_1 BF16 kernel on
-// the EPYC: 40-60% without, 2, 4 and 8 KiB alike. The AVX2 block GEMV takes the same distance (not measured on an
-// AVX2-only machine).
+// How far ahead of its reads the row-major int8 GEMV (int8-weight-only --group-size 0) asks for its weights: a row
+// follows the last one in memory, so ahead is further along the same stream. Without the hint it is latency-bound.
+// On a 2-vCPU Intel Xeon (2026-12-04, qs_gemv_bench --precision int8-weight-only --group-size 0) it read at 51% of
+// the plain read loop without it, 73-79% at 4 KiB. (The block GEMVs of the same measurements, one row at a time
+// then, went 45% -> 87-88% at 4 KiB; they read tiles now and take kTilePrefetchBytes, gemv_blocks.h.)
 constexpr int64_t kWeightPrefetchBytes = 4096;
 
 bool gemv_avx512_available();

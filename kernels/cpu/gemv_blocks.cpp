@@ -46,54 +46,93 @@ void convert_q4_0_to_q8_0(BlockQ8_0* dst, const BlockQ4_0* src, int64_t n_blocks
 
 namespace {
 
-// Byte i of word r holds elements 8r + i (low nibble) and 8r + 4 + i (high); GGUF's byte j holds elements j (low)
-// and j + 16 (high).
-int gguf_element(const BlockQ4_1& blk, int j) { return j < 16 ? blk.qs[j] & 0x0f : blk.qs[j - 16] >> 4; }
-void set_gguf_element(BlockQ4_1& blk, int j, int q) {
-  uint8_t& byte = blk.qs[j % 16];
-  byte = j < 16 ? uint8_t((byte & 0xf0) | q) : uint8_t((byte & 0x0f) | (q << 4));
+// GGUF's Q4_1 byte j holds elements j (low nibble) and j + 16 (high).
+int q4_1_element(const BlockQ4_1& blk, int j) { return j < 16 ? blk.qs[j] & 0x0f : blk.qs[j - 16] >> 4; }
+
+// A row-major block's parts: its quantized bytes (Q4_1 as tile words: byte i of word r = element 8r + i | element
+// 8r + 4 + i << 4; the byte types as they are, word r = elements 4r .. 4r + 3), d and m (none for Q8_0).
+void block_to_words(uint8_t words[32], uint16_t& d, uint16_t& m, const void* block, BlockType type) {
+  m = 0;
+  if (type == BlockType::kQ4_1) {
+    const auto& blk = *static_cast<const BlockQ4_1*>(block);
+    for (int r = 0; r < 4; ++r) {
+      for (int i = 0; i < 4; ++i) {
+        words[4 * r + i] = uint8_t(q4_1_element(blk, 8 * r + i) | (q4_1_element(blk, 8 * r + 4 + i) << 4));
+      }
+    }
+    d = blk.d, m = blk.m;
+  } else if (type == BlockType::kU8Min) {
+    const auto& blk = *static_cast<const BlockU8Min*>(block);
+    std::memcpy(words, blk.qs, 32);
+    d = blk.d, m = blk.m;
+  } else {
+    const auto& blk = *static_cast<const BlockQ8_0*>(block);
+    std::memcpy(words, blk.qs, 32);
+    d = blk.d;
+  }
+}
+
+void words_to_block(void* block, const uint8_t words[32], uint16_t d, uint16_t m, BlockType type) {
+  if (type == BlockType::kQ4_1) {
+    auto& blk = *static_cast<BlockQ4_1*>(block);
+    blk.d = d, blk.m = m;
+    for (int r = 0; r < 4; ++r) {
+      for (int i = 0; i < 4; ++i) {
+        for (int half = 0; half < 2; ++half) {   // element 8r + i (low nibble) or 8r + 4 + i (high)
+          const int j = 8 * r + 4 * half + i, q = half ? words[4 * r + i] >> 4 : words[4 * r + i] & 0x0f;
+          uint8_t& byte = blk.qs[j % 16];
+          byte = j < 16 ? uint8_t((byte & 0xf0) | q) : uint8_t((byte & 0x0f) | (q << 4));
+        }
+      }
+    }
+  } else if (type == BlockType::kU8Min) {
+    auto& blk = *static_cast<BlockU8Min*>(block);
+    blk.d = d, blk.m = m;
+    std::memcpy(blk.qs, words, 32);
+  } else {
+    auto& blk = *static_cast<BlockQ8_0*>(block);
+    blk.d = d;
+    std::memcpy(blk.qs, words, 32);
+  }
+}
+
+// Row n's block b in a tiled weight: its tile, the row's place in it and the tile's row count.
+struct TilePlace {
+  uint8_t* tile;
+  int64_t k, rows;
+};
+TilePlace tile_place(const void* w, BlockType type, int64_t n, int64_t b, int64_t N, int64_t K) {
+  const int64_t g = n / kTileRows, rows = tile_rows(g, N);
+  const uint8_t* tile = tile_group(w, type, g, K) + b * rows * int64_t(block_type_bytes(type));
+  return {const_cast<uint8_t*>(tile), n % kTileRows, rows};
 }
 
 }  // namespace
 
-void tile_q4_1(uint8_t* dst, const BlockQ4_1* src, int64_t N, int64_t K) {
-  const int64_t nb = K / kGgufBlock32;
-  for (int64_t g = 0; g * kQ4_1TileRows < N; ++g) {
-    const int64_t rows = q4_1_tile_rows(g, N);
-    uint8_t* group = dst + (q4_1_tile_group(dst, g, K) - dst);
+void tile_blocks(uint8_t* dst, const void* src, BlockType type, int64_t N, int64_t K) {
+  const int64_t nb = K / kGgufBlock32, bytes = int64_t(block_type_bytes(type)), words = tile_words(type);
+  for (int64_t n = 0; n < N; ++n) {
     for (int64_t b = 0; b < nb; ++b) {
-      uint8_t* tile = group + b * rows * int64_t(sizeof(BlockQ4_1));
-      auto* d = reinterpret_cast<uint16_t*>(tile + 16 * rows);
-      uint16_t* m = d + rows;
-      for (int64_t k = 0; k < rows; ++k) {
-        const BlockQ4_1& blk = src[(g * kQ4_1TileRows + k) * nb + b];
-        for (int r = 0; r < 4; ++r) {
-          for (int i = 0; i < 4; ++i) {
-            tile[4 * (r * rows + k) + i] =
-                uint8_t(gguf_element(blk, 8 * r + i) | (gguf_element(blk, 8 * r + 4 + i) << 4));
-          }
-        }
-        d[k] = blk.d;
-        m[k] = blk.m;
-      }
+      uint8_t q[32];
+      uint16_t d, m;
+      block_to_words(q, d, m, static_cast<const uint8_t*>(src) + (n * nb + b) * bytes, type);
+      const TilePlace at = tile_place(dst, type, n, b, N, K);
+      for (int64_t r = 0; r < words; ++r) std::memcpy(at.tile + 4 * (r * at.rows + at.k), q + 4 * r, 4);
+      std::memcpy(at.tile + 4 * words * at.rows + 2 * at.k, &d, 2);
+      if (type != BlockType::kQ8_0) std::memcpy(at.tile + (4 * words + 2) * at.rows + 2 * at.k, &m, 2);
     }
   }
 }
 
-BlockQ4_1 q4_1_tile_block(const void* w, int64_t n, int64_t b, int64_t N, int64_t K) {
-  const int64_t g = n / kQ4_1TileRows, k = n % kQ4_1TileRows, rows = q4_1_tile_rows(g, N);
-  const uint8_t* tile = q4_1_tile_group(w, g, K) + b * rows * int64_t(sizeof(BlockQ4_1));
-  BlockQ4_1 blk{};
-  std::memcpy(&blk.d, tile + 16 * rows + 2 * k, 2);
-  std::memcpy(&blk.m, tile + 18 * rows + 2 * k, 2);
-  for (int r = 0; r < 4; ++r) {
-    for (int i = 0; i < 4; ++i) {
-      const uint8_t byte = tile[4 * (r * rows + k) + i];
-      set_gguf_element(blk, 8 * r + i, byte & 0x0f);
-      set_gguf_element(blk, 8 * r + 4 + i, byte >> 4);
-    }
-  }
-  return blk;
+void untile_block(void* block, const void* w, BlockType type, int64_t n, int64_t b, int64_t N, int64_t K) {
+  const int64_t words = tile_words(type);
+  const TilePlace at = tile_place(w, type, n, b, N, K);
+  uint8_t q[32] = {};
+  uint16_t d, m = 0;
+  for (int64_t r = 0; r < words; ++r) std::memcpy(q + 4 * r, at.tile + 4 * (r * at.rows + at.k), 4);
+  std::memcpy(&d, at.tile + 4 * words * at.rows + 2 * at.k, 2);
+  if (type != BlockType::kQ8_0) std::memcpy(&m, at.tile + (4 * words + 2) * at.rows + 2 * at.k, 2);
+  words_to_block(block, q, d, m, type);
 }
 
 void quantize_q4_1(BlockQ4_1* dst, const float* src, int64_t n) {
@@ -145,42 +184,32 @@ bool convert_q4_0_to_q4_1(BlockQ4_1* dst, const BlockQ4_0* src, int64_t n_blocks
 }
 
 void dequantize_block_row(float* dst, const void* w, BlockType type, int64_t n, int64_t N, int64_t K) {
-  const int64_t nb = K / kGgufBlock32;
-  if (type == BlockType::kQ4_1) {
-    // Straight from the tiles (prefill dequantizes every row of a weight this way): row n's bytes of block b are
-    // four words 4 R bytes apart.
-    const int64_t g = n / kQ4_1TileRows, k = n % kQ4_1TileRows, rows = q4_1_tile_rows(g, N);
-    const uint8_t* group = q4_1_tile_group(w, g, K);
-    for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* tile = group + b * rows * int64_t(sizeof(BlockQ4_1));
-      uint16_t d16, m16;
-      std::memcpy(&d16, tile + 16 * rows + 2 * k, 2);
-      std::memcpy(&m16, tile + 18 * rows + 2 * k, 2);
-      const __m256 d = _mm256_set1_ps(f16_to_f32(d16)), m = _mm256_set1_ps(f16_to_f32(m16));
-      for (int r = 0; r < 4; r += 2) {   // words r and r + 1: elements 8r .. 8r + 15
-        uint32_t w0, w1;
-        std::memcpy(&w0, tile + 4 * (r * rows + k), 4);
-        std::memcpy(&w1, tile + 4 * ((r + 1) * rows + k), 4);
-        const __m256i v = _mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, int(w1), int(w0)));
+  // Straight from the tiles (prefill dequantizes every row of a weight this way): row n's words of block b are
+  // 4 R bytes apart; two at a time, widened and converted in registers.
+  const int64_t nb = K / kGgufBlock32, words = tile_words(type);
+  for (int64_t b = 0; b < nb; ++b) {
+    const TilePlace at = tile_place(w, type, n, b, N, K);
+    uint16_t d16, m16 = 0;
+    std::memcpy(&d16, at.tile + 4 * words * at.rows + 2 * at.k, 2);
+    if (type != BlockType::kQ8_0) std::memcpy(&m16, at.tile + (4 * words + 2) * at.rows + 2 * at.k, 2);
+    const __m256 d = _mm256_set1_ps(f16_to_f32(d16)), m = _mm256_set1_ps(f16_to_f32(m16));
+    for (int64_t r = 0; r < words; r += 2) {
+      uint32_t w0, w1;
+      std::memcpy(&w0, at.tile + 4 * (r * at.rows + at.k), 4);
+      std::memcpy(&w1, at.tile + 4 * ((r + 1) * at.rows + at.k), 4);
+      const __m128i pair = _mm_set_epi32(0, 0, int(w1), int(w0));
+      float* out = dst + b * 32 + (type == BlockType::kQ4_1 ? 8 : 4) * r;
+      if (type == BlockType::kQ4_1) {   // elements 8r .. 8r + 15
+        const __m256i v = _mm256_cvtepu8_epi32(pair);
         // lo: lanes 0..3 elements 8r + 0..3, lanes 4..7 8r + 8..11; hi: 8r + 4..7 and 8r + 12..15.
         const __m256 lo = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(0x0f))), m);
         const __m256 hi = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4)), m);
-        float* out = dst + b * 32 + 8 * r;
         _mm256_storeu_ps(out, _mm256_permute2f128_ps(lo, hi, 0x20));
         _mm256_storeu_ps(out + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+      } else {   // elements 4r .. 4r + 7
+        const __m256i v = type == BlockType::kU8Min ? _mm256_cvtepu8_epi32(pair) : _mm256_cvtepi8_epi32(pair);
+        _mm256_storeu_ps(out, _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(v), m));
       }
-    }
-  } else if (type == BlockType::kU8Min) {
-    const BlockU8Min* row = static_cast<const BlockU8Min*>(w) + n * nb;
-    for (int64_t b = 0; b < nb; ++b) {
-      const float d = f16_to_f32(row[b].d), m = f16_to_f32(row[b].m);
-      for (int j = 0; j < 32; ++j) dst[b * 32 + j] = d * float(row[b].qs[j]) + m;
-    }
-  } else {
-    const BlockQ8_0* row = static_cast<const BlockQ8_0*>(w) + n * nb;
-    for (int64_t b = 0; b < nb; ++b) {
-      const float d = f16_to_f32(row[b].d);
-      for (int j = 0; j < 32; ++j) dst[b * 32 + j] = d * float(row[b].qs[j]);
     }
   }
 }
@@ -188,23 +217,26 @@ void dequantize_block_row(float* dst, const void* w, BlockType type, int64_t n, 
 void gemv_blocks_reference(float* out, const float* x, const void* w, BlockType type, int64_t T, int64_t N,
                            int64_t K) {
   const int64_t nb = K / kGgufBlock32;
+  const auto* blocks = static_cast<const uint8_t*>(w);
+  const size_t bytes = block_type_bytes(type);
   for (int64_t t = 0; t < T; ++t) {
     const float* xt = x + t * K;
     for (int64_t n = 0; n < N; ++n) {
       float acc = 0;
       for (int64_t b = 0; b < nb; ++b) {
+        const void* block = blocks + size_t(n * nb + b) * bytes;
         float dot = 0, sum = 0, d = 0, m = 0;
         const float* xb = xt + b * 32;
         if (type == BlockType::kQ4_1) {
-          const BlockQ4_1 blk = q4_1_tile_block(w, n, b, N, K);
+          const auto& blk = *static_cast<const BlockQ4_1*>(block);
           d = f16_to_f32(blk.d), m = f16_to_f32(blk.m);
-          for (int j = 0; j < 32; ++j) dot += float(gguf_element(blk, j)) * xb[j], sum += xb[j];
+          for (int j = 0; j < 32; ++j) dot += float(q4_1_element(blk, j)) * xb[j], sum += xb[j];
         } else if (type == BlockType::kU8Min) {
-          const BlockU8Min& blk = static_cast<const BlockU8Min*>(w)[n * nb + b];
+          const auto& blk = *static_cast<const BlockU8Min*>(block);
           d = f16_to_f32(blk.d), m = f16_to_f32(blk.m);
           for (int j = 0; j < 32; ++j) dot += float(blk.qs[j]) * xb[j], sum += xb[j];
         } else {
-          const BlockQ8_0& blk = static_cast<const BlockQ8_0*>(w)[n * nb + b];
+          const auto& blk = *static_cast<const BlockQ8_0*>(block);
           d = f16_to_f32(blk.d);
           for (int j = 0; j < 32; ++j) dot += float(blk.qs[j]) * xb[j];
         }

@@ -28,7 +28,7 @@ std::vector<uint8_t> random_blocks(BlockType type, int64_t N, int64_t K, uint32_
   const std::vector<float> w = random_values(size_t(N * K), seed, -0.7f, 0.9f);
   const int64_t nb = N * K / 32;
   std::vector<uint8_t> out(size_t(nb) * block_type_bytes(type));
-  if (type != BlockType::kQ8_0) {   // U8Min's come from Q4_1 ones (kernel_layout converts them)
+  if (type != BlockType::kQ8_0) {   // U8Min's come from Q4_1 ones (row_major converts them)
     out.resize(size_t(nb) * sizeof(BlockQ4_1));
     quantize_q4_1(reinterpret_cast<BlockQ4_1*>(out.data()), w.data(), N * K);
   } else {
@@ -46,48 +46,63 @@ std::vector<uint8_t> random_blocks(BlockType type, int64_t N, int64_t K, uint32_
 
 DType gguf_type(BlockType type) { return type == BlockType::kQ8_0 ? DType::Q8_0 : DType::Q4_1; }
 
-// GGUF blocks (N x K) as the kernels take them: Q4_1 in tiles, Q8_0 as it is, Q4_1 as U8Min (exactly).
-std::vector<uint8_t> kernel_layout(BlockType type, const std::vector<uint8_t>& gguf, int64_t N, int64_t K) {
-  if (type == BlockType::kQ8_0) return gguf;
-  if (type == BlockType::kU8Min) {
-    const int64_t nb = int64_t(gguf.size() / sizeof(BlockQ4_1));
-    std::vector<uint8_t> u8(size_t(nb) * sizeof(BlockU8Min));
-    convert_q4_1_to_u8_min(reinterpret_cast<BlockU8Min*>(u8.data()), reinterpret_cast<const BlockQ4_1*>(gguf.data()),
-                           nb);
-    return u8;
-  }
-  std::vector<uint8_t> tiles(gguf.size());
-  tile_q4_1(tiles.data(), reinterpret_cast<const BlockQ4_1*>(gguf.data()), N, K);
+// GGUF blocks (N x K) as the reference reads them: Q4_1 and Q8_0 as they are, U8Min from Q4_1 (exactly).
+std::vector<uint8_t> row_major(BlockType type, const std::vector<uint8_t>& gguf) {
+  if (type != BlockType::kU8Min) return gguf;
+  const int64_t nb = int64_t(gguf.size() / sizeof(BlockQ4_1));
+  std::vector<uint8_t> u8(size_t(nb) * sizeof(BlockU8Min));
+  convert_q4_1_to_u8_min(reinterpret_cast<BlockU8Min*>(u8.data()), reinterpret_cast<const BlockQ4_1*>(gguf.data()), nb);
+  return u8;
+}
+
+// Row-major blocks as the kernels take them: in tiles.
+std::vector<uint8_t> tiled(BlockType type, const std::vector<uint8_t>& blocks, int64_t N, int64_t K) {
+  std::vector<uint8_t> tiles(blocks.size());
+  tile_blocks(tiles.data(), blocks.data(), type, N, K);
   return tiles;
 }
 
-// Every block comes back as it went in, in full groups of 16 rows and in a last group of fewer; the tiles take
-// the blocks' bytes, nothing more; and the layout is the one the kernels read (gemv_blocks.h): word r of row k
-// at byte 4 (r R + k) of its tile, holding elements 8r + i (low nibbles) and 8r + 4 + i (high).
-TEST(Q4_1, TilesHoldEachBlockAsItIs) {
-  for (int64_t N : {16, 37}) {
-    const int64_t K = 96, nb = K / 32;
-    std::vector<BlockQ4_1> blocks(size_t(N * nb));
-    std::mt19937 gen{uint32_t(N)};
-    for (auto& blk : blocks) {
-      blk.d = uint16_t(gen()), blk.m = uint16_t(gen());
-      for (auto& q : blk.qs) q = uint8_t(gen());
-    }
-    std::vector<uint8_t> tiles(blocks.size() * sizeof(BlockQ4_1));
-    tile_q4_1(tiles.data(), blocks.data(), N, K);
-    for (int64_t n = 0; n < N; ++n) {
-      for (int64_t b = 0; b < nb; ++b) {
-        const BlockQ4_1 got = q4_1_tile_block(tiles.data(), n, b, N, K), want = blocks[size_t(n * nb + b)];
-        ASSERT_EQ(std::memcmp(&got, &want, sizeof(BlockQ4_1)), 0) << "N " << N << " row " << n << " block " << b;
+const char* type_name(BlockType type) {
+  return type == BlockType::kQ4_1 ? "Q4_1" : type == BlockType::kQ8_0 ? "Q8_0" : "U8Min";
+}
+
+// Every block comes back as it went in, for each type, in full groups of 16 rows and in a last group of fewer; the
+// tiles take the blocks' bytes, nothing more; and the layout is the one the kernels read (gemv_blocks.h): word r
+// of row k at byte 4 (r R + k) of its tile, a Q4_1 word holding elements 8r + i (low nibbles) and 8r + 4 + i
+// (high), a byte type's elements 4r + i; then the R rows' d, then their m.
+TEST(Tiles, HoldEachBlockAsItIs) {
+  for (BlockType type : {BlockType::kQ4_1, BlockType::kQ8_0, BlockType::kU8Min}) {
+    for (int64_t N : {16, 37}) {
+      SCOPED_TRACE(std::string(type_name(type)) + ", N " + std::to_string(N));
+      const int64_t K = 96, nb = K / 32, bytes = int64_t(block_type_bytes(type));
+      std::vector<uint8_t> blocks(size_t(N * nb * bytes));
+      std::mt19937 gen{uint32_t(N)};
+      for (uint8_t& v : blocks) v = uint8_t(gen());
+      const std::vector<uint8_t> tiles = tiled(type, blocks, N, K);
+      std::vector<uint8_t> got(static_cast<size_t>(bytes));
+      for (int64_t n = 0; n < N; ++n) {
+        for (int64_t b = 0; b < nb; ++b) {
+          untile_block(got.data(), tiles.data(), type, n, b, N, K);
+          ASSERT_EQ(std::memcmp(got.data(), blocks.data() + (n * nb + b) * bytes, size_t(bytes)), 0)
+              << "row " << n << " block " << b;
+        }
       }
-    }
-    // Row 33 (group 2, of N - 32 rows), block 1: element 8 * 2 + 4 + 3 = 23 is the high nibble of word 2's byte 3.
-    if (N == 37) {
-      const int64_t rows = N - 32, k = 1;
-      const uint8_t* tile = q4_1_tile_group(tiles.data(), 2, K) + 1 * rows * 20;
-      const BlockQ4_1& blk = blocks[size_t(33 * nb + 1)];
-      EXPECT_EQ(tile[4 * (2 * rows + k) + 3] >> 4, blk.qs[23 - 16] >> 4);
-      EXPECT_EQ(tile[4 * (2 * rows + k) + 3] & 0x0f, blk.qs[19 - 16] >> 4);   // element 19: a low nibble here, high in GGUF
+      if (N != 37) continue;
+      // Row 33 (group 2, of N - 32 = 5 rows), block 1: its d, and word 2's byte 3.
+      const int64_t rows = N - 32, k = 1, words = tile_words(type);
+      const uint8_t* tile = tile_group(tiles.data(), type, 2, K) + 1 * rows * bytes;
+      const uint8_t* blk = blocks.data() + (33 * nb + 1) * bytes;
+      const uint8_t byte = tile[4 * (2 * rows + k) + 3];
+      uint16_t d;
+      std::memcpy(&d, tile + 4 * words * rows + 2 * k, 2);
+      EXPECT_EQ(std::memcmp(&d, blk, 2), 0);   // d leads each GGUF block (and U8Min's)
+      if (type == BlockType::kQ4_1) {
+        const auto& q4 = *reinterpret_cast<const BlockQ4_1*>(blk);
+        EXPECT_EQ(byte >> 4, q4.qs[23 - 16] >> 4);   // element 8 * 2 + 4 + 3 = 23: a high nibble, here and in GGUF
+        EXPECT_EQ(byte & 0x0f, q4.qs[19 - 16] >> 4);   // element 19: a low nibble here, high in GGUF
+      } else {
+        EXPECT_EQ(byte, blk[bytes - 32 + 4 * 2 + 3]);   // element 11, the quantized bytes ending the block
+      }
     }
   }
 }
@@ -135,11 +150,12 @@ class BlockGemv : public ::testing::TestWithParam<BlockType> {};
 TEST_P(BlockGemv, ReferenceMatchesTheDequantizedProduct) {
   const BlockType type = GetParam();
   const int64_t T = 3, N = 19, K = 160;
-  const std::vector<uint8_t> gguf = random_blocks(type, N, K, 11), w = kernel_layout(type, gguf, N, K);
+  const std::vector<uint8_t> gguf = random_blocks(type, N, K, 11), blocks = row_major(type, gguf),
+                             w = tiled(type, blocks, N, K);
   const std::vector<float> x = random_values(size_t(T * K), 12);
   std::vector<float> deq(size_t(N * K)), out(size_t(T * N));
   dequantize_gguf_blocks(deq.data(), gguf.data(), gguf_type(type), N * K);
-  gemv_blocks_reference(out.data(), x.data(), w.data(), type, T, N, K);
+  gemv_blocks_reference(out.data(), x.data(), blocks.data(), type, T, N, K);
   std::vector<float> row(static_cast<size_t>(K));
   for (int64_t n = 0; n < N; ++n) {
     dequantize_block_row(row.data(), w.data(), type, n, N, K);
@@ -160,19 +176,20 @@ TEST_P(BlockGemv, ReferenceMatchesTheDequantizedProduct) {
 void expect_matches_reference(void (*kernel)(float*, const float*, const void*, BlockType, int64_t, int64_t, int64_t),
                               BlockType type, int64_t max_rows) {
   for (int64_t K : {32, 96, 576}) {
-    const int64_t N = 37;   // two groups of 16 rows and a last one of 5 (the Q4_1 tiles)
-    std::vector<uint8_t> w = kernel_layout(type, random_blocks(type, N, K, uint32_t(K)), N, K);
-    if (type == BlockType::kU8Min) {   // every byte value, not only a nibble's (the reference reads the same)
-      std::mt19937 rng(static_cast<uint32_t>(K));
-      auto* blocks = reinterpret_cast<BlockU8Min*>(w.data());
+    const int64_t N = 37;   // two tiles of 16 rows and a last one of 5
+    std::vector<uint8_t> blocks = row_major(type, random_blocks(type, N, K, uint32_t(K)));
+    if (type == BlockType::kU8Min) {   // every byte value, not only a nibble's
+      std::mt19937 gen{static_cast<uint32_t>(K)};
+      auto* u8 = reinterpret_cast<BlockU8Min*>(blocks.data());
       for (int64_t b = 0; b < N * K / 32; ++b) {
-        for (uint8_t& q : blocks[b].qs) q = uint8_t(rng() & 0xff);
+        for (uint8_t& q : u8[b].qs) q = uint8_t(gen() & 0xff);
       }
     }
+    const std::vector<uint8_t> w = tiled(type, blocks, N, K);
     for (int64_t T = 1; T <= max_rows; ++T) {
       const std::vector<float> x = random_values(size_t(T * K), uint32_t(T + 100 * K), -2.0f, 2.0f);
       std::vector<float> want(size_t(T * N)), got(size_t(T * N), -1.0f);
-      gemv_blocks_reference(want.data(), x.data(), w.data(), type, T, N, K);
+      gemv_blocks_reference(want.data(), x.data(), blocks.data(), type, T, N, K);
       kernel(got.data(), x.data(), w.data(), type, T, N, K);
       for (size_t i = 0; i < want.size(); ++i) {
         EXPECT_NEAR(got[i], want[i], 2e-5 * (std::fabs(want[i]) + double(K))) << "K " << K << " T " << T << " i " << i;
@@ -209,12 +226,12 @@ TEST(BlockGemvQ4_1, ProductsAreExact) {
     blk.qs[j % 16] = uint8_t(j < 16 ? q : q << 4);
   }
   std::vector<uint8_t> w(blocks.size() * sizeof(BlockQ4_1));
-  tile_q4_1(w.data(), blocks.data(), N, K);
+  tile_blocks(w.data(), blocks.data(), BlockType::kQ4_1, N, K);
   for (int64_t T : {1, 3}) {
     std::vector<float> x = random_values(size_t(T * K), 77, -3.0f, 3.0f);
     for (size_t k = 0; k < x.size(); ++k) x[k] += 1e-7f * float(k);   // low significand bits set
     std::vector<float> want(size_t(T * N)), got(size_t(T * N));
-    gemv_blocks_reference(want.data(), x.data(), w.data(), BlockType::kQ4_1, T, N, K);
+    gemv_blocks_reference(want.data(), x.data(), blocks.data(), BlockType::kQ4_1, T, N, K);
     if (gemv_avx512_available()) {
       gemv_blocks_avx512(got.data(), x.data(), w.data(), BlockType::kQ4_1, T, N, K);
       for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want[i]) << "AVX-512, T " << T << ", output " << i;
@@ -225,10 +242,7 @@ TEST(BlockGemvQ4_1, ProductsAreExact) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, BlockGemv, ::testing::Values(BlockType::kQ4_1, BlockType::kQ8_0, BlockType::kU8Min),
-                         [](const auto& info) {
-                           return info.param == BlockType::kQ4_1 ? "Q4_1" : info.param == BlockType::kQ8_0 ? "Q8_0"
-                                                                                                           : "U8Min";
-                         });
+                         [](const auto& info) { return type_name(info.param); });
 
 // The backend: a file's Q4_1 and Q8_0 blocks are kept byte for byte (error 0 against their own values), floats
 // are rounded into Q4_1, and every batch size (GEMV passes, dequantize-then-sgemm prefill) gives the reference.
@@ -236,7 +250,7 @@ TEST(Int4Linear, KeepsFileBlocksAndMatchesTheReferenceAtEveryBatch) {
   auto backend = make_cpu_backend(2);
   const int64_t N = 45, K = 128;
   for (BlockType type : {BlockType::kQ4_1, BlockType::kQ8_0}) {
-    const std::vector<uint8_t> w = random_blocks(type, N, K, 5), kernel_w = kernel_layout(type, w, N, K);
+    const std::vector<uint8_t> w = random_blocks(type, N, K, 5);
     const std::vector<float> bias = random_values(size_t(N), 6);
     const HostTensor bt{bias.data(), DType::F32, N, 1};
     auto lin = backend->make_linear(HostTensor{w.data(), gguf_type(type), N, K}, &bt, Precision::kInt4WeightOnly,
@@ -246,7 +260,7 @@ TEST(Int4Linear, KeepsFileBlocksAndMatchesTheReferenceAtEveryBatch) {
     for (int64_t T : {1, 7, 9, 33, 70}) {
       const std::vector<float> x = random_values(size_t(T * K), uint32_t(T));
       std::vector<float> want(size_t(T * N));
-      gemv_blocks_reference(want.data(), x.data(), kernel_w.data(), type, T, N, K);
+      gemv_blocks_reference(want.data(), x.data(), w.data(), type, T, N, K);
       std::unique_ptr<DeviceBuffer> in_buf, out_buf;
       Tensor in = backend->new_tensor(in_buf, T, K), out = backend->new_tensor(out_buf, T, N);
       std::memcpy(in.data, x.data(), x.size() * 4);
