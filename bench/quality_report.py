@@ -862,14 +862,14 @@ def render_issue13(w):
               f"of the first runs at {s['int8']['decode_tokens_per_second_median']:.1f} "
               f"({s['int4_over_int8']['median']:.2f}× paired). int4-weight-only keeps fp32 activations (the "
               "exactness it is for), so each weight still costs an FMA, plus a shift and a VPERMPS a nibble, where "
-              "the default int8's VNNI multiplies four weights an instruction; and its embedding / LM head is the "
-              "file's Q8_0 (30 MB, a third of its bytes), which the row-at-a-time block GEMV runs.")
+              "the default int8's VNNI multiplies four weights an instruction.")
         tiles = load_json("int4_weight_only_tiles_ab.json")
         gemv = load_json("cpu_gemv_int4_tiles.json")
         if tiles and gemv:
             g = gemv["summary"]
-            w(f"  Since the Q4_1 weights are kept in tiles of 16 rows (gemv_blocks.h: one load is a nibble word of 16 "
-              f"rows, a shift and a VPERMPS make 16 exact fp32 weights), int4 decode is "
+            w(f"  Since the blocks are kept in tiles of 16 rows (gemv_blocks.h: one load is a word of 16 rows; for Q4_1 "
+              f"a shift and a VPERMPS make 16 exact fp32 weights, for the Q8_0 LM head a VPSHUFB and a conversion), "
+              f"int4 decode is "
               f"{tiles['b_over_a']['decode']['median']:.2f}× the previous build's (paired, "
               f"`bench/results/int4_weight_only_tiles_ab.json`): its linears take "
               f"{g['after']['median_linears_ms']:.2f} ms a step against {g['before']['median_linears_ms']:.2f}, "
