@@ -42,7 +42,7 @@ struct LoadReport {
 };
 
 // --group-size auto: int8-weight-only, int8 and int8-smooth in groups of kInt8WeightGroup where the backend has
-// the kernels for that precision (Backend::supports_weight_groups: the CPU; W8A8 groups need AVX-512 VNNI) and
+// the kernels for that precision (Backend::weight_groups_by_default: the CPU; W8A8 groups need AVX-512 VNNI) and
 // every linear's in-features (hidden, heads x head_dim, intermediate) are whole groups, one scale per row
 // otherwise; 0 for every other precision. Chosen by the numbers (docs/QUANTIZATION.md), llama.cpp's method on all
 // of three texts: int8-weight-only +0.06% mean perplexity change in groups (+0.46% per row, on fewer tokens) for

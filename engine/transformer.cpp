@@ -124,7 +124,7 @@ LoadOptions with_int8_clip_from_env(const LoadOptions& options) {
 // `options` with --group-size auto replaced by what resolve_group_size picks for this backend and model.
 LoadOptions with_group_size_resolved(LoadOptions options, const Backend& backend, const ModelConfig& config) {
   options.group_size = resolve_group_size(options.group_size, options.precision,
-                                          backend.supports_weight_groups(options.precision), config);
+                                          backend.weight_groups_by_default(options.precision), config);
   return options;
 }
 

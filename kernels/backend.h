@@ -155,6 +155,8 @@ class Backend {
   virtual bool supports(Precision p) const = 0;
   // `p` with LinearOptions::group_size != 0 (none by default).
   virtual bool supports_weight_groups(Precision) const { return false; }
+  // Whether --group-size auto picks groups for `p` here: where the group kernels are there and measured.
+  virtual bool weight_groups_by_default(Precision p) const { return supports_weight_groups(p); }
   virtual MemoryInfo memory_info() const = 0;
 
   // Memory.

@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/gemv_blocks.h"
 #include "kernels/cuda/cuda_common.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/gemm_cublaslt.h"
@@ -116,6 +117,8 @@ struct CudaLinear final : public LinearWeight {
   std::unique_ptr<DeviceBuffer> scales;  // int8: fp32 [Np]; int8-naive: fp32 {scale, zero_point}
   std::unique_ptr<DeviceBuffer> bias;    // fp32 [N], or null
   DType float_type = DType::F32;         // fp32/fp16/bf16: the weight's storage
+  bool blocks = false;                   // int4-weight-only, group-wise int8-weight-only: weight is [N, K / 32]
+  cuda::BlockKind block_kind = cuda::BlockKind::kQ4_1;   // blocks of this kind (cuda_kernels.h)
   int64_t padded_n = 0, padded_k = 0;    // int8: Np, Kp
   bool int8_use_cublaslt = true;         // int8: false when the load-time check caught cuBLASLt being wrong
   const float* bias_data() const { return bias ? static_cast<const float*>(bias->data()) : nullptr; }
@@ -207,14 +210,19 @@ class CudaBackend final : public Backend {
   bool supports(Precision p) const override {
     switch (p) {
       case Precision::kFp32: case Precision::kFp16: case Precision::kBf16: case Precision::kInt8:
-      case Precision::kInt8WeightOnly: case Precision::kInt8Naive:
+      case Precision::kInt8WeightOnly: case Precision::kInt8Naive: case Precision::kInt4WeightOnly:
         return true;
       case Precision::kInt8Mixed: case Precision::kInt8Smooth:
-      case Precision::kInt4WeightOnly:   // no CUDA int4 kernels yet: Model::load refuses with this backend's name
         return false;
     }
     return false;
   }
+
+  // int8-weight-only by groups of 32 (Q8_0 / U8Min blocks, the block GEMV); W8A8 by groups has no CUDA kernel.
+  // Only on request (--group-size 32): --group-size auto stays per row here until the block GEMV has been measured
+  // on a GPU against the per-row one (scripts/gpu_verify.sh).
+  bool supports_weight_groups(Precision p) const override { return p == Precision::kInt8WeightOnly; }
+  bool weight_groups_by_default(Precision) const override { return false; }
 
   MemoryInfo memory_info() const override {
     DeviceGuard guard(device_);
@@ -253,11 +261,16 @@ class CudaBackend final : public Backend {
                                             const LinearOptions& options) override {
     QS_CHECK(supports(precision), ErrorCode::kUnsupported, "precision ", precision_name(precision),
              " is not implemented by the CUDA backend yet; use one of fp32, fp16, bf16, int8, int8-weight-only, "
-             "int8-naive");
-    QS_CHECK(options.group_size == 0, ErrorCode::kUnsupported, "the CUDA backend has no group-wise int8 kernels ",
-             "(weight groups of ", options.group_size, " inputs); use --group-size 0");
-    QS_CHECK(is_float_dtype(weight.dtype), ErrorCode::kInvalidModel, "a linear weight must be F32, F16 or BF16, not ",
-             dtype_name(weight.dtype));
+             "int8-naive, int4-weight-only");
+    QS_CHECK(options.group_size == 0 || (options.group_size == kInt8WeightGroup && supports_weight_groups(precision)),
+             ErrorCode::kUnsupported, "the CUDA backend has no group-wise kernels for ", precision_name(precision),
+             " (weight groups of ", options.group_size, " inputs); use --group-size 0");
+    const bool block_weight = precision == Precision::kInt4WeightOnly || options.group_size == kInt8WeightGroup;
+    QS_CHECK(is_float_dtype(weight.dtype) ||
+                 (block_weight && (weight.dtype == DType::Q4_0 || weight.dtype == DType::Q4_1 ||
+                                   weight.dtype == DType::Q8_0)),
+             ErrorCode::kInvalidModel, "a linear weight must be F32, F16 or BF16",
+             block_weight ? " (or Q4_0, Q4_1, Q8_0 blocks)" : "", ", not ", dtype_name(weight.dtype));
     QS_CHECK(weight.rows > 0 && weight.cols > 0 && weight.data, ErrorCode::kInvalidModel,
              "a linear weight must be a non-empty matrix, got ", weight.rows, " x ", weight.cols);
     const int64_t N = weight.rows, K = weight.cols;
@@ -271,6 +284,12 @@ class CudaBackend final : public Backend {
     lin->in_features = K;
     lin->precision = precision;
     lin->original_bytes = size_t(N * K) * sizeof(float);
+
+    if (block_weight) {
+      make_block_linear(*lin, weight, options);
+      upload_bias(*lin, bias);
+      return lin;
+    }
 
     // The host tensor goes up in its stored dtype; the quantized form is made from it on the device and the
     // original is freed before the next tensor comes, so the peak is the model so far + this tensor.
@@ -331,22 +350,87 @@ class CudaBackend final : public Backend {
       }
       case Precision::kInt8Mixed:
       case Precision::kInt8Smooth:
-      case Precision::kInt4WeightOnly:
         break;  // refused above
+      case Precision::kInt4WeightOnly:
+        break;  // make_block_linear, above
     }
     original.reset();  // after the stream work that reads it (cudaFree synchronizes)
+    upload_bias(*lin, bias);
+    return lin;
+  }
 
+  void upload_bias(CudaLinear& lin, const HostTensor* bias) {
+    const int64_t N = lin.out_features;
     if (bias) {
       auto raw = upload(bias->data, dtype_bytes(bias->dtype, N));
       if (bias->dtype == DType::F32) {
-        lin->bias = std::move(raw);
+        lin.bias = std::move(raw);
       } else {
-        lin->bias = allocate(size_t(N) * sizeof(float));
-        cuda::cast_float(lin->bias->data(), DType::F32, raw->data(), bias->dtype, N, stream_);
+        lin.bias = allocate(size_t(N) * sizeof(float));
+        cuda::cast_float(lin.bias->data(), DType::F32, raw->data(), bias->dtype, N, stream_);
       }
     }
     QS_CUDA_CHECK(cudaStreamSynchronize(stream_));  // surface any kernel error at the tensor that caused it
-    return lin;
+  }
+
+  // int4-weight-only and int8-weight-only by groups of 32: the CPU backend's blocks, made on the host by its own
+  // converters and quantizers (kernels/cpu/gemv_blocks.h), so both backends hold the same bytes: a file's Q4_1 and
+  // Q8_0 blocks kept as they are (int4), Q4_0 rewritten as Q4_1 (int4) or Q8_0 (int8) and Q4_1 as U8Min (int8),
+  // all exactly; floats rounded to nearest into Q4_1 (int4) or Q8_0 (int8). Uploaded row after row as GGUF has
+  // them (the CPU's tiles are for its SIMD; a warp reads a row's blocks side by side).
+  void make_block_linear(CudaLinear& lin, const HostTensor& weight, const LinearOptions& options) {
+    const int64_t N = lin.out_features, K = lin.in_features, n_blocks = N * K / 32;
+    QS_CHECK(K % 32 == 0, ErrorCode::kUnsupported, precision_name(lin.precision), " quantizes blocks of 32 inputs, ",
+             "and this weight (", N, " x ", K, ") has ", K, " inputs, not a multiple of 32; load it in another ",
+             "precision");
+    const bool int4 = lin.precision == Precision::kInt4WeightOnly;
+    std::vector<float> floats;   // the source as floats, where it is rounded (for the error too)
+    auto source_floats = [&]() -> const float* {
+      if (floats.empty()) {
+        floats.resize(size_t(N * K));
+        convert_to_f32(floats.data(), weight.data, weight.dtype, N * K);
+      }
+      return floats.data();
+    };
+    std::vector<uint8_t> blocks;
+    auto as_blocks = [&](const void* src, size_t bytes) {
+      blocks.assign(static_cast<const uint8_t*>(src), static_cast<const uint8_t*>(src) + bytes);
+    };
+    if (weight.dtype == DType::Q8_0) {
+      lin.block_kind = cuda::BlockKind::kQ8_0;
+      as_blocks(weight.data, size_t(n_blocks) * sizeof(BlockQ8_0));
+    } else if (int4) {
+      lin.block_kind = cuda::BlockKind::kQ4_1;
+      std::vector<BlockQ4_1> q(static_cast<size_t>(n_blocks));
+      if (weight.dtype == DType::Q4_1) {
+        std::memcpy(q.data(), weight.data, q.size() * sizeof(BlockQ4_1));
+      } else if (weight.dtype != DType::Q4_0 ||
+                 !cpu::convert_q4_0_to_q4_1(q.data(), static_cast<const BlockQ4_0*>(weight.data), n_blocks)) {
+        cpu::quantize_q4_1(q.data(), source_floats(), N * K);
+      }
+      as_blocks(q.data(), q.size() * sizeof(BlockQ4_1));
+    } else if (weight.dtype == DType::Q4_1) {
+      lin.block_kind = cuda::BlockKind::kU8Min;
+      std::vector<cpu::BlockU8Min> q(static_cast<size_t>(n_blocks));
+      cpu::convert_q4_1_to_u8_min(q.data(), static_cast<const BlockQ4_1*>(weight.data), n_blocks);
+      as_blocks(q.data(), q.size() * sizeof(cpu::BlockU8Min));
+    } else {
+      lin.block_kind = cuda::BlockKind::kQ8_0;
+      std::vector<BlockQ8_0> q(static_cast<size_t>(n_blocks));
+      if (weight.dtype == DType::Q4_0) {
+        cpu::convert_q4_0_to_q8_0(q.data(), static_cast<const BlockQ4_0*>(weight.data), n_blocks);
+      } else {
+        cpu::quantize_q8_0(q.data(), source_floats(), N * K);
+      }
+      as_blocks(q.data(), q.size() * sizeof(BlockQ8_0));
+    }
+    lin.blocks = true;
+    lin.weight = upload(blocks.data(), blocks.size());
+    lin.weight_bytes = blocks.size();
+    if (options.compute_error && !floats.empty()) {   // kept blocks are the file's values: error 0
+      auto original = upload(floats.data(), floats.size() * sizeof(float));
+      lin.error = measure_error(original->data(), DType::F32, dequant_view(lin), N, K);
+    }
   }
 
   DenseWeight make_dense(const HostTensor& tensor, DType storage) override {
@@ -509,7 +593,14 @@ class CudaBackend final : public Backend {
       case Precision::kInt8:
         int8_linear(y, x, lin, act, T);
         break;
+      case Precision::kInt4WeightOnly:
+        block_linear(y, x, lin, bias, act, T);
+        break;
       case Precision::kInt8WeightOnly: {
+        if (lin.blocks) {
+          block_linear(y, x, lin, bias, act, T);
+          break;
+        }
         const auto* q = static_cast<const int8_t*>(lin.weight->data());
         const auto* scales = static_cast<const float*>(lin.scales->data());
         if (T <= cuda::kGemvMaxTokens) {
@@ -534,10 +625,24 @@ class CudaBackend final : public Backend {
       }
       case Precision::kInt8Mixed:
       case Precision::kInt8Smooth:
-      case Precision::kInt4WeightOnly:
         QS_FAIL(ErrorCode::kUnsupported, "precision ", precision_name(lin.precision),
                 " is not implemented by the CUDA backend");
     }
+  }
+
+  // Block weights: the GEMV up to kGemvMaxTokens tokens; above, the weight dequantized to fp16 for cuBLASLt (as
+  // per-row int8-weight-only does; fp16 holds a Q4_1 value d q + m to 11 bits, where the CPU's prefill uses fp32).
+  void block_linear(float* y, const float* x, const CudaLinear& lin, const float* bias, Activation act, int64_t T) {
+    const int64_t N = lin.out_features, K = lin.in_features;
+    if (T <= cuda::kGemvMaxTokens) {
+      cuda::block_gemv(y, x, lin.weight->data(), lin.block_kind, bias, act, T, N, K, stream_);
+      return;
+    }
+    void* wh = scratch(scratch_w_, dtype_bytes(DType::F16, N * K));
+    cuda::dequantize_view(wh, DType::F16, dequant_view(lin), N, K, stream_);
+    void* xh = scratch(scratch_x_half_, dtype_bytes(DType::F16, T * K));
+    cuda::cast_float(xh, DType::F16, x, DType::F32, T * K, stream_);
+    float_gemm(cuda::GemmType::kF16, y, xh, wh, bias, act, T, N, K);
   }
 
   void layernorm(Tensor out, Tensor in, const DenseWeight& weight, const DenseWeight* bias, float eps) override {
@@ -828,6 +933,12 @@ class CudaBackend final : public Backend {
   static cuda::DequantView dequant_view(const CudaLinear& lin) {
     cuda::DequantView view;
     view.data = lin.weight->data();
+    if (lin.blocks) {
+      view.kind = cuda::DequantView::kBlocks;
+      view.ld = lin.in_features / 32;
+      view.block_kind = lin.block_kind;
+      return view;
+    }
     switch (lin.precision) {
       case Precision::kInt8:
       case Precision::kInt8WeightOnly:

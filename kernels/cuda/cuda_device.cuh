@@ -92,6 +92,12 @@ __device__ __forceinline__ int8_t quantize_int8(float x, float inv_scale) {
   return int8_t(fminf(fmaxf(r, -127.0f), 127.0f));
 }
 
+__host__ __device__ __forceinline__ int64_t block_bytes(BlockKind kind) {
+  return kind == BlockKind::kQ4_1 ? 20 : kind == BlockKind::kQ8_0 ? 34 : 36;
+}
+// Two bytes from an address that is only 2-byte aligned (a Q8_0 block's d, and its quantized bytes, are).
+__device__ __forceinline__ uint16_t load_u16(const uint8_t* p) { return *reinterpret_cast<const uint16_t*>(p); }
+
 // Element (row, col) of a weight in any of the backend's storage forms, as float.
 __device__ __forceinline__ float dequantized_at(const DequantView& v, int64_t row, int64_t col) {
   switch (v.kind) {
@@ -105,6 +111,16 @@ __device__ __forceinline__ float dequantized_at(const DequantView& v, int64_t ro
       return v.scales[row] * float(static_cast<const int8_t*>(v.data)[row * v.ld + col]);
     case DequantView::kPerTensorUint8:  // the CPU's order: scale * (q - zero_point)
       return v.scales[0] * (float(static_cast<const uint8_t*>(v.data)[row * v.ld + col]) - v.scales[1]);
+    case DequantView::kBlocks: {  // d q + m, as the CPU's dequantize_block_row (d q is exact: no rounding to fuse)
+      const uint8_t* blk = static_cast<const uint8_t*>(v.data) + (row * v.ld + col / 32) * block_bytes(v.block_kind);
+      const int j = int(col % 32);
+      const float d = __half2float(__ushort_as_half(load_u16(blk)));
+      if (v.block_kind == BlockKind::kQ8_0) return d * float(int8_t(blk[2 + j]));
+      const float m = __half2float(__ushort_as_half(load_u16(blk + 2)));
+      if (v.block_kind == BlockKind::kU8Min) return d * float(blk[4 + j]) + m;
+      const int q = j < 16 ? blk[4 + j] & 0x0f : blk[4 + j - 16] >> 4;
+      return d * float(q) + m;
+    }
   }
   return 0.0f;
 }

@@ -36,13 +36,18 @@ void quantize_per_channel_int8(int8_t* q, float* scales, const void* w, DType w_
 void quantize_per_tensor_uint8(uint8_t* q, float* params, float* minmax, const void* w, DType w_type, int64_t n,
                                cudaStream_t stream);
 
+// Blocks of 32 weights, row after row as GGUF lays them out (the CPU backend's kernels/cpu/gemv_blocks.h
+// describes each): int4-weight-only's Q4_1 and Q8_0, group-wise int8-weight-only's Q8_0 and U8Min.
+enum class BlockKind { kQ4_1, kQ8_0, kU8Min };
+
 // A quantized or cast weight as the error measurement reads it back: element (row, col) of an N x K matrix.
 struct DequantView {
-  enum Kind { kFloat, kPerChannelInt8, kPerTensorUint8 } kind = kFloat;
-  const void* data = nullptr;    // kFloat: [N, K] in float_type; int8: [Np, Kp]; uint8: [N*K]
+  enum Kind { kFloat, kPerChannelInt8, kPerTensorUint8, kBlocks } kind = kFloat;
+  const void* data = nullptr;    // kFloat: [N, K] in float_type; int8: [Np, Kp]; uint8: [N*K]; blocks: [N, K / 32]
   DType float_type = DType::F32; // kFloat only
-  int64_t ld = 0;                // row stride in elements
+  int64_t ld = 0;                // row stride in elements (blocks: in blocks)
   const float* scales = nullptr; // per channel [Np], or per tensor {scale, zero_point}
+  BlockKind block_kind = BlockKind::kQ4_1;   // kBlocks only
 };
 
 // Bytes of device scratch measure_quant_error_device needs.
@@ -83,6 +88,15 @@ void dequantize_per_channel(void* w, DType w_type, const int8_t* q, const float*
                             int64_t Kp, cudaStream_t stream);
 // w[n] (F32) = (q[n] - zero_point) * scale, params = {scale, zero_point}.
 void dequantize_per_tensor(float* w, const uint8_t* q, const float* params, int64_t n, cudaStream_t stream);
+
+// ---- block_kernels.cu: int4-weight-only and group-wise int8-weight-only -------------------------------------
+
+// T <= kGemvMaxTokens: out[T, N] = act(x[T, K] . dequantized(w)^T + bias), w [N, K / 32] blocks of `kind`,
+// dequantized in registers (d sum q x + m sum x a block), one warp a row. bias may be null.
+void block_gemv(float* out, const float* x, const void* w, BlockKind kind, const float* bias, Activation act,
+                int64_t T, int64_t N, int64_t K, cudaStream_t stream);
+// dst[N, K] (F16, BF16 or F32) = `view` dequantized: the large-batch path feeds a block weight to cuBLASLt this way.
+void dequantize_view(void* dst, DType dst_type, const DequantView& view, int64_t N, int64_t K, cudaStream_t stream);
 
 // ---- ops.cu: everything else in a forward pass ------------------------------------------------------------
 

@@ -16,6 +16,7 @@
 #include "kernels/backend.h"
 #include "kernels/dtype.h"
 #include "kernels/error.h"
+#include "kernels/gguf_blocks.h"
 #include "kernels/precision.h"
 
 namespace qs {
@@ -173,36 +174,133 @@ TEST_F(CudaVsCpu, NameMemoryAndPrecisions) {
   EXPECT_GT(info.total_bytes, 0u);
   EXPECT_GT(info.peak_bytes, 0u);  // the cuBLASLt workspace at least
   for (Precision p : {Precision::kFp32, Precision::kFp16, Precision::kBf16, Precision::kInt8,
-                      Precision::kInt8WeightOnly, Precision::kInt8Naive})
+                      Precision::kInt8WeightOnly, Precision::kInt8Naive, Precision::kInt4WeightOnly})
     EXPECT_TRUE(gpu_->supports(p)) << precision_name(p);
   EXPECT_FALSE(gpu_->supports(Precision::kInt8Smooth));
-  EXPECT_FALSE(gpu_->supports(Precision::kInt4WeightOnly));   // no CUDA int4 kernels yet: refused, never mis-run
   const auto w = random_values(16 * 16, 1);
-  for (Precision p : {Precision::kInt8Smooth, Precision::kInt4WeightOnly}) {
-    try {
-      gpu_->make_linear(HostTensor{w.data(), DType::F32, 16, 16}, nullptr, p, LinearOptions{});
-      FAIL() << precision_name(p) << " should be refused";
-    } catch (const Error& e) {
-      EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
-      EXPECT_NE(std::string(e.what()).find(precision_name(p)), std::string::npos) << e.what();
-    }
+  try {
+    gpu_->make_linear(HostTensor{w.data(), DType::F32, 16, 16}, nullptr, Precision::kInt8Smooth, LinearOptions{});
+    FAIL() << "int8-smooth should be refused";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("int8-smooth"), std::string::npos) << e.what();
+  }
+  // Blocks of 32 inputs: a K that is not whole blocks is refused with the precision's name.
+  const auto w70 = random_values(8 * 70, 2);
+  try {
+    gpu_->make_linear(HostTensor{w70.data(), DType::F32, 8, 70}, nullptr, Precision::kInt4WeightOnly, LinearOptions{});
+    FAIL() << "int4-weight-only with K = 70 should be refused";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("not a multiple of 32"), std::string::npos) << e.what();
   }
 }
 
-TEST_F(CudaVsCpu, RefusesInt8WeightGroups) {
-  // No CUDA group-wise int8 kernels: refused with the flag's name, never run per row in their place.
-  EXPECT_FALSE(gpu_->supports_weight_groups(Precision::kInt8WeightOnly));
+TEST_F(CudaVsCpu, WeightGroupsOnlyForInt8WeightOnlyAndOnlyOnRequest) {
+  // int8-weight-only by groups runs the block GEMV when asked (--group-size 32); --group-size auto stays per row on
+  // CUDA until it is measured there. W8A8 by groups has no CUDA kernel: refused with the flag's name.
+  EXPECT_TRUE(gpu_->supports_weight_groups(Precision::kInt8WeightOnly));
+  EXPECT_FALSE(gpu_->weight_groups_by_default(Precision::kInt8WeightOnly));
   EXPECT_FALSE(gpu_->supports_weight_groups(Precision::kInt8));
   const auto w = random_values(16 * 32, 1);
   LinearOptions options;
   options.group_size = kInt8WeightGroup;
   try {
-    gpu_->make_linear(HostTensor{w.data(), DType::F32, 16, 32}, nullptr, Precision::kInt8WeightOnly, options);
-    FAIL() << "group-wise int8-weight-only should be refused";
+    gpu_->make_linear(HostTensor{w.data(), DType::F32, 16, 32}, nullptr, Precision::kInt8, options);
+    FAIL() << "group-wise int8 (W8A8) should be refused";
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
     EXPECT_NE(std::string(e.what()).find("--group-size 0"), std::string::npos) << e.what();
   }
+}
+
+// int4-weight-only and int8-weight-only by groups against the CPU backend: from floats (both round to the same
+// blocks with the same quantizer) and from a file's Q4_0 / Q4_1 / Q8_0 blocks (kept, or rewritten exactly), at
+// real shapes (SmolLM2-135M's down_proj, GPT-2-small's c_attn, Pythia-1.4B's dense_4h_to_h) and an odd one, at
+// the GEMV's token counts and past them (the fp16 GEMM); the same bytes and error on both; the block embedding.
+TEST_F(CudaVsCpu, BlockWeightsAgainstCpu) {
+  struct Shape {
+    int64_t N, K;
+  };
+  const Shape shapes[] = {{576, 1536}, {2304, 768}, {2048, 8192}, {37, 96}};
+  for (const Shape& sh : shapes) {
+    const int64_t N = sh.N, K = sh.K, nb = N * K / 32;
+    const auto w32 = random_values(N * K, uint32_t(N + K), 0.05f);
+    std::vector<BlockQ4_1> q4_1(static_cast<size_t>(nb));
+    std::vector<BlockQ4_0> q4_0(static_cast<size_t>(nb));
+    std::vector<BlockQ8_0> q8_0(static_cast<size_t>(nb));
+    std::mt19937 gen{uint32_t(N * K)};
+    for (int64_t b = 0; b < nb; ++b) {
+      auto& a = q4_1[size_t(b)];
+      a.d = f32_to_f16(0.002f * float(1 + gen() % 7)), a.m = f32_to_f16(-0.01f * float(1 + gen() % 5));
+      auto& c = q4_0[size_t(b)];
+      c.d = f32_to_f16(0.003f * float(1 + gen() % 7));
+      auto& e = q8_0[size_t(b)];
+      e.d = f32_to_f16(0.0004f * float(1 + gen() % 9));
+      for (int j = 0; j < 16; ++j) a.qs[j] = uint8_t(gen()), c.qs[j] = uint8_t(gen());
+      for (int j = 0; j < 32; ++j) e.qs[j] = int8_t(int(gen() % 255) - 127);
+    }
+    const auto bias = random_values(N, uint32_t(N + 3), 0.1f);
+    const HostTensor bt{bias.data(), DType::F32, N, 1};
+    struct Source {
+      const char* name;
+      HostTensor w;
+    };
+    const Source sources[] = {{"F32", HostTensor{w32.data(), DType::F32, N, K}},
+                              {"Q4_1", HostTensor{q4_1.data(), DType::Q4_1, N, K}},
+                              {"Q4_0", HostTensor{q4_0.data(), DType::Q4_0, N, K}},
+                              {"Q8_0", HostTensor{q8_0.data(), DType::Q8_0, N, K}}};
+    LinearOptions groups;
+    groups.group_size = kInt8WeightGroup;
+    for (Precision p : {Precision::kInt4WeightOnly, Precision::kInt8WeightOnly}) {
+      const LinearOptions& options = p == Precision::kInt8WeightOnly ? groups : LinearOptions{};
+      for (const Source& src : sources) {
+        const std::string name = str(precision_name(p), " from ", src.name, " N=", N, " K=", K);
+        auto cpu_w = cpu_->make_linear(src.w, &bt, p, options);
+        auto gpu_w = gpu_->make_linear(src.w, &bt, p, options);
+        EXPECT_EQ(gpu_w->weight_bytes, cpu_w->weight_bytes) << name;
+        EXPECT_NEAR(gpu_w->error.rel_frobenius, cpu_w->error.rel_frobenius, 1e-4 * cpu_w->error.rel_frobenius + 1e-9)
+            << name;
+        EXPECT_NEAR(gpu_w->error.max_abs, cpu_w->error.max_abs, 1e-6 * std::max(1.0, cpu_w->error.max_abs) + 1e-9)
+            << name;
+        for (int64_t T : {1, 3, 8, 9, 40}) {
+          if (N * K > 4'000'000 && T == 3) continue;   // the large shape: fewer runs
+          const auto x = random_values(T * K, uint32_t(T * 31 + K));
+          std::vector<float> results[2];
+          int i = 0;
+          for (Backend* be : {cpu_.get(), gpu_.get()}) {
+            auto xt = upload(*be, x, T, K);
+            auto out = empty(*be, T, N);
+            be->linear(out.t, xt.t, be == cpu_.get() ? *cpu_w : *gpu_w, Activation::kNone);
+            results[i++] = download(*be, out.t);
+          }
+          // Up to 8 tokens the GEMV sums in fp32 as the CPU does (other order); past it the fp16 GEMM rounds.
+          expect_close(results[1], results[0], T <= 8 ? 2e-5 : 5e-3, str(name, " T=", T));
+        }
+      }
+    }
+  }
+  // A block table as an embedding (int4-weight-only keeps a file's Q8_0 / Q4_1 table as blocks).
+  const int64_t V = 40, C = 64;
+  std::vector<BlockQ8_0> table(size_t(V * C / 32));
+  std::mt19937 gen{5};
+  for (auto& blk : table) {
+    blk.d = f32_to_f16(0.01f * float(1 + gen() % 5));
+    for (auto& q : blk.qs) q = int8_t(int(gen() % 255) - 127);
+  }
+  BatchLayout layout = identity_layout(4);
+  layout.token_ids = {3, 0, 39, 3};
+  std::vector<float> results[2];
+  int i = 0;
+  for (Backend* b : {cpu_.get(), gpu_.get()}) {
+    auto lin = b->make_linear(HostTensor{table.data(), DType::Q8_0, V, C}, nullptr, Precision::kInt4WeightOnly,
+                              no_error());
+    begin(*b, layout);
+    auto out = empty(*b, 4, C);
+    b->embedding(out.t, *lin, nullptr);
+    results[i++] = download(*b, out.t);
+  }
+  expect_close(results[1], results[0], 0.0, "Q8_0 embedding");
 }
 
 TEST_F(CudaVsCpu, EmbeddingWithPositions) {
