@@ -569,17 +569,22 @@ def render_kv_cache(w):
     texts = list(kv["texts"])
     dtypes = list(kv["kv_bytes_per_token"])
     m = kv["machine"]
+    narrow = dtypes[1:]
     w("### KV-cache storage\n")
     w(f"`bench/kv_cache_quality.py` (`bench/results/kv_cache_quality.json`), measured at commit `{kv['commit'][:10]}` "
       f"on {m.get('cpu', m['platform'])}: each precision scored with the KV cache stored in "
-      f"{' and in '.join(dtypes)} (`quantserve perplexity --kv-cache-dtype`), each against fp32 weights with an "
-      "fp32 cache on the same positions (first 2048 tokens, windows of 512, stride 256). Attention computes in "
-      "fp32 whatever the storage: an fp16 cache rounds each cached key and value once, as it is written. The CPU "
-      "backend serves with fp16 by default (`serve --kv-cache-dtype`); the CUDA backend stores fp32 only for now "
-      "(an fp16 cache on the GPU is the GPU decode issue's). Bytes per token (K and V over the model's "
-      f"{kv['kv_shape']['num_layers']} layers × {kv['kv_shape']['num_kv_heads']} KV heads × "
-      f"{kv['kv_shape']['head_dim']}): " +
-      ", ".join(f"{d} {kv['kv_bytes_per_token'][d]:,} B" for d in dtypes) + ".\n")
+      f"{', '.join(dtypes[:-1])} and {dtypes[-1]} (`quantserve perplexity --kv-cache-dtype`), each against fp32 "
+      "weights with an fp32 cache on the same positions (first 2048 tokens, windows of 512, stride 256). Attention "
+      "computes in fp32 whatever the storage: a narrower cache rounds each cached key and value once, as it is "
+      "written (int8: one fp32 scale per token and KV head, the head's largest magnitude over 127, for K and for V). "
+      "The CPU backend serves with fp16 by default (`serve --kv-cache-dtype fp32|fp16|bf16|int8`); the CUDA backend "
+      "stores fp32 only for now and refuses the others at load (an fp16 cache on the GPU is the GPU decode issue's). "
+      f"Bytes per token (K and V over the model's {kv['kv_shape']['num_layers']} layers × "
+      f"{kv['kv_shape']['num_kv_heads']} KV heads × {kv['kv_shape']['head_dim']}): " +
+      ", ".join(f"{d} {kv['kv_bytes_per_token'][d]:,} B" for d in dtypes) +
+      "; at a fixed `--kv-cache-bytes` budget the cache holds " +
+      ", ".join(f"{kv['kv_bytes_per_token']['fp32'] / kv['kv_bytes_per_token'][d]:.2f}× the tokens in {d}"
+                for d in narrow) + " that it holds in fp32.\n")
     w("| weights | KV cache | " + " | ".join(f"Δ {t}" for t in texts) + " | mean Δ | top-1 agreement with fp32 |")
     w("|---|---|" + "---:|" * (len(texts) + 2))
     for row in kv["summary"]:
@@ -590,17 +595,18 @@ def render_kv_cache(w):
               f" | **{pct(row['mean_change_vs_fp32'][d], 3)}** | {100 * row['mean_top1_agreement_with_fp32'][d]:.2f}% |")
     w("")
     w("Each Δ is followed by its paired per-token standard error (`quantserve perplexity --compare-to` reports it: "
-      "the spread of the per-position NLL differences over √n). The fp16 cache's own effect, scored against the "
-      "same weights with an fp32 cache (`--kv-cache-dtype fp16 --compare-to <the same precision>`, paired):\n")
-    w("| weights | mean Δ | worst text | mean standard error | top-1 agreement | mean KL (nats) |")
-    w("|---|---:|---:|---:|---:|---:|")
+      "the spread of the per-position NLL differences over √n). Each narrower cache's own effect, scored against the "
+      "same weights with an fp32 cache (`--kv-cache-dtype <d> --compare-to <the same precision>`, paired):\n")
+    w("| weights | KV cache | mean Δ | worst text | mean standard error | top-1 agreement | mean KL (nats) |")
+    w("|---|---|---:|---:|---:|---:|---:|")
     for row in kv["summary"]:
-        e = row["fp16_cache_effect"]
-        w(f"| {row['precision']} | {pct(e['mean'], 4)} | ±{100 * e['max_abs']:.4f}% | ±{100 * e['mean_stderr']:.4f}% | "
-          f"{100 * e['mean_top1_agreement']:.2f}% | {e['mean_kl']:.5f} |")
+        for d in narrow:
+            e = row["cache_effect"][d]
+            w(f"| {row['precision']} | {d} | {pct(e['mean'], 4)} | ±{100 * e['max_abs']:.4f}% | "
+              f"±{100 * e['mean_stderr']:.4f}% | {100 * e['mean_top1_agreement']:.2f}% | {e['mean_kl']:.6f} |")
     w("")
     summary = {r["precision"]: r for r in kv["summary"]}
-    effect = {p: r["fp16_cache_effect"] for p, r in summary.items()}
+    effect = {p: r["cache_effect"]["fp16"] for p, r in summary.items() if "fp16" in r["cache_effect"]}
     w8a8 = [p for p in ("int8", "int8-smooth") if p in effect]
     steady = [p for p in effect if p not in w8a8]
     if steady and w8a8:

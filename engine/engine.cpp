@@ -386,9 +386,14 @@ Engine::Engine(std::unique_ptr<Model> model, std::unique_ptr<Tokenizer> tokenize
            ErrorCode::kInvalidArgument, "engine limits must be positive");
   Backend& backend = impl_->model->backend();
   const DType kv_dtype = o.kv_cache_dtype.value_or(backend.default_kv_cache_dtype());
-  QS_CHECK(backend.supports_kv_cache_dtype(kv_dtype), ErrorCode::kInvalidArgument, "the ", backend.name(),
-           " backend cannot store the KV cache in ", kv_cache_dtype_name(kv_dtype), "; it stores ",
-           backend.supports_kv_cache_dtype(DType::F16) ? "fp32 or fp16" : "fp32");
+  if (!backend.supports_kv_cache_dtype(kv_dtype)) {
+    std::string stored;
+    for (DType d : {DType::F32, DType::F16, DType::BF16, DType::I8}) {
+      if (backend.supports_kv_cache_dtype(d)) stored += std::string(stored.empty() ? "" : ", ") + kv_cache_dtype_name(d);
+    }
+    QS_FAIL(ErrorCode::kInvalidArgument, "the ", backend.name(), " backend cannot store the KV cache in ",
+            kv_cache_dtype_name(kv_dtype), "; it stores ", stored);
+  }
   KvCacheConfig kv;
   kv.num_layers = c.num_layers;
   kv.block_size = o.kv_block_size;

@@ -18,6 +18,7 @@ namespace qs {
 // KV-cache storage dtypes by their flag names: "fp32", "fp16", "bf16", "int8" (F32, F16, BF16, I8); which of
 // them a backend stores is Backend::supports_kv_cache_dtype. nullopt for any other name.
 std::optional<DType> parse_kv_cache_dtype(const std::string& name);
+inline constexpr const char* kKvCacheDtypeNames = "fp32, fp16, bf16, int8";   // for error messages and --help
 const char* kv_cache_dtype_name(DType dtype);
 
 // The blocks a KV cache gets, from a byte budget (budget_bytes > 0), a token count (budget_tokens > 0) or, with

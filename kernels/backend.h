@@ -102,6 +102,12 @@ struct BatchLayout {
 
 // Paged key/value memory for all layers: per layer, K and V pools of num_blocks blocks of block_size tokens
 // (NKV x HD values each, in `dtype`); how a block is laid out inside is the backend's business.
+// Bytes one token's K (or V) of one head takes in a KV cache of `dtype`: head_dim elements, and for I8 the fp32
+// scale they were quantized with (one per token and head: a token is written once, so its scale never changes).
+inline size_t kv_head_bytes(DType dtype, int64_t head_dim) {
+  return dtype_bytes(dtype, head_dim) + (dtype == DType::I8 ? sizeof(float) : 0);
+}
+
 struct KvCacheConfig {
   int64_t num_layers = 0;
   int64_t num_blocks = 0;
@@ -124,9 +130,9 @@ struct KvCacheConfig {
   }
   int64_t group_blocks(int32_t group) const { return group == 0 ? num_blocks : window_num_blocks; }
   // Bytes of K and V for one token over all layers, and over one group's layers.
-  size_t bytes_per_token() const { return 2 * size_t(num_layers * num_kv_heads) * dtype_bytes(dtype, head_dim); }
+  size_t bytes_per_token() const { return 2 * size_t(num_layers * num_kv_heads) * kv_head_bytes(dtype, head_dim); }
   size_t group_bytes_per_token(int32_t group) const {
-    return 2 * size_t(group_layers(group) * num_kv_heads) * dtype_bytes(dtype, head_dim);
+    return 2 * size_t(group_layers(group) * num_kv_heads) * kv_head_bytes(dtype, head_dim);
   }
 };
 class KvCache {

@@ -5,10 +5,12 @@
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
 
+#include "engine/kv_cache.h"
 #include "kernels/error.h"
 #include "server/cli_common.h"
 #include "server/commands.h"
@@ -72,6 +74,7 @@ void add_bench_command(CLI::App& app) {
     int64_t prompt_tokens = 128;
     int64_t new_tokens = 64;
     std::string output;
+    std::string kv_cache_dtype;   // empty: the backend's default
     bool prefix_cache = true;
   };
   auto args = std::make_shared<Args>();
@@ -82,8 +85,16 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--prompt-tokens", args->prompt_tokens, "Prompt length in tokens")->check(CLI::PositiveNumber);
   cmd->add_option("--new-tokens", args->new_tokens, "Generated tokens per sequence")->check(CLI::PositiveNumber);
   cmd->add_option("-o,--output", args->output, "Write the results as JSON to this file");
+  cmd->add_option("--kv-cache-dtype", args->kv_cache_dtype,
+                  std::string("KV-cache storage: ") + kKvCacheDtypeNames + " (default: the backend's, fp16 on the CPU)");
   add_prefix_cache_option(cmd, args->prefix_cache);
   cmd->callback([args] {
+    std::optional<DType> kv_cache_dtype;
+    if (!args->kv_cache_dtype.empty()) {
+      kv_cache_dtype = parse_kv_cache_dtype(args->kv_cache_dtype);
+      QS_CHECK(kv_cache_dtype.has_value(), ErrorCode::kInvalidArgument, "--kv-cache-dtype '",
+               args->kv_cache_dtype.substr(0, 32), "' is not one of: ", kKvCacheDtypeNames);
+    }
     nlohmann::json out = {{"tool", "quantserve bench"},
                           {"threads", int(std::thread::hardware_concurrency())},
                           {"prompt_tokens", args->prompt_tokens},
@@ -101,6 +112,7 @@ void add_bench_command(CLI::App& app) {
       eo.max_batch_tokens = std::max<int64_t>(512, max_batch);
       eo.kv_cache_tokens = max_batch * (args->prompt_tokens + args->new_tokens);
       eo.prefix_cache = args->prefix_cache;
+      eo.kv_cache_dtype = kv_cache_dtype;
       LoadedEngine loaded = load_model_for_cli(m, /*quiet=*/true, eo);
       Engine& engine = *loaded.engine;
       const LoadReport& report = engine.model().report();
@@ -127,6 +139,7 @@ void add_bench_command(CLI::App& app) {
                                   {"inter_token_latency_ms", r.inter_token_latency_ms},
                                   {"weight_bytes", report.weight_bytes},
                                   {"group_size", report.group_size},
+                                  {"kv_cache_dtype", kv_cache_dtype_name(*engine.options().kv_cache_dtype)},
                                   {"original_bytes", report.original_bytes},
                                   {"load_seconds", report.load_seconds},
                                   {"quantize_seconds", report.quantize_seconds},

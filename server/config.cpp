@@ -73,7 +73,7 @@ void validate(const ServeOptions& o) {
            "give --kv-cache-bytes or --kv-cache-tokens, not both");
   QS_CHECK(l.kv_cache_dtype.empty() || parse_kv_cache_dtype(l.kv_cache_dtype).has_value(),
            ErrorCode::kInvalidArgument, "--kv-cache-dtype '", l.kv_cache_dtype.substr(0, 32),
-           "' is not one of: fp32, fp16 (bf16 and int8 are names reserved for later)");
+           "' is not one of: ", kKvCacheDtypeNames);
   QS_CHECK(l.max_queued > 0, ErrorCode::kInvalidArgument,
            "--max-queued must be > 0 (0 would refuse every request), got ", l.max_queued);
   QS_CHECK(o.reflection == "auto" || o.reflection == "on" || o.reflection == "off", ErrorCode::kInvalidArgument,

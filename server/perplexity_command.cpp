@@ -56,7 +56,7 @@ void add_perplexity_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--kv-cache-dtype", args->kv_cache_dtype,
                   "KV-cache storage of the model under test: fp32 (the default, so the figure is the precision's "
-                  "alone) or fp16 (what the CPU serves with); a --compare-to reference keeps fp32")
+                  "alone), fp16 (what the CPU serves with), bf16 or int8; a --compare-to reference keeps fp32")
       ->capture_default_str();
   cmd->add_option("--max-tokens", args->max_tokens, "Score only the first N tokens of the text (0 = all)");
   cmd->add_flag("--json", args->json, "Print JSON (the perplexity is under \"perplexity\")");
@@ -68,7 +68,7 @@ void add_perplexity_command(CLI::App& app) {
              "--stride does not apply to --method llama.cpp (it scores non-overlapping chunks of --context)");
     const std::optional<DType> kv_cache_dtype = parse_kv_cache_dtype(args->kv_cache_dtype);
     QS_CHECK(kv_cache_dtype.has_value(), ErrorCode::kInvalidArgument, "--kv-cache-dtype '",
-             args->kv_cache_dtype.substr(0, 32), "' is not one of: fp32, fp16");
+             args->kv_cache_dtype.substr(0, 32), "' is not one of: ", kKvCacheDtypeNames);
     QS_CHECK(args->context == 0 || args->context >= 2, ErrorCode::kInvalidArgument,
              "--context must be at least 2 tokens, got ", args->context);
     QS_CHECK(args->stride >= 0, ErrorCode::kInvalidArgument, "--stride must be positive, got ", args->stride);

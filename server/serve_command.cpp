@@ -469,7 +469,9 @@ void add_serve_command(CLI::App& app) {
                   "model's context. Memory is committed as the cache fills (default: 32 sequences at the model's "
                   "context, capped at 65,536 tokens)")
       ->envname("QUANTSERVE_KV_CACHE_BYTES");
-  cmd->add_option("--kv-cache-dtype", l.kv_cache_dtype, "KV-cache storage: fp32 or fp16 (default: fp16 on CPU, fp32 on CUDA)")
+  cmd->add_option("--kv-cache-dtype", l.kv_cache_dtype,
+                  "KV-cache storage: fp32, fp16, bf16 or int8 (a scale per token and head; CPU only) (default: fp16 "
+                  "on CPU, fp32 on CUDA, which stores fp32 only)")
       ->envname("QUANTSERVE_KV_CACHE_DTYPE");
   add_prefix_cache_option(cmd, l.prefix_cache);
   cmd->add_option("--engine-stall-seconds", options->engine_stall_seconds,

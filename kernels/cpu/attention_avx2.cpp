@@ -3,6 +3,7 @@
 
 #include <cstdint>
 
+#include "kernels/cpu/attention_paged.h"
 #include "kernels/cpu/exp2_poly.h"
 
 namespace qs::cpu::attention_avx2_impl {
@@ -20,6 +21,13 @@ struct Vec {
   static R set1(float x) { return _mm256_set1_ps(x); }
   static R load(const float* p) { return _mm256_loadu_ps(p); }
   static R load(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static R load(const Bf16* p) {   // the top half of an fp32: widened and shifted up, exactly
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  }
+  static R load(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
   template <class E>
   static R load_partial(const E* p, int64_t n) {
     E tmp[W] = {};

@@ -1,9 +1,11 @@
 // The fast paged attention with AVX-512 (compiled with -mavx512*, called after a CPUID check): 16 keys' scores
-// per vector, fp16 K/V converted in registers (vcvtph2ps), exp2 by polynomial and vscalefps.
+// per vector, fp16, bf16 and int8 K/V converted in registers (vcvtph2ps; a shift; vpmovsxbd + vcvtdq2ps), exp2
+// by polynomial and vscalefps.
 #include <immintrin.h>
 
 #include <cstdint>
 
+#include "kernels/cpu/attention_paged.h"
 #include "kernels/cpu/exp2_poly.h"
 
 namespace qs::cpu::attention_avx512_impl {
@@ -21,7 +23,19 @@ struct Vec {
   static R set1(float x) { return _mm512_set1_ps(x); }
   static R load(const float* p) { return _mm512_loadu_ps(p); }
   static R load(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static R load(const Bf16* p) { return from_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static R load(const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
   static R load_partial(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p); }
+  static R load_partial(const Bf16* p, int64_t n) {
+    return from_bf16(_mm256_maskz_loadu_epi16(__mmask16((1u << n) - 1), p));
+  }
+  static R load_partial(const int8_t* p, int64_t n) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(__mmask16((1u << n) - 1), p)));
+  }
+  // bf16 is the top half of an fp32: widened and shifted up, exactly.
+  static R from_bf16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
   static R load_partial(const uint16_t* p, int64_t n) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(__mmask16((1u << n) - 1), p));
   }

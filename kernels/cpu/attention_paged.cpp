@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/error.h"
@@ -26,6 +28,8 @@ struct Vec {
   static R set1(float x) { return x; }
   static R load(const float* p) { return *p; }
   static R load(const uint16_t* p) { return _cvtsh_ss(*p); }
+  static R load(const Bf16* p) { return bf16_to_f32(p->bits); }
+  static R load(const int8_t* p) { return float(*p); }
   template <class E>
   static R load_partial(const E* p, int64_t) { return load(p); }
   static void store(float* p, R v) { *p = v; }
@@ -62,7 +66,12 @@ constexpr int64_t kKeyChunkKeys = 256;
 
 inline uint16_t to_f16(float x) { return uint16_t(_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT)); }
 
-// K (num_blocks, [block_stride: NKV, HD, BS]), V (num_blocks, [block_stride: NKV, BS, HD]).
+inline void store_element(float* p, float x) { *p = x; }
+inline void store_element(uint16_t* p, float x) { *p = to_f16(x); }
+inline void store_element(Bf16* p, float x) { p->bits = f32_to_bf16(x); }
+
+// K (num_blocks, [block_stride: NKV, HD, BS]), V (num_blocks, [block_stride: NKV, BS, HD]); int8: each followed
+// by its scales (NKV, BS).
 template <class E>
 void write_kv(E* k_pool, E* v_pool, const float* qkv, const BatchLayout& batch, int64_t BS, int64_t NH, int64_t NKV,
               int64_t HD, int64_t block_stride) {
@@ -77,22 +86,22 @@ void write_kv(E* k_pool, E* v_pool, const float* qkv, const BatchLayout& batch, 
     for (int64_t h = 0; h < NKV; ++h) {
       E* kd = k_pool + block * block_stride + (h * HD) * BS + offset;
       E* vd = v_pool + block * block_stride + (h * BS + offset) * HD;
-      for (int64_t d = 0; d < HD; ++d) {
-        if constexpr (sizeof(E) == 2) {
-          kd[d * BS] = to_f16(k[h * HD + d]);
-        } else {
-          kd[d * BS] = k[h * HD + d];
-        }
-      }
-      if constexpr (sizeof(E) == 2) {
-        int64_t d = 0;
-        for (; d + 8 <= HD; d += 8) {
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(vd + d),
-                           _mm256_cvtps_ph(_mm256_loadu_ps(v + h * HD + d), _MM_FROUND_TO_NEAREST_INT));
-        }
-        for (; d < HD; ++d) vd[d] = to_f16(v[h * HD + d]);
+      if constexpr (std::is_same_v<E, int8_t>) {
+        // The scales of the block's heads follow its NKV x HD x BS elements (attention_paged.h).
+        const size_t scale_at = size_t(NKV * HD * BS) + sizeof(float) * size_t(h * BS + offset);
+        const float ks = quantize_kv_int8(k + h * HD, HD, kd, BS), vs = quantize_kv_int8(v + h * HD, HD, vd, 1);
+        std::memcpy(k_pool + block * block_stride + scale_at, &ks, sizeof ks);
+        std::memcpy(v_pool + block * block_stride + scale_at, &vs, sizeof vs);
       } else {
-        for (int64_t d = 0; d < HD; ++d) vd[d] = v[h * HD + d];
+        for (int64_t d = 0; d < HD; ++d) store_element(kd + d * BS, k[h * HD + d]);
+        int64_t d = 0;
+        if constexpr (std::is_same_v<E, uint16_t>) {
+          for (; d + 8 <= HD; d += 8) {
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(vd + d),
+                             _mm256_cvtps_ph(_mm256_loadu_ps(v + h * HD + d), _MM_FROUND_TO_NEAREST_INT));
+          }
+        }
+        for (; d < HD; ++d) store_element(vd + d, v[h * HD + d]);
       }
     }
   }
@@ -127,6 +136,20 @@ AttentionIsa resolve(AttentionIsa isa, int64_t HD) {
 }
 
 }  // namespace
+
+bool attention_reads_kv_dtype(DType dtype) {
+  return dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16 || dtype == DType::I8;
+}
+
+float quantize_kv_int8(const float* x, int64_t n, int8_t* q, int64_t stride) {
+  float max_abs = 0.0f;
+  for (int64_t i = 0; i < n; ++i) max_abs = std::max(max_abs, std::fabs(x[i]));
+  const float scale = max_abs > 0.0f ? max_abs / 127.0f : 1.0f, inv = 1.0f / scale;
+  for (int64_t i = 0; i < n; ++i) {
+    q[i * stride] = int8_t(std::clamp(std::nearbyint(x[i] * inv), -127.0f, 127.0f));
+  }
+  return scale;
+}
 
 bool attention_isa_available(AttentionIsa isa) {
   switch (isa) {
@@ -163,11 +186,13 @@ int64_t attention_scratch_floats(int64_t max_rows, int64_t HD, int64_t BS) {
 void attention_paged_forward(float* out, const float* qkv, void* k_pool, void* v_pool, DType kv_dtype,
                              const BatchLayout& batch, int64_t BS, int64_t NH, int64_t NKV, int64_t HD,
                              int64_t block_stride, AttentionIsa isa, int64_t window) {
-  if (block_stride <= 0) block_stride = NKV * HD * BS;
+  if (block_stride <= 0) {   // one layer's K (or V) per block: its elements, and int8's scales
+    block_stride = int64_t(size_t(NKV * BS) * kv_head_bytes(kv_dtype, HD) / dtype_bytes(kv_dtype, 1));
+  }
   QS_CHECK(NKV > 0 && NH % NKV == 0 && HD > 0 && BS > 0, ErrorCode::kInternal, "attention: ", NH,
            " query heads are not a multiple of ", NKV, " KV heads (head dim ", HD, ", block size ", BS, ")");
-  QS_CHECK(kv_dtype == DType::F32 || kv_dtype == DType::F16, ErrorCode::kUnsupported,
-           "the CPU attention reads an fp32 or fp16 KV cache, not ", dtype_name(kv_dtype));
+  QS_CHECK(attention_reads_kv_dtype(kv_dtype), ErrorCode::kUnsupported,
+           "the CPU attention reads an fp32, fp16, bf16 or int8 KV cache, not ", dtype_name(kv_dtype));
   const int64_t T = batch.num_tokens();
   if (T == 0) return;
   const int64_t S = int64_t(batch.block_tables.size());
@@ -177,11 +202,15 @@ void attention_paged_forward(float* out, const float* qkv, void* k_pool, void* v
              ErrorCode::kInternal, "attention: token ", t, " at position ", pos, " of sequence ", s,
              " has no KV block");
   }
-  if (kv_dtype == DType::F16) {
-    write_kv(static_cast<uint16_t*>(k_pool), static_cast<uint16_t*>(v_pool), qkv, batch, BS, NH, NKV, HD,
-             block_stride);
-  } else {
-    write_kv(static_cast<float*>(k_pool), static_cast<float*>(v_pool), qkv, batch, BS, NH, NKV, HD, block_stride);
+  auto write = [&](auto* element_type) {
+    using E = std::remove_pointer_t<decltype(element_type)>;
+    write_kv(static_cast<E*>(k_pool), static_cast<E*>(v_pool), qkv, batch, BS, NH, NKV, HD, block_stride);
+  };
+  switch (kv_dtype) {
+    case DType::F16: write(static_cast<uint16_t*>(nullptr)); break;
+    case DType::BF16: write(static_cast<Bf16*>(nullptr)); break;
+    case DType::I8: write(static_cast<int8_t*>(nullptr)); break;
+    default: write(static_cast<float*>(nullptr)); break;
   }
 
   static thread_local Workspace ws;
@@ -244,7 +273,7 @@ void attention_paged_forward(float* out, const float* qkv, void* k_pool, void* v
   plan.qkv = qkv;
   plan.k_pool = k_pool;
   plan.v_pool = v_pool;
-  plan.kv_f16 = kv_dtype == DType::F16;
+  plan.kv_dtype = kv_dtype;
   plan.block_tables = ws.tables.data();
   plan.positions = batch.positions.data();
   plan.BS = BS;

@@ -14,14 +14,31 @@ namespace qs::cpu {
 // (NKV*HD*BS when the pool holds only this layer's K or V; more when a cache interleaves layers), each
 //   K: (NKV, HD, BS)  the block's keys transposed, so one vector load per dim holds BS keys' values
 //   V: (NKV, BS, HD)  the block's values row by row
-// in F32 or F16 (converted to fp32 in registers; scores, softmax and accumulation are fp32).
+// in F32, F16, BF16 or I8 (converted to fp32 in registers; scores, softmax and accumulation are fp32). An I8 K
+// (or V) block is followed by its scales, fp32 (NKV, BS): element = scale x int8, one scale for each token's
+// head, its absolute max / 127 (quantize_kv_int8). As LMDeploy's int8 KV cache, per token and head: a token is
+// written once, so no scale ever changes, where a scale per block would grow as its later tokens come and
+// requantize (round again) the earlier ones. The scales multiply a block's scores (K) and its probabilities (V),
+// never an element.
+
+// A bf16 element of the cache (its own type, so the kernels' loads tell it from fp16's uint16_t).
+struct Bf16 {
+  uint16_t bits;
+};
 
 enum class AttentionIsa { kAuto, kAvx512, kAvx2, kScalar };
+// The KV-cache dtypes attention_paged_forward stores and reads: F32, F16, BF16, I8.
+bool attention_reads_kv_dtype(DType dtype);
+// The int8 KV cache's rounding of one token's head: q[i * stride] = round(x[i] / scale) for i < n, scale =
+// max |x| / 127 (1 where x is all zeros, so a scale is never 0). Returns the scale. Tests round their reference
+// K/V through it.
+float quantize_kv_int8(const float* x, int64_t n, int8_t* q, int64_t stride);
 bool attention_isa_available(AttentionIsa isa);
 const char* attention_isa_name(AttentionIsa isa);
 
 // Writes this pass's k, v of qkv (T, (NH+2NKV)*HD) into the layer's pools, then out (T, NH*HD) = causal
-// softmax(q k^T / sqrt(HD)) v over each token's sequence, as attention_forward does. kv_dtype is F32 or F16.
+// softmax(q k^T / sqrt(HD)) v over each token's sequence, as attention_forward does. kv_dtype is F32, F16, BF16
+// or I8 (attention_reads_kv_dtype).
 // window > 0: each token sees only positions (pos - window, pos] (sliding-window attention); blocks wholly
 // before every query's window are not read.
 // Work is split over the OpenMP threads by (sequence, KV head, query tile) and, when that gives too few
@@ -60,7 +77,7 @@ struct AttentionPlan {
   const float* qkv = nullptr;        // (T, (NH+2NKV)*HD)
   const void* k_pool = nullptr;      // layout above
   const void* v_pool = nullptr;
-  bool kv_f16 = false;
+  DType kv_dtype = DType::F32;
   const int32_t* const* block_tables = nullptr;   // [S] -> block ids
   const int32_t* positions = nullptr;             // [T]
   int64_t BS = 0, NH = 0, NKV = 0, HD = 0;

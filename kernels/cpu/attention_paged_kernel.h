@@ -24,6 +24,16 @@ namespace qs::cpu::QS_ATTN_NAMESPACE {
 // its factor is exactly 1 and its probabilities exactly 0); and the chunks' states are folded left to right,
 // whether one work item runs them all or each is its own item and merge_partials folds them.
 
+// Whether a cache element carries a scale per token and head (int8: attention_paged.h).
+template <class E>
+struct ScaledElement {
+  static constexpr bool value = false;
+};
+template <>
+struct ScaledElement<int8_t> {
+  static constexpr bool value = true;
+};
+
 inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
 inline float max_f(float a, float b) { return a > b ? a : b; }
@@ -148,6 +158,16 @@ inline void block_softmax(float* S, int64_t BSP, int64_t n, int64_t R, float* m,
   for (int64_t r = 0; r < R; ++r) l[r] = l[r] * alpha[r] + block_sum[r];
 }
 
+// S[r, c] *= scale[c] for the block's n keys (int8: the keys' scales on the scores, the values' on the
+// probabilities). The scales lie in the cache after the elements, not necessarily 4-byte aligned.
+inline void scale_columns(float* S, int64_t BSP, int64_t R, int64_t n, const char* scales) {
+  for (int64_t c = 0; c < n; ++c) {
+    float sc;
+    __builtin_memcpy(&sc, scales + c * int64_t(sizeof(float)), sizeof sc);
+    for (int64_t r = 0; r < R; ++r) S[r * BSP + c] *= sc;
+  }
+}
+
 // Folds one row's softmax state over a key chunk (m, l, a) into its running state (M, L, O): the same
 // arithmetic for an item that runs several chunks and for merge_partials, so a row's bits do not depend on
 // which of the two combined its chunks. Of the two factors one is exactly 1 (the state with the larger max).
@@ -241,6 +261,12 @@ void run_item(const AttentionPlan& p, const AttentionWorkItem& it, float* scratc
 #define QS_ATTN_SCORES(RRV) block_scores<E, RRV>(S + r0 * BSP, BSP, qs + r0 * HD, HD, kb, BS, n, limit + r0)
     QS_ATTN_FOR_ROW_TILES(R, Vec::kScoreRows, QS_ATTN_SCORES)
 #undef QS_ATTN_SCORES
+    // int8: the block's NKV heads' scales follow its NKV x HD x BS elements; a scale is > 0, so a masked -inf
+    // stays -inf.
+    const int64_t scales_at = p.NKV * head_elems + int64_t(it.kv_head) * BS * int64_t(sizeof(float));
+    if constexpr (ScaledElement<E>::value) {
+      scale_columns(S, BSP, R, n, reinterpret_cast<const char*>(k_pool + block * block_elems) + scales_at);
+    }
     if (p.window > 0) {   // sliding window: the block's keys before each row's window are masked too
       for (int64_t r = 0; r < R; ++r) {
         lower[r] = int32_t(max_i64(0, min_i64(int64_t(qpos[r]) + 1 - p.window - key0, n)));
@@ -248,6 +274,9 @@ void run_item(const AttentionPlan& p, const AttentionWorkItem& it, float* scratc
       }
     }
     block_softmax(S, BSP, n, R, m, l, alpha, block_sum);
+    if constexpr (ScaledElement<E>::value) {   // after l has summed the probabilities themselves
+      scale_columns(S, BSP, R, n, reinterpret_cast<const char*>(v_pool + block * block_elems) + scales_at);
+    }
 #define QS_ATTN_VALUES(RRV) block_values<E, RRV>(acc + r0 * HD, HD, S + r0 * BSP, BSP, alpha + r0, vb, n)
     QS_ATTN_FOR_ROW_TILES(R, Vec::kMaxRows, QS_ATTN_VALUES)
 #undef QS_ATTN_VALUES
@@ -305,10 +334,11 @@ void run_plan(const AttentionPlan& p) {
 }
 
 inline void run(const AttentionPlan& p) {
-  if (p.kv_f16) {
-    run_plan<uint16_t>(p);
-  } else {
-    run_plan<float>(p);
+  switch (p.kv_dtype) {
+    case DType::F16: run_plan<uint16_t>(p); break;
+    case DType::BF16: run_plan<Bf16>(p); break;
+    case DType::I8: run_plan<int8_t>(p); break;
+    default: run_plan<float>(p); break;
   }
 }
 

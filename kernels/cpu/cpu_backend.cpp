@@ -133,12 +133,12 @@ class CpuLinear final : public LinearWeight {
   }
 };
 
-// The KV cache in fp32 or fp16, in the block layout of attention_paged.h, all layers of one block side by side:
-// block b is [layer][K, V][NKV x HD x BS] at b * block_bytes(). The memory is one anonymous mapping that the
-// kernel commits page by page as blocks are first written; the block manager hands out low block numbers
-// first, so the resident part follows the most blocks ever in use, not the budget. With layer groups
-// (KvCacheConfig::layer_group) each group is such a pool of its own layers and blocks, read through its own
-// block tables.
+// The KV cache in fp32, fp16, bf16 or int8, in the block layout of attention_paged.h, all layers of one block side
+// by side: block b is [layer][K, V][NKV x HD x BS (and int8's NKV x BS scales)] at b * block_bytes(). The memory
+// is one anonymous mapping that the kernel commits page by page as blocks are first written; the block manager
+// hands out low block numbers first, so the resident part follows the most blocks ever in use, not the budget.
+// With layer groups (KvCacheConfig::layer_group) each group is such a pool of its own layers and blocks, read
+// through its own block tables.
 class CpuKvCache final : public KvCache {
  public:
   explicit CpuKvCache(const KvCacheConfig& config) : config_(config) {
@@ -147,8 +147,8 @@ class CpuKvCache final : public KvCache {
              ErrorCode::kInvalidArgument, "KV cache config must be all positive: layers ", config.num_layers,
              ", blocks ", config.num_blocks, ", block size ", config.block_size, ", kv heads ", config.num_kv_heads,
              ", head dim ", config.head_dim);
-    QS_CHECK(config.dtype == DType::F32 || config.dtype == DType::F16, ErrorCode::kUnsupported,
-             "the CPU backend stores the KV cache in fp32 or fp16, not ", dtype_name(config.dtype));
+    QS_CHECK(cpu::attention_reads_kv_dtype(config.dtype), ErrorCode::kUnsupported,
+             "the CPU backend stores the KV cache in fp32, fp16, bf16 or int8, not ", dtype_name(config.dtype));
     QS_CHECK(config.layer_group.empty() ||
                  (int64_t(config.layer_group.size()) == config.num_layers && config.group_layers(0) > 0 &&
                   config.group_layers(1) > 0 && config.group_layers(0) + config.group_layers(1) == config.num_layers &&
@@ -156,7 +156,8 @@ class CpuKvCache final : public KvCache {
              ErrorCode::kInvalidArgument, "KV cache layer groups must give each of the ", config.num_layers,
              " layers group 0 or 1, both groups some layers, and the second group a positive block count (",
              config.window_num_blocks, ")");
-    pool_elems_ = config.num_kv_heads * config.head_dim * config.block_size;
+    pool_bytes_ = size_t(config.num_kv_heads * config.block_size) * kv_head_bytes(config.dtype, config.head_dim);
+    elem_bytes_ = dtype_bytes(config.dtype, 1);
     layer_pool_.resize(size_t(config.num_layers));
     layer_index_.resize(size_t(config.num_layers));
     for (int64_t l = 0; l < config.num_layers; ++l) {
@@ -167,7 +168,7 @@ class CpuKvCache final : public KvCache {
     for (int32_t g = 0; g < int32_t(config.num_groups()); ++g) {
       Pool& p = pools_[size_t(g)];
       p.num_blocks = config.group_blocks(g);
-      p.block_bytes = 2 * size_t(p.layers) * dtype_bytes(config.dtype, pool_elems_);
+      p.block_bytes = 2 * size_t(p.layers) * pool_bytes_;
       p.mapped_bytes = round_to_page(p.block_bytes * size_t(p.num_blocks));
       p.base = mmap(nullptr, p.mapped_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
                     0);
@@ -200,9 +201,11 @@ class CpuKvCache final : public KvCache {
   // The layer's group: 0 reads BatchLayout::block_tables, 1 window_block_tables.
   int32_t group(int64_t layer) const { return layer_pool_[size_t(layer)]; }
   // Elements between block b and block b + 1 of one layer's K (or V).
-  int64_t block_stride(int64_t layer) const { return 2 * pools_[size_t(group(layer))].layers * pool_elems_; }
-  void* k(int64_t layer) { return element(layer, 2 * layer_index_[size_t(layer)] * pool_elems_); }
-  void* v(int64_t layer) { return element(layer, (2 * layer_index_[size_t(layer)] + 1) * pool_elems_); }
+  int64_t block_stride(int64_t layer) const {
+    return int64_t(2 * size_t(pools_[size_t(group(layer))].layers) * pool_bytes_ / elem_bytes_);
+  }
+  void* k(int64_t layer) { return at(layer, size_t(2 * layer_index_[size_t(layer)]) * pool_bytes_); }
+  void* v(int64_t layer) { return at(layer, size_t(2 * layer_index_[size_t(layer)] + 1) * pool_bytes_); }
   // Called with each pass's batch (the tables of `group`) before its tokens are written: keeps the committed
   // high-water mark.
   void note_blocks(const BatchLayout& batch, int32_t group) {
@@ -229,12 +232,11 @@ class CpuKvCache final : public KvCache {
     const size_t page = size_t(sysconf(_SC_PAGESIZE));
     return (bytes + page - 1) / page * page;
   }
-  void* element(int64_t layer, int64_t index) {
-    return static_cast<char*>(pools_[size_t(group(layer))].base) + size_t(index) * dtype_bytes(config_.dtype, 1);
-  }
+  void* at(int64_t layer, size_t offset) { return static_cast<char*>(pools_[size_t(group(layer))].base) + offset; }
 
   KvCacheConfig config_;
-  int64_t pool_elems_ = 0;            // NKV * HD * BS: one layer's K (or V) of one block
+  size_t pool_bytes_ = 0;             // one layer's K (or V) of one block: NKV x HD x BS elements (+ scales)
+  size_t elem_bytes_ = 0;             // of one element of the cache's dtype
   Pool pools_[2];                     // the second only with layer groups
   std::vector<int32_t> layer_pool_;   // per layer: its group's pool
   std::vector<int64_t> layer_index_;  // per layer: its place among its pool's layers
@@ -373,7 +375,7 @@ class CpuBackend final : public Backend {
     return std::make_unique<CpuKvCache>(config);
   }
   DType default_kv_cache_dtype() const override { return DType::F16; }
-  bool supports_kv_cache_dtype(DType dtype) const override { return dtype == DType::F32 || dtype == DType::F16; }
+  bool supports_kv_cache_dtype(DType dtype) const override { return cpu::attention_reads_kv_dtype(dtype); }
 
   bool supports_kv_layer_groups() const override { return true; }
 

@@ -66,6 +66,14 @@ def main():
         assert abs(cmp["delta_perplexity_percent"] - 100 * (kv16["perplexity"] / hf["perplexity"] - 1)) < 1e-6, kv16
         assert 0 < cmp["delta_perplexity_percent_stderr"] < 100 * kv16["perplexity_stderr"] / kv16["perplexity"], kv16
         assert hf["perplexity_stderr"] > 0 and hf["nll_stderr"] > 0, hf
+        # bf16 (8 bits) and int8 (a scale per token and head) K/V: named in the result, a change, and a small one.
+        for name in ("bf16", "int8"):
+            kv = json.loads(run(b, common + ["--model", FIXTURE, "--ids-file", ids_path, "--kv-cache-dtype", name,
+                                             "--compare-to", "fp32"]).stdout)
+            assert kv["kv_cache_dtype"] == name, kv
+            assert kv["perplexity"] != hf["perplexity"], (name, kv, hf)
+            assert abs(kv["perplexity"] / hf["perplexity"] - 1) < 2e-2, (name, kv, hf)
+            assert kv["compare_to"]["top1_agreement"] > 0.9, (name, kv)
 
         # --save-nll: one NLL per scored position, whose mean is the run's mean NLL.
         nll_path = os.path.join(tmp, "nll.json")
@@ -80,8 +88,7 @@ def main():
         (["--method", "llamacpp"], "unknown perplexity method 'llamacpp'"),
         (["--context", "1"], "--context must be at least 2"),
         (["--method", "llama.cpp", "--max-tokens", "20"], "no token to score"),
-        (["--kv-cache-dtype", "q4"], "--kv-cache-dtype 'q4' is not one of: fp32, fp16"),
-        (["--kv-cache-dtype", "bf16"], "the cpu backend cannot store the KV cache in bf16"),
+        (["--kv-cache-dtype", "q4"], "--kv-cache-dtype 'q4' is not one of: fp32, fp16, bf16, int8"),
         (["--save-nll", "/nonexistent-dir/nll.json"], "cannot write '/nonexistent-dir/nll.json'"),
     ]:
         p = run(b, ["perplexity", "--model", FIXTURE, "--device", "cpu", "--file", TEXT] + args, ok=False)

@@ -646,8 +646,8 @@ TEST(KvCacheFlags, BadValuesFailAtStartUp) {
       {"--kv-cache-bytes 1000", "fewer than one sequence of the maximum context"},
       {"--kv-cache-bytes=-5", "--kv-cache-bytes must be >= 0"},
       {"--kv-cache-bytes 12parsecs", "unknown unit"},
-      {"--kv-cache-dtype q4", "--kv-cache-dtype 'q4' is not one of: fp32, fp16"},
-      {"--kv-cache-dtype bf16", "cannot store the KV cache in bf16"},
+      {"--kv-cache-dtype q4", "--kv-cache-dtype 'q4' is not one of: fp32, fp16, bf16, int8"},
+      {"--kv-cache-dtype INT8x", "--kv-cache-dtype 'INT8x' is not one of"},
       {"--kv-cache-bytes 64MiB --kv-cache-tokens 1024", "not both"},
   };
   for (const auto& c : cases) {
@@ -658,18 +658,22 @@ TEST(KvCacheFlags, BadValuesFailAtStartUp) {
   }
 }
 
-// A budget in bytes sizes the cache: 64 MiB of fp32 for the GPT-2 fixture, reported as the capacity.
+// A budget in bytes sizes the cache: 64 MiB for the GPT-2 fixture in each stored dtype, reported as the capacity
+// under that dtype's label.
 TEST(KvCacheFlags, ByteBudgetAndDtypeReachTheMetrics) {
-  auto server = start_server({"--kv-cache-bytes", "64MiB", "--kv-cache-dtype", "fp32"});
-  ASSERT_TRUE(server);
-  qs::test::Scrape scrape;
-  ASSERT_TRUE(wait_metrics(server->metrics_port, [](const qs::test::Scrape& s) {
-    return s.value("quantserve_kv_cache_capacity_bytes", {"model=\"gpt2\"", "dtype=\"fp32\""}) > 0;
-  }, 10, &scrape)) << server->log();
-  const double capacity = scrape.value("quantserve_kv_cache_capacity_bytes", {"model=\"gpt2\"", "dtype=\"fp32\""});
-  EXPECT_LE(capacity, 64.0 * (1 << 20));
-  EXPECT_GT(capacity, 63.0 * (1 << 20));   // whole blocks of the budget
-  EXPECT_EQ(scrape.value("quantserve_kv_cache_committed_bytes", {"model=\"gpt2\"", "dtype=\"fp32\""}), 0);   // idle
+  for (const std::string dtype : {"fp32", "int8"}) {
+    auto server = start_server({"--kv-cache-bytes", "64MiB", "--kv-cache-dtype", dtype});
+    ASSERT_TRUE(server) << dtype;
+    const std::string label = "dtype=\"" + dtype + "\"";
+    qs::test::Scrape scrape;
+    ASSERT_TRUE(wait_metrics(server->metrics_port, [&](const qs::test::Scrape& s) {
+      return s.value("quantserve_kv_cache_capacity_bytes", {"model=\"gpt2\"", label}) > 0;
+    }, 10, &scrape)) << dtype << ": " << server->log();
+    const double capacity = scrape.value("quantserve_kv_cache_capacity_bytes", {"model=\"gpt2\"", label});
+    EXPECT_LE(capacity, 64.0 * (1 << 20)) << dtype;
+    EXPECT_GT(capacity, 63.0 * (1 << 20)) << dtype;   // whole blocks of the budget
+    EXPECT_EQ(scrape.value("quantserve_kv_cache_committed_bytes", {"model=\"gpt2\"", label}), 0) << dtype;   // idle
+  }
 }
 
 // Prefix caching through the server: on by default, the same greedy ids as with it off, the metrics (there from

@@ -285,6 +285,8 @@ TEST(KvCacheDtype, Names) {
   EXPECT_FALSE(parse_kv_cache_dtype("f16").has_value());
   EXPECT_FALSE(parse_kv_cache_dtype("").has_value());
   EXPECT_STREQ(kv_cache_dtype_name(DType::F16), "fp16");
+  EXPECT_EQ(parse_kv_cache_dtype("bf16"), DType::BF16);
+  EXPECT_EQ(parse_kv_cache_dtype("int8"), DType::I8);
 }
 
 // The CPU backend stores fp32 and fp16, commits memory only as blocks are written, and refuses other dtypes.
@@ -292,7 +294,9 @@ TEST(KvCacheMemory, CpuCommitsAsBlocksAreWritten) {
   auto backend = make_cpu_backend(1);
   EXPECT_EQ(backend->default_kv_cache_dtype(), DType::F16);
   EXPECT_TRUE(backend->supports_kv_cache_dtype(DType::F32));
-  EXPECT_FALSE(backend->supports_kv_cache_dtype(DType::BF16));
+  EXPECT_TRUE(backend->supports_kv_cache_dtype(DType::BF16));
+  EXPECT_TRUE(backend->supports_kv_cache_dtype(DType::I8));
+  EXPECT_FALSE(backend->supports_kv_cache_dtype(DType::U8));
   KvCacheConfig kc{2, 1000, 16, 2, 64, DType::F16};   // 16 KiB a block
   auto cache = backend->make_kv_cache(kc);
   EXPECT_EQ(cache->bytes(), 1000u * 16 * kc.bytes_per_token());
@@ -313,7 +317,7 @@ TEST(KvCacheMemory, CpuCommitsAsBlocksAreWritten) {
   EXPECT_EQ(cache->committed_bytes(), 2u * 16 * kc.bytes_per_token());   // blocks 0 and 1 (whole pages)
   for (float v : out) EXPECT_FLOAT_EQ(v, 0.5f);
   KvCacheConfig bad = kc;
-  bad.dtype = DType::BF16;
+  bad.dtype = DType::I32;
   EXPECT_THROW(backend->make_kv_cache(bad), Error);
 }
 

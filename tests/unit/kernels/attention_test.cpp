@@ -4,9 +4,12 @@
 // result for a position is the same bits whatever the pass around it (batch invariance).
 //
 // Tolerances: an fp32 cache must agree with the reference to 2e-5 + 1e-4 |ref| (the two differ only in the
-// order of sums and in exp2 by polynomial, relative error < 2e-7). An fp16 cache is compared with the
-// reference run on the same K/V rounded to fp16, to the same bound; and, against the unrounded reference, to
-// 4e-3 (fp16 keeps 11 bits: K/V in [-2, 2] are off by up to 1e-3, a convex mix of V rows by as much).
+// order of sums and in exp2 by polynomial, relative error < 2e-7). An fp16, bf16 or int8 cache is compared with
+// the reference run on the same K/V rounded as the cache stores them (int8: quantize_kv_int8 per token and head),
+// to the same bound; and, against the unrounded reference, to what the rounding allows (unrounded_bound): fp16
+// keeps 11 bits (K/V in [-2, 2] off by up to 1e-3, a convex mix of V rows by as much), bf16 8 bits (8x that:
+// 1e-2), int8 a step of max|x| / 127 (up to 8e-3 here, in each of a score's 64-128 terms as well: 6e-2, where
+// 2.5e-2 was seen, at a few keys of head dim 128, the sharpest softmax).
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -34,12 +37,38 @@ struct AttnConfig {
 };
 
 std::string config_name(const AttnConfig& c) {
-  return std::string(cpu::attention_isa_name(c.isa)) + "_" + (c.dtype == DType::F16 ? "f16" : "f32") + "_NH" +
+  const char* dtype =
+      c.dtype == DType::F16 ? "f16" : c.dtype == DType::BF16 ? "bf16" : c.dtype == DType::I8 ? "i8" : "f32";
+  return std::string(cpu::attention_isa_name(c.isa)) + "_" + dtype + "_NH" +
          std::to_string(c.NH) + "_NKV" + std::to_string(c.NKV) + "_HD" + std::to_string(c.HD) + "_BS" +
          std::to_string(c.BS);
 }
 
-float round_f16(float x) { return f16_to_f32(f32_to_f16(x)); }
+// How far the fast kernel over a rounded cache may be from the reference over unrounded K/V.
+double unrounded_bound(DType dtype) {
+  switch (dtype) {
+    case DType::F16: return 4e-3;
+    case DType::BF16: return 1e-2;
+    case DType::I8: return 6e-2;
+    default: return 2e-5;
+  }
+}
+
+// One token's K (or V) of all its heads, as a cache of `dtype` gives them back.
+void round_as_stored(float* x, int64_t NKV, int64_t HD, DType dtype) {
+  for (int64_t h = 0; h < NKV; ++h) {
+    float* head = x + h * HD;
+    if (dtype == DType::I8) {
+      std::vector<int8_t> q(static_cast<size_t>(HD));
+      const float scale = cpu::quantize_kv_int8(head, HD, q.data(), 1);
+      for (int64_t d = 0; d < HD; ++d) head[d] = scale * float(q[size_t(d)]);
+    }
+    for (int64_t d = 0; d < HD; ++d) {
+      if (dtype == DType::F16) head[d] = f16_to_f32(f32_to_f16(head[d]));
+      if (dtype == DType::BF16) head[d] = bf16_to_f32(f32_to_bf16(head[d]));
+    }
+  }
+}
 
 // One sequence of the test: its qkv rows for every position and its (scattered) block table.
 struct TestSeq {
@@ -74,9 +103,9 @@ class PagedAttention {
       seqs_.push_back(std::move(s));
     }
     const size_t pool = size_t(num_blocks_ * c.BS * c.NKV * c.HD);
-    const size_t elem = c.dtype == DType::F16 ? 2 : 4;
-    fast_k_.assign(pool * elem, 0);
-    fast_v_.assign(pool * elem, 0);
+    const size_t pool_bytes = size_t(num_blocks_ * c.BS * c.NKV) * kv_head_bytes(c.dtype, c.HD);
+    fast_k_.assign(pool_bytes, 0);
+    fast_v_.assign(pool_bytes, 0);
     ref_k_.assign(pool, 0.0f);
     ref_v_.assign(pool, 0.0f);
   }
@@ -108,7 +137,8 @@ class PagedAttention {
     // the positions before the slice as the reference itself would have written them.
     for (size_t i = 0; i < slices.size(); ++i) {
       const Slice& sl = slices[i];
-      fill_reference(sl.seq, sl.first, /*round=*/c_.dtype == DType::F16);
+      const bool stored_rounded = c_.dtype != DType::F32;
+      fill_reference(sl.seq, sl.first, /*round=*/stored_rounded);
       std::vector<int64_t> rows;
       const int64_t n = std::min(sl.count, max_checked);
       for (int64_t k = 0; k < n; ++k) rows.push_back(n == 1 ? sl.count - 1 : k * (sl.count - 1) / (n - 1));
@@ -116,10 +146,10 @@ class PagedAttention {
       int64_t t0 = 0;
       for (size_t j = 0; j < i; ++j) t0 += slices[j].count;
       for (bool rounded : {true, false}) {
-        if (!rounded && c_.dtype != DType::F16) continue;
+        if (!rounded && !stored_rounded) continue;
         if (!rounded) fill_reference(sl.seq, sl.first, false);
-        std::vector<float> ref_out = reference(sl, rows, rounded && c_.dtype == DType::F16);
-        const double abs = rounded ? 2e-5 : 4e-3, rel = rounded ? 1e-4 : 0.0;
+        std::vector<float> ref_out = reference(sl, rows, rounded && stored_rounded);
+        const double abs = rounded ? 2e-5 : unrounded_bound(c_.dtype), rel = rounded ? 1e-4 : 0.0;
         int failures = 0;
         for (size_t r = 0; r < rows.size(); ++r) {
           for (int64_t ch = 0; ch < C; ++ch) {
@@ -142,10 +172,13 @@ class PagedAttention {
     const int64_t kv_row = c_.NKV * c_.HD;
     for (int64_t p = 0; p < upto; ++p) {
       const int64_t slot = int64_t(s.table[size_t(p / c_.BS)]) * c_.BS + p % c_.BS;
-      for (int64_t e = 0; e < kv_row; ++e) {
-        const float k = s.qkv[size_t(p * row_ + c_.NH * c_.HD + e)], v = s.qkv[size_t(p * row_ + (c_.NH + c_.NKV) * c_.HD + e)];
-        ref_k_[size_t(slot * kv_row + e)] = round ? round_f16(k) : k;
-        ref_v_[size_t(slot * kv_row + e)] = round ? round_f16(v) : v;
+      float* k = ref_k_.data() + slot * kv_row;
+      float* v = ref_v_.data() + slot * kv_row;
+      std::copy_n(s.qkv.begin() + p * row_ + c_.NH * c_.HD, kv_row, k);
+      std::copy_n(s.qkv.begin() + p * row_ + (c_.NH + c_.NKV) * c_.HD, kv_row, v);
+      if (round) {
+        round_as_stored(k, c_.NKV, c_.HD, c_.dtype);
+        round_as_stored(v, c_.NKV, c_.HD, c_.dtype);
       }
     }
   }
@@ -159,9 +192,11 @@ class PagedAttention {
       all.token_ids.push_back(0);
       all.positions.push_back(int32_t(p));
       all.seq_of_token.push_back(0);
-      for (int64_t e = 0; e < row_; ++e) {
-        const float x = s.qkv[size_t(p * row_ + e)];
-        in_all.push_back(round && e >= c_.NH * c_.HD ? round_f16(x) : x);
+      const size_t at = in_all.size();
+      in_all.insert(in_all.end(), s.qkv.begin() + p * row_, s.qkv.begin() + (p + 1) * row_);
+      if (round) {
+        round_as_stored(in_all.data() + at + c_.NH * c_.HD, c_.NKV, c_.HD, c_.dtype);
+        round_as_stored(in_all.data() + at + (c_.NH + c_.NKV) * c_.HD, c_.NKV, c_.HD, c_.dtype);
       }
     }
     all.block_tables.push_back(s.table);
@@ -349,6 +384,11 @@ std::vector<AttnConfig> configs() {
       out.push_back({4, 4, 128, 16, dtype, isa});   // MHA at head dim 128
     }
     out.push_back({6, 2, 64, 12, DType::F16, isa});   // a block size that is not a multiple of the vector width
+    for (DType dtype : {DType::BF16, DType::I8}) {
+      out.push_back({9, 3, 64, 16, dtype, isa});
+      out.push_back({8, 2, 128, 16, dtype, isa});
+      out.push_back({6, 2, 64, 12, dtype, isa});
+    }
   }
   return out;
 }
