@@ -64,6 +64,9 @@ constexpr int64_t kItemsPerThread = 4;
 // context still splits among threads.
 constexpr int64_t kKeyChunkKeys = 256;
 
+// Heads up to this size are rotated in a stack buffer (Gemma 3's 256 and every head size seen is below it).
+constexpr int64_t kMaxRotatedHead = 1024;
+
 inline uint16_t to_f16(float x) { return uint16_t(_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT)); }
 
 inline void store_element(float* p, float x) { *p = x; }
@@ -76,6 +79,7 @@ template <class E>
 void write_kv(E* k_pool, E* v_pool, const float* qkv, const BatchLayout& batch, int64_t BS, int64_t NH, int64_t NKV,
               int64_t HD, int64_t block_stride) {
   const int64_t T = batch.num_tokens(), row = (NH + 2 * NKV) * HD;
+  [[maybe_unused]] const bool rotate = std::is_same_v<E, int8_t> && kv_int8_rotates(HD);
 #pragma omp parallel for schedule(static) if (T >= 64)
   for (int64_t t = 0; t < T; ++t) {
     const int64_t pos = batch.positions[size_t(t)];
@@ -87,9 +91,21 @@ void write_kv(E* k_pool, E* v_pool, const float* qkv, const BatchLayout& batch, 
       E* kd = k_pool + block * block_stride + (h * HD) * BS + offset;
       E* vd = v_pool + block * block_stride + (h * BS + offset) * HD;
       if constexpr (std::is_same_v<E, int8_t>) {
-        // The scales of the block's heads follow its NKV x HD x BS elements (attention_paged.h).
+        // The scales of the block's heads follow its NKV x HD x BS elements (attention_paged.h); the heads are
+        // rotated first where HD allows.
         const size_t scale_at = size_t(NKV * HD * BS) + sizeof(float) * size_t(h * BS + offset);
-        const float ks = quantize_kv_int8(k + h * HD, HD, kd, BS), vs = quantize_kv_int8(v + h * HD, HD, vd, 1);
+        float kr[kMaxRotatedHead], vr[kMaxRotatedHead];
+        const float* kh = k + h * HD;
+        const float* vh = v + h * HD;
+        if (rotate) {
+          std::memcpy(kr, kh, sizeof(float) * size_t(HD));
+          std::memcpy(vr, vh, sizeof(float) * size_t(HD));
+          hadamard_rotate(kr, HD);
+          hadamard_rotate(vr, HD);
+          kh = kr;
+          vh = vr;
+        }
+        const float ks = quantize_kv_int8(kh, HD, kd, BS), vs = quantize_kv_int8(vh, HD, vd, 1);
         std::memcpy(k_pool + block * block_stride + scale_at, &ks, sizeof ks);
         std::memcpy(v_pool + block * block_stride + scale_at, &vs, sizeof vs);
       } else {
@@ -139,6 +155,24 @@ AttentionIsa resolve(AttentionIsa isa, int64_t HD) {
 
 bool attention_reads_kv_dtype(DType dtype) {
   return dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16 || dtype == DType::I8;
+}
+
+bool kv_int8_rotates(int64_t head_dim) {
+  return head_dim >= 2 && head_dim <= kMaxRotatedHead && (head_dim & (head_dim - 1)) == 0;
+}
+
+void hadamard_rotate(float* x, int64_t n) {
+  for (int64_t len = 1; len < n; len *= 2) {   // the fast transform: log2(n) passes of butterflies
+    for (int64_t i = 0; i < n; i += 2 * len) {
+      for (int64_t j = i; j < i + len; ++j) {
+        const float a = x[j], b = x[j + len];
+        x[j] = a + b;
+        x[j + len] = a - b;
+      }
+    }
+  }
+  const float norm = float(1.0 / std::sqrt(double(n)));
+  for (int64_t i = 0; i < n; ++i) x[i] *= norm;
 }
 
 float quantize_kv_int8(const float* x, int64_t n, int8_t* q, int64_t stride) {
@@ -274,6 +308,7 @@ void attention_paged_forward(float* out, const float* qkv, void* k_pool, void* v
   plan.k_pool = k_pool;
   plan.v_pool = v_pool;
   plan.kv_dtype = kv_dtype;
+  plan.rotated_heads = kv_dtype == DType::I8 && kv_int8_rotates(HD);
   plan.block_tables = ws.tables.data();
   plan.positions = batch.positions.data();
   plan.BS = BS;
@@ -299,6 +334,9 @@ void attention_paged_forward(float* out, const float* qkv, void* k_pool, void* v
     case AttentionIsa::kAvx512: attention_run_avx512(plan); break;
     case AttentionIsa::kAvx2: attention_run_avx2(plan); break;
     default: attention_run_scalar(plan); break;
+  }
+  if (plan.rotated_heads) {   // each output head is a mix of rotated values: rotate it back
+    for (int64_t i = 0; i < T * NH; ++i) hadamard_rotate(out + i * HD, HD);
   }
 }
 

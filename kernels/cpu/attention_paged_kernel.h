@@ -218,6 +218,7 @@ void run_item(const AttentionPlan& p, const AttentionWorkItem& it, float* scratc
     const int64_t t = it.first_token + r / G, h = int64_t(it.kv_head) * G + r % G;
     const float* q = p.qkv + t * row + h * HD;
     for (int64_t d = 0; d < HD; ++d) qs[r * HD + d] = q[d] * p.scale_log2;
+    if (p.rotated_heads) hadamard_rotate(qs + r * HD, HD);   // as the keys were (attention_paged.h)
     M[r] = -__builtin_inff();
     L[r] = 0.0f;
     qpos[r] = p.positions[t];
