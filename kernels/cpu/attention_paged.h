@@ -22,8 +22,8 @@ namespace qs::cpu {
 // never an element. Where HD is a power of two each head is first rotated by the normalized Walsh-Hadamard
 // transform (hadamard_rotate), as QuaRot rotates its 4-bit KV cache: a few outlier channels set a head's absolute
 // max, and the rotation spreads them over all HD, so the step of the others' grid shrinks (SmolLM2's K on 512
-// tokens of GPL-3: relative Frobenius error 1.08% -> 0.56%, V 0.71% -> 0.59%; per-32 groups without a rotation,
-// at 4 more bytes a head, 0.83% and 0.61%). The transform is orthogonal, so q is rotated the same way and q.k
+// tokens of GPL-3, bench/kv_int8_rotation.py: relative error 1.08% -> 0.56%, V 0.71% -> 0.59%; groups of 32
+// without a rotation, 4 more bytes a head, 0.83% and 0.61%). The transform is orthogonal, so q is rotated the same way and q.k
 // does not change; the output, a mix of rotated values, is rotated back (the transform is its own inverse). The
 // per-token scales still factor out of both products.
 
