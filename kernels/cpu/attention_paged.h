@@ -23,9 +23,9 @@ namespace qs::cpu {
 // transform (hadamard_rotate), as QuaRot rotates its 4-bit KV cache: a few outlier channels set a head's absolute
 // max, and the rotation spreads them over all HD, so the step of the others' grid shrinks (SmolLM2's K on 512
 // tokens of GPL-3, bench/kv_int8_rotation.py: relative error 1.08% -> 0.56%, V 0.71% -> 0.59%; groups of 32
-// without a rotation, 4 more bytes a head, 0.83% and 0.61%). The transform is orthogonal, so q is rotated the same way and q.k
-// does not change; the output, a mix of rotated values, is rotated back (the transform is its own inverse). The
-// per-token scales still factor out of both products.
+// without a rotation, 4 more bytes a head, 0.83% and 0.61%). The transform is orthogonal, so q is rotated the
+// same way and q.k does not change; the output, a mix of rotated values, is rotated back (the transform is its
+// own inverse). The per-token scales still factor out of both products.
 
 // A bf16 element of the cache (its own type, so the kernels' loads tell it from fp16's uint16_t).
 struct Bf16 {
