@@ -262,6 +262,11 @@ int cmd_info(const Common& common, const std::string& model, bool json) {
               (long long)l.max_queued(), (long long)l.max_batch_size(), (long long)l.max_batch_tokens(),
               (long long)l.max_prompt_tokens(), (long long)l.max_new_tokens(), (long long)l.max_message_bytes(),
               (long long)l.kv_cache_blocks_total());
+  if (!l.kv_cache_dtype().empty()) {
+    std::printf("kv cache     %s, %.1f MiB, %lld B a token (%lld tokens)\n", l.kv_cache_dtype().c_str(),
+                double(l.kv_cache_bytes()) / (1 << 20), (long long)l.kv_cache_bytes_per_token(),
+                (long long)(l.kv_cache_bytes_per_token() > 0 ? l.kv_cache_bytes() / l.kv_cache_bytes_per_token() : 0));
+  }
   return 0;
 }
 

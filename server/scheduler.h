@@ -91,6 +91,8 @@ class ModelWorker {
   const Tokenizer& tokenizer() const { return engine_->tokenizer(); }
   int64_t vocab_size() const { return vocab_size_; }
   int64_t kv_blocks_total() const { return kv_blocks_total_; }
+  // The options the engine resolved at load (KV dtype and capacity among them); read-only after construction.
+  const EngineOptions& engine_options() const { return engine_->options(); }
   // Whether the engine caches prefixes: the flag, unless the model cannot (KV layer groups turn it off).
   bool prefix_cache() const { return prefix_cache_; }
   ModelMetrics& metrics() { return *metrics_; }

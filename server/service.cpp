@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <mutex>
 
+#include "engine/kv_cache.h"
+#include "kernels/backend.h"
 #include "server/request_validation.h"
 #include "server/status.h"
 
@@ -300,7 +302,7 @@ InferenceService::InferenceService(std::vector<ModelWorker*> workers, const Serv
   for (ModelWorker* w : workers_) {
     ServerLimits limits = options_.limits;
     limits.prefix_cache = limits.prefix_cache && w->prefix_cache();   // off for a model with KV layer groups
-    infos_[w->name()] = describe_model(w->name(), w->model(), limits, w->kv_blocks_total());
+    infos_[w->name()] = describe_model(w->name(), w->model(), limits, w->kv_blocks_total(), w->engine_options());
   }
 }
 
@@ -474,7 +476,7 @@ grpc::ServerUnaryReactor* InferenceService::Tokenize(grpc::CallbackServerContext
 }
 
 v1::ModelInfo describe_model(const std::string& name, const Model& model, const ServerLimits& limits,
-                             int64_t kv_blocks_total) {
+                             int64_t kv_blocks_total, const EngineOptions& engine) {
   const ModelConfig& config = model.config();
   const LoadReport& report = model.report();
   v1::ModelInfo info;
@@ -551,6 +553,12 @@ v1::ModelInfo describe_model(const std::string& name, const Model& model, const 
   l->set_kv_cache_tokens(limits.kv_cache_tokens);
   l->set_kv_cache_blocks_total(kv_blocks_total);
   l->set_prefix_cache(limits.prefix_cache);
+  if (engine.kv_cache_dtype) {
+    l->set_kv_cache_dtype(kv_cache_dtype_name(*engine.kv_cache_dtype));
+    l->set_kv_cache_bytes_per_token(int64_t(2 * size_t(config.num_layers * config.num_kv_heads) *
+                                            kv_head_bytes(*engine.kv_cache_dtype, config.head_dim)));
+  }
+  l->set_kv_cache_bytes(engine.kv_cache_bytes);
   return info;
 }
 

@@ -69,6 +69,6 @@ class InferenceService final : public quantserve::v1::Inference::CallbackService
 
 // The description GetModel returns: config, load report summarised per tensor class, limits.
 quantserve::v1::ModelInfo describe_model(const std::string& name, const Model& model, const ServerLimits& limits,
-                                         int64_t kv_blocks_total);
+                                         int64_t kv_blocks_total, const EngineOptions& engine);
 
 }  // namespace qs::server

@@ -673,6 +673,18 @@ TEST(KvCacheFlags, ByteBudgetAndDtypeReachTheMetrics) {
     EXPECT_LE(capacity, 64.0 * (1 << 20)) << dtype;
     EXPECT_GT(capacity, 63.0 * (1 << 20)) << dtype;   // whole blocks of the budget
     EXPECT_EQ(scrape.value("quantserve_kv_cache_committed_bytes", {"model=\"gpt2\"", label}), 0) << dtype;   // idle
+    // GetModel says the same: the dtype, the capacity, and a token's bytes (int8: HD bytes and a 4-byte scale per
+    // head, for K and for V, over every layer).
+    grpc::ClientContext context;
+    deadline_in(context, 10);
+    v1::ModelInfo info;
+    ASSERT_TRUE(stub_for(*server)->GetModel(&context, {}, &info).ok()) << dtype;
+    EXPECT_EQ(info.limits().kv_cache_dtype(), dtype);
+    EXPECT_EQ(double(info.limits().kv_cache_bytes()), capacity) << dtype;
+    const int64_t head_dim = info.hidden_size() / info.num_heads();
+    const int64_t head_bytes = dtype == "int8" ? head_dim + 4 : 4 * head_dim;
+    EXPECT_EQ(info.limits().kv_cache_bytes_per_token(), 2 * info.num_layers() * info.num_kv_heads() * head_bytes)
+        << dtype;
   }
 }
 
